@@ -75,9 +75,13 @@ def dictd_number(text: str) -> int:
     return value
 
 
-# `\A*buse"\` (syllables and stress) plus a pronunciation in parentheses right after it,
-# `(k[=o]l)` or `(?; 277)`; a parenthesis starting with a capital is a subject label, `(Zool.)`.
-_PRONUNCIATION = re.compile(r"[ \t]*\\[^\\]{0,300}\\(?:[ \t]*\((?![A-Z])[^()\n]{0,200}\))?")
+# Headwords come with syllables and stress, `Abuse \A*buse"\`, often followed by a pronunciation,
+# `(k[=o]l)`, `(?; 277)`; inflections in braces have them too: `{Abased} ([.a]*b[=a]st")`.
+# After a backslash anything not starting with a capital is one (`(Zool.)` is a subject label);
+# after a brace only what carries pronunciation marks.
+_SYLLABLES = re.compile(r"[ \t]*\\[^\\]{0,300}\\")
+_SPOKEN = re.compile(r"([\\}])(,?)\s*\((?![A-Z])([^()]{0,200})\)")
+_SPOKEN_MARKS = re.compile(r"[*\"`]|\[(?:[^\w\s\[\]][a-zA-Z]{1,2}|\w{1,2}\^|[a-z]{2,4})\]|^[-?#]")
 # GCIDE writes letters it cannot type as bracketed codes: `[=a]`, `[i^]`, `[ae]`, `['e]`.
 _ENTITY = re.compile(r"\[([^\[\]\s]{1,6})\]")
 _NAMED = {"ae": "æ", "AE": "Æ", "oe": "œ", "OE": "Œ", "imac": "ī", "aum": "ä", "eth": "ð",
@@ -118,6 +122,12 @@ def _entity(match: re.Match[str]) -> str:
     return match.group(0)  # `[Obs.]`, `[R.]` and the like are real text
 
 
+def _unspoken(match: re.Match[str]) -> str:
+    after, comma, inside = match.groups()
+    spoken = after == "\\" or _SPOKEN_MARKS.search(inside)
+    return after + comma if spoken else match.group(0)
+
+
 def _unbrace(match: re.Match[str]) -> str:
     """`{An*tiph"o*nal*ly}` -> `Antiphonally`; plain cross-references just lose the braces."""
     inner = match.group(1)
@@ -127,7 +137,8 @@ def _unbrace(match: re.Match[str]) -> str:
 def clean_gcide_entry(raw: str) -> str:
     """Turn one dictd GCIDE entry into plain prose, one paragraph per line."""
     body, _, last = raw.rstrip().rpartition("\n")
-    text = _PRONUNCIATION.sub("", body if _TRAILING_HEADWORD.fullmatch(last.strip()) else raw)
+    text = body if _TRAILING_HEADWORD.fullmatch(last.strip()) else raw
+    text = _SYLLABLES.sub("", _SPOKEN.sub(_unspoken, text))
     text = _SENSE_INDEX.sub("", _ENTITY.sub(_entity, text))
     text = re.sub(r"\{([^{}]*)\}", _unbrace, text).replace("{", "").replace("}", "")
     text = text.replace("\\", "")

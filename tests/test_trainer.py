@@ -119,8 +119,8 @@ def test_bf16_and_weighted_bags_run(tiny_data, tmp_path):
 
 def test_warns_when_phase1_repeats_data(tiny_data, tmp_path):
     logs = []
-    # 3 phase-1 steps of 128 rows x 16 x s=8 = 49,152 tokens each: more than the tiny train split.
-    train(tiny_config(tiny_data, tst__bag_size=8, tst__ratio=0.5, train__steps=6, train__batch_size=128,
+    # 4 phase-1 steps of 256 rows x 16 x s=8 = 131,072 tokens: more than the ~100k-token train split.
+    train(tiny_config(tiny_data, tst__bag_size=8, tst__ratio=0.5, train__steps=8, train__batch_size=256,
                       train__eval_every=0), tmp_path / "rep", logs)
     assert any("phase 1 alone reads" in m and "repeats data" in m for m in logs)
 
