@@ -40,9 +40,9 @@ TEXT_SUFFIXES = (".txt", ".md", ".text", ".jsonl")
 
 @dataclass
 class Source:
-    name: str
-    license: str
-    credit: str
+    name: str  # "wikipedia-summaries", "gcide", or the user's file/folder name
+    license: str  # e.g. "CC BY-SA 4.0", "GPL-3.0-or-later", "user-provided"
+    credit: str  # one line: where the text came from
     documents: list[str]
 
 
