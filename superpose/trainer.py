@@ -108,7 +108,8 @@ class Trainer:
         tokenizer = Tokenizer.from_file(str(dataset.tokenizer_path))
         self.token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, cfg.model.vocab_size))  # (V,)
         self.autocast_dtype = torch.bfloat16 if tr.dtype == "bfloat16" else None
-        self.step, self.tokens_seen = 0, 0
+        self.step, self.tokens_seen, self.train_time, self.elapsed_offset = 0, 0, 0.0, 0.0
+        self.last_eval: dict = {}
 
     # ------------------------------------------------------------------ accounting
 
@@ -190,56 +191,89 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
 
-    def train(self) -> dict:
+    def begin(self, progress: bool = True) -> None:
+        """Create the run directory, write the config, open the metrics log, say what will run."""
         cfg, tr = self.cfg, self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.json")
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl")
-        n_params = self.model.num_params()
-        self.log(f"model: {n_params:,} parameters ({self.model.num_params(non_embedding=True):,} non-embedding) "
-                 f"on {self.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.log(f"model: {self.model.num_params():,} parameters ({self.model.num_params(non_embedding=True):,} "
+                 f"non-embedding) on {self.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
         for p in self.phases:
             what = f"bags of s={p.bag_size}, multi-hot next-bag loss" if p.index == 1 else "next-token loss"
             self.log(f"phase {p.index} ({p.name}): steps {p.start}-{p.end - 1}, {what}")
         self.warn_about_repeats()
-        bar = _progress(tr.steps)
-        t_start = time.perf_counter()
-        phase, last_eval = None, {}
-        for self.step in range(self.step, tr.steps):
-            new_phase = lookup(self.phases, self.step)
-            if phase is not None and new_phase is not phase:
-                self.log(f"step {self.step}: switching to phase {new_phase.index} ({new_phase.name}); parameters, "
-                         "optimizer state, LR schedule and data position carry over")
-            phase = new_phase
-            t0 = time.perf_counter()
-            out = self.train_step(phase)
-            if not math.isfinite(out["loss"]):
-                metrics.close()
-                raise UserError(f"loss is {out['loss']} at step {self.step} (phase {phase.index}); lower "
-                                "--optim.lr or raise --optim.warmup_steps")
-            step_time = time.perf_counter() - t0
-            elapsed = time.perf_counter() - t_start
-            rec = {"type": "train", "step": self.step, "phase": phase.index, "bag_size": phase.bag_size,
-                   "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
-                   "tokens_seen": self.tokens_seen, "epoch": self.loader.epoch_progress,
-                   "elapsed_s": elapsed, "step_time_s": step_time, "data_time_s": out["data_time_s"],
-                   "tokens_per_s": tr.batch_size * cfg.data.seq_len * phase.bag_size / step_time}
-            metrics.write(rec)
-            last = self.step == tr.steps - 1
-            if last or (tr.eval_every and (self.step + 1) % tr.eval_every == 0):
-                last_eval = self.evaluate()
-                metrics.write({"type": "eval", "step": self.step, "phase": phase.index, "bag_size": phase.bag_size,
-                               "tokens_seen": self.tokens_seen, "elapsed_s": time.perf_counter() - t_start,
-                               **last_eval})
-            bar.update(rec, last_eval, self.log, force=last or (self.step + 1) % tr.log_every == 0)
-        bar.close()
-        metrics.close()
-        summary = {"steps": tr.steps, "tokens_seen": self.tokens_seen, "wall_s": time.perf_counter() - t_start,
-                   "parameters": n_params, **last_eval, "data": self.data_plan(), "environment": environment()}
+        self.bar = _progress(tr.steps, enabled=progress)
+        self.t_start = time.perf_counter() - self.elapsed_offset
+
+    def step_once(self) -> dict:
+        """One optimizer step, its metrics line, and an evaluation when one is due."""
+        cfg, tr = self.cfg, self.cfg.train
+        phase = lookup(self.phases, self.step)
+        if self.step > 0 and lookup(self.phases, self.step - 1) is not phase:
+            self.log(f"step {self.step}: switching to phase {phase.index} ({phase.name}); parameters, "
+                     "optimizer state, LR schedule and data position carry over")
+        t0 = time.perf_counter()
+        out = self.train_step(phase)
+        if not math.isfinite(out["loss"]):
+            raise UserError(f"loss is {out['loss']} at step {self.step} (phase {phase.index}); lower "
+                            "--optim.lr or raise --optim.warmup_steps")
+        step_time = time.perf_counter() - t0
+        self.train_time += step_time
+        rec = {"type": "train", "step": self.step, "phase": phase.index, "bag_size": phase.bag_size,
+               "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+               "tokens_seen": self.tokens_seen, "epoch": self.loader.epoch_progress,
+               "elapsed_s": time.perf_counter() - self.t_start, "train_time_s": self.train_time,
+               "step_time_s": step_time, "data_time_s": out["data_time_s"],
+               "tokens_per_s": tr.batch_size * cfg.data.seq_len * phase.bag_size / step_time}
+        self.metrics.write(rec)
+        last = self.step == tr.steps - 1
+        if last or (tr.eval_every and (self.step + 1) % tr.eval_every == 0):
+            self.last_eval = self.evaluate()
+            self.metrics.write({"type": "eval", "step": self.step, "phase": phase.index, "bag_size": phase.bag_size,
+                                "tokens_seen": self.tokens_seen, "elapsed_s": time.perf_counter() - self.t_start,
+                                "train_time_s": self.train_time, **self.last_eval})
+        self.bar.update(rec, self.last_eval, self.log, force=last or (self.step + 1) % tr.log_every == 0)
+        self.step += 1
+        return rec
+
+    def finish(self) -> dict:
+        """Close the log, save the final model and summary."""
+        self.bar.close()
+        self.metrics.close()
+        summary = {"steps": self.cfg.train.steps, "tokens_seen": self.tokens_seen,
+                   "wall_s": time.perf_counter() - self.t_start, "train_time_s": self.train_time,
+                   "parameters": self.model.num_params(), **self.last_eval, "data_dir": str(self.ds.path),
+                   "data": self.data_plan(), "environment": environment()}
         self.save_final(summary)
-        self.log(f"done: val_loss {last_eval['val_loss']:.4f}, val_bpb {last_eval['val_bpb']:.4f}, "
+        self.log(f"done: val_loss {self.last_eval['val_loss']:.4f}, val_bpb {self.last_eval['val_bpb']:.4f}, "
                  f"{summary['wall_s']:.0f}s; model in {self.run_dir}")
         return summary
+
+    def train(self, progress: bool = True) -> dict:
+        self.begin(progress)
+        while self.step < self.cfg.train.steps:
+            self.step_once()
+        return self.finish()
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Everything that determines the rest of the run (tensors are live references: copy
+        with `copy.deepcopy` to keep a snapshot)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "loader": self.loader.state_dict(), "step": self.step, "tokens_seen": self.tokens_seen,
+                "train_time_s": self.train_time, "elapsed_s": time.perf_counter() - self.t_start,
+                "last_eval": dict(self.last_eval), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.train_time, self.elapsed_offset = float(state["train_time_s"]), float(state["elapsed_s"])
+        self.last_eval = dict(state["last_eval"])
+        torch.set_rng_state(state["torch_rng"])
 
     def save_final(self, summary: dict) -> None:
         """The final model: plain Llama weights + architecture + tokenizer. Nothing about TST."""
@@ -254,10 +288,11 @@ class Trainer:
 class _progress:
     """A tqdm bar on a terminal; plain log lines every `log_every` steps elsewhere (CI, files)."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, enabled: bool = True):
         self.tty = sys.stderr.isatty()
         self.bar = None
-        if self.tty:
+        self.enabled = enabled
+        if self.tty and enabled:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
@@ -269,7 +304,7 @@ class _progress:
             self.bar.set_postfix_str(f"phase {rec['phase']} s={rec['bag_size']} loss {rec['loss']:.3f}{val} "
                                      f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s", refresh=False)
             self.bar.update(1)
-        elif force:
+        elif force and self.enabled:
             done = rec["step"] + 1
             eta = rec["elapsed_s"] / done * (self.total - done)
             log(f"step {done}/{self.total} phase {rec['phase']} s={rec['bag_size']} loss {rec['loss']:.4f}{val} "
