@@ -1,0 +1,166 @@
+"""Plots and markdown for `compare` and `sweep` (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+TST_COLOR, BASE_COLOR = "tab:red", "tab:blue"
+
+
+def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
+    """loss_vs_time.png, loss_vs_step.png, loss_vs_tokens.png: validation loss of both arms.
+
+    TST: its eval curve (phase 1 then 2). Baseline: the trunk's curve at the stable LR (dashed;
+    not a loss at that length), and the decayed loss at each length (markers, solid): the
+    baseline's real loss-for-budget curve. The dotted vertical line is TST's phase switch."""
+    cfg = report["config"]
+    B, L, s = cfg["train"]["batch_size"], cfg["data"]["seq_len"], cfg["tst"]["bag_size"]
+    axes_spec = {"time": ("train_time_s", "training wall clock (s)"), "step": ("step", "optimizer step"),
+                 "tokens": ("tokens_seen", "raw tokens read")}
+    paths = []
+    for name, (key, label) in axes_spec.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        switch_x = []
+        for i, seed in enumerate(sorted(per_seed, key=int)):
+            r = per_seed[seed]
+            x = [e[key] + (1 if key == "step" else 0) for e in r["tst"]["curve"]]
+            ax.plot(x, [e["val_loss"] for e in r["tst"]["curve"]], color=TST_COLOR, alpha=0.8, lw=1.2,
+                    label=f"TST s={s}, r={cfg['tst']['ratio']}" if i == 0 else None)
+            bx = [e[key] + (1 if key == "step" else 0) for e in r["baseline_curve"]]
+            ax.plot(bx, [e["val_loss"] for e in r["baseline_curve"]], color=BASE_COLOR, alpha=0.5, lw=1, ls="--",
+                    label="baseline at stable LR (not decayed)" if i == 0 else None)
+            pts = {"time": "train_time_s", "step": "steps", "tokens": "tokens_seen"}[name]
+            ax.plot([b[pts] for b in r["baseline"]], [b["val_loss"] for b in r["baseline"]], color=BASE_COLOR,
+                    marker="o", ms=4, lw=1.2, label="baseline after decay, per length" if i == 0 else None)
+            ax.plot([r["tst"][{"time": "train_time_s", "step": "steps", "tokens": "tokens_seen"}[name]]],
+                    [r["tst"]["val_loss"]], color=TST_COLOR, marker="*", ms=10)
+            switch_x.append({"time": r["tst"]["switch_time_s"], "step": r["tst"]["switch_step"],
+                             "tokens": r["tst"]["switch_step"] * B * L * s}[name])
+        ax.axvline(sum(switch_x) / len(switch_x), color="gray", ls=":", lw=1, label="TST phase switch")
+        # Zoom on the part that matters: from the best loss reached to the worst final loss.
+        finals = [v for k in per_seed for v in [per_seed[k]["tst"]["val_loss"]]
+                  + [b["val_loss"] for b in per_seed[k]["baseline"]]]
+        curves = [e["val_loss"] for k in per_seed for e in per_seed[k]["tst"]["curve"] + per_seed[k]["baseline_curve"]]
+        lo, hi = min(finals + curves), max(finals)
+        pad = 0.1 * (hi - lo) + 1e-3
+        ax.set_ylim(lo - pad, hi + 4 * pad)
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation loss (nats/token)")
+        g, sp = report["equal_steps_loss_gain"], report["iso_loss_speedup"]
+        ax.set_title(f"TST vs baseline, {g['n']} seed(s): gain {g['mean']:+.3f} nats at equal steps, "
+                     f"iso-loss speedup {sp['mean']:.2f}x", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"loss_vs_{name}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _fmt(st: dict, digits: int = 4, suffix: str = "") -> str:
+    if st["n"] < 2 or math.isnan(st["std"]):
+        return f"{st['mean']:.{digits}f}{suffix}"
+    return f"{st['mean']:.{digits}f}{suffix} ± {st['std']:.{digits}f}"
+
+
+def write_compare_markdown(rep: dict, path: Path) -> None:
+    cfg = rep["config"]
+    m, d, t, o, tr = cfg["model"], cfg["data"], cfg["tst"], cfg["optim"], cfg["train"]
+    env = rep["environment"]
+    lines = [
+        f"# superpose compare: TST (s={t['bag_size']}, r={t['ratio']}) vs the matched-FLOPs baseline",
+        "",
+        f"Date {rep['date']}. Seeds {', '.join(map(str, rep['seeds']))}. Values are mean ± sample std over seeds.",
+        "",
+        "## Verdict",
+        "",
+        *[f"- {v}" for v in rep["verdicts"]],
+        "",
+        "## Setup",
+        "",
+        f"- model: d={m['dim']}, {m['n_layers']} layers, {m['n_heads']} heads ({m['n_kv_heads']} kv), "
+        f"FFN {m['ffn_dim']}, vocab {m['vocab_size']}, tied={m['tie_embeddings']}",
+        f"- data: {d['path'] or 'default corpus'}, L={d['seq_len']}, {d['val_tokens']} validation tokens",
+        f"- train: {tr['steps']} steps of {tr['batch_size']} rows, AdamW lr {o['lr']} (betas {o['beta1']}, "
+        f"{o['beta2']}, wd {o['weight_decay']}), WSD warmup {o['warmup_steps']}, last {o['decay_frac']:.0%} "
+        f"decayed ({o['decay_shape']}), dtype {tr['dtype']}",
+        f"- baseline lengths (each read after its own decay): {', '.join(map(str, rep['baseline_lengths']))} steps",
+        f"- noise control: {rep['how_noise_is_controlled']}",
+        f"- machine: {env['platform']}, {env['cpu_count']} CPUs, torch {env['torch']} ({env['threads']} threads), "
+        f"Python {env['python']}" + (f", GPU {env['cuda']}" if env.get("cuda") else ""),
+        f"- command: `{rep['command']}`" if rep["command"] else "",
+        "",
+        "## Results",
+        "",
+        "| run | steps | final val loss | val bits/byte | train wall clock (s) | raw tokens read |",
+        "|---|---|---|---|---|---|",
+    ]
+    a = rep["arms"]["tst"]
+    lines.append(f"| TST | {tr['steps']} | {_fmt(a['val_loss'])} | {_fmt(a['val_bpb'])} | "
+                 f"{_fmt(a['train_time_s'], 1)} | {a['tokens_seen']['mean']:,.0f} |")
+    for n in rep["baseline_lengths"]:
+        b = rep["arms"]["baseline"][str(n)]
+        mark = " (equal steps)" if n == tr["steps"] else ""
+        lines.append(f"| baseline{mark} | {n} | {_fmt(b['val_loss'])} | {_fmt(b['val_bpb'])} | "
+                     f"{_fmt(b['train_time_s'], 1)} | {b['tokens_seen']['mean']:,.0f} |")
+    lines += [
+        "",
+        "| measure | mean ± std | 95% interval | per seed |",
+        "|---|---|---|---|",
+    ]
+    for key, label, digits in (("equal_steps_loss_gain", "equal-steps loss gain (nats)", 4),
+                               ("iso_loss_speedup", "iso-loss speedup, wall clock (x)", 3),
+                               ("iso_loss_step_ratio", "iso-loss speedup, steps (x)", 3),
+                               ("equal_steps_time_ratio", "baseline / TST time at equal steps", 3)):
+        st = rep[key]
+        ci = "n/a" if math.isnan(st["ci95"]) else f"{st['mean'] - st['ci95']:.{digits}f} to {st['mean'] + st['ci95']:.{digits}f}"
+        lines.append(f"| {label} | {_fmt(st, digits)} | {ci} | {', '.join(f'{v:.{digits}f}' for v in st['values'])} |")
+    lines += [
+        "",
+        f"Iso-loss kinds per seed: {', '.join(rep['iso_loss_kinds'])} (interpolated between baseline lengths, or a "
+        "bound when TST's loss lies outside them).",
+        "",
+        "![loss vs time](loss_vs_time.png)",
+        "",
+        "![loss vs step](loss_vs_step.png)",
+        "",
+        "![loss vs tokens](loss_vs_tokens.png)",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot_sweep(grid: dict, path: Path, title: str) -> None:
+    """Heat map of the mean gain over the baseline (nats; positive = TST better) by r (rows) x s."""
+    ratios, sizes = grid["ratios"], grid["bag_sizes"]
+    import numpy as np
+
+    gain = np.full((len(ratios), len(sizes)), np.nan)
+    for cell in grid["cells"]:
+        if cell.get("gain") is not None:
+            gain[ratios.index(cell["ratio"]), sizes.index(cell["bag_size"])] = cell["gain"]["mean"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(sizes) + 2.5, 0.7 * len(ratios) + 2))
+    lim = np.nanmax(np.abs(gain)) if np.isfinite(gain).any() else 1.0
+    im = ax.imshow(gain, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    for i in range(len(ratios)):
+        for j in range(len(sizes)):
+            if np.isfinite(gain[i, j]):
+                ax.text(j, i, f"{gain[i, j]:+.3f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
+    ax.set_yticks(range(len(ratios)), [str(r) for r in ratios])
+    ax.set_xlabel("bag size s")
+    ax.set_ylabel("ratio r")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="baseline loss - TST loss (nats)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

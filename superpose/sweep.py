@@ -1,0 +1,99 @@
+"""`superpose sweep`: the paper's r x s grid (its Tables 4-7) for your own setting.
+
+Every cell is a full TST run (same model, data, steps, schedule) scored by its final validation
+loss; row r = 0 is the baseline, one per seed, and each cell's gain is paired with the baseline of
+its own seed. Each finished run leaves `cells/NAME/summary.json`; a rerun of the same command
+skips those and restarts any cell that was cut short, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from .compare import stats
+from .config import Config
+from .data import open_dataset
+from .errors import UserError
+from .trainer import Trainer, environment
+
+
+def cell_name(bag_size: int, ratio: float, seed: int) -> str:
+    return f"baseline-seed{seed}" if ratio == 0 or bag_size == 1 else f"s{bag_size}-r{ratio:g}-seed{seed}"
+
+
+def run_cell(cfg: Config, cell_dir: Path, log: Callable[[str], None]) -> dict:
+    done = cell_dir / "summary.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    shutil.rmtree(cell_dir, ignore_errors=True)  # cut short last time: run it again from the start
+    Trainer(cfg, cell_dir, open_dataset(cfg.data.path), log=lambda m: None).train(progress=False)
+    return json.loads(done.read_text())
+
+
+def sweep(cfg: Config, out: Path, bag_sizes: list[int], ratios: list[float], seeds: list[int],
+          command: str = "", log: Callable[[str], None] = print) -> dict:
+    if any(s < 2 for s in bag_sizes) or any(not 0 < r <= 1 for r in ratios):
+        raise UserError("sweep needs --bag-sizes >= 2 and --ratios in (0, 1]; the baseline (r = 0) is always run")
+    out.mkdir(parents=True, exist_ok=True)
+    plan = [(1, 0.0, k) for k in seeds] + [(s, r, k) for k in seeds for r in ratios for s in bag_sizes]
+    t0 = time.time()
+    results = {}
+    for i, (s, r, k) in enumerate(plan):
+        name = cell_name(s, r, k)
+        c = copy.deepcopy(cfg)
+        c.tst.bag_size, c.tst.ratio, c.train.seed = s, r, k
+        c.validate()
+        fresh = not (out / "cells" / name / "summary.json").is_file()
+        results[(s, r, k)] = run_cell(c, out / "cells" / name, log)
+        log(f"sweep: {i + 1}/{len(plan)} {name}: val_loss {results[(s, r, k)]['val_loss']:.4f}"
+            f"{'' if fresh else ' (done before)'} [{time.time() - t0:.0f}s]")
+    base = {k: results[(1, 0.0, k)]["val_loss"] for k in seeds}
+    cells = []
+    for r in ratios:
+        for s in bag_sizes:
+            losses = [results[(s, r, k)]["val_loss"] for k in seeds]
+            cells.append({"bag_size": s, "ratio": r, "val_loss": stats(losses),
+                          "gain": stats([base[k] - results[(s, r, k)]["val_loss"] for k in seeds])})
+    grid = {"config": cfg.to_dict(), "command": command, "seeds": seeds, "bag_sizes": bag_sizes, "ratios": ratios,
+            "baseline": stats(list(base.values())), "cells": cells, "environment": environment(),
+            "date": time.strftime("%Y-%m-%d")}
+    (out / "sweep.json").write_text(json.dumps(grid, indent=2) + "\n")
+    from .report import plot_sweep
+
+    T = cfg.train.steps
+    plot_sweep(grid, out / "sweep_heatmap.png",
+               f"TST gain over the baseline at {T} steps (mean of {len(seeds)} seeds; baseline "
+               f"{grid['baseline']['mean']:.4f})")
+    (out / "sweep.md").write_text(sweep_markdown(grid))
+    best = max(cells, key=lambda c: c["gain"]["mean"])
+    log(f"sweep: best s={best['bag_size']}, r={best['ratio']}: gain {best['gain']['mean']:+.4f} nats "
+        f"(std {best['gain']['std']:.4f}) over the baseline {grid['baseline']['mean']:.4f}")
+    return grid
+
+
+def sweep_markdown(grid: dict) -> str:
+    sizes, ratios, n = grid["bag_sizes"], grid["ratios"], len(grid["seeds"])
+    by = {(c["ratio"], c["bag_size"]): c for c in grid["cells"]}
+    b = grid["baseline"]
+    spread = "" if n < 2 else f" ± {b['std']:.4f}"
+    head = "| r \\ s | " + " | ".join(map(str, sizes)) + " |\n|---|" + "---|" * len(sizes) + "\n"
+    loss = head + f"| 0 (baseline) | {b['mean']:.4f}{spread} |" + " |" * (len(sizes) - 1) + "\n"
+    gain = head
+    for r in ratios:
+        loss += f"| {r:g} | " + " | ".join(f"{by[(r, s)]['val_loss']['mean']:.4f}" for s in sizes) + " |\n"
+        gain += f"| {r:g} | " + " | ".join(
+            f"{by[(r, s)]['gain']['mean']:+.4f}" + ("" if n < 2 else f" ± {by[(r, s)]['gain']['std']:.4f}")
+            for s in sizes) + " |\n"
+    env = grid["environment"]
+    return (f"# superpose sweep: final validation loss by r x s\n\n"
+            f"Date {grid['date']}; {n} seed(s) {grid['seeds']}; {grid['config']['train']['steps']} steps; "
+            f"machine {env['platform']}, {env['cpu_count']} CPUs, torch {env['torch']}.\n\n"
+            + (f"Command: `{grid['command']}`\n\n" if grid["command"] else "")
+            + "## Mean final validation loss (nats/token)\n\n" + loss
+            + "\n## Gain over the baseline of the same seed (nats; positive = TST better), mean ± std\n\n" + gain
+            + "\n![heat map](sweep_heatmap.png)\n")
