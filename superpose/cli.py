@@ -41,6 +41,54 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     run_training(cfg, Path(args.out), log=_log)
 
 
+def _experiment_config(args: argparse.Namespace, overrides: list[str]):
+    """Preset + overrides (+ --bag-size/--ratio), with the data and vocabulary resolved up front
+    so every arm and cell reads the same data directory."""
+    from .config import resolve
+    from .trainer import resolve_data
+
+    if args.bag_size is not None:
+        overrides = [*overrides, f"--tst.bag_size={args.bag_size}"]
+    if args.ratio is not None:
+        overrides = [*overrides, f"--tst.ratio={args.ratio}"]
+    cfg = resolve(args.preset, overrides)
+    ds = resolve_data(cfg, _log)
+    cfg.data.path = str(ds.path)
+    cfg.model.vocab_size = cfg.model.vocab_size or ds.vocab_size
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    return cfg, list(range(args.seed0, args.seed0 + args.seeds))
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .compare import compare
+
+    cfg, seeds = _experiment_config(args, overrides)
+    factors = tuple(_floats(args.baseline_lengths, "--baseline-lengths"))
+    if not factors or min(factors) <= 0:
+        raise UserError(f"--baseline-lengths must be positive multiples of the steps, got {args.baseline_lengths!r}")
+    compare(cfg, Path(args.out), seeds, factors, command=" ".join(["superpose", *sys.argv[1:]]), log=_log)
+
+
+def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
+    from .sweep import sweep
+
+    args.bag_size = args.ratio = None
+    cfg, seeds = _experiment_config(args, overrides)
+    sizes = _floats(args.bag_sizes, "--bag-sizes")
+    if any(s != int(s) for s in sizes):
+        raise UserError(f"--bag-sizes takes integers, got {args.bag_sizes!r}")
+    sweep(cfg, Path(args.out), [int(s) for s in sizes], _floats(args.ratios, "--ratios"), seeds,
+          command=" ".join(["superpose", *sys.argv[1:]]), log=_log)
+
+
 def cmd_presets(_: argparse.Namespace) -> None:
     from .config import PRESETS
 
@@ -73,6 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="Any config field can be overridden: --tst.bag_size=6 --train.steps 2000 ...")
     pt.add_argument("--preset", required=True, help="named config: see `superpose presets`")
     pt.add_argument("--out", required=True, help="run directory to create")
+    pc = sub.add_parser("compare", help="TST vs the matched-FLOPs baseline over seeds: report.md + plots",
+                        epilog="Config overrides (--section.field=value) apply to both arms.")
+    pc.add_argument("--preset", required=True, help="named config: see `superpose presets`")
+    pc.add_argument("--out", required=True, help="directory for the runs, report.md, report.json and plots")
+    pc.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    pc.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
+    pc.add_argument("--bag-size", type=int, help="s of the TST arm (default: the preset's)")
+    pc.add_argument("--ratio", type=float, help="r of the TST arm (default: the preset's)")
+    pc.add_argument("--baseline-lengths", default="0.5,0.75,1,1.25,1.5,2",
+                    help="baseline lengths as multiples of the TST steps, each decayed (default 0.5,...,2)")
+    ps = sub.add_parser("sweep", help="the r x s grid of final losses, resumable",
+                        epilog="Config overrides (--section.field=value) apply to every cell.")
+    ps.add_argument("--preset", required=True)
+    ps.add_argument("--out", required=True, help="directory for the cells, sweep.md, sweep.json, the heat map")
+    ps.add_argument("--bag-sizes", default="2,3,4,6,8", help="comma-separated s values (default 2,3,4,6,8)")
+    ps.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.6", help="comma-separated r values (default 0.1,...,0.6)")
+    ps.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
+    ps.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
     sub.add_parser("presets", help="list the named configs")
     return p
 
@@ -83,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "train":
             cmd_train(args, extra)
+        elif args.verb == "compare":
+            cmd_compare(args, extra)
+        elif args.verb == "sweep":
+            cmd_sweep(args, extra)
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         elif args.verb == "prepare":

@@ -318,10 +318,13 @@ class _progress:
 
 def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print) -> dict:
     """Resolve the data (preparing the default corpus on first use), then train."""
-    from .prepare import ensure_default_corpus
-
     if (run_dir / "metrics.jsonl").exists():
         raise UserError(f"{run_dir} already holds a run; choose another --out")
-    data_path = Path(cfg.data.path) if cfg.data.path else ensure_default_corpus(cfg.data.vocab_size, log)
-    dataset = open_dataset(data_path)
-    return Trainer(cfg, run_dir, dataset, log).train()
+    return Trainer(cfg, run_dir, resolve_data(cfg, log), log).train()
+
+
+def resolve_data(cfg: Config, log: Callable[[str], None] = print) -> Dataset:
+    """The run's data directory, preparing the default corpus on first use when data.path is empty."""
+    from .prepare import ensure_default_corpus
+
+    return open_dataset(Path(cfg.data.path) if cfg.data.path else ensure_default_corpus(cfg.data.vocab_size, log))
