@@ -114,3 +114,24 @@ def test_prepare_user_text_and_its_errors(tmp_path):
                       "already holds a prepared data set")
     assert_user_error(superpose("prepare", "--out", tmp_path / "g", "--text", tmp_path / "texts",
                                 "--vocab-size", "100"), "--vocab-size must be >= 257")
+
+
+def test_compare_and_sweep_from_the_command_line(data_copy, tmp_path):
+    small = ["--data.path", data_copy, "--data.seq_len=16", "--data.val_tokens=256", "--train.steps=4",
+             "--train.batch_size=2", "--model.dim=32", "--train.eval_every=0", "--optim.warmup_steps=1"]
+    proc = superpose("compare", "--preset", "cpu-smoke", "--out", tmp_path / "c", "--seeds", "1",
+                     "--bag-size", "2", "--ratio", "0.5", "--baseline-lengths", "1,2", *small)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert rep["config"]["tst"]["bag_size"] == 2 and rep["baseline_lengths"] == [4, 8]
+    assert rep["command"].startswith("superpose compare")
+    proc = superpose("sweep", "--preset", "cpu-smoke", "--out", tmp_path / "s", "--bag-sizes", "2",
+                     "--ratios", "0.5", *small)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "s" / "sweep_heatmap.png").is_file()
+    assert_user_error(superpose("compare", "--preset", "cpu-smoke", "--out", tmp_path / "x", "--seeds", "0", *small),
+                      "--seeds must be >= 1")
+    assert_user_error(superpose("sweep", "--preset", "cpu-smoke", "--out", tmp_path / "y", "--bag-sizes", "2,x",
+                                *small), "--bag-sizes takes comma-separated numbers")
+    assert_user_error(superpose("compare", "--preset", "cpu-smoke", "--out", tmp_path / "z", "--ratio", "2", *small),
+                      "tst.ratio: must be in [0, 1]")
