@@ -126,24 +126,121 @@ def multi_hot_cross_entropy(
         return F.cross_entropy(
             logits.reshape(B * L, V).float(), targets.reshape(B * L), ignore_index=ignore_index, reduction=reduction
         )
-    z = logits.float()  # (B, L, V)
-    valid = targets != ignore_index  # (B, L, s)
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, L, 1)
-    picked = z.gather(-1, targets.masked_fill(~valid, 0))  # (B, L, s)
-    nll = (lse - picked).masked_fill(~valid, 0.0)  # (B, L, s)
-    g = bag_weights(weights, s).to(nll.device)  # (s,)
-    if reduction == "mean":
-        per_slot_count = valid.sum(dim=(0, 1))  # (s,)
-        present = per_slot_count > 0
-        per_slot = nll.sum(dim=(0, 1)) / per_slot_count.clamp(min=1)  # (s,) CE_i
-        g = g * present
-        return (per_slot * g).sum() / g.sum()
-    g = g * (s / g.sum())  # normalised so the mean weight is 1
-    if reduction == "sum":
-        return (nll * g).sum()
     if reduction == "none":
-        return nll * g
+        z = logits.float()  # (B, L, V)
+        valid = targets != ignore_index  # (B, L, s)
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, L, 1)
+        nll = (lse - z.gather(-1, targets.masked_fill(~valid, 0))).masked_fill(~valid, 0.0)  # (B, L, s)
+        g = bag_weights(weights, s).to(nll.device)
+        return nll * (g * (s / g.sum()))
+    coef = target_coefficients(targets, weights, ignore_index, reduction)  # (B, L, s)
+    return _WeightedNLL.apply(logits.reshape(B * L, V), targets.reshape(B * L, s).clamp(min=0), coef.reshape(B * L, s))
+
+
+def target_coefficients(targets: Tensor, weights: str | Tensor | None, ignore_index: int, reduction: str) -> Tensor:
+    """c[b, j, i] such that the loss is sum over (b, j, i) of c * nll: 0 for ignored targets.
+
+    "mean": g_i / (valid count of slot i * sum of g over slots that have a valid target).
+    "sum":  g~_i = s * g_i / sum(g).
+    """
+    s = targets.shape[-1]
+    valid = (targets != ignore_index).float()  # (B, L, s)
+    g = bag_weights(weights, s).to(targets.device)
+    if reduction == "mean":
+        count = valid.sum(dim=(0, 1))  # (s,)
+        g = g * (count > 0)
+        return valid * (g / (count.clamp(min=1) * g.sum()))
+    if reduction == "sum":
+        return valid * (g * (s / g.sum()))
     raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
+
+
+def _nll_and_grad(z: Tensor, targets: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
+    """For float32 logits z (N, V): loss = sum c * (lse(z) - z[y]) and its gradient dloss/dz.
+
+    dz = softmax(z) * sum_i c_i - sum_i c_i * onehot(y_i): one (N, V) buffer, built in place.
+    """
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (N, 1)
+    loss = (coef * (lse - z.gather(-1, targets))).sum()
+    dz = torch.exp(z - lse).mul_(coef.sum(-1, keepdim=True))  # (N, V)
+    dz.scatter_add_(-1, targets, -coef)
+    return loss, dz
+
+
+class _WeightedNLL(torch.autograd.Function):
+    """sum c * nll over the targets of (N, V) logits, with a hand-written backward.
+
+    Autograd through logsumexp + gather would keep an fp32 copy of the logits, build softmax and
+    a scattered one-hot as separate (N, V) buffers and add them; this keeps one (N, V) buffer.
+    The gradient is computed in backward from the saved logits, so nothing extra lives between
+    forward and backward beyond the logits the LM head made anyway.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, coef: Tensor) -> Tensor:
+        z = logits.float()
+        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (N, 1)
+        ctx.save_for_backward(logits, targets, coef, lse)
+        return (coef * (lse - z.gather(-1, targets))).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, targets, coef, lse = ctx.saved_tensors
+        dz = torch.exp(logits.float() - lse).mul_(coef.sum(-1, keepdim=True) * grad_out)  # (N, V)
+        dz.scatter_add_(-1, targets, -coef * grad_out)
+        return dz.to(logits.dtype), None, None
+
+
+def chunked_multi_hot_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    weights: str | Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    reduction: str = "sum",
+    chunk_rows: int = 2048,
+) -> Tensor:
+    """The LM head and the multi-hot loss fused, `chunk_rows` positions at a time.
+
+    hidden: (B, L, D) final hidden states (after the last norm); weight: (V, D) LM head;
+    targets: (B, L, s). Equal to `multi_hot_cross_entropy(hidden @ weight.T, targets, ...)`,
+    but the (B*L, V) logits never exist at once: each chunk's logits are made, reduced to its
+    loss and to its gradients with respect to `hidden` and `weight`, and dropped. Peak memory is
+    chunk_rows x V instead of B*L x V (in float32), independent of the sequence length. With
+    s = 1 it is the ordinary next-token loss. reduction: "mean" or "sum" as in
+    `multi_hot_cross_entropy`.
+    """
+    B, L, D = hidden.shape
+    s = targets.shape[-1]
+    coef = target_coefficients(targets, weights, ignore_index, reduction).reshape(B * L, s)
+    return _ChunkedLinearNLL.apply(hidden.reshape(B * L, D), weight, targets.reshape(B * L, s).clamp(min=0),
+                                   coef, chunk_rows)
+
+
+class _ChunkedLinearNLL(torch.autograd.Function):
+    """Forward computes the loss *and* both gradients chunk by chunk (the loss is linear in its
+    upstream gradient, so backward only rescales them)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor, targets: Tensor, coef: Tensor, chunk_rows: int) -> Tensor:
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(w, dtype=torch.float32)
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, h.shape[0], chunk_rows):
+            sl = slice(start, start + chunk_rows)
+            z = F.linear(h[sl], w)  # (n, V) in the matmul dtype (bf16 under autocast)
+            part, dz = _nll_and_grad(z.float(), targets[sl], coef[sl])
+            loss += part
+            dz = dz.to(z.dtype)
+            grad_h[sl] = (dz @ w.to(z.dtype)).to(h.dtype)  # (n, D)
+            grad_w += (dz.t() @ h[sl].to(z.dtype)).float()  # (V, D)
+        ctx.save_for_backward(grad_h, grad_w.to(w.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None, None, None
 
 
 def count_valid_targets(targets: Tensor, weights: str | Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> Tensor:

@@ -156,3 +156,22 @@ def test_bag_weights_shapes_and_errors():
         superpose_embeddings(torch.zeros(1, 4, 2), 0)
     with pytest.raises(ValueError, match="multiple"):
         next_bag_targets(torch.zeros(1, 5, dtype=torch.long), 2)
+
+
+@pytest.mark.parametrize("s,reduction,weights", [(1, "sum", None), (4, "sum", None), (4, "mean", "power"),
+                                                  (3, "sum", "exp")])
+def test_chunked_fused_head_equals_dense(s, reduction, weights):
+    from superpose.superposition import chunked_multi_hot_cross_entropy
+
+    torch.manual_seed(4)
+    B, L, D, V = 2, 6, 8, 29
+    h = torch.randn(B, L, D, requires_grad=True)
+    w = torch.randn(V, D, requires_grad=True)
+    targets = next_bag_targets(torch.randint(0, V, (B, L * s)), s)
+    dense = multi_hot_cross_entropy(h @ w.t(), targets, weights, reduction=reduction)
+    chunked = chunked_multi_hot_cross_entropy(h, w, targets, weights, reduction=reduction, chunk_rows=5)
+    torch.testing.assert_close(chunked, dense, rtol=1e-5, atol=1e-5)
+    gh1, gw1 = torch.autograd.grad(dense * 1.7, (h, w))
+    gh2, gw2 = torch.autograd.grad(chunked * 1.7, (h, w))
+    torch.testing.assert_close(gh2, gh1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw2, gw1, rtol=1e-5, atol=1e-6)
