@@ -84,6 +84,25 @@ class TrainConfig:
     """Print a log line every N steps when no progress bar is shown."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
+    loss_chunk_rows: int = 0
+    """0: the LM head makes all logits, then the loss. N > 0: head and loss fused, N positions at a
+    time, so the (positions x vocabulary) logits never exist at once (less memory at large V)."""
+    on_nan: str = "stop"
+    """What a NaN or Inf in the loss or the gradients does: stop (the default: diagnostics, then
+    the run ends before the update, leaving the last checkpoint untouched) or skip (the batch is
+    dropped without an update, the step still counts, and metrics count `skipped_steps`)."""
+
+
+ON_NAN = ("stop", "skip")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save a checkpoint into RUN_DIR/checkpoints/step-NNNNNN/ every N optimizer steps; 0 saves
+    only when the run is stopped by SIGINT/SIGTERM. The final model is written either way."""
+    keep: int = 2
+    """Keep the newest K checkpoints, deleting older ones once a new one is complete; 0 keeps all."""
 
 
 @dataclass
@@ -93,6 +112,7 @@ class Config:
     tst: TSTConfig = field(default_factory=TSTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,7 +128,7 @@ class Config:
     def problems(self) -> list[str]:
         """Every invalid field, as 'section.field: what is allowed, what was given'."""
         out = self.model.problems()
-        d, t, o, tr = self.data, self.tst, self.optim, self.train
+        d, t, o, tr, ck = self.data, self.tst, self.optim, self.train, self.checkpoint
 
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -141,6 +161,10 @@ class Config:
         need(tr.eval_every >= 0, f"train.eval_every: must be >= 0, got {tr.eval_every}")
         need(tr.log_every >= 1, f"train.log_every: must be >= 1, got {tr.log_every}")
         need(tr.threads >= 0, f"train.threads: must be >= 0, got {tr.threads}")
+        need(tr.loss_chunk_rows >= 0, f"train.loss_chunk_rows: must be >= 0 (0 = unfused), got {tr.loss_chunk_rows}")
+        need(tr.on_nan in ON_NAN, f"train.on_nan: must be one of {', '.join(ON_NAN)}, got {tr.on_nan!r}")
+        need(ck.every >= 0, f"checkpoint.every: must be >= 0 (0 = only on SIGINT/SIGTERM), got {ck.every}")
+        need(ck.keep >= 0, f"checkpoint.keep: must be >= 0 (0 = keep all), got {ck.keep}")
         return out
 
     def validate(self) -> "Config":
@@ -186,6 +210,7 @@ def _paper(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int,
         tst=TSTConfig(bag_size=6, ratio=0.3),
         optim=OptimConfig(lr=lr, warmup_steps=2000, decay_frac=0.1),
         train=TrainConfig(steps=20000, batch_size=1024, grad_accum=32, dtype="bfloat16", eval_every=1000),
+        checkpoint=CheckpointConfig(every=1000, keep=2),
     )
 
 
@@ -274,6 +299,24 @@ def resolve(preset_name: str, overrides: list[str]) -> Config:
     for key, value in parse_overrides(overrides):
         set_field(cfg, key, value)
     return cfg.validate()
+
+
+# Fields a resumed run may change: none of them alters the arithmetic of training, so the resumed
+# run stays bit-identical to an uninterrupted one (on the same device and thread count). Every
+# other field is fixed by the checkpoint.
+RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_every", "train.log_every",
+                     "train.on_nan", "checkpoint.every", "checkpoint.keep")
+
+
+def differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
+    """Every `section.field` whose value differs between two configs, as (key, a's, b's)."""
+    out = []
+    da, db = a.to_dict(), b.to_dict()
+    for section, fields in da.items():
+        for name, value in fields.items():
+            if db[section][name] != value:
+                out.append((f"{section}.{name}", value, db[section][name]))
+    return out
 
 
 def save_config(cfg: Config, path: Path) -> None:

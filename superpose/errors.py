@@ -1,4 +1,5 @@
-"""The one exception type for mistakes a user can make (bad config, bad data, missing file).
+"""The exception for mistakes a user can make (bad config, bad data, missing file), and the one
+for a run stopped cleanly by a signal.
 
 The CLI catches `UserError`, prints its message on one line, and exits non-zero without a
 traceback. Internal invariants use `assert`; anything else that escapes is a bug.
@@ -7,3 +8,13 @@ traceback. Internal invariants use `assert`; anything else that escapes is a bug
 
 class UserError(Exception):
     """A problem the user can fix. The message names the problem and the fix, on one line."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run after it saved a checkpoint; `superpose train` exits with
+    128 + signum. A KeyboardInterrupt, so no `except Exception` swallows it and callers that do
+    not know it still treat it as an interruption."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum

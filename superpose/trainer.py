@@ -6,6 +6,11 @@
         loss  = sum over micro-batches of superposed_loss(...) / global valid-target count
         clip, AdamW step with lr = wsd_lr(step)      # the schedule never looks at the phase
         log one JSON line; evaluate next-token loss on held-out tokens every eval_every steps
+        every checkpoint.every steps, and on SIGINT/SIGTERM: save RUN_DIR/checkpoints/step-N/
+
+A NaN or Inf in the loss or the gradients is caught before the optimizer step, so it never
+reaches the weights: the run stops (train.on_nan=stop) or drops that batch (skip). A resumed run
+(`run_training(..., resume=True)`) continues bit for bit where the checkpoint left off.
 
 With s = 1 every TST function reduces to the ordinary computation, so a baseline run (r = 0 or
 s = 1) and phase 2 run exactly the code of plain next-token training.
@@ -13,12 +18,15 @@ s = 1) and phase 2 run exactly the code of plain next-token training.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,24 +36,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import Config, save_config
+from . import checkpoint
+from .config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, save_config, set_field
 from .data import Dataset, TrainLoader, bits_per_byte, open_dataset, token_byte_lengths, val_windows
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .model import Transformer, build_model
 from .schedule import Phase, build_phases, lookup, wsd_lr
-from .superposition import count_valid_targets, multi_hot_cross_entropy, next_bag_targets, superpose_embeddings
+from .superposition import (
+    chunked_multi_hot_cross_entropy,
+    count_valid_targets,
+    multi_hot_cross_entropy,
+    next_bag_targets,
+    superpose_embeddings,
+)
 
 
-def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: str = "uniform") -> Tensor:
+def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: str = "uniform",
+                    chunk_rows: int = 0) -> Tensor:
     """Summed (multi-hot) next-token loss of one micro-batch; divide by the global target count.
 
     rows: (b, s*L + 1) raw tokens. Inputs are the first s*L, next-token labels the last s*L.
     With bag_size = 1 this is model(x) and a summed F.cross_entropy, bit for bit.
+    chunk_rows > 0 fuses the LM head into the loss, that many positions at a time, so the
+    (b*L, V) logits never exist at once (`chunked_multi_hot_cross_entropy`).
     """
     x, y = rows[:, :-1], rows[:, 1:]  # (b, s*L) each
     h = superpose_embeddings(model.embed(x), bag_size)  # (b, L, D)
+    targets = next_bag_targets(y, bag_size)  # (b, L, s)
+    if chunk_rows:
+        hidden = model(inputs_embeds=h, return_hidden=True)  # (b, L, D)
+        return chunked_multi_hot_cross_entropy(hidden, model.lm_head.weight, targets, weights, chunk_rows=chunk_rows)
     logits = model(inputs_embeds=h)  # (b, L, V)
-    return multi_hot_cross_entropy(logits, next_bag_targets(y, bag_size), weights, reduction="sum")
+    return multi_hot_cross_entropy(logits, targets, weights, reduction="sum")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,12 +108,17 @@ def environment() -> dict:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, dataset: Dataset, log: Callable[[str], None] = print):
+    def __init__(self, cfg: Config, run_dir: Path, dataset: Dataset, log: Callable[[str], None] = print,
+                 init_from_hf: Path | None = None):
         self.cfg, self.run_dir, self.ds, self.log = cfg, run_dir, dataset, log
         tr, d = cfg.train, cfg.data
         if tr.threads:
             torch.set_num_threads(tr.threads)
         self.device = resolve_device(tr.device)
+        if init_from_hf is not None:
+            from .export_hf import check_hf_tokenizer
+
+            check_hf_tokenizer(init_from_hf, dataset)
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = dataset.vocab_size
         elif cfg.model.vocab_size < dataset.vocab_size:
@@ -99,6 +126,11 @@ class Trainer:
                             f"{dataset.vocab_size} tokens in {dataset.path}; set --model.vocab_size=0 (= from data)")
         torch.manual_seed(tr.seed)  # the same seed gives the same initial weights in every arm
         self.model = build_model(cfg.model, self.device)
+        if init_from_hf is not None:  # continue training a Hugging Face Llama (cfg.model is its architecture)
+            from .export_hf import init_from_hf as load_hf_weights
+
+            load_hf_weights(self.model, init_from_hf)
+            log(f"model: weights from the Hugging Face folder {init_from_hf}")
         self.optimizer = configure_optimizer(self.model, cfg)
         self.phases = build_phases(tr.steps, cfg.tst.ratio, cfg.tst.bag_size)
         self.loader = TrainLoader(dataset.train, dataset.train_docs, seed=tr.seed, vocab_size=cfg.model.vocab_size)
@@ -109,6 +141,7 @@ class Trainer:
         self.token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, cfg.model.vocab_size))  # (V,)
         self.autocast_dtype = torch.bfloat16 if tr.dtype == "bfloat16" else None
         self.step, self.tokens_seen, self.train_time, self.elapsed_offset = 0, 0, 0.0, 0.0
+        self.skipped_steps = 0
         self.last_eval: dict = {}
 
     # ------------------------------------------------------------------ accounting
@@ -159,15 +192,27 @@ class Trainer:
         loss_total = torch.zeros((), device=self.device)
         for micro in rows.chunk(accum):
             with self._autocast():
-                loss = superposed_loss(self.model, micro, s, cfg.tst.weights) / denom
+                loss = superposed_loss(self.model, micro, s, cfg.tst.weights, cfg.train.loss_chunk_rows) / denom
             loss.backward()
             loss_total += loss.detach()
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
+        # clip_grad_norm_ split in two, so a NaN or Inf is seen before anything touches the weights
+        # (the same arithmetic: clip_grad_norm_ is these two calls).
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        loss, norm = loss_total.item(), grad_norm.item()
+        finite = math.isfinite(loss) and math.isfinite(norm)
+        bad_grads = []
+        if finite:
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+            torch.nn.utils.clip_grads_with_norm_(params, clip, grad_norm)
+            self.optimizer.step()
+        else:
+            bad_grads = [n for n, p in self.model.named_parameters()
+                         if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
         self.optimizer.zero_grad(set_to_none=True)
-        self.tokens_seen += B * L * s
-        return {"loss": loss_total.item(), "lr": lr, "grad_norm": grad_norm.item(), "data_time_s": data_time}
+        self.tokens_seen += B * L * s  # read either way: a skipped batch is not read again
+        return {"loss": loss, "lr": lr, "grad_norm": norm, "data_time_s": data_time, "finite": finite,
+                "bad_grads": bad_grads}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -203,7 +248,7 @@ class Trainer:
             what = f"bags of s={p.bag_size}, multi-hot next-bag loss" if p.index == 1 else "next-token loss"
             self.log(f"phase {p.index} ({p.name}): steps {p.start}-{p.end - 1}, {what}")
         self.warn_about_repeats()
-        self.bar = _progress(tr.steps, enabled=progress)
+        self.bar = _progress(tr.steps, enabled=progress, initial=self.step)
         self.t_start = time.perf_counter() - self.elapsed_offset
 
     def step_once(self) -> dict:
@@ -215,17 +260,21 @@ class Trainer:
                      "optimizer state, LR schedule and data position carry over")
         t0 = time.perf_counter()
         out = self.train_step(phase)
-        if not math.isfinite(out["loss"]):
-            raise UserError(f"loss is {out['loss']} at step {self.step} (phase {phase.index}); lower "
-                            "--optim.lr or raise --optim.warmup_steps")
+        if not out["finite"]:
+            self._non_finite(phase, out)
         step_time = time.perf_counter() - t0
         self.train_time += step_time
+        # JSON has no NaN: a skipped step logs loss and grad_norm as null and "skipped": true.
         rec = {"type": "train", "step": self.step, "phase": phase.index, "bag_size": phase.bag_size,
-               "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+               "loss": out["loss"] if out["finite"] else None, "lr": out["lr"],
+               "grad_norm": out["grad_norm"] if out["finite"] else None,
                "tokens_seen": self.tokens_seen, "epoch": self.loader.epoch_progress,
                "elapsed_s": time.perf_counter() - self.t_start, "train_time_s": self.train_time,
                "step_time_s": step_time, "data_time_s": out["data_time_s"],
-               "tokens_per_s": tr.batch_size * cfg.data.seq_len * phase.bag_size / step_time}
+               "tokens_per_s": tr.batch_size * cfg.data.seq_len * phase.bag_size / step_time,
+               "skipped_steps": self.skipped_steps}
+        if not out["finite"]:
+            rec["skipped"] = True
         self.metrics.write(rec)
         last = self.step == tr.steps - 1
         if last or (tr.eval_every and (self.step + 1) % tr.eval_every == 0):
@@ -237,11 +286,36 @@ class Trainer:
         self.step += 1
         return rec
 
+    def _non_finite(self, phase: Phase, out: dict) -> None:
+        """Step-level diagnostics for a NaN/Inf, then stop (UserError) or count the skipped batch."""
+        bad = out["bad_grads"]
+        weights_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        where = f"step {self.step} (phase {phase.index}, s={phase.bag_size}, lr {out['lr']:.3g})"
+        grads = (f"non-finite gradients in {len(bad)} tensors: {', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}"
+                 if bad else "all gradients finite")
+        self.log(f"non-finite at {where}: loss {out['loss']}, grad_norm {out['grad_norm']}; {grads}; weights "
+                 f"{'all finite' if weights_ok else 'NOT finite'}; the update was not applied")
+        self.metrics.write({"type": "non_finite", "step": self.step, "phase": phase.index, "bag_size": phase.bag_size,
+                            "loss": str(out["loss"]), "grad_norm": str(out["grad_norm"]), "lr": out["lr"],
+                            "bad_grads": bad, "action": self.cfg.train.on_nan})
+        if self.cfg.train.on_nan == "skip":
+            self.skipped_steps += 1
+            self.log(f"step {self.step}: batch skipped (train.on_nan=skip), {self.skipped_steps} skipped so far")
+            return
+        found = checkpoint.checkpoints(self.run_dir)
+        kept = (f"the last checkpoint {found[-1][1].name} is untouched; lower --optim.lr or raise "
+                "--optim.warmup_steps in a new run, or resume with --train.on_nan=skip to drop such batches"
+                if found else "no checkpoint was written; lower --optim.lr or raise --optim.warmup_steps, or "
+                "set --train.on_nan=skip to drop such batches")
+        raise UserError(f"loss is {out['loss']} and grad_norm {out['grad_norm']} at {where}; stopped before the "
+                        f"update, {kept}")
+
     def finish(self) -> dict:
         """Close the log, save the final model and summary."""
         self.bar.close()
         self.metrics.close()
         summary = {"steps": self.cfg.train.steps, "tokens_seen": self.tokens_seen,
+                   "skipped_steps": self.skipped_steps,
                    "wall_s": time.perf_counter() - self.t_start, "train_time_s": self.train_time,
                    "parameters": self.model.num_params(), **self.last_eval, "data_dir": str(self.ds.path),
                    "data": self.data_plan(), "environment": environment()}
@@ -251,29 +325,115 @@ class Trainer:
         return summary
 
     def train(self, progress: bool = True) -> dict:
+        """begin, step_once until the end, finish; checkpoints every `checkpoint.every` steps.
+
+        SIGINT/SIGTERM let the current step finish, save a checkpoint and raise `Interrupted`; a
+        second signal stops at once, without saving (the last checkpoint stays as it was).
+        """
+        steps, every = self.cfg.train.steps, self.cfg.checkpoint.every
         self.begin(progress)
-        while self.step < self.cfg.train.steps:
-            self.step_once()
-        return self.finish()
+        with _StopSignals() as stop:
+            try:
+                while self.step < steps:
+                    checkpoint.signal_hook(self.step)
+                    self.step_once()
+                    if every and self.step % every == 0:
+                        self.save_checkpoint()
+                    if stop.signum is not None and self.step < steps:
+                        name = signal.Signals(stop.signum).name
+                        path = self.save_checkpoint(reason=name)
+                        raise Interrupted(stop.signum, f"stopped by {name} after step {self.step - 1}; saved "
+                                          f"{path}; continue with: superpose train --resume {self.run_dir}")
+            except BaseException:
+                self.bar.close()
+                self.metrics.close()
+                raise
+            return self.finish()
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
         """Everything that determines the rest of the run (tensors are live references: copy
         with `copy.deepcopy` to keep a snapshot)."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "loader": self.loader.state_dict(), "step": self.step, "tokens_seen": self.tokens_seen,
-                "train_time_s": self.train_time, "elapsed_s": time.perf_counter() - self.t_start,
-                "last_eval": dict(self.last_eval), "torch_rng": torch.get_rng_state()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "loader": self.loader.state_dict(), "step": self.step, "tokens_seen": self.tokens_seen,
+                 "skipped_steps": self.skipped_steps, "train_time_s": self.train_time,
+                 "elapsed_s": time.perf_counter() - self.t_start if hasattr(self, "t_start") else self.elapsed_offset,
+                 "last_eval": dict(self.last_eval), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.train_time, self.elapsed_offset = float(state["train_time_s"]), float(state["elapsed_s"])
         self.last_eval = dict(state["last_eval"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def data_fingerprint(self) -> dict:
+        """What a resumed run checks its data against: the vocabulary and the train split."""
+        return {"vocab_size": self.ds.vocab_size, "tokenizer_sha256": _sha256_file(self.ds.tokenizer_path),
+                "train_tokens": self.ds.train.num_tokens,
+                "val_tokens": self.ds.val.num_tokens}
+
+    def save_checkpoint(self, reason: str = "every") -> Path:
+        """RUN_DIR/checkpoints/step-NNNNNN/ for the state after `self.step` steps (see checkpoint.py)."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise UserError(f"the weights hold NaN or Inf after step {self.step - 1}; not saving them over the last "
+                            "good checkpoint: lower --optim.lr or raise --optim.warmup_steps")
+        state = self.state_dict()
+        phase = lookup(self.phases, min(self.step, self.cfg.train.steps - 1))
+        rng = {"torch": state["torch_rng"], **({"cuda": state["cuda_rng"]} if "cuda_rng" in state else {})}
+        o, steps = self.cfg.optim, self.cfg.train.steps
+        # The LR and the phase are functions of the step; recorded here so the directory explains itself.
+        schedule = {"total_steps": steps, "phase_switch_step": self.phases[0].end if self.phases[0].index == 1 else 0,
+                    "next_lr": wsd_lr(min(self.step, steps - 1), steps, o.lr, o.warmup_steps, o.decay_frac,
+                                      o.min_lr_ratio, o.decay_shape)}
+        meta = {"step": self.step, "phase": phase.index, "bag_size": phase.bag_size, "schedule": schedule,
+                "tokens_seen": self.tokens_seen, "skipped_steps": self.skipped_steps,
+                "train_time_s": self.train_time, "elapsed_s": state["elapsed_s"], "last_eval": state["last_eval"],
+                "loader": state["loader"], "data": self.data_fingerprint(), "reason": reason,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": {"torch": torch.__version__, "python": platform.python_version()},
+                "config": self.cfg.to_dict()}
+        path = checkpoint.save(self.run_dir, self.step, self.model, state["optimizer"], rng, meta,
+                               keep=self.cfg.checkpoint.keep)
+        return path
+
+    def load_checkpoint(self, path: Path) -> dict:
+        """Verify a checkpoint directory, check it fits this run (model shape, vocabulary, data and
+        every config field a resume may not change), then restore it. Returns its meta."""
+        path = Path(path)
+        meta = checkpoint.verify(path)
+        check_compatible(meta, path / "meta.json", self.cfg, self.ds)
+        checkpoint.load_weights(path, self.model)
+        opt = checkpoint.load_torch(path, "optimizer.pt", self.device)
+        try:
+            self.optimizer.load_state_dict(opt)
+            fits = all(st["exp_avg"].shape == p.shape for p, st in self.optimizer.state.items())
+        except (ValueError, KeyError, TypeError, RuntimeError):
+            fits = False
+        if not fits:
+            raise UserError(f"checkpoint file {path / 'optimizer.pt'} does not fit this model's optimizer "
+                            "(another model shape)")
+        rng = checkpoint.load_torch(path, "rng.pt")
+        self.loader.load_state_dict(meta["loader"])
+        self.step, self.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
+        self.skipped_steps = int(meta.get("skipped_steps", 0))
+        self.train_time, self.elapsed_offset = float(meta["train_time_s"]), float(meta["elapsed_s"])
+        self.last_eval = dict(meta["last_eval"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return meta
 
     def save_final(self, summary: dict) -> None:
         """The final model: plain Llama weights + architecture + tokenizer. Nothing about TST."""
@@ -285,30 +445,54 @@ class Trainer:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+class _StopSignals:
+    """Within the block, SIGINT and SIGTERM only set `signum` (the loop saves and stops after the
+    current step); a second one raises KeyboardInterrupt at once. The previous handlers come back
+    on exit. Outside the main thread signals cannot be caught, and nothing is installed."""
+
+    def __enter__(self) -> "_StopSignals":
+        self.signum, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum  # no printing here: the handler may interrupt a print on the same stream
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 class _progress:
     """A tqdm bar on a terminal; plain log lines every `log_every` steps elsewhere (CI, files)."""
 
-    def __init__(self, total: int, enabled: bool = True):
+    def __init__(self, total: int, enabled: bool = True, initial: int = 0):
         self.tty = sys.stderr.isatty()
         self.bar = None
         self.enabled = enabled
         if self.tty and enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
         self.total = total
 
     def update(self, rec: dict, ev: dict, log: Callable[[str], None], force: bool) -> None:
         val = f" val {ev['val_loss']:.3f}" if ev else ""
+        loss = "skipped" if rec.get("skipped") else f"{rec['loss']:.4f}"
         if self.bar is not None:
-            self.bar.set_postfix_str(f"phase {rec['phase']} s={rec['bag_size']} loss {rec['loss']:.3f}{val} "
+            self.bar.set_postfix_str(f"phase {rec['phase']} s={rec['bag_size']} loss {loss}{val} "
                                      f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s", refresh=False)
             self.bar.update(1)
         elif force and self.enabled:
             done = rec["step"] + 1
-            eta = rec["elapsed_s"] / done * (self.total - done)
-            log(f"step {done}/{self.total} phase {rec['phase']} s={rec['bag_size']} loss {rec['loss']:.4f}{val} "
-                f"lr {rec['lr']:.2e} gnorm {rec['grad_norm']:.2f} {rec['tokens_per_s'] / 1e3:.1f}k tok/s "
+            eta = rec["elapsed_s"] / done * (self.total - done)  # elapsed_s counts the steps before a resume too
+            gnorm = "-" if rec.get("skipped") else f"{rec['grad_norm']:.2f}"
+            log(f"step {done}/{self.total} phase {rec['phase']} s={rec['bag_size']} loss {loss}{val} "
+                f"lr {rec['lr']:.2e} gnorm {gnorm} {rec['tokens_per_s'] / 1e3:.1f}k tok/s "
                 f"epoch {rec['epoch']:.3f} eta {eta:.0f}s")
 
     def close(self) -> None:
@@ -316,11 +500,113 @@ class _progress:
             self.bar.close()
 
 
-def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """Resolve the data (preparing the default corpus on first use), then train."""
-    if (run_dir / "metrics.jsonl").exists():
-        raise UserError(f"{run_dir} already holds a run; choose another --out")
-    return Trainer(cfg, run_dir, resolve_data(cfg, log), log).train()
+def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print, resume: bool = False,
+                 init_from_hf: Path | None = None) -> dict:
+    """Resolve the data (preparing the default corpus on first use), then train.
+
+    init_from_hf: a Hugging Face Llama folder whose weights start the run (cfg.model must be its
+    architecture: see export_hf.config_from_hf). resume=True continues `run_dir` from its newest checkpoint. `cfg` must then agree with the
+    checkpoint's config in every field outside RESUME_MAY_CHANGE (`resume_config` builds such a
+    config from the checkpoint itself); metrics.jsonl is cut back to the checkpoint's step.
+    """
+    run_dir = Path(run_dir)
+    if not resume:
+        if (run_dir / "metrics.jsonl").exists():
+            raise UserError(f"{run_dir} already holds a run; choose another --out, or continue it with --resume {run_dir}")
+        return Trainer(cfg, run_dir, resolve_data(cfg, log), log, init_from_hf=init_from_hf).train()
+    ckpt = checkpoint.newest(run_dir)
+    if (run_dir / "summary.json").exists():
+        raise UserError(f"{run_dir} is a finished run (it has summary.json); nothing to resume")
+    meta = checkpoint.read_meta(ckpt)  # the files are verified by load_checkpoint below
+    dataset = resolve_data(cfg, log)
+    check_compatible(meta, ckpt / "meta.json", cfg, dataset)  # before Trainer(), which checks the vocabulary too
+    try:  # a checkpoint copied in from another run disagrees with the run's own config.json
+        own = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    except (OSError, ValueError, UserError):
+        own = None
+    if own is not None:
+        check_compatible(meta, ckpt / "meta.json", own, dataset)
+    trainer = Trainer(cfg, run_dir, dataset, log)
+    trainer.load_checkpoint(ckpt)
+    gone = checkpoint.remove_leftovers(run_dir)
+    dropped = _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
+    phase = lookup(trainer.phases, min(trainer.step, cfg.train.steps - 1))
+    log(f"resuming {run_dir} from {ckpt.name}: step {trainer.step} of {cfg.train.steps}, phase {phase.index} "
+        f"(s={phase.bag_size}), {trainer.tokens_seen:,} tokens seen; {dropped} metrics lines past it dropped"
+        + (f"; removed leftovers of interrupted saves: {', '.join(gone)}" if gone else ""))
+    return trainer.train()
+
+
+def check_compatible(meta: dict, meta_path: Path, cfg: Config, ds: Dataset) -> None:
+    """Refuse a checkpoint that does not belong to this run: another model shape, another
+    vocabulary or data, or any config field outside RESUME_MAY_CHANGE changed."""
+    try:
+        saved = Config.from_dict(meta["config"])
+    except UserError as e:
+        raise UserError(f"checkpoint {meta_path} holds a config this superpose cannot read ({e})") from None
+    fp, tok = meta["data"], _sha256_file(ds.tokenizer_path)
+    if fp.get("vocab_size") != ds.vocab_size or fp.get("tokenizer_sha256") != tok:
+        raise UserError(f"checkpoint {meta_path} was trained with another vocabulary ({fp.get('vocab_size')} tokens, "
+                        f"tokenizer sha256 {str(fp.get('tokenizer_sha256'))[:12]}) than the data in {ds.path} "
+                        f"({ds.vocab_size} tokens, {tok[:12]}); resume on the run's own data")
+    if fp.get("train_tokens") != ds.train.num_tokens:
+        raise UserError(f"checkpoint {meta_path} was trained on a train split of {fp.get('train_tokens')} tokens, the "
+                        f"data in {ds.path} has {ds.train.num_tokens}; resume on the run's own data")
+    changed = [(k, a, b) for k, a, b in differences(saved, cfg) if k not in RESUME_MAY_CHANGE
+               and not (k == "model.vocab_size" and b == 0)]  # 0 = from the data, checked just above
+    shape = [(k, a, b) for k, a, b in changed if k.startswith("model.")]
+    if shape:
+        what = "vocabulary" if [k for k, _, _ in shape] == ["model.vocab_size"] else "model shape"
+        raise UserError(f"checkpoint {meta_path} holds another {what}: " + ", ".join(
+            f"{k}={a} there, {b} here" for k, a, b in shape))
+    if changed:
+        raise UserError(f"checkpoint {meta_path} was written with other settings: " + ", ".join(
+            f"{k}={a!r} there, {b!r} here" for k, a, b in changed) +
+            f"; a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}")
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def resume_config(run_dir: Path, overrides: list[str] = ()) -> Config:
+    """The config stored in a run's newest checkpoint, with overrides of the fields a resume may
+    change (RESUME_MAY_CHANGE); any other override is refused, since it would break exactness."""
+    path = checkpoint.newest(run_dir)
+    meta = checkpoint.read_meta(path)
+    try:
+        cfg = Config.from_dict(meta["config"])
+    except UserError as e:
+        raise UserError(f"checkpoint {path / 'meta.json'} holds a config this superpose cannot read ({e})") from None
+    pairs = parse_overrides(list(overrides))
+    refused = [k for k, _ in pairs if k not in RESUME_MAY_CHANGE]
+    if refused:
+        raise UserError(f"--resume continues the run exactly as it was configured, so {', '.join('--' + k for k in refused)} "
+                        f"cannot change; a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}")
+    for key, value in pairs:
+        set_field(cfg, key, value)
+    return cfg.validate()
+
+
+def _truncate_metrics(path: Path, step: int) -> int:
+    """Keep the metrics lines of steps before `step` (and drop a line torn by a kill), so the
+    resumed run appends without duplicated or missing steps. Returns the number of lines dropped."""
+    if not path.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            ok = json.loads(line)["step"] < step
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            keep.append(line + "\n")
+        else:
+            dropped += 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+    return dropped
 
 
 def resolve_data(cfg: Config, log: Callable[[str], None] = print) -> Dataset:

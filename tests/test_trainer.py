@@ -154,3 +154,11 @@ def test_state_snapshot_continues_exactly_across_the_switch(tiny_data, tmp_path)
         assert [r["loss"] for r in records(tmp_path / f"b{stop}", "train")] == want[stop:]
         for name, p in straight.model.state_dict().items():
             assert torch.equal(p, b.model.state_dict()[name]), (stop, name)
+
+
+def test_fused_chunked_head_trains_like_the_dense_head(tiny_data, tmp_path):
+    a = records(train(tiny_config(tiny_data), tmp_path / "dense").run_dir, "train")
+    b = records(train(tiny_config(tiny_data, train__loss_chunk_rows=7), tmp_path / "chunked").run_dir, "train")
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5), x["step"]
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4), x["step"]
