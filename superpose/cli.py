@@ -2,6 +2,10 @@
 
     superpose prepare --out DATA_DIR [--vocab-size N] [--text PATH ...] [--tokenizer tokenizer.json]
     superpose train --preset NAME --out RUN_DIR [--section.field=value | --section.field value ...]
+    superpose train --resume RUN_DIR [--train.device=... ...]
+    superpose export RUN_DIR_OR_CHECKPOINT --hf OUT_DIR
+    superpose generate RUN_DIR_OR_CHECKPOINT --prompt TEXT [--max-new-tokens N --temperature T --top-k K --seed S]
+    superpose eval RUN_DIR_OR_CHECKPOINT [--data DATA_DIR] [--tasks PATH.yaml|NAME,...]
     superpose presets
 
 Every mistake a user can make ends in one line on stderr and exit status 2, no traceback.
@@ -34,11 +38,33 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+    """Train a new run (--preset, --out), or continue one from its newest checkpoint (--resume).
+    A run stopped by SIGINT/SIGTERM saves a checkpoint and exits with 128 + the signal number."""
     from .config import resolve
-    from .trainer import run_training
+    from .errors import Interrupted
+    from .trainer import resume_config, run_training
 
-    cfg = resolve(args.preset, overrides)
-    run_training(cfg, Path(args.out), log=_log)
+    try:
+        if args.resume:
+            if args.init_from_hf:
+                raise UserError("--resume continues from the run's own checkpoint; drop --init-from-hf")
+            if args.preset or args.out:
+                raise UserError("--resume RUN_DIR continues that run with its own config and directory; "
+                                "drop --preset and --out")
+            run_dir = Path(args.resume)
+            run_training(resume_config(run_dir, overrides), run_dir, log=_log, resume=True)
+        else:
+            if not args.preset or not args.out:
+                raise UserError("train needs --preset NAME and --out RUN_DIR (or --resume RUN_DIR)")
+            cfg, hf = resolve(args.preset, overrides), args.init_from_hf
+            if hf:
+                from .export_hf import config_from_hf
+
+                cfg = config_from_hf(cfg, hf, overrides)
+            run_training(cfg, Path(args.out), log=_log, init_from_hf=Path(hf) if hf else None)
+    except Interrupted as e:
+        print(f"superpose: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
 
 
 def _experiment_config(args: argparse.Namespace, overrides: list[str]):
@@ -89,6 +115,41 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
           command=" ".join(["superpose", *sys.argv[1:]]), log=_log)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export_hf import export_hf
+
+    export_hf(args.path, args.hf, dtype=args.dtype, log=_log)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .generate import generate
+
+    sys.stdout.write(args.prompt)
+    generate(args.path, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+             top_k=args.top_k, seed=args.seed, device=args.device, log=_log)
+    sys.stdout.write("\n")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    from .evaluate import evaluate_loss, run_tasks
+
+    if args.tasks:
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        out = run_tasks(args.path, names, data=args.data, limit=args.limit, num_fewshot=args.num_fewshot,
+                        batch_size=args.batch_size or 16, device=args.device, log=_log)
+        print(out.pop("table"))
+    else:
+        out = evaluate_loss(args.path, data=args.data, val_tokens=args.val_tokens, batch_size=args.batch_size,
+                            device=args.device)
+        print(f"{out['model']} (step {out['step']}) on {out['data']}: {out['val_tokens']:,} held-out tokens, "
+              f"context {out['seq_len']}")
+        print(f"val_loss {out['val_loss']:.4f}  perplexity {out['val_ppl']:.2f}  bits/byte {out['val_bpb']:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
 def cmd_presets(_: argparse.Namespace) -> None:
     from .config import PRESETS
 
@@ -119,8 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     pt = sub.add_parser("train", help="train with TST: phase 1 (bags) then phase 2 (next token)",
                         epilog="Any config field can be overridden: --tst.bag_size=6 --train.steps 2000 ...")
-    pt.add_argument("--preset", required=True, help="named config: see `superpose presets`")
-    pt.add_argument("--out", required=True, help="run directory to create")
+    pt.add_argument("--preset", help="named config: see `superpose presets`")
+    pt.add_argument("--out", help="run directory to create")
+    pt.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint, exactly "
+                    "(only --data.path, --train.device/threads/eval_every/log_every/on_nan, --checkpoint.* may change)")
+    pt.add_argument("--init-from-hf", metavar="HF_DIR", help="start from a Hugging Face Llama folder's weights; the "
+                    "architecture comes from its config.json, the data must use its tokenizer")
     pc = sub.add_parser("compare", help="TST vs the matched-FLOPs baseline over seeds: report.md + plots",
                         epilog="Config overrides (--section.field=value) apply to both arms.")
     pc.add_argument("--preset", required=True, help="named config: see `superpose presets`")
@@ -139,6 +204,33 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.6", help="comma-separated r values (default 0.1,...,0.6)")
     ps.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
     ps.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
+    pe = sub.add_parser("export", help="write a run's model as a Hugging Face Llama folder")
+    pe.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    pe.add_argument("--hf", required=True, metavar="OUT_DIR", help="folder to create (config.json, model.safetensors, "
+                    "tokenizer files)")
+    pe.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="weight dtype (default float32)")
+    pg = sub.add_parser("generate", help="sample text from a run or checkpoint")
+    pg.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    pg.add_argument("--prompt", required=True, help="the text to continue")
+    pg.add_argument("--max-new-tokens", type=int, default=100, help="tokens to sample at most (default 100)")
+    pg.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    pg.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens; 0 = all (default 50)")
+    pg.add_argument("--seed", type=int, help="seed of the sampler (default: random)")
+    pg.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    pv = sub.add_parser("eval", help="validation loss, perplexity, bits per byte; or lm-eval tasks (--tasks)")
+    pv.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    pv.add_argument("--data", metavar="DATA_DIR", help="data directory (default: the run's own); its validation split "
+                    "is used")
+    pv.add_argument("--val-tokens", type=int, help="held-out tokens to score (default: the run's data.val_tokens)")
+    pv.add_argument("--tasks", metavar="PATH.yaml|NAME[,...]", help="lm-eval tasks: task yaml files, superpose_cloze "
+                    "(built from held-out text, offline), or lm-eval names such as hellaswag (need the HF hub)")
+    pv.add_argument("--limit", type=int, help="score only the first N examples of each task")
+    pv.add_argument("--num-fewshot", type=int, help="few-shot examples per task (default: the task's, usually 0)")
+    pv.add_argument("--batch-size", type=int, help="rows per forward pass (default: the run's train.batch_size; 16 "
+                    "for tasks)")
+    pv.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    pv.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     sub.add_parser("presets", help="list the named configs")
     return p
 
@@ -157,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         elif args.verb == "prepare":
             cmd_prepare(args)
+        elif args.verb == "export":
+            cmd_export(args)
+        elif args.verb == "generate":
+            cmd_generate(args)
+        elif args.verb == "eval":
+            cmd_eval(args)
         else:
             cmd_presets(args)
     except UserError as e:

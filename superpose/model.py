@@ -3,7 +3,8 @@
 Features: RMSNorm (pre-norm), rotary position embeddings (RoPE, the "rotate half" layout used by
 Hugging Face Llama, so export needs no q/k permutation), grouped-query attention through
 `F.scaled_dot_product_attention`, a SwiGLU feed-forward, untied input embedding and LM head by
-default (as in the TST paper). Module names mirror Hugging Face's `LlamaForCausalLM`
+default (as in the TST paper), and an optional key/value cache (`KVCache`) for generation that
+leaves the uncached forward untouched. Module names mirror Hugging Face's `LlamaForCausalLM`
 (`embed_tokens`, `self_attn.q_proj`, `mlp.gate_proj`, ...), so the export map is almost the
 identity.
 
@@ -119,6 +120,37 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
+class LayerCache:
+    """One layer's keys and values of the positions seen so far, (B, K, S, Dh) each."""
+
+    def __init__(self):
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the new positions' k, v (B, K, T, Dh); return all of them (B, K, S + T, Dh)."""
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding: pass the same cache to each
+    `Transformer.forward` call and give it only the new tokens."""
+
+    def __init__(self, n_layers: int):
+        self.layers = [LayerCache() for _ in range(n_layers)]
+
+    @property
+    def length(self) -> int:
+        """Positions already decoded (the RoPE position of the next input)."""
+        return self.layers[0].length
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -128,14 +160,25 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask, causal = None, True
+        if cache is not None and cache.length > 0:
+            # The T new queries sit at positions S-T..S-1 of the S cached + new keys; SDPA's
+            # is_causal aligns the mask top-left, which is wrong here, so build it bottom-right.
+            k, v = cache.append(k, v)  # (B, K, S, Dh)
+            S = k.shape[2]
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
+            causal = False
+        elif cache is not None:
+            cache.append(k, v)
         # enable_gqa lets each group of H/K query heads share one key/value head without a copy.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
 
@@ -162,8 +205,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -203,19 +246,29 @@ class Transformer(nn.Module):
         """Token embeddings: (B, T) int -> (B, T, D)."""
         return self.embed_tokens(input_ids)
 
-    def forward(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
+                cache: KVCache | None = None, return_hidden: bool = False) -> Tensor:
         """Logits (B, T, V) from token ids (B, T) or from embeddings (B, T, D).
+
+        return_hidden=True returns the final normed hidden states (B, T, D) instead, for a loss
+        that applies the LM head itself in chunks (`chunked_multi_hot_cross_entropy`).
 
         Position t gets RoPE position t in either case, so superposed phase-1 inputs of L
         positions are rotated exactly like ordinary inputs of L tokens.
+
+        With a `cache` (generation), the T inputs continue the cache.length positions already in
+        it: they get RoPE positions cache.length .. cache.length+T-1, attend to the cached keys
+        and values, and their own are appended. An empty cache computes exactly what no cache does.
         """
         assert (input_ids is None) != (inputs_embeds is None), "pass exactly one of input_ids, inputs_embeds"
         h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
-        T = h.shape[1]
-        cos, sin = rope_cos_sin(torch.arange(T, device=h.device), self.config.head_dim, self.config.rope_theta)
-        for block in self.layers:
-            h = block(h, cos, sin)
-        return self.lm_head(self.norm(h))  # (B, T, V)
+        start = 0 if cache is None else cache.length
+        positions = torch.arange(start, start + h.shape[1], device=h.device)  # (T,)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        for i, block in enumerate(self.layers):
+            h = block(h, cos, sin, None if cache is None else cache.layers[i])
+        h = self.norm(h)  # (B, T, D)
+        return h if return_hidden else self.lm_head(h)  # (B, T, V)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -242,5 +295,7 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transfo
     with torch.device("meta"):
         model = Transformer(cfg)
     model.to_empty(device=device)
+    if cfg.tie_embeddings:  # to_empty gives each module its own storage: tie them again
+        model.lm_head.weight = model.embed_tokens.weight
     model.init_weights()
     return model

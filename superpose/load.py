@@ -1,0 +1,201 @@
+"""Find and load a trained model: from a run directory or from one of its checkpoints.
+
+    load_model(path)      -> Transformer (eval mode): forward(input_ids (B, T)) -> logits (B, T, V)
+    load_tokenizer(path)  -> tokenizers.Tokenizer
+    locate(path)          -> Source: where the weights, architecture, tokenizer and run config are,
+                             and whether the weights are a phase-1 (superposition) model
+
+`path` is a run directory (final `model.safetensors` + `model.json`; if the final model is not
+there yet but checkpoints are, the newest checkpoint) or a checkpoint directory
+(`RUN_DIR/checkpoints/step-NNNNNN/`, with `meta.json` + `model.safetensors`).
+
+A checkpoint has no tokenizer of its own: it is taken from the checkpoint directory, else the run
+directory, else the data directory the run trained on (checked against the tokenizer's sha256
+recorded in the checkpoint, when there is one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .model import ModelConfig, Transformer
+from .schedule import build_phases
+
+
+@dataclass
+class Source:
+    """A located model."""
+
+    path: Path
+    """The directory that holds the weights (a run directory or a checkpoint directory)."""
+    kind: str
+    """"run" (the final model) or "checkpoint"."""
+    model_config: ModelConfig
+    config: dict
+    """The run's resolved config as a dict (sections model, data, tst, ...); empty if unknown."""
+    step: int | None
+    """Optimizer steps the weights have taken (None when the run config is unknown)."""
+    tokenizer_candidates: list[Path]
+    tokenizer_sha256: str | None = None
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def phase1_steps(self) -> int:
+        """Steps of phase 1 (superposition) in the run this model comes from; 0 without TST."""
+        tst, train = self.config.get("tst", {}), self.config.get("train", {})
+        if not tst or not train:
+            return 0
+        phases = build_phases(int(train["steps"]), float(tst["ratio"]), int(tst["bag_size"]))
+        return phases[0].num_steps if phases[0].index == 1 else 0
+
+    @property
+    def is_phase1(self) -> bool:
+        """True when every step these weights took was a superposition step: the LM head then
+        predicts bags, not next tokens. (A checkpoint taken right at the switch is one.)"""
+        return self.step is not None and 0 < self.step <= self.phase1_steps
+
+    @property
+    def seq_len(self) -> int:
+        """The training context in positions (data.seq_len), else the model's max_seq_len."""
+        return int(self.config.get("data", {}).get("seq_len") or self.model_config.max_seq_len)
+
+    @property
+    def data_path(self) -> Path | None:
+        p = self.config.get("data", {}).get("path")
+        return Path(p) if p else None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {what} {path} ({e}); the directory is damaged") from None
+
+
+def _model_config(d: dict, where: Path) -> ModelConfig:
+    try:
+        cfg = ModelConfig(**d).resolve()
+    except TypeError as e:
+        raise UserError(f"{where} does not describe a superpose model ({e}); was it written by another "
+                        "superpose version?") from None
+    if cfg.vocab_size < 1 or cfg.problems():
+        raise UserError(f"{where} describes an invalid model ({'; '.join(cfg.problems()) or 'vocab_size 0'})")
+    return cfg
+
+
+def _looks_like_hf(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.is_file() or (path / "model.json").is_file():
+        return False
+    try:
+        return "model_type" in json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def locate(path: Path | str) -> Source:
+    """Find the weights, architecture, run config and tokenizer behind a run or checkpoint path."""
+    from . import checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give a run directory (superpose train --out) or a checkpoint "
+                        "directory (RUN_DIR/checkpoints/step-NNNNNN)")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file; give its directory: a run directory or a checkpoint directory")
+    if (path / "meta.json").is_file():
+        meta = checkpoint.read_meta(path)
+        if not (path / "model.safetensors").is_file():
+            raise UserError(f"checkpoint {path} has no model.safetensors; the checkpoint is damaged: use another "
+                            f"one from {path.parent}")
+        config = meta["config"]
+        run_dir = path.parent.parent
+        data = Path(config["data"]["path"]) if config.get("data", {}).get("path") else None
+        candidates = [path / "tokenizer.json", run_dir / "tokenizer.json"] + ([data / "tokenizer.json"] if data else [])
+        return Source(path, "checkpoint", _model_config(config["model"], path / "meta.json"), config,
+                      int(meta["step"]), candidates, meta.get("data", {}).get("tokenizer_sha256"))
+    if (path / "model.safetensors").is_file() and (path / "model.json").is_file():
+        config = _read_json(path / "config.json", "run config") if (path / "config.json").is_file() else {}
+        steps = config.get("train", {}).get("steps")
+        data = config.get("data", {}).get("path")
+        candidates = [path / "tokenizer.json"] + ([Path(data) / "tokenizer.json"] if data else [])
+        return Source(path, "run", _model_config(_read_json(path / "model.json", "model architecture"),
+                                                 path / "model.json"),
+                      config, int(steps) if steps is not None else None, candidates)
+    found = checkpoint.checkpoints(path)
+    if found:
+        return locate(found[-1][1])
+    if _looks_like_hf(path):
+        raise UserError(f"{path} is a Hugging Face model folder, not a superpose run: load it with "
+                        "transformers.AutoModelForCausalLM.from_pretrained, or continue training it with "
+                        f"superpose train --init-from-hf {path}")
+    if (path / "metrics.jsonl").is_file():
+        raise UserError(f"run {path} has neither a final model (model.safetensors + model.json) nor checkpoints "
+                        "yet: let it finish, or train with --checkpoint.every N")
+    raise UserError(f"{path} is not a superpose run directory (no model.safetensors + model.json) nor a checkpoint "
+                    "(no meta.json); give the --out directory of superpose train or one of its checkpoints/step-N")
+
+
+def load_model(path: Path | str | Source, device: str | torch.device = "cpu") -> Transformer:
+    """The model of a run directory or checkpoint, in eval mode, float32, on `device`.
+
+    `forward(input_ids)` takes (B, T) token ids and returns logits (B, T, V).
+    """
+    from .checkpoint import load_weights
+
+    src = path if isinstance(path, Source) else locate(path)
+    with torch.device("meta"):
+        model = Transformer(src.model_config)
+    model.to_empty(device=device)
+    if src.model_config.tie_embeddings:  # to_empty breaks the tie; restore it before loading
+        model.lm_head.weight = model.embed_tokens.weight
+    load_weights(src.path, model)
+    return model.eval()
+
+
+def tokenizer_path(src: Source) -> Path:
+    """The tokenizer.json that belongs to a located model, or a UserError saying where it was sought."""
+    for p in src.tokenizer_candidates:
+        if p.is_file():
+            if src.tokenizer_sha256 and p.parent != src.path:
+                with open(p, "rb") as f:
+                    if hashlib.file_digest(f, "sha256").hexdigest() != src.tokenizer_sha256:
+                        raise UserError(f"{p} is not the tokenizer {src.path} was trained with (its sha256 "
+                                        f"differs from the checkpoint's record); copy the right tokenizer.json "
+                                        f"into {src.path}")
+            return p
+    looked = ", ".join(str(p) for p in src.tokenizer_candidates)
+    raise UserError(f"no tokenizer for {src.path} (looked for {looked}); copy the tokenizer.json of the data "
+                    f"directory it was trained on into {src.path}")
+
+
+def load_tokenizer(path: Path | str | Source):
+    """The `tokenizers.Tokenizer` of a run directory or checkpoint."""
+    from tokenizers import Tokenizer
+
+    p = tokenizer_path(path if isinstance(path, Source) else locate(path))
+    try:
+        return Tokenizer.from_file(str(p))
+    except Exception as e:  # the Rust side raises a plain Exception on bad JSON
+        raise UserError(f"cannot load tokenizer {p}: {str(e).splitlines()[0]}; replace it with the data "
+                        "directory's tokenizer.json") from None
+
+
+def eot_id(tokenizer) -> int:
+    """The end-of-text id: the separator the training data put after every document."""
+    from .prepare import find_eot
+
+    return find_eot(tokenizer)
