@@ -190,6 +190,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
     write_compare_markdown(report, out / "report.md")
     for line in report["verdicts"]:
         log(f"compare: {line}")
+    log(f"compare: report in {out / 'report.md'}, plots in {out}/loss_vs_*.png")
     return report
 
 
