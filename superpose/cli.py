@@ -63,7 +63,10 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
                 cfg = config_from_hf(cfg, hf, overrides)
             run_training(cfg, Path(args.out), log=_log, init_from_hf=Path(hf) if hf else None)
     except Interrupted as e:
-        print(f"superpose: {e}", file=sys.stderr)
+        from .distributed import env_rank
+
+        if env_rank() == 0:  # under torchrun every rank stops at the same step; rank 0 says so
+            print(f"superpose: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
 
 
@@ -258,9 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cmd_presets(args)
     except UserError as e:
-        print(f"superpose: error: {e}", file=sys.stderr)
+        from .distributed import rank_tag
+
+        print(f"superpose: error: {rank_tag()}{e}", file=sys.stderr)  # "[rank R] " under torchrun
         return 2
     except KeyboardInterrupt:
         print("superpose: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        from .distributed import describe_lost_peer, rank_tag
+
+        line = describe_lost_peer(e)  # another rank failed first: say so in one line, not a traceback
+        if line is None:
+            raise
+        print(f"superpose: error: {rank_tag()}{line}", file=sys.stderr)
+        return 1
     return 0

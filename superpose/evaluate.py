@@ -151,7 +151,8 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
         except (ConnectionError, OSError) as e:
             if not hub:
                 raise
-            raise UserError(f"cannot fetch the data of {', '.join(hub)} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UserError(f"cannot fetch the data of {', '.join(hub)} ({type(e).__name__}: {first}); "
                             "lm-eval's own tasks download from the Hugging Face hub: run with network access "
                             "(HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset)") from None
         finally:

@@ -104,8 +104,7 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
     """Write a run's final model (or a phase-2 checkpoint) as a Hugging Face Llama folder."""
     from safetensors.torch import save_file
 
-    from .load import load_model, load_tokenizer, locate, tokenizer_path
-    from .prepare import EOT
+    from .load import eot_id, load_model, load_tokenizer, locate, tokenizer_path
 
     src, out = locate(path), Path(out_dir)
     if src.is_phase1:
@@ -117,9 +116,7 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
         raise UserError(f"{out} already exists and is not an empty directory; choose another --hf folder")
     tok_file = tokenizer_path(src)
     tokenizer = load_tokenizer(src)
-    from .load import eot_id as find_eot_id
-
-    eot = find_eot_id(tokenizer)
+    eot = eot_id(tokenizer)
     eot_token = tokenizer.id_to_token(eot)
     model = load_model(src)
     cfg = model.config
@@ -144,13 +141,18 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
 
 
 def _model_card(src, cfg: ModelConfig) -> str:
-    tst = src.config.get("tst", {})
-    how = (f"Token Superposition Training (bag size s={tst.get('bag_size')}, phase 1 for r={tst.get('ratio')} of "
-           f"{src.config.get('train', {}).get('steps')} steps)" if tst else "superpose")
+    tst, steps = src.config.get("tst", {}), src.config.get("train", {}).get("steps")
+    if src.phase1_steps:
+        how = (f"Token Superposition Training (bags of s={tst['bag_size']} for the first {src.phase1_steps} of "
+               f"{steps} steps, then next-token training)")
+    else:
+        how = "next-token training (no superposition phase)" if tst else "superpose"
+    at = f" ({src.name}, after {src.step} steps)" if src.kind == "checkpoint" else ""
     return (f"# {src.path.name}\n\nA {cfg.n_layers}-layer Llama (d={cfg.dim}, vocabulary {cfg.vocab_size}) trained "
-            f"with {how}, exported by superpose from `{src.path}`. Nothing of TST remains in the weights: it is a "
-            "plain `LlamaForCausalLM`.\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained(PATH)\ntokenizer = AutoTokenizer.from_pretrained(PATH)\n```\n\n"
+            f"with {how}, exported by superpose from `{src.path}`{at}. Nothing of TST remains in the weights: it "
+            "is a plain `LlamaForCausalLM`.\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(PATH)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(PATH)\n```\n\n"
             "The training data put the end-of-text token between documents and used no BOS token.\n")
 
 
@@ -293,4 +295,5 @@ def check_hf_tokenizer(hf_dir: Path | str, dataset) -> None:
                         "with the model's tokenizer; save it with tokenizer.save_pretrained (a fast tokenizer) first")
     if load_tokenizer_file(theirs).get_vocab() != load_tokenizer_file(dataset.tokenizer_path).get_vocab():
         raise UserError(f"{dataset.path} was tokenized with another tokenizer than {hf_dir}'s; prepare the data with "
-                        f"it: superpose prepare --tokenizer {theirs} --text ... --out DATA_DIR, then --data.path DATA_DIR")
+                        f"it: superpose prepare --tokenizer {theirs} --text ... --out DATA_DIR, then "
+                        "--data.path DATA_DIR")

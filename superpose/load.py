@@ -136,6 +136,8 @@ def locate(path: Path | str) -> Source:
                                                  path / "model.json"),
                       config, int(steps) if steps is not None else None, candidates)
     found = checkpoint.checkpoints(path)
+    if not found and path.name == checkpoint.DIRNAME:  # RUN_DIR/checkpoints itself
+        found = checkpoint.checkpoints(path.parent)
     if found:
         return locate(found[-1][1])
     if _looks_like_hf(path):

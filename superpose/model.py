@@ -167,15 +167,14 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask, causal = None, True
-        if cache is not None and cache.length > 0:
-            # The T new queries sit at positions S-T..S-1 of the S cached + new keys; SDPA's
-            # is_causal aligns the mask top-left, which is wrong here, so build it bottom-right.
-            k, v = cache.append(k, v)  # (B, K, S, Dh)
-            S = k.shape[2]
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
-            causal = False
-        elif cache is not None:
-            cache.append(k, v)
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(k, v)  # (B, K, S, Dh): the cached positions, then these T
+            if past:
+                # The T queries are the last T of the S positions. SDPA's is_causal aligns its mask
+                # top-left, which is wrong when T < S, so build the bottom-right one.
+                S = k.shape[2]
+                mask, causal = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T), False
         # enable_gqa lets each group of H/K query heads share one key/value head without a copy.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            enable_gqa=self.n_kv_heads != self.n_heads)

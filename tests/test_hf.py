@@ -41,6 +41,15 @@ def quiet(_):
     pass
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy machine two spinning OpenMP threads cost 50x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def run(tiny_data, tmp_path_factory):
     """A finished 8-step TST run (switch at step 4) with checkpoints at steps 2, 4, 6 and 8."""
@@ -88,6 +97,7 @@ def test_export_gives_transformers_the_same_logits_and_token_ids(run, tmp_path, 
     src = tmp_path / "src"
     src.mkdir()
     model = random_weights(build_model(cfg))
+    assert (model.lm_head.weight is model.embed_tokens.weight) == tied  # build_model keeps the tie
     from safetensors.torch import save_model
 
     save_model(model, str(src / "model.safetensors"))
@@ -269,7 +279,9 @@ def test_tst_trainer_crosses_the_switch_in_one_run(tmp_path):
         output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=2, gradient_accumulation_steps=2,
         learning_rate=1e-2, lr_scheduler_type="linear", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = TSTTrainer(model=model, args=args, train_tokens=tokens, seq_len=L, bag_size=S, tst_ratio=0.5)
+    held_out = torch.randint(0, V, (200,), generator=torch.Generator().manual_seed(4))
+    trainer = TSTTrainer(model=model, args=args, train_tokens=tokens, seq_len=L, bag_size=S, tst_ratio=0.5,
+                         eval_tokens=held_out)
     shapes = []
     compute = trainer.compute_loss
     trainer.compute_loss = lambda m, inputs, **kw: (shapes.append(tuple(inputs["input_ids"].shape)),
@@ -296,6 +308,11 @@ def test_tst_trainer_crosses_the_switch_in_one_run(tmp_path):
         opt.zero_grad()
     for (name, a), b in zip(model.state_dict().items(), start.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+    # Evaluation is next-token loss over every held-out row of L + 1 tokens.
+    rows = torch.stack([r["input_ids"] for r in TokenRows(held_out, L, repeat=False)])
+    with torch.no_grad():
+        want = next_token_loss(model.eval(), rows).item()
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(want, abs=1e-5)
 
 
 def test_tst_trainer_errors(tmp_path):
@@ -307,3 +324,17 @@ def test_tst_trainer_errors(tmp_path):
     args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=4, report_to=[], use_cpu=True)
     with pytest.raises(UserError, match="fewer than one row"):
         TSTTrainer(model=model, args=args, **{**ok, "train_tokens": torch.arange(10)})
+
+
+def test_readme_tst_trainer_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### TST for any Hugging Face causal LM", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    trainer = scope["trainer"]
+    assert trainer.state.global_step == 10 and trainer.switch_step == 3

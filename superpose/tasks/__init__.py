@@ -47,13 +47,14 @@ def cloze_items(documents: list[str], n_items: int, seed: int = 0) -> list[dict]
     sentence, and three sentences of similar length from other documents."""
     rng = random.Random(seed)
     docs = [split_sentences(d) for d in documents]
-    pool = [(i, s) for i, sents in enumerate(docs) for s in sents if ENDING_WORDS[0] <= len(s.split()) <= ENDING_WORDS[1]]
+    lo, hi = ENDING_WORDS
+    pool = [(i, s) for i, sents in enumerate(docs) for s in sents if lo <= len(s.split()) <= hi]
     order = list(range(len(docs)))
     rng.shuffle(order)
     items = []
     for i in order:
         sents = docs[i]
-        boundaries = [k for k in range(1, len(sents)) if ENDING_WORDS[0] <= len(sents[k].split()) <= ENDING_WORDS[1]]
+        boundaries = [k for k in range(1, len(sents)) if lo <= len(sents[k].split()) <= hi]
         if not boundaries:
             continue
         k = rng.choice(boundaries)
@@ -105,7 +106,8 @@ def jsonl_dataset(data_files: dict | str, **_unused):
         try:
             lines = Path(path).read_text().splitlines()
         except OSError as e:
-            raise UserError(f"task data file {path} cannot be read ({e.strerror}); fix data_files in the task yaml") from None
+            raise UserError(f"task data file {path} cannot be read ({e.strerror}); fix data_files in the task "
+                            "yaml") from None
         try:
             splits[split] = datasets.Dataset.from_list([json.loads(line) for line in lines if line.strip()])
         except json.JSONDecodeError as e:
