@@ -3,6 +3,7 @@
     superpose prepare --out DATA_DIR [--vocab-size N] [--text PATH ...] [--tokenizer tokenizer.json]
     superpose train --preset NAME --out RUN_DIR [--section.field=value | --section.field value ...]
     superpose train --resume RUN_DIR [--train.device=... ...]
+    torchrun --nproc_per_node N -m superpose train ... --parallel.mode ddp|fsdp   (data parallel)
     superpose export RUN_DIR_OR_CHECKPOINT --hf OUT_DIR
     superpose generate RUN_DIR_OR_CHECKPOINT --prompt TEXT [--max-new-tokens N --temperature T --top-k K --seed S]
     superpose eval RUN_DIR_OR_CHECKPOINT [--data DATA_DIR] [--tasks PATH.yaml|NAME,...]
@@ -182,11 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--val-fraction", type=float, default=0.02, help="share of each source held out (default 0.02)")
     pp.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     pt = sub.add_parser("train", help="train with TST: phase 1 (bags) then phase 2 (next token)",
-                        epilog="Any config field can be overridden: --tst.bag_size=6 --train.steps 2000 ...")
+                        epilog="Any config field can be overridden: --tst.bag_size=6 --train.steps 2000 ... "
+                        "Data parallel: torchrun --nproc_per_node N -m superpose train ... --parallel.mode ddp|fsdp")
     pt.add_argument("--preset", help="named config: see `superpose presets`")
     pt.add_argument("--out", help="run directory to create")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint, exactly "
-                    "(only --data.path, --train.device/threads/eval_every/log_every/on_nan, --checkpoint.* may change)")
+                    "(only --data.path, --train.device/threads/eval_every/log_every/on_nan, --checkpoint.*, "
+                    "--parallel.mode/timeout_s may change; under torchrun at any number of processes)")
     pt.add_argument("--init-from-hf", metavar="HF_DIR", help="start from a Hugging Face Llama folder's weights; the "
                     "architecture comes from its config.json, the data must use its tokenizer")
     pc = sub.add_parser("compare", help="TST vs the matched-FLOPs baseline over seeds: report.md + plots",

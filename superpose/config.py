@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .distributed import MIXED_PRECISION, PARALLEL_MODES
 from .errors import UserError
 from .model import ModelConfig
 from .schedule import DECAY_SHAPES
@@ -62,6 +63,9 @@ class OptimConfig:
     """Decoupled weight decay on matrices (not on norms, not on embeddings)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    fused: bool = False
+    """AdamW's fused kernel (`torch.optim.AdamW(fused=True)`, CPU and CUDA): one kernel for all
+    parameters instead of a few per tensor group. The same update up to float rounding."""
 
 
 @dataclass
@@ -87,6 +91,16 @@ class TrainConfig:
     loss_chunk_rows: int = 0
     """0: the LM head makes all logits, then the loss. N > 0: head and loss fused, N positions at a
     time, so the (positions x vocabulary) logits never exist at once (less memory at large V)."""
+    compile: bool = False
+    """torch.compile the model and the loss together (one graph per phase). The first step of
+    each phase compiles (tens of seconds; needs a C++ compiler on CPU); later steps are faster."""
+    attention: str = "auto"
+    """Kernel of F.scaled_dot_product_attention: auto (torch chooses), math, flash, efficient or
+    cudnn (torch.nn.attention.SDPBackend). CPU has math and flash only."""
+    keep_freed_memory: bool = True
+    """CPU runs on Linux: let malloc keep freed blocks up to 2 GiB for reuse instead of returning
+    them to the kernel, so each step does not page-fault its buffers in again (often 1.5-2x faster
+    on CPU, see superpose/perf.py). Resident memory stays at its peak. Same arithmetic either way."""
     on_nan: str = "stop"
     """What a NaN or Inf in the loss or the gradients does: stop (the default: diagnostics, then
     the run ends before the update, leaving the last checkpoint untouched) or skip (the batch is
@@ -94,6 +108,7 @@ class TrainConfig:
 
 
 ON_NAN = ("stop", "skip")
+ATTENTION_KERNELS = ("auto", "math", "flash", "efficient", "cudnn")
 
 
 @dataclass
@@ -106,6 +121,20 @@ class CheckpointConfig:
 
 
 @dataclass
+class ParallelConfig:
+    mode: str = "none"
+    """Data parallelism when launched by torchrun (`torchrun --nproc_per_node N -m superpose train`):
+    none (one process), ddp (DistributedDataParallel: every rank holds the whole model, gradients
+    and optimizer state) or fsdp (FSDP2 `fully_shard` per block: parameters, gradients and
+    optimizer state sharded over the ranks). train.batch_size stays the global batch."""
+    mixed_precision: str = "none"
+    """fsdp only: none, or bf16 (FSDP's MixedPrecisionPolicy: bf16 weights for compute, gradients
+    reduced in float32, float32 master weights and optimizer state)."""
+    timeout_s: int = 1800
+    """Seconds a rank waits for the others in a collective before the job fails (a hung rank)."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -113,6 +142,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -162,9 +192,16 @@ class Config:
         need(tr.log_every >= 1, f"train.log_every: must be >= 1, got {tr.log_every}")
         need(tr.threads >= 0, f"train.threads: must be >= 0, got {tr.threads}")
         need(tr.loss_chunk_rows >= 0, f"train.loss_chunk_rows: must be >= 0 (0 = unfused), got {tr.loss_chunk_rows}")
+        need(tr.attention in ATTENTION_KERNELS,
+             f"train.attention: must be one of {', '.join(ATTENTION_KERNELS)}, got {tr.attention!r}")
         need(tr.on_nan in ON_NAN, f"train.on_nan: must be one of {', '.join(ON_NAN)}, got {tr.on_nan!r}")
         need(ck.every >= 0, f"checkpoint.every: must be >= 0 (0 = only on SIGINT/SIGTERM), got {ck.every}")
         need(ck.keep >= 0, f"checkpoint.keep: must be >= 0 (0 = keep all), got {ck.keep}")
+        pa = self.parallel
+        need(pa.mode in PARALLEL_MODES, f"parallel.mode: must be one of {', '.join(PARALLEL_MODES)}, got {pa.mode!r}")
+        need(pa.mixed_precision in MIXED_PRECISION,
+             f"parallel.mixed_precision: must be one of {', '.join(MIXED_PRECISION)}, got {pa.mixed_precision!r}")
+        need(pa.timeout_s >= 1, f"parallel.timeout_s: must be >= 1, got {pa.timeout_s}")
         return out
 
     def validate(self) -> "Config":
@@ -303,9 +340,13 @@ def resolve(preset_name: str, overrides: list[str]) -> Config:
 
 # Fields a resumed run may change: none of them alters the arithmetic of training, so the resumed
 # run stays bit-identical to an uninterrupted one (on the same device and thread count). Every
-# other field is fixed by the checkpoint.
+# other field is fixed by the checkpoint. parallel.mode and the number of processes (which is not
+# in the config) change only the order of floating-point sums: same update to float tolerance.
+# So do the execution choices train.compile, train.attention and optim.fused (kernels, not math);
+# train.keep_freed_memory changes nothing but speed.
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_every", "train.log_every",
-                     "train.on_nan", "checkpoint.every", "checkpoint.keep")
+                     "train.on_nan", "checkpoint.every", "checkpoint.keep", "parallel.mode", "parallel.timeout_s",
+                     "train.compile", "train.attention", "train.keep_freed_memory", "optim.fused")
 
 
 def differences(a: Config, b: Config) -> list[tuple[str, object, object]]:

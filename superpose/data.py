@@ -245,18 +245,25 @@ class TrainLoader:
             i += 1
         return out
 
-    def next_rows(self, num_rows: int, row_tokens: int) -> np.ndarray:
-        """(num_rows, row_tokens + 1) int64: inputs are [:, :-1], next-token labels [:, 1:]."""
+    def next_rows(self, num_rows: int, row_tokens: int, keep: slice | None = None) -> np.ndarray:
+        """(num_rows, row_tokens + 1) int64: inputs are [:, :-1], next-token labels [:, 1:].
+
+        keep: read only these rows of the num_rows (a data-parallel rank's share of the global
+        batch). The position advances over all num_rows either way, so every rank's loader
+        stays in the same state and the global batch is the same at any number of ranks.
+        """
         if row_tokens + 1 > self.stream.num_tokens:
             raise UserError(f"the train split has {self.stream.num_tokens} tokens, fewer than one row of "
                             f"{row_tokens + 1}; use more text or a smaller data.seq_len / tst.bag_size")
-        rows = np.empty((num_rows, row_tokens + 1), dtype=np.int64)
+        picked = range(num_rows)[keep] if keep is not None else range(num_rows)
+        rows = np.empty((len(picked), row_tokens + 1), dtype=np.int64)
         for r in range(num_rows):
             self._order()
             if self.position + row_tokens + 1 > int(self._cum[-1]):
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order()
-            rows[r] = self._read(self.position, row_tokens + 1)
+            if picked.start <= r < picked.stop:
+                rows[r - picked.start] = self._read(self.position, row_tokens + 1)
             self.position += row_tokens
         top = int(rows.max())
         if top >= self.vocab_size:

@@ -14,6 +14,9 @@ reaches the weights: the run stops (train.on_nan=stop) or drops that batch (skip
 
 With s = 1 every TST function reduces to the ordinary computation, so a baseline run (r = 0 or
 s = 1) and phase 2 run exactly the code of plain next-token training.
+
+Under torchrun (parallel.mode ddp or fsdp) every rank runs this same loop on its rows of the
+global batch, with the collectives of `distributed.py`; in one process those are no-ops.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, save_config, set_field
 from .data import Dataset, TrainLoader, bits_per_byte, open_dataset, token_byte_lengths, val_windows
 from .errors import Interrupted, UserError
 from .model import Transformer, build_model
+from .perf import attention_kernel, keep_freed_memory
 from .schedule import Phase, build_phases, lookup, wsd_lr
 from .superposition import (
     chunked_multi_hot_cross_entropy,
@@ -85,7 +89,9 @@ def configure_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
         (decay if p.ndim >= 2 and "embed_tokens" not in name else no_decay).append(p)
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    # fused=None (not False) is torch's own default, so optim.fused=false keeps today's kernels.
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True if o.fused else None)
+
 
 
 class MetricsLog:
@@ -101,6 +107,20 @@ class MetricsLog:
         self._f.close()
 
 
+class _NoMetrics:
+    """The metrics sink of ranks other than 0: only rank 0 writes metrics.jsonl."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _quiet(msg: str) -> None:
+    """The log of ranks other than 0."""
+
+
 def environment() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
@@ -114,7 +134,20 @@ class Trainer:
         tr, d = cfg.train, cfg.data
         if tr.threads:
             torch.set_num_threads(tr.threads)
-        self.device = resolve_device(tr.device)
+        # Under torchrun: join the job (rank, world size, cuda:LOCAL_RANK); otherwise one process.
+        self.par = distributed.setup(cfg.parallel.mode, resolve_device(tr.device), cfg.parallel.timeout_s,
+                                     cfg.parallel.mixed_precision)
+        self.device = self.par.device
+        if not self.par.is_main:  # only rank 0 talks
+            self.log = log = _quiet
+        for note in self.par.notes:
+            log(note)
+        W, K = self.par.world_size, tr.grad_accum
+        if self.par.distributed and tr.batch_size % (W * K):
+            near = W * K * max(1, round(tr.batch_size / (W * K)))
+            raise UserError(f"train.batch_size={tr.batch_size} (the global batch) must be divisible by the {W} "
+                            f"processes x train.grad_accum={K}: each process takes batch_size/{W} rows in {K} "
+                            f"micro-batches; use a multiple of {W * K}, e.g. --train.batch_size={near}")
         if init_from_hf is not None:
             from .export_hf import check_hf_tokenizer
 
@@ -131,6 +164,16 @@ class Trainer:
 
             load_hf_weights(self.model, init_from_hf)
             log(f"model: weights from the Hugging Face folder {init_from_hf}")
+        # train.compile: model, bag superposition and loss compiled as one function (one graph per
+        # phase, since bag_size and the row length are baked in; dynamic=False keeps it that way).
+        self.loss_fn = torch.compile(superposed_loss, dynamic=False) if tr.compile else superposed_loss
+        attention_kernel(tr.attention, self.device)  # refuses a kernel this device lacks, now
+        if tr.keep_freed_memory and self.device.type == "cpu":
+            keep_freed_memory()  # step-sized CPU buffers are reused, not page-faulted in again (perf.py)
+        # Data parallel: the module a step calls (DDP, or FSDP2 with self.model's parameters sharded
+        # in place); None in one process, which calls superposed_loss(self.model, ...) itself.
+        self.fwd = (distributed.wrap(self.model, self.par, self.loss_fn, cfg.parallel.mixed_precision)
+                    if self.par.distributed else None)
         self.optimizer = configure_optimizer(self.model, cfg)
         self.phases = build_phases(tr.steps, cfg.tst.ratio, cfg.tst.bag_size)
         self.loader = TrainLoader(dataset.train, dataset.train_docs, seed=tr.seed, vocab_size=cfg.model.vocab_size)
@@ -175,6 +218,9 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
+    def _attention(self):
+        return attention_kernel(self.cfg.train.attention, self.device)
+
     def train_step(self, phase: Phase) -> dict:
         cfg = self.cfg
         B, L, s, accum = cfg.train.batch_size, cfg.data.seq_len, phase.bag_size, cfg.train.grad_accum
@@ -183,32 +229,40 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        rows = torch.from_numpy(self.loader.next_rows(B, s * L)).to(self.device)  # (B, s*L + 1)
+        # Data parallel: this rank reads only its rows of the global batch, (B/W, s*L + 1).
+        keep = self.par.rows(B) if self.par.distributed else None
+        rows = torch.from_numpy(self.loader.next_rows(B, s * L, keep)).to(self.device)  # (B, s*L + 1)
         data_time = time.perf_counter() - t0
-        # The normaliser is fixed before any forward pass, over the whole global batch, so the
-        # sum of micro-batch gradients equals the gradient of the full-batch mean exactly.
+        # The normaliser is fixed before any forward pass, over the whole global batch (summed over
+        # ranks), so the sum of micro-batch and rank gradients equals the gradient of the
+        # full-batch mean exactly.
         targets = next_bag_targets(rows[:, 1:], s)  # (B, L, s)
-        denom = count_valid_targets(targets, cfg.tst.weights)
+        denom = self.par.sum(count_valid_targets(targets, cfg.tst.weights))
         loss_total = torch.zeros((), device=self.device)
-        for micro in rows.chunk(accum):
-            with self._autocast():
-                loss = superposed_loss(self.model, micro, s, cfg.tst.weights, cfg.train.loss_chunk_rows) / denom
-            loss.backward()
+        micros = rows.chunk(accum)
+        for i, micro in enumerate(micros):
+            # Gradients are summed over ranks on the last micro-batch only (DDP no_sync / FSDP).
+            with distributed.grad_sync(self.fwd, self.par, last=i == len(micros) - 1):
+                with self._autocast(), self._attention():
+                    args = (micro, s, cfg.tst.weights, cfg.train.loss_chunk_rows)
+                    loss = (self.loss_fn(self.model, *args) if self.fwd is None else self.fwd(*args)) / denom
+                loss.backward()
             loss_total += loss.detach()
         # clip_grad_norm_ split in two, so a NaN or Inf is seen before anything touches the weights
-        # (the same arithmetic: clip_grad_norm_ is these two calls).
+        # (the same arithmetic: clip_grad_norm_ is these two calls). Under FSDP the gradients are
+        # DTensor shards and the norm is the global one.
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        loss, norm = loss_total.item(), grad_norm.item()
-        finite = math.isfinite(loss) and math.isfinite(norm)
+        # The global loss, and one finiteness decision taken by every rank alike.
+        loss, norm, finite = distributed.step_stats(self.par, loss_total, grad_norm)
         bad_grads = []
         if finite:
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
             torch.nn.utils.clip_grads_with_norm_(params, clip, grad_norm)
             self.optimizer.step()
         else:
-            bad_grads = [n for n, p in self.model.named_parameters()
-                         if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            bad_grads = [n for n, p in self.model.named_parameters()  # this rank's shards under FSDP
+                         if p.grad is not None and not bool(torch.isfinite(distributed.local(p.grad)).all())]
         self.optimizer.zero_grad(set_to_none=True)
         self.tokens_seen += B * L * s  # read either way: a skipped batch is not read again
         return {"loss": loss, "lr": lr, "grad_norm": norm, "data_time_s": data_time, "finite": finite,
@@ -222,8 +276,8 @@ class Trainer:
         for batch in self.val.split(self.cfg.train.batch_size):
             batch = batch.to(self.device)
             x, y = batch[:, :-1], batch[:, 1:]
-            with self._autocast():
-                logits = self.model(x)
+            with self._autocast(), self._attention():  # under FSDP through the root module, which gathers the weights
+                logits = self.model(x) if self.par.mode != "fsdp" else self.fwd(x, logits=True)
             nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")  # (b*L,)
             nbytes = self.token_bytes.to(self.device)[y.flatten()]
             nll_sum += nll.sum().item()
@@ -232,6 +286,7 @@ class Trainer:
             nll_bytes += nll[nbytes > 0].sum().item()
             n_bytes += int(nbytes.sum().item())
         self.model.train()
+        distributed.reshard(self.fwd, self.par)
         return {"val_loss": nll_sum / n_targets, "val_bpb": bits_per_byte(nll_bytes, n_bytes)}
 
     # ------------------------------------------------------------------ the run
@@ -239,16 +294,25 @@ class Trainer:
     def begin(self, progress: bool = True) -> None:
         """Create the run directory, write the config, open the metrics log, say what will run."""
         cfg, tr = self.cfg, self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.json")
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.par.barrier()  # every rank has checked the run directory before rank 0 writes into it
+        if self.par.is_main:  # only rank 0 writes files
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.json")
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        else:
+            self.metrics = _NoMetrics()
+        if self.par.distributed:
+            share = tr.batch_size // self.par.world_size
+            self.log(f"parallel: {self.par.mode} over {self.par.world_size} processes on {self.device.type}; each "
+                     f"reads {share} of the {tr.batch_size} rows of a step, in {tr.grad_accum} micro-batch(es) of "
+                     f"{share // tr.grad_accum}")
         self.log(f"model: {self.model.num_params():,} parameters ({self.model.num_params(non_embedding=True):,} "
                  f"non-embedding) on {self.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
         for p in self.phases:
             what = f"bags of s={p.bag_size}, multi-hot next-bag loss" if p.index == 1 else "next-token loss"
             self.log(f"phase {p.index} ({p.name}): steps {p.start}-{p.end - 1}, {what}")
         self.warn_about_repeats()
-        self.bar = _progress(tr.steps, enabled=progress, initial=self.step)
+        self.bar = _progress(tr.steps, enabled=progress and self.par.is_main, initial=self.step)
         self.t_start = time.perf_counter() - self.elapsed_offset
 
     def step_once(self) -> dict:
@@ -289,7 +353,8 @@ class Trainer:
     def _non_finite(self, phase: Phase, out: dict) -> None:
         """Step-level diagnostics for a NaN/Inf, then stop (UserError) or count the skipped batch."""
         bad = out["bad_grads"]
-        weights_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        weights_ok = self.par.all_true(all(bool(torch.isfinite(distributed.local(p)).all())
+                                           for p in self.model.parameters()))
         where = f"step {self.step} (phase {phase.index}, s={phase.bag_size}, lr {out['lr']:.3g})"
         grads = (f"non-finite gradients in {len(bad)} tensors: {', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}"
                  if bad else "all gradients finite")
@@ -318,10 +383,12 @@ class Trainer:
                    "skipped_steps": self.skipped_steps,
                    "wall_s": time.perf_counter() - self.t_start, "train_time_s": self.train_time,
                    "parameters": self.model.num_params(), **self.last_eval, "data_dir": str(self.ds.path),
+                   "parallel": {"mode": self.par.mode, "world_size": self.par.world_size},
                    "data": self.data_plan(), "environment": environment()}
         self.save_final(summary)
         self.log(f"done: val_loss {self.last_eval['val_loss']:.4f}, val_bpb {self.last_eval['val_bpb']:.4f}, "
                  f"{summary['wall_s']:.0f}s; model in {self.run_dir}")
+        self.par.barrier()  # no rank leaves before rank 0 has written the model
         return summary
 
     def train(self, progress: bool = True) -> dict:
@@ -332,18 +399,22 @@ class Trainer:
         """
         steps, every = self.cfg.train.steps, self.cfg.checkpoint.every
         self.begin(progress)
-        with _StopSignals() as stop:
+        with _StopSignals(abort_on_repeat=not self.par.distributed) as stop:
             try:
                 while self.step < steps:
                     checkpoint.signal_hook(self.step)
+                    distributed.fail_hook(self.par.rank, self.step)
                     self.step_once()
                     if every and self.step % every == 0:
                         self.save_checkpoint()
-                    if stop.signum is not None and self.step < steps:
-                        name = signal.Signals(stop.signum).name
+                    # Ranks may see a signal at different steps; they agree to stop after the same one.
+                    signum = self.par.max_int(stop.signum or 0)
+                    if signum and self.step < steps:
+                        name = signal.Signals(signum).name
                         path = self.save_checkpoint(reason=name)
-                        raise Interrupted(stop.signum, f"stopped by {name} after step {self.step - 1}; saved "
-                                          f"{path}; continue with: superpose train --resume {self.run_dir}")
+                        again = "torchrun --nproc_per_node N -m superpose" if self.par.distributed else "superpose"
+                        raise Interrupted(signum, f"stopped by {name} after step {self.step - 1}; saved "
+                                          f"{path}; continue with: {again} train --resume {self.run_dir}")
             except BaseException:
                 self.bar.close()
                 self.metrics.close()
@@ -385,8 +456,12 @@ class Trainer:
                 "val_tokens": self.ds.val.num_tokens}
 
     def save_checkpoint(self, reason: str = "every") -> Path:
-        """RUN_DIR/checkpoints/step-NNNNNN/ for the state after `self.step` steps (see checkpoint.py)."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+        """RUN_DIR/checkpoints/step-NNNNNN/ for the state after `self.step` steps (see checkpoint.py).
+
+        Data parallel: every rank calls it; rank 0 writes the single-process format (under FSDP
+        the full model and optimizer state are first gathered to it), the others wait for it."""
+        finite = all(bool(torch.isfinite(distributed.local(p)).all()) for p in self.model.parameters())
+        if not self.par.all_true(finite):
             raise UserError(f"the weights hold NaN or Inf after step {self.step - 1}; not saving them over the last "
                             "good checkpoint: lower --optim.lr or raise --optim.warmup_steps")
         state = self.state_dict()
@@ -403,27 +478,34 @@ class Trainer:
                 "loader": state["loader"], "data": self.data_fingerprint(), "reason": reason,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": {"torch": torch.__version__, "python": platform.python_version()},
+                "parallel": {"mode": self.par.mode, "world_size": self.par.world_size},
                 "config": self.cfg.to_dict()}
-        path = checkpoint.save(self.run_dir, self.step, self.model, state["optimizer"], rng, meta,
-                               keep=self.cfg.checkpoint.keep)
+        model, optim_state = self.model, state["optimizer"]
+        if self.par.mode == "fsdp":  # a collective: the full state, on rank 0 only
+            model, optim_state = distributed.gather_full_state(self.model, self.optimizer, self.cfg.model)
+        path = self.run_dir / checkpoint.DIRNAME / checkpoint.step_name(self.step)
+        if self.par.is_main:
+            path = checkpoint.save(self.run_dir, self.step, model, optim_state, rng, meta,
+                                   keep=self.cfg.checkpoint.keep)
+        self.par.barrier()  # no rank goes on, or exits on a signal, before the checkpoint is complete
         return path
 
     def load_checkpoint(self, path: Path) -> dict:
         """Verify a checkpoint directory, check it fits this run (model shape, vocabulary, data and
         every config field a resume may not change), then restore it. Returns its meta."""
         path = Path(path)
-        meta = checkpoint.verify(path)
+        meta = checkpoint.verify(path) if self.par.is_main else checkpoint.read_meta(path)  # rank 0 checks the files
         check_compatible(meta, path / "meta.json", self.cfg, self.ds)
-        checkpoint.load_weights(path, self.model)
-        opt = checkpoint.load_torch(path, "optimizer.pt", self.device)
-        try:
-            self.optimizer.load_state_dict(opt)
-            fits = all(st["exp_avg"].shape == p.shape for p, st in self.optimizer.state.items())
-        except (ValueError, KeyError, TypeError, RuntimeError):
-            fits = False
-        if not fits:
-            raise UserError(f"checkpoint file {path / 'optimizer.pt'} does not fit this model's optimizer "
-                            "(another model shape)")
+        if self.par.mode == "fsdp":
+            # Rank 0 reads the full state into a plain CPU model and optimizer, then broadcasts it
+            # into every rank's shards: any world size resumes any checkpoint.
+            plain = optim_state = None
+            if self.par.is_main:
+                plain = distributed.empty_model(self.cfg.model)
+                optim_state = self._read_weights_and_optimizer(path, plain, configure_optimizer(plain, self.cfg), "cpu")
+            distributed.load_full_state(self.model, self.optimizer, plain, optim_state)
+        else:
+            self._read_weights_and_optimizer(path, self.model, self.optimizer, self.device)
         rng = checkpoint.load_torch(path, "rng.pt")
         self.loader.load_state_dict(meta["loader"])
         self.step, self.tokens_seen = int(meta["step"]), int(meta["tokens_seen"])
@@ -435,11 +517,33 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         return meta
 
+    def _read_weights_and_optimizer(self, path: Path, model: Transformer, optimizer: torch.optim.Optimizer,
+                                    device: torch.device | str) -> dict:
+        """A checkpoint's weights and optimizer state into `model` and `optimizer`, refusing files
+        that do not fit them. Returns the optimizer state as read."""
+        checkpoint.load_weights(path, model)
+        opt = checkpoint.load_torch(path, "optimizer.pt", device)
+        try:
+            optimizer.load_state_dict(opt)
+            fits = all(st["exp_avg"].shape == p.shape for p, st in optimizer.state.items())
+        except (ValueError, KeyError, TypeError, RuntimeError):
+            fits = False
+        if not fits:
+            raise UserError(f"checkpoint file {path / 'optimizer.pt'} does not fit this model's optimizer "
+                            "(another model shape)")
+        return opt
+
     def save_final(self, summary: dict) -> None:
-        """The final model: plain Llama weights + architecture + tokenizer. Nothing about TST."""
+        """The final model: plain Llama weights + architecture + tokenizer. Nothing about TST.
+        Data parallel: written by rank 0 (under FSDP from the gathered full weights)."""
         from safetensors.torch import save_model
 
-        save_model(self.model, str(self.run_dir / "model.safetensors"))
+        model = self.model
+        if self.par.mode == "fsdp":  # a collective: every rank takes part, rank 0 gets the plain model
+            model, _ = distributed.gather_full_state(self.model, None, self.cfg.model)
+        if not self.par.is_main:
+            return
+        save_model(model, str(self.run_dir / "model.safetensors"))
         (self.run_dir / "model.json").write_text(json.dumps(self.cfg.model.to_dict(), indent=2) + "\n")
         shutil.copyfile(self.ds.tokenizer_path, self.run_dir / "tokenizer.json")
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -448,7 +552,14 @@ class Trainer:
 class _StopSignals:
     """Within the block, SIGINT and SIGTERM only set `signum` (the loop saves and stops after the
     current step); a second one raises KeyboardInterrupt at once. The previous handlers come back
-    on exit. Outside the main thread signals cannot be caught, and nothing is installed."""
+    on exit. Outside the main thread signals cannot be caught, and nothing is installed.
+
+    abort_on_repeat=False (under torchrun) ignores repeats: a rank gets the scheduler's signal
+    and torchrun's forwarded one, and must still save; torchrun's SIGKILL after its
+    --shutdown-timeout is the hard stop there."""
+
+    def __init__(self, abort_on_repeat: bool = True):
+        self.abort_on_repeat = abort_on_repeat
 
     def __enter__(self) -> "_StopSignals":
         self.signum, self.previous = None, {}
@@ -459,7 +570,9 @@ class _StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            if self.abort_on_repeat:
+                raise KeyboardInterrupt
+            return
         self.signum = signum  # no printing here: the handler may interrupt a print on the same stream
 
     def __exit__(self, *exc) -> None:
@@ -502,10 +615,34 @@ class _progress:
 
 def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print, resume: bool = False,
                  init_from_hf: Path | None = None) -> dict:
+    """Train (see `_run_training`), as one process or as one rank of a torchrun job.
+
+    Under torchrun this joins the process group first; only rank 0 logs. Rank 0 of each machine
+    resolves the data first (preparing the default corpus on first use) while the others wait,
+    so no two processes build it at once. The group is left without teardown when this rank
+    fails, so it exits at once and torchrun ends the other ranks.
+    """
+    par = distributed.setup(cfg.parallel.mode, resolve_device(cfg.train.device), cfg.parallel.timeout_s)
+    if par.distributed:
+        log = log if par.is_main else _quiet
+        if par.local_rank != 0:
+            par.barrier()
+        resolve_data(cfg, log)
+        if par.local_rank == 0:
+            par.barrier()
+    summary = _run_training(cfg, run_dir, log, resume, init_from_hf)
+    distributed.shutdown(par)
+    return summary
+
+
+def _run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print, resume: bool = False,
+                  init_from_hf: Path | None = None) -> dict:
     """Resolve the data (preparing the default corpus on first use), then train.
 
     init_from_hf: a Hugging Face Llama folder whose weights start the run (cfg.model must be its
-    architecture: see export_hf.config_from_hf). resume=True continues `run_dir` from its newest checkpoint. `cfg` must then agree with the
+    architecture: see export_hf.config_from_hf).
+
+    resume=True continues `run_dir` from its newest checkpoint. `cfg` must then agree with the
     checkpoint's config in every field outside RESUME_MAY_CHANGE (`resume_config` builds such a
     config from the checkpoint itself); metrics.jsonl is cut back to the checkpoint's step.
     """
@@ -528,8 +665,9 @@ def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print,
         check_compatible(meta, ckpt / "meta.json", own, dataset)
     trainer = Trainer(cfg, run_dir, dataset, log)
     trainer.load_checkpoint(ckpt)
-    gone = checkpoint.remove_leftovers(run_dir)
-    dropped = _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
+    main = trainer.par.is_main  # only rank 0 touches the run directory
+    gone = checkpoint.remove_leftovers(run_dir) if main else []
+    dropped = _truncate_metrics(run_dir / "metrics.jsonl", trainer.step) if main else 0
     phase = lookup(trainer.phases, min(trainer.step, cfg.train.steps - 1))
     log(f"resuming {run_dir} from {ckpt.name}: step {trainer.step} of {cfg.train.steps}, phase {phase.index} "
         f"(s={phase.bag_size}), {trainer.tokens_seen:,} tokens seen; {dropped} metrics lines past it dropped"
