@@ -155,40 +155,69 @@ def target_coefficients(targets: Tensor, weights: str | Tensor | None, ignore_in
     raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
 
 
-def _nll_and_grad(z: Tensor, targets: Tensor, coef: Tensor) -> tuple[Tensor, Tensor]:
-    """For float32 logits z (N, V): loss = sum c * (lse(z) - z[y]) and its gradient dloss/dz.
+# Rows of logits the loss works on at once: about 4M float32 elements (16 MiB) per temporary, so
+# the float32 working copies of bf16 logits stay small and are reused by the allocator.
+_ROW_ELEMENTS = 1 << 22
 
-    dz = softmax(z) * sum_i c_i - sum_i c_i * onehot(y_i): one (N, V) buffer, built in place.
+
+def _nll_rows(z: Tensor, targets: Tensor, coef: Tensor, grad_out: Tensor | None) -> Tensor:
+    """For float32 logits rows z (n, V): returns sum c * (lse(z) - z[y]); when `grad_out` (n, V,
+    float32, may be z itself) is given, also writes the gradient dloss/dz into it:
+
+        dz = softmax(z) * sum_i c_i - sum_i c_i * onehot(y_i)
+
+    One pass builds exp(z - max) in the output buffer, which is then the softmax numerator: no
+    separate log-sum-exp temporary, no second exponential.
     """
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (N, 1)
-    loss = (coef * (lse - z.gather(-1, targets))).sum()
-    dz = torch.exp(z - lse).mul_(coef.sum(-1, keepdim=True))  # (N, V)
-    dz.scatter_add_(-1, targets, -coef)
-    return loss, dz
+    zy = z.gather(-1, targets)  # (n, s), read before z may be overwritten
+    m = z.amax(dim=-1, keepdim=True)  # (n, 1)
+    e = torch.sub(z, m, out=grad_out) if grad_out is not None else z - m  # (n, V)
+    e.exp_()
+    total = e.sum(dim=-1, keepdim=True)  # (n, 1)
+    loss = (coef * (total.log() + m - zy)).sum()
+    if grad_out is not None:
+        e.mul_(coef.sum(-1, keepdim=True) / total)
+        e.scatter_add_(-1, targets, -coef)
+    return loss
 
 
 class _WeightedNLL(torch.autograd.Function):
-    """sum c * nll over the targets of (N, V) logits, with a hand-written backward.
+    """sum c * nll over the targets of (N, V) logits; the gradient is made in the forward pass.
 
-    Autograd through logsumexp + gather would keep an fp32 copy of the logits, build softmax and
-    a scattered one-hot as separate (N, V) buffers and add them; this keeps one (N, V) buffer.
-    The gradient is computed in backward from the saved logits, so nothing extra lives between
-    forward and backward beyond the logits the LM head made anyway.
+    The loss is linear in its upstream gradient, so forward writes dloss/dlogits straight into
+    one (N, V) buffer in the logits' dtype, and backward only scales it. Nothing else of size
+    (N, V) is kept: not the logits (the LM head's own backward needs its input, not its output),
+    not a float32 copy, softmax or one-hot. Autograd through logsumexp + gather, or the paper's s
+    `F.cross_entropy` calls (each saving its own log-softmax), would keep several. Rows are done
+    `_ROW_ELEMENTS` at a time, so the float32 working copies of bf16 logits stay small.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, coef: Tensor) -> Tensor:
-        z = logits.float()
-        lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (N, 1)
-        ctx.save_for_backward(logits, targets, coef, lse)
-        return (coef * (lse - z.gather(-1, targets))).sum()
+        N, V = logits.shape
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(logits) if need_grad else None  # (N, V) in the logits' dtype
+        loss = torch.zeros((), dtype=torch.float32, device=logits.device)
+        rows = max(1, _ROW_ELEMENTS // V)
+        for start in range(0, N, rows):
+            sl = slice(start, start + rows)
+            z = logits[sl].float()  # (n, V): a view for float32 logits, a copy for bf16
+            out = None
+            if need_grad:
+                out = grad[sl] if grad.dtype == torch.float32 else torch.empty_like(z)
+            loss += _nll_rows(z, targets[sl], coef[sl], out)
+            if need_grad and out is not grad[sl]:
+                grad[sl] = out  # cast to the logits' dtype
+        ctx.grad = grad
+        return loss
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        logits, targets, coef, lse = ctx.saved_tensors
-        dz = torch.exp(logits.float() - lse).mul_(coef.sum(-1, keepdim=True) * grad_out)  # (N, V)
-        dz.scatter_add_(-1, targets, -coef * grad_out)
-        return dz.to(logits.dtype), None, None
+        grad, ctx.grad = ctx.grad, None  # used once, scaled in place and handed on
+        if grad is None:
+            raise RuntimeError("multi_hot_cross_entropy: backward called twice through the same loss; "
+                               "compute the loss again for a second backward")
+        return grad.mul_(grad_out.to(grad.dtype)), None, None
 
 
 def chunked_multi_hot_cross_entropy(
@@ -229,11 +258,17 @@ class _ChunkedLinearNLL(torch.autograd.Function):
         for start in range(0, h.shape[0], chunk_rows):
             sl = slice(start, start + chunk_rows)
             z = F.linear(h[sl], w)  # (n, V) in the matmul dtype (bf16 under autocast)
-            part, dz = _nll_and_grad(z.float(), targets[sl], coef[sl])
-            loss += part
-            dz = dz.to(z.dtype)
-            grad_h[sl] = (dz @ w.to(z.dtype)).to(h.dtype)  # (n, D)
-            grad_w += (dz.t() @ h[sl].to(z.dtype)).float()  # (V, D)
+            zf = z.float()  # z itself when float32: the gradient then overwrites the logits in place
+            loss += _nll_rows(zf, targets[sl], coef[sl], zf)
+            dz = zf.to(z.dtype)
+            if dz.dtype == h.dtype:
+                torch.mm(dz, w.to(dz.dtype), out=grad_h[sl])  # (n, D)
+            else:
+                grad_h[sl] = dz @ w.to(dz.dtype)
+            if dz.dtype == torch.float32:
+                grad_w.addmm_(dz.t(), h[sl])  # (V, D)
+            else:
+                grad_w += (dz.t() @ h[sl].to(dz.dtype)).float()
         ctx.save_for_backward(grad_h, grad_w.to(w.dtype))
         return loss
 
