@@ -153,7 +153,9 @@ def plot_sweep(grid: dict, path: Path, title: str) -> None:
     for i in range(len(ratios)):
         for j in range(len(sizes)):
             if np.isfinite(gain[i, j]):
-                ax.text(j, i, f"{gain[i, j]:+.3f}", ha="center", va="center", fontsize=8)
+                dark = abs(gain[i, j]) > 0.6 * lim  # white text on the deep colours
+                ax.text(j, i, f"{gain[i, j]:+.3f}", ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
     ax.set_xticks(range(len(sizes)), [str(s) for s in sizes])
     ax.set_yticks(range(len(ratios)), [str(r) for r in ratios])
     ax.set_xlabel("bag size s")
