@@ -88,9 +88,11 @@ class TrainConfig:
     """Print a log line every N steps when no progress bar is shown."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
-    loss_chunk_rows: int = 0
+    loss_chunk_rows: int = -1
     """0: the LM head makes all logits, then the loss. N > 0: head and loss fused, N positions at a
-    time, so the (positions x vocabulary) logits never exist at once (less memory at large V)."""
+    time, so the (positions x vocabulary) logits never exist at once (less memory at large V).
+    -1 (auto): fused, 2 * model.dim positions at a time, on CPU when a micro-batch has at least 2^20
+    logits (where it measured faster); unfused otherwise and on GPUs (see perf.auto_loss_chunk_rows)."""
     compile: bool = False
     """torch.compile the model and the loss together (one graph per phase). The first step of
     each phase compiles (tens of seconds; needs a C++ compiler on CPU); later steps are faster."""
@@ -98,9 +100,10 @@ class TrainConfig:
     """Kernel of F.scaled_dot_product_attention: auto (torch chooses), math, flash, efficient or
     cudnn (torch.nn.attention.SDPBackend). CPU has math and flash only."""
     keep_freed_memory: bool = True
-    """CPU runs on Linux: let malloc keep freed blocks up to 2 GiB for reuse instead of returning
-    them to the kernel, so each step does not page-fault its buffers in again (often 1.5-2x faster
-    on CPU, see superpose/perf.py). Resident memory stays at its peak. Same arithmetic either way."""
+    """CPU runs on Linux: let malloc keep freed blocks of up to 64 MiB for reuse instead of
+    returning them to the kernel, so each step does not page-fault its buffers in again
+    (superpose/perf.py; up to 1.25x faster steps measured). Up to 1 GiB of freed memory stays
+    resident. The same arithmetic either way."""
     on_nan: str = "stop"
     """What a NaN or Inf in the loss or the gradients does: stop (the default: diagnostics, then
     the run ends before the update, leaving the last checkpoint untouched) or skip (the batch is
@@ -191,7 +194,8 @@ class Config:
         need(tr.eval_every >= 0, f"train.eval_every: must be >= 0, got {tr.eval_every}")
         need(tr.log_every >= 1, f"train.log_every: must be >= 1, got {tr.log_every}")
         need(tr.threads >= 0, f"train.threads: must be >= 0, got {tr.threads}")
-        need(tr.loss_chunk_rows >= 0, f"train.loss_chunk_rows: must be >= 0 (0 = unfused), got {tr.loss_chunk_rows}")
+        need(tr.loss_chunk_rows >= -1,
+             f"train.loss_chunk_rows: must be >= -1 (-1 = auto, 0 = unfused), got {tr.loss_chunk_rows}")
         need(tr.attention in ATTENTION_KERNELS,
              f"train.attention: must be one of {', '.join(ATTENTION_KERNELS)}, got {tr.attention!r}")
         need(tr.on_nan in ON_NAN, f"train.on_nan: must be one of {', '.join(ON_NAN)}, got {tr.on_nan!r}")

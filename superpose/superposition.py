@@ -47,6 +47,28 @@ def superpose_embeddings(embeds: Tensor, bag_size: int) -> Tensor:
     return bags.float().mean(dim=2).to(embeds.dtype)  # (B, L, D)
 
 
+def superpose_token_embeddings(input_ids: Tensor, weight: Tensor, bag_size: int) -> Tensor:
+    """`superpose_embeddings(F.embedding(input_ids, weight), bag_size)`, in one kernel.
+
+    input_ids: (B, L*s) token ids; weight: (V, D) the embedding table -> (B, L, D).
+
+    `F.embedding_bag(mode="mean")` gathers and averages each bag without materialising the
+    (B, L*s, D) token embeddings, and its backward adds each position's gradient / s straight
+    into the table's rows, so phase 1's input side costs about what phase 2's lookup does. For a
+    float32 table (the trainer's master weights) the result is the same float32 mean; other
+    dtypes take the unfused path, which accumulates in float32.
+    """
+    if bag_size == 1:
+        return F.embedding(input_ids, weight)
+    if weight.dtype != torch.float32:
+        return superpose_embeddings(F.embedding(input_ids, weight), bag_size)
+    B, T = input_ids.shape
+    if T % bag_size:
+        raise ValueError(f"sequence length {T} is not a multiple of bag_size {bag_size}")
+    bags = F.embedding_bag(input_ids.reshape(-1, bag_size), weight, mode="mean")  # (B*L, D)
+    return bags.view(B, T // bag_size, weight.shape[1])  # (B, L, D)
+
+
 def next_bag_targets(labels: Tensor, bag_size: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Turn next-token labels into next-bag targets (paper Listing 3).
 
@@ -155,9 +177,11 @@ def target_coefficients(targets: Tensor, weights: str | Tensor | None, ignore_in
     raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
 
 
-# Rows of logits the loss works on at once: about 4M float32 elements (16 MiB) per temporary, so
-# the float32 working copies of bf16 logits stay small and are reused by the allocator.
+# Rows of logits the loss works on at once: on CPU about 4M float32 elements (16 MiB) per
+# temporary, so the float32 working copies of bf16 logits stay small and are reused by the
+# allocator; on GPUs 256M (1 GiB), so a batch takes a few large kernels, not hundreds of small ones.
 _ROW_ELEMENTS = 1 << 22
+_ROW_ELEMENTS_GPU = 1 << 28
 
 
 def _nll_rows(z: Tensor, targets: Tensor, coef: Tensor, grad_out: Tensor | None) -> Tensor:
@@ -190,6 +214,7 @@ class _WeightedNLL(torch.autograd.Function):
     not a float32 copy, softmax or one-hot. Autograd through logsumexp + gather, or the paper's s
     `F.cross_entropy` calls (each saving its own log-softmax), would keep several. Rows are done
     `_ROW_ELEMENTS` at a time, so the float32 working copies of bf16 logits stay small.
+    Backward can run once: the buffer is scaled in place and handed on as the gradient.
     """
 
     @staticmethod
@@ -197,16 +222,15 @@ class _WeightedNLL(torch.autograd.Function):
         N, V = logits.shape
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(logits) if need_grad else None  # (N, V) in the logits' dtype
+        direct = need_grad and grad.dtype == torch.float32  # float32 logits: write the gradient in place
         loss = torch.zeros((), dtype=torch.float32, device=logits.device)
-        rows = max(1, _ROW_ELEMENTS // V)
+        rows = max(1, (_ROW_ELEMENTS if logits.device.type == "cpu" else _ROW_ELEMENTS_GPU) // V)
         for start in range(0, N, rows):
             sl = slice(start, start + rows)
             z = logits[sl].float()  # (n, V): a view for float32 logits, a copy for bf16
-            out = None
-            if need_grad:
-                out = grad[sl] if grad.dtype == torch.float32 else torch.empty_like(z)
+            out = grad[sl] if direct else (torch.empty_like(z) if need_grad else None)
             loss += _nll_rows(z, targets[sl], coef[sl], out)
-            if need_grad and out is not grad[sl]:
+            if need_grad and not direct:
                 grad[sl] = out  # cast to the logits' dtype
         ctx.grad = grad
         return loss

@@ -44,14 +44,14 @@ from .config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, sav
 from .data import Dataset, TrainLoader, bits_per_byte, open_dataset, token_byte_lengths, val_windows
 from .errors import Interrupted, UserError
 from .model import Transformer, build_model
-from .perf import attention_kernel, keep_freed_memory
+from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
 from .schedule import Phase, build_phases, lookup, wsd_lr
 from .superposition import (
     chunked_multi_hot_cross_entropy,
     count_valid_targets,
     multi_hot_cross_entropy,
     next_bag_targets,
-    superpose_embeddings,
+    superpose_token_embeddings,
 )
 
 
@@ -65,7 +65,8 @@ def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: st
     (b*L, V) logits never exist at once (`chunked_multi_hot_cross_entropy`).
     """
     x, y = rows[:, :-1], rows[:, 1:]  # (b, s*L) each
-    h = superpose_embeddings(model.embed(x), bag_size)  # (b, L, D)
+    # = superpose_embeddings(model.embed(x), bag_size), with the lookup and bag mean fused
+    h = model.embed(x) if bag_size == 1 else superpose_token_embeddings(x, model.embed_tokens.weight, bag_size)
     targets = next_bag_targets(y, bag_size)  # (b, L, s)
     if chunk_rows:
         hidden = model(inputs_embeds=h, return_hidden=True)  # (b, L, D)
@@ -170,6 +171,11 @@ class Trainer:
         attention_kernel(tr.attention, self.device)  # refuses a kernel this device lacks, now
         if tr.keep_freed_memory and self.device.type == "cpu":
             keep_freed_memory()  # step-sized CPU buffers are reused, not page-faulted in again (perf.py)
+        # train.loss_chunk_rows = -1 (auto): decided once from a micro-batch's positions (either
+        # phase has L of them), the vocabulary and the device.
+        micro_positions = tr.batch_size // (tr.grad_accum * self.par.world_size) * d.seq_len
+        self.loss_chunk_rows = (tr.loss_chunk_rows if tr.loss_chunk_rows >= 0 else auto_loss_chunk_rows(
+            micro_positions, cfg.model.vocab_size, cfg.model.dim, self.device))
         # Data parallel: the module a step calls (DDP, or FSDP2 with self.model's parameters sharded
         # in place); None in one process, which calls superposed_loss(self.model, ...) itself.
         self.fwd = (distributed.wrap(self.model, self.par, self.loss_fn, cfg.parallel.mixed_precision)
@@ -244,7 +250,7 @@ class Trainer:
             # Gradients are summed over ranks on the last micro-batch only (DDP no_sync / FSDP).
             with distributed.grad_sync(self.fwd, self.par, last=i == len(micros) - 1):
                 with self._autocast(), self._attention():
-                    args = (micro, s, cfg.tst.weights, cfg.train.loss_chunk_rows)
+                    args = (micro, s, cfg.tst.weights, self.loss_chunk_rows)
                     loss = (self.loss_fn(self.model, *args) if self.fwd is None else self.fwd(*args)) / denom
                 loss.backward()
             loss_total += loss.detach()

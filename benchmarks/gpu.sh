@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One command on a CUDA machine: set up, benchmark the trainer on the 270m preset shape (phase 2
+# and phase 1, bf16 autocast, fused AdamW, torch.compile), print tokens/s, step time and MFU, and
+# write the output as a dated record under benchmarks/records/. About 3-5 minutes on one
+# H100/H200, most of it compiling. Arguments go to benchmarks/gpu.py, e.g.
+#   bash benchmarks/gpu.sh --loss-chunk-rows 0,4096      # also time the fused chunked head + loss
+#   bash benchmarks/gpu.sh --no-compile --micro-batch 8
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "benchmarks/gpu.sh: no NVIDIA GPU found (nvidia-smi lists none); run it on a CUDA machine" >&2
+  exit 2
+fi
+bash scripts/setup.sh
+if ! .venv/bin/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  echo "benchmarks/gpu.sh: .venv's torch cannot use the GPU (a CPU build?); remove .venv or set SUPERPOSE_TORCH_INDEX to a CUDA wheel index and rerun" >&2
+  exit 2
+fi
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^NVIDIA //; s/[^A-Za-z0-9]\+/-/g; s/-$//')
+record="benchmarks/records/throughput_${gpu}_$(date +%Y-%m-%d).md"
+[ -e "$record" ] && record="${record%.md}-$(date +%H%M%S).md"
+{
+  echo "# Trainer throughput on $gpu, 270m preset ($(date '+%Y-%m-%d %H:%M %Z'))"
+  echo
+  echo "Command: \`bash benchmarks/gpu.sh $*\` (git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+  echo
+  echo '```'
+  nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm --format=csv
+  echo
+  .venv/bin/python benchmarks/gpu.py "$@" 2>&1
+  echo '```'
+} | tee "$record"
+echo "benchmarks/gpu.sh: wrote $record" >&2
