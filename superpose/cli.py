@@ -43,7 +43,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     A run stopped by SIGINT/SIGTERM saves a checkpoint and exits with 128 + the signal number."""
     from .config import resolve
     from .errors import Interrupted
-    from .trainer import resume_config, run_training
+    from .resume import resume_config
+    from .trainer import run_training
 
     try:
         if args.resume:

@@ -19,7 +19,8 @@ from .compare import stats
 from .config import Config
 from .data import open_dataset
 from .errors import UserError
-from .trainer import Trainer, environment
+from .metrics import environment
+from .trainer import Trainer
 
 
 def cell_name(bag_size: int, ratio: float, seed: int) -> str:

@@ -21,30 +21,32 @@ global batch, with the collectives of `distributed.py`; in one process those are
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import platform
 import shutil
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import checkpoint, distributed
-from .config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, save_config, set_field
+from .config import Config, save_config
 from .data import Dataset, TrainLoader, bits_per_byte, open_dataset, token_byte_lengths, val_windows
 from .errors import Interrupted, UserError
+from .metrics import MetricsLog, environment
+from .metrics import NoMetrics as _NoMetrics
+from .metrics import Progress as _progress
+from .metrics import quiet as _quiet
+from .metrics import truncate_metrics as _truncate_metrics
 from .model import Transformer, build_model
 from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
+from .resume import _sha256_file, check_compatible
 from .schedule import Phase, build_phases, lookup, wsd_lr
 from .superposition import (
     chunked_multi_hot_cross_entropy,
@@ -93,39 +95,6 @@ def configure_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
     # fused=None (not False) is torch's own default, so optim.fused=false keeps today's kernels.
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=True if o.fused else None)
 
-
-
-class MetricsLog:
-    """Append-only JSONL sink, flushed every line so a crash loses nothing logged."""
-
-    def __init__(self, path: Path):
-        self._f = open(path, "a", buffering=1)
-
-    def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record) + "\n")
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class _NoMetrics:
-    """The metrics sink of ranks other than 0: only rank 0 writes metrics.jsonl."""
-
-    def write(self, record: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _quiet(msg: str) -> None:
-    """The log of ranks other than 0."""
-
-
-def environment() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 class Trainer:
@@ -586,39 +555,6 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-class _progress:
-    """A tqdm bar on a terminal; plain log lines every `log_every` steps elsewhere (CI, files)."""
-
-    def __init__(self, total: int, enabled: bool = True, initial: int = 0):
-        self.tty = sys.stderr.isatty()
-        self.bar = None
-        self.enabled = enabled
-        if self.tty and enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-        self.total = total
-
-    def update(self, rec: dict, ev: dict, log: Callable[[str], None], force: bool) -> None:
-        val = f" val {ev['val_loss']:.3f}" if ev else ""
-        loss = "skipped" if rec.get("skipped") else f"{rec['loss']:.4f}"
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"phase {rec['phase']} s={rec['bag_size']} loss {loss}{val} "
-                                     f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s", refresh=False)
-            self.bar.update(1)
-        elif force and self.enabled:
-            done = rec["step"] + 1
-            eta = rec["elapsed_s"] / done * (self.total - done)  # elapsed_s counts the steps before a resume too
-            gnorm = "-" if rec.get("skipped") else f"{rec['grad_norm']:.2f}"
-            log(f"step {done}/{self.total} phase {rec['phase']} s={rec['bag_size']} loss {loss}{val} "
-                f"lr {rec['lr']:.2e} gnorm {gnorm} {rec['tokens_per_s'] / 1e3:.1f}k tok/s "
-                f"epoch {rec['epoch']:.3f} eta {eta:.0f}s")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print, resume: bool = False,
                  init_from_hf: Path | None = None) -> dict:
     """Train (see `_run_training`), as one process or as one rank of a torchrun job.
@@ -679,78 +615,6 @@ def _run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print
         f"(s={phase.bag_size}), {trainer.tokens_seen:,} tokens seen; {dropped} metrics lines past it dropped"
         + (f"; removed leftovers of interrupted saves: {', '.join(gone)}" if gone else ""))
     return trainer.train()
-
-
-def check_compatible(meta: dict, meta_path: Path, cfg: Config, ds: Dataset) -> None:
-    """Refuse a checkpoint that does not belong to this run: another model shape, another
-    vocabulary or data, or any config field outside RESUME_MAY_CHANGE changed."""
-    try:
-        saved = Config.from_dict(meta["config"])
-    except UserError as e:
-        raise UserError(f"checkpoint {meta_path} holds a config this superpose cannot read ({e})") from None
-    fp, tok = meta["data"], _sha256_file(ds.tokenizer_path)
-    if fp.get("vocab_size") != ds.vocab_size or fp.get("tokenizer_sha256") != tok:
-        raise UserError(f"checkpoint {meta_path} was trained with another vocabulary ({fp.get('vocab_size')} tokens, "
-                        f"tokenizer sha256 {str(fp.get('tokenizer_sha256'))[:12]}) than the data in {ds.path} "
-                        f"({ds.vocab_size} tokens, {tok[:12]}); resume on the run's own data")
-    if fp.get("train_tokens") != ds.train.num_tokens:
-        raise UserError(f"checkpoint {meta_path} was trained on a train split of {fp.get('train_tokens')} tokens, the "
-                        f"data in {ds.path} has {ds.train.num_tokens}; resume on the run's own data")
-    changed = [(k, a, b) for k, a, b in differences(saved, cfg) if k not in RESUME_MAY_CHANGE
-               and not (k == "model.vocab_size" and b == 0)]  # 0 = from the data, checked just above
-    shape = [(k, a, b) for k, a, b in changed if k.startswith("model.")]
-    if shape:
-        what = "vocabulary" if [k for k, _, _ in shape] == ["model.vocab_size"] else "model shape"
-        raise UserError(f"checkpoint {meta_path} holds another {what}: " + ", ".join(
-            f"{k}={a} there, {b} here" for k, a, b in shape))
-    if changed:
-        raise UserError(f"checkpoint {meta_path} was written with other settings: " + ", ".join(
-            f"{k}={a!r} there, {b!r} here" for k, a, b in changed) +
-            f"; a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}")
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def resume_config(run_dir: Path, overrides: list[str] = ()) -> Config:
-    """The config stored in a run's newest checkpoint, with overrides of the fields a resume may
-    change (RESUME_MAY_CHANGE); any other override is refused, since it would break exactness."""
-    path = checkpoint.newest(run_dir)
-    meta = checkpoint.read_meta(path)
-    try:
-        cfg = Config.from_dict(meta["config"])
-    except UserError as e:
-        raise UserError(f"checkpoint {path / 'meta.json'} holds a config this superpose cannot read ({e})") from None
-    pairs = parse_overrides(list(overrides))
-    refused = [k for k, _ in pairs if k not in RESUME_MAY_CHANGE]
-    if refused:
-        raise UserError(f"--resume continues the run exactly as it was configured, so {', '.join('--' + k for k in refused)} "
-                        f"cannot change; a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}")
-    for key, value in pairs:
-        set_field(cfg, key, value)
-    return cfg.validate()
-
-
-def _truncate_metrics(path: Path, step: int) -> int:
-    """Keep the metrics lines of steps before `step` (and drop a line torn by a kill), so the
-    resumed run appends without duplicated or missing steps. Returns the number of lines dropped."""
-    if not path.exists():
-        return 0
-    keep, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            ok = json.loads(line)["step"] < step
-        except (ValueError, KeyError, TypeError):
-            ok = False
-        if ok:
-            keep.append(line + "\n")
-        else:
-            dropped += 1
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
-    return dropped
 
 
 def resolve_data(cfg: Config, log: Callable[[str], None] = print) -> Dataset:

@@ -27,7 +27,8 @@ from superpose import distributed
 from superpose.config import resolve
 from superpose.data import TrainLoader, open_dataset
 from superpose.errors import UserError
-from superpose.trainer import Trainer, resume_config, run_training
+from superpose.resume import resume_config
+from superpose.trainer import Trainer, run_training
 
 from conftest import tiny_config
 

@@ -1,0 +1,104 @@
+"""Where a run's numbers go: the metrics.jsonl sink, the progress display, the environment record.
+
+Only rank 0 of a distributed job writes metrics and prints; the other ranks get `NoMetrics` and
+`quiet`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+class MetricsLog:
+    """Append-only JSONL sink, flushed every line so a crash loses nothing logged."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "a", buffering=1)
+
+    def write(self, record: dict) -> None:
+        self._f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class NoMetrics:
+    """The metrics sink of ranks other than 0: only rank 0 writes metrics.jsonl."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def quiet(msg: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain log lines every `log_every` steps elsewhere (CI, files)."""
+
+    def __init__(self, total: int, enabled: bool = True, initial: int = 0):
+        self.tty = sys.stderr.isatty()
+        self.bar = None
+        self.enabled = enabled
+        if self.tty and enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+        self.total = total
+
+    def update(self, rec: dict, ev: dict, log: Callable[[str], None], force: bool) -> None:
+        val = f" val {ev['val_loss']:.3f}" if ev else ""
+        loss = "skipped" if rec.get("skipped") else f"{rec['loss']:.4f}"
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"phase {rec['phase']} s={rec['bag_size']} loss {loss}{val} "
+                                     f"{rec['tokens_per_s'] / 1e3:.1f}k tok/s", refresh=False)
+            self.bar.update(1)
+        elif force and self.enabled:
+            done = rec["step"] + 1
+            eta = rec["elapsed_s"] / done * (self.total - done)  # elapsed_s counts the steps before a resume too
+            gnorm = "-" if rec.get("skipped") else f"{rec['grad_norm']:.2f}"
+            log(f"step {done}/{self.total} phase {rec['phase']} s={rec['bag_size']} loss {loss}{val} "
+                f"lr {rec['lr']:.2e} gnorm {gnorm} {rec['tokens_per_s'] / 1e3:.1f}k tok/s "
+                f"epoch {rec['epoch']:.3f} eta {eta:.0f}s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep the metrics lines of steps before `step` (and drop a line torn by a kill), so the
+    resumed run appends without duplicated or missing steps. Returns the number of lines dropped."""
+    if not path.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            ok = json.loads(line)["step"] < step
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            keep.append(line + "\n")
+        else:
+            dropped += 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+    return dropped
