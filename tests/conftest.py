@@ -61,6 +61,29 @@ def tiny_config(data: Path, **overrides) -> Config:
     return cfg.validate()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy machine two spinning OpenMP threads cost 50x."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tiny_data, tmp_path_factory):
+    """A finished 8-step TST run of tiny_config (switch at step 4) with checkpoints at steps 2, 4, 6, 8."""
+    from superpose.data import open_dataset
+    from superpose.trainer import Trainer
+
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    Trainer(tiny_config(tiny_data, checkpoint__every=2, checkpoint__keep=0), run_dir, open_dataset(tiny_data),
+            log=lambda m: None).train(progress=False)
+    return run_dir
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("SUPERPOSE_OFFLINE") == "1":
         skip = pytest.mark.skip(reason="SUPERPOSE_OFFLINE=1")

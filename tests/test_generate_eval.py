@@ -26,15 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from superpose import cli, load_model, load_tokenizer  # noqa: E402
-from superpose.data import open_dataset  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose.generate import generate_ids  # noqa: E402
 from superpose.load import locate  # noqa: E402
 from superpose.model import KVCache, ModelConfig, build_model  # noqa: E402
 from superpose.prepare import prepare  # noqa: E402
-from superpose.trainer import Trainer  # noqa: E402
 
-from conftest import make_documents, tiny_config  # noqa: E402
+from conftest import make_documents  # noqa: E402
 from superpose import corpus  # noqa: E402
 
 
@@ -42,22 +40,12 @@ def quiet(_):
     pass
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two spinning OpenMP threads cost 50x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def run(tiny_data, tmp_path_factory):
-    """A finished 8-step TST run (switch at step 4) with checkpoints at steps 2, 4, 6 and 8."""
-    run_dir = tmp_path_factory.mktemp("ge") / "run"
-    Trainer(tiny_config(tiny_data, checkpoint__every=2, checkpoint__keep=0), run_dir, open_dataset(tiny_data),
-            log=quiet).train(progress=False)
-    return run_dir
+def run(checkpointed_run):
+    return checkpointed_run
 
 
 # ----------------------------------------------------------------------------- loading

@@ -41,22 +41,12 @@ def quiet(_):
     pass
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two spinning OpenMP threads cost 50x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def run(tiny_data, tmp_path_factory):
-    """A finished 8-step TST run (switch at step 4) with checkpoints at steps 2, 4, 6 and 8."""
-    run_dir = tmp_path_factory.mktemp("hf") / "run"
-    Trainer(tiny_config(tiny_data, checkpoint__every=2, checkpoint__keep=0), run_dir, open_dataset(tiny_data),
-            log=quiet).train(progress=False)
-    return run_dir
+def run(checkpointed_run):
+    return checkpointed_run
 
 
 def random_weights(model, std=0.3, seed=0):
