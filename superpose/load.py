@@ -186,14 +186,10 @@ def tokenizer_path(src: Source) -> Path:
 
 def load_tokenizer(path: Path | str | Source):
     """The `tokenizers.Tokenizer` of a run directory or checkpoint."""
-    from tokenizers import Tokenizer
+    from .prepare import load_tokenizer_file
 
     p = tokenizer_path(path if isinstance(path, Source) else locate(path))
-    try:
-        return Tokenizer.from_file(str(p))
-    except Exception as e:  # the Rust side raises a plain Exception on bad JSON
-        raise UserError(f"cannot load tokenizer {p}: {str(e).splitlines()[0]}; replace it with the data "
-                        "directory's tokenizer.json") from None
+    return load_tokenizer_file(p, fix="replace it with the data directory's tokenizer.json")
 
 
 def eot_id(tokenizer) -> int:

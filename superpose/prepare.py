@@ -67,16 +67,17 @@ def train_tokenizer(docs: list[str], vocab_size: int):
     return tok
 
 
-def load_tokenizer_file(path: Path):
+def load_tokenizer_file(path: Path, fix: str = "pass a tokenizers tokenizer.json"):
+    """A `tokenizers.Tokenizer` from a JSON file; a missing or unreadable file is a one-line
+    UserError ending in `fix`."""
     from tokenizers import Tokenizer
 
-    if not path.is_file():
-        raise UserError(f"tokenizer file {path} does not exist; pass a tokenizers JSON file (tokenizer.json)")
+    if not Path(path).is_file():
+        raise UserError(f"tokenizer file {path} does not exist; {fix}")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as e:  # the Rust side raises a plain Exception on bad JSON
-        raise UserError(f"cannot load tokenizer {path}: {str(e).splitlines()[0]}; pass a tokenizers "
-                        "tokenizer.json") from None
+        raise UserError(f"cannot load tokenizer {path}: {str(e).splitlines()[0]}; {fix}") from None
 
 
 def find_eot(tok) -> int:
