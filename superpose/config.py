@@ -60,7 +60,9 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1
-    """Decoupled weight decay on matrices (not on norms, not on embeddings)."""
+    """Decoupled weight decay on matrices (not on norms; on embeddings only with decay_embeddings)."""
+    decay_embeddings: bool = False
+    """Apply weight decay to the input embedding too (the LM head is a matrix and always is)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     fused: bool = False

@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+INIT_SCHEMES = ("normal", "torch", "torch-attn", "torch-mlp")
+
+
 @dataclass
 class ModelConfig:
     """The architecture. Nothing here is TST-specific: a phase-1 model is a phase-2 model."""
@@ -52,7 +55,14 @@ class ModelConfig:
     tie_embeddings: bool = False
     """Share the input embedding with the LM head. The paper keeps them untied."""
     init_std: float = 0.02
-    """Standard deviation of the normal initialisation of weights."""
+    """Standard deviation of the normal initialisation (the embeddings always; every weight under
+    init=normal)."""
+    init: str = "normal"
+    """How the linear layers start (see `Transformer.init_weights`): normal (GPT-2: N(0, init_std),
+    residual output projections / sqrt(2 n_layers)), torch (PyTorch's nn.Linear default,
+    U(+-1/sqrt(fan_in)), for every linear layer and the LM head), or torch-attn / torch-mlp (the
+    torch init for the attention or the MLP projections only, normal elsewhere). TST is sensitive
+    to it at small scale: benchmarks/records/crossover_*/."""
 
     def resolve(self) -> "ModelConfig":
         """Fill the derived fields (n_kv_heads, ffn_dim) left at 0; call after all overrides."""
@@ -80,8 +90,10 @@ class ModelConfig:
             out.append(f"model.dim: head width dim/n_heads={self.head_dim} must be even for RoPE")
         if self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads:
             out.append(f"model.n_kv_heads: {self.n_kv_heads} must divide model.n_heads={self.n_heads}")
-        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
-            out.append("model.rope_theta, model.norm_eps, model.init_std: must be > 0")
+        if not all(math.isfinite(v) and v > 0 for v in (self.rope_theta, self.norm_eps, self.init_std)):
+            out.append("model.rope_theta, model.norm_eps, model.init_std: must be finite and > 0")
+        if self.init not in INIT_SCHEMES:
+            out.append(f"model.init: must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
         return out
 
     def to_dict(self) -> dict:
@@ -224,22 +236,40 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2*n_layers)
-        (GPT-2) so the residual stream's variance does not grow with depth. Uses torch's global
-        RNG: seed it first for a reproducible initialisation."""
-        std = self.config.init_std
+        """Initialise every weight according to `config.init`. Uses torch's global RNG: seed it
+        first for a reproducible initialisation.
+
+        normal: N(0, init_std), residual output projections (o_proj, down_proj) scaled by
+        1/sqrt(2*n_layers) (GPT-2) so the residual stream's variance does not grow with depth.
+        torch: PyTorch's own nn.Linear default, U(+-1/sqrt(fan_in)) (std 1/sqrt(3 fan_in): 0.051 at
+        fan_in 128), for the attention, the MLP and the LM head; no depth scaling. At d=128 a block
+        then writes roughly an order of magnitude more into the residual stream at init.
+        torch-attn / torch-mlp: the torch init for that sub-block only, normal for the rest.
+        Embeddings are N(0, init_std) and norms 1 under every scheme."""
+        cfg = self.config
+        std, scheme = cfg.init_std, cfg.init
         nn.init.normal_(self.embed_tokens.weight, std=std)
         for block in self.layers:
-            for lin in (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj,
-                        block.mlp.gate_proj, block.mlp.up_proj):
-                nn.init.normal_(lin.weight, std=std)
-            for lin in (block.self_attn.o_proj, block.mlp.down_proj):
-                nn.init.normal_(lin.weight, std=std / math.sqrt(2 * self.config.n_layers))
+            attn, mlp = block.self_attn, block.mlp
+            torch_init = {"attn": scheme in ("torch", "torch-attn"), "mlp": scheme in ("torch", "torch-mlp")}
+            # Draw in one fixed order (inputs of both sub-blocks, then outputs) so a seed gives the
+            # same weights under init=normal as it always has.
+            for part, lin in (("attn", attn.q_proj), ("attn", attn.k_proj), ("attn", attn.v_proj),
+                              ("mlp", mlp.gate_proj), ("mlp", mlp.up_proj)):
+                lin.reset_parameters() if torch_init[part] else nn.init.normal_(lin.weight, std=std)
+            for part, lin in (("attn", attn.o_proj), ("mlp", mlp.down_proj)):
+                if torch_init[part]:
+                    lin.reset_parameters()  # kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in))
+                else:
+                    nn.init.normal_(lin.weight, std=std / math.sqrt(2 * cfg.n_layers))
             block.input_layernorm.weight.fill_(1.0)
             block.post_attention_layernorm.weight.fill_(1.0)
         self.norm.weight.fill_(1.0)
-        if not self.config.tie_embeddings:
-            nn.init.normal_(self.lm_head.weight, std=std)
+        if not cfg.tie_embeddings:
+            if scheme == "torch":
+                self.lm_head.reset_parameters()
+            else:
+                nn.init.normal_(self.lm_head.weight, std=std)
 
     def embed(self, input_ids: Tensor) -> Tensor:
         """Token embeddings: (B, T) int -> (B, T, D)."""
