@@ -188,7 +188,7 @@ def bench_config(preset: str, overrides: list[str], data: str | None, vocab_size
         set_field(cfg, key, value)
     vocab = vocab_size or cfg.model.vocab_size or cfg.data.vocab_size
     if not data:
-        from superpose.prepare import cache_dir
+        from superpose.data.prepare import cache_dir
 
         workdir = Path(workdir or cache_dir() / "bench")  # $SUPERPOSE_CACHE/bench
         data = str(synthetic_data(workdir / f"synthetic-v{vocab}", vocab))
@@ -201,13 +201,13 @@ def bench_config(preset: str, overrides: list[str], data: str | None, vocab_size
 def bench_trainer(cfg, run_dir: Path):
     """A Trainer whose train_step can be called directly (nothing is written to run_dir)."""
     from superpose.data import open_dataset
-    from superpose.trainer import Trainer
+    from superpose.training.trainer import Trainer
 
     return Trainer(cfg, Path(run_dir), open_dataset(cfg.data.path), log=lambda m: None)
 
 
 def phases(bag_size: int):
     """A phase-1 (bags of `bag_size`) and a phase-2 Phase object for Trainer.train_step."""
-    from superpose.schedule import Phase
+    from superpose.core.schedule import Phase
 
     return Phase(1, "superposition", bag_size, 0, 1 << 30), Phase(2, "next-token", 1, 0, 1 << 30)

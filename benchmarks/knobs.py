@@ -31,7 +31,7 @@ from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 from superpose.compare import stats
 from superpose.config import parse_overrides, preset, set_field
 from superpose.errors import UserError
-from superpose.metrics import environment
+from superpose.training.metrics import environment
 from superpose.sweep import run_cell
 
 TST_KEYS = ("tst.bag_size", "tst.ratio", "tst.weights")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from common import interleaved, load_average, median, print_machine, spread
 
-from superpose.perf import keep_freed_memory
+from superpose.training.perf import keep_freed_memory
 from superpose.superposition import (
     chunked_multi_hot_cross_entropy,
     count_valid_targets,
@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     ap.add_argument("--keep-freed-memory", action="store_true",
-                    help="apply superpose.perf.keep_freed_memory() first, as the trainer does on CPU")
+                    help="apply superpose.training.perf.keep_freed_memory() first, as the trainer does on CPU")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:

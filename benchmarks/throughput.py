@@ -7,7 +7,7 @@ Arms (each in its own fresh process, so a process-wide setting of one cannot hel
   hf             transformers.LlamaForCausalLM with the same shape, dtype, threads, batch, data
                  loader and optimizer (AdamW, same groups and hyperparameters, same `fused`),
                  trained by the loop everyone writes: forward with labels, backward, clip, step
-  hf+keep        (--decompose) hf after superpose.perf.keep_freed_memory(), the allocator setting
+  hf+keep        (--decompose) hf after superpose.training.perf.keep_freed_memory(), the allocator setting
                  the trainer applies on CPU: how much of the gap is that setting
   superpose-nokeep (--decompose) superpose with train.keep_freed_memory=false
 Rounds run the arms in turn (order reversed every other round) and each round's arm reports its
@@ -72,10 +72,10 @@ def arm_superpose(cfg, args) -> dict:
 def arm_hf(cfg, args, keep: bool) -> dict:
     """The plain loop on LlamaForCausalLM; same data loader, optimizer and autocast as superpose."""
     from superpose.data import TrainLoader, open_dataset
-    from superpose.trainer import configure_optimizer
+    from superpose.training.trainer import configure_optimizer
 
     if keep:
-        from superpose.perf import keep_freed_memory
+        from superpose.training.perf import keep_freed_memory
 
         keep_freed_memory()
     if cfg.train.threads:

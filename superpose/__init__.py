@@ -6,9 +6,9 @@ trainer in `superpose.trainer`; `load_model` / `load_tokenizer` open a run or ch
 """
 
 from .errors import UserError
-from .load import load_model, load_tokenizer
-from .model import ModelConfig, Transformer, build_model
-from .superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings
+from .inference.load import load_model, load_tokenizer
+from .core.model import ModelConfig, Transformer, build_model
+from .core.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings
 
 __version__ = "0.1.0"
 __all__ = ["ModelConfig", "Transformer", "UserError", "build_model", "load_model", "load_tokenizer",

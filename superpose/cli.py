@@ -26,8 +26,8 @@ def _log(msg: str) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from . import corpus
-    from .prepare import cache_dir, prepare
+    from .data import corpus
+    from .data.prepare import cache_dir, prepare
 
     if args.text:
         sources = corpus.text_sources([Path(p) for p in args.text])
@@ -43,8 +43,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     A run stopped by SIGINT/SIGTERM saves a checkpoint and exits with 128 + the signal number."""
     from .config import resolve
     from .errors import Interrupted
-    from .resume import resume_config
-    from .trainer import run_training
+    from .training import run_training
+    from .training.resume import resume_config
 
     try:
         if args.resume:
@@ -60,12 +60,12 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
                 raise UserError("train needs --preset NAME and --out RUN_DIR (or --resume RUN_DIR)")
             cfg, hf = resolve(args.preset, overrides), args.init_from_hf
             if hf:
-                from .export_hf import config_from_hf
+                from .interop.hf_llama import config_from_hf
 
                 cfg = config_from_hf(cfg, hf, overrides)
             run_training(cfg, Path(args.out), log=_log, init_from_hf=Path(hf) if hf else None)
     except Interrupted as e:
-        from .distributed import env_rank
+        from .training.distributed import env_rank
 
         if env_rank() == 0:  # under torchrun every rank stops at the same step; rank 0 says so
             print(f"superpose: {e}", file=sys.stderr)
@@ -76,7 +76,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     """Preset + overrides (+ --bag-size/--ratio), with the data and vocabulary resolved up front
     so every arm and cell reads the same data directory."""
     from .config import resolve
-    from .trainer import resolve_data
+    from .training import resolve_data
 
     if args.bag_size is not None:
         overrides = [*overrides, f"--tst.bag_size={args.bag_size}"]
@@ -121,13 +121,13 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .export_hf import export_hf
+    from .interop.hf_llama import export_hf
 
     export_hf(args.path, args.hf, dtype=args.dtype, log=_log)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .generate import generate
+    from .inference.generate import generate
 
     sys.stdout.write(args.prompt)
     generate(args.path, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -138,7 +138,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
-    from .evaluate import evaluate_loss, run_tasks
+    from .inference.evaluate import evaluate_loss, run_tasks
 
     if args.tasks:
         names = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cmd_presets(args)
     except UserError as e:
-        from .distributed import rank_tag
+        from .training.distributed import rank_tag
 
         print(f"superpose: error: {rank_tag()}{e}", file=sys.stderr)  # "[rank R] " under torchrun
         return 2
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         print("superpose: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        from .distributed import describe_lost_peer, rank_tag
+        from .training.distributed import describe_lost_peer, rank_tag
 
         line = describe_lost_peer(e)  # another rank failed first: say so in one line, not a traceback
         if line is None:

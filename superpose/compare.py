@@ -32,8 +32,8 @@ import numpy as np
 from .config import Config
 from .data import open_dataset
 from .errors import UserError
-from .metrics import environment
-from .trainer import Trainer
+from .training import Trainer
+from .training.metrics import environment
 
 DEFAULT_LENGTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 # Two-sided 95% Student-t quantiles by degrees of freedom, for confidence intervals over seeds.

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .distributed import MIXED_PRECISION, PARALLEL_MODES
+from .core.model import ModelConfig
+from .core.schedule import DECAY_SHAPES
+from .core.superposition import WEIGHT_SCHEMES
 from .errors import UserError
-from .model import ModelConfig
-from .schedule import DECAY_SHAPES
-from .superposition import WEIGHT_SCHEMES
 
 
 @dataclass
@@ -113,6 +112,8 @@ class TrainConfig:
 
 
 ON_NAN = ("stop", "skip")
+PARALLEL_MODES = ("none", "ddp", "fsdp")
+MIXED_PRECISION = ("none", "bf16")
 ATTENTION_KERNELS = ("auto", "math", "flash", "efficient", "cudnn")
 
 

@@ -19,8 +19,8 @@ from .compare import stats
 from .config import Config
 from .data import open_dataset
 from .errors import UserError
-from .metrics import environment
-from .trainer import Trainer
+from .training import Trainer
+from .training.metrics import environment
 
 
 def cell_name(bag_size: int, ratio: float, seed: int) -> str:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from superpose import corpus
+from superpose.data import corpus
 from superpose.config import Config, DataConfig, OptimConfig, TrainConfig, TSTConfig
-from superpose.model import ModelConfig
-from superpose.prepare import prepare
+from superpose.core.model import ModelConfig
+from superpose.data.prepare import prepare
 
 WORDS = ("the a one every some red blue small large old new cat dog bird tree river stone city "
          "king song ship house runs sees finds takes gives makes likes holds near under over with "
@@ -76,7 +76,7 @@ def one_thread():
 def checkpointed_run(tiny_data, tmp_path_factory):
     """A finished 8-step TST run of tiny_config (switch at step 4) with checkpoints at steps 2, 4, 6, 8."""
     from superpose.data import open_dataset
-    from superpose.trainer import Trainer
+    from superpose.training.trainer import Trainer
 
     run_dir = tmp_path_factory.mktemp("run") / "run"
     Trainer(tiny_config(tiny_data, checkpoint__every=2, checkpoint__keep=0), run_dir, open_dataset(tiny_data),

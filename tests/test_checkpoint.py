@@ -21,14 +21,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from superpose import checkpoint, cli
-from superpose import trainer as trainer_module
+from superpose import cli
+from superpose.training import checkpoint
+from superpose.training import trainer as trainer_module
 from superpose.config import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
-from superpose.model import ModelConfig, build_model
-from superpose.resume import resume_config
-from superpose.trainer import Trainer, run_training
+from superpose.core.model import ModelConfig, build_model
+from superpose.training.resume import resume_config
+from superpose.training.trainer import Trainer, run_training
 
 from conftest import tiny_config
 

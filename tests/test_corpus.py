@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from superpose import corpus
-from superpose.corpus import Source
+from superpose.data import corpus
+from superpose.data.corpus import Source
 from superpose.errors import UserError
 
 DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

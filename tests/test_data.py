@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from superpose import corpus
-from superpose.data import HEADER, ShardWriter, TokenStream, TrainLoader, open_dataset, open_shard, \
-    token_byte_lengths, val_windows
+from superpose.data import corpus
+from superpose.data import TrainLoader, open_dataset, token_byte_lengths, val_windows
+from superpose.data.shards import HEADER, ShardWriter, TokenStream, open_shard
 from superpose.errors import UserError
-from superpose.prepare import prepare
+from superpose.data.prepare import prepare
 
 from conftest import tiny_sources
 

@@ -23,12 +23,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from superpose import distributed
+from superpose.training import distributed
 from superpose.config import resolve
 from superpose.data import TrainLoader, open_dataset
 from superpose.errors import UserError
-from superpose.resume import resume_config
-from superpose.trainer import Trainer, run_training
+from superpose.training.resume import resume_config
+from superpose.training.trainer import Trainer, run_training
 
 from conftest import tiny_config
 

@@ -27,13 +27,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from superpose import cli, load_model, load_tokenizer  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
-from superpose.generate import generate_ids  # noqa: E402
-from superpose.load import locate  # noqa: E402
-from superpose.model import KVCache, ModelConfig, build_model  # noqa: E402
-from superpose.prepare import prepare  # noqa: E402
+from superpose.inference.generate import generate_ids  # noqa: E402
+from superpose.inference.load import locate  # noqa: E402
+from superpose.core.model import KVCache, ModelConfig, build_model  # noqa: E402
+from superpose.data.prepare import prepare  # noqa: E402
 
 from conftest import make_documents  # noqa: E402
-from superpose import corpus  # noqa: E402
+from superpose.data import corpus  # noqa: E402
 
 
 def quiet(_):
@@ -164,7 +164,7 @@ def test_eval_errors(run, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def lm(run):
-    from superpose.lm_eval_adapter import SuperposeLM
+    from superpose.interop.lm_eval_adapter import SuperposeLM
 
     return SuperposeLM(load_model(run), load_tokenizer(run), max_length=16, batch_size=3)
 

@@ -27,12 +27,12 @@ transformers = pytest.importorskip("transformers")
 from superpose import cli, load_model, load_tokenizer  # noqa: E402
 from superpose.data import open_dataset  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
-from superpose.export_hf import (HF_NAME_MAP, config_from_hf, export_hf, from_hf_name, read_hf_config,  # noqa: E402
+from superpose.interop.hf_llama import (HF_NAME_MAP, config_from_hf, export_hf, from_hf_name, read_hf_config,  # noqa: E402
                                  to_hf_name)
 from superpose.hf import TokenRows, TSTTrainer, next_token_loss, superposition_loss  # noqa: E402
-from superpose.model import ModelConfig, build_model  # noqa: E402
+from superpose.core.model import ModelConfig, build_model  # noqa: E402
 from superpose.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings  # noqa: E402
-from superpose.trainer import Trainer  # noqa: E402
+from superpose.training.trainer import Trainer  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
 

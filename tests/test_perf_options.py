@@ -18,9 +18,9 @@ import torch
 from superpose.config import Config, resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
-from superpose.perf import AUTO_FUSE_MIN_LOGITS, attention_kernel, auto_loss_chunk_rows, keep_freed_memory
+from superpose.training.perf import AUTO_FUSE_MIN_LOGITS, attention_kernel, auto_loss_chunk_rows, keep_freed_memory
 from superpose.superposition import chunked_multi_hot_cross_entropy, multi_hot_cross_entropy, next_bag_targets
-from superpose.trainer import Trainer, superposed_loss
+from superpose.training.trainer import Trainer, superposed_loss
 
 from conftest import tiny_config
 
@@ -148,7 +148,7 @@ def test_mce_gradient_is_made_once_and_handed_on():
 
 def test_mce_rows_in_pieces_equal_whole(monkeypatch):
     """Logits wider than the row budget are done in row chunks (as bf16 logits of a large vocab are)."""
-    import superpose.superposition as sp
+    import superpose.core.superposition as sp
 
     torch.manual_seed(1)
     z = torch.randn(3, 7, 13)

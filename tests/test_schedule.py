@@ -5,7 +5,7 @@ Run: .venv/bin/pytest tests/test_schedule.py
 
 import pytest
 
-from superpose.schedule import build_phases, lookup, wsd_lr
+from superpose.core.schedule import build_phases, lookup, wsd_lr
 
 
 def test_phases_split_at_round_r_t():

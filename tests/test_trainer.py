@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from superpose.data import TrainLoader, open_dataset
 from superpose.errors import UserError
-from superpose.model import ModelConfig, build_model
-from superpose.schedule import wsd_lr
-from superpose.trainer import Trainer, configure_optimizer, run_training
+from superpose.core.model import ModelConfig, build_model
+from superpose.core.schedule import wsd_lr
+from superpose.training.trainer import Trainer, configure_optimizer, run_training
 
 from conftest import tiny_config
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .model import ModelConfig, Transformer
-from .schedule import build_phases
+from ..core.model import ModelConfig, Transformer
+from ..core.schedule import build_phases
+from ..errors import UserError
 
 
 @dataclass
@@ -108,7 +108,7 @@ def _looks_like_hf(path: Path) -> bool:
 
 def locate(path: Path | str) -> Source:
     """Find the weights, architecture, run config and tokenizer behind a run or checkpoint path."""
-    from . import checkpoint
+    from ..training import checkpoint
 
     path = Path(path)
     if not path.exists():
@@ -156,7 +156,7 @@ def load_model(path: Path | str | Source, device: str | torch.device = "cpu") ->
 
     `forward(input_ids)` takes (B, T) token ids and returns logits (B, T, V).
     """
-    from .checkpoint import load_weights
+    from ..training.checkpoint import load_weights
 
     src = path if isinstance(path, Source) else locate(path)
     with torch.device("meta"):
@@ -186,7 +186,7 @@ def tokenizer_path(src: Source) -> Path:
 
 def load_tokenizer(path: Path | str | Source):
     """The `tokenizers.Tokenizer` of a run directory or checkpoint."""
-    from .prepare import load_tokenizer_file
+    from ..data.tokenizer import load_tokenizer_file
 
     p = tokenizer_path(path if isinstance(path, Source) else locate(path))
     return load_tokenizer_file(p, fix="replace it with the data directory's tokenizer.json")
@@ -194,6 +194,6 @@ def load_tokenizer(path: Path | str | Source):
 
 def eot_id(tokenizer) -> int:
     """The end-of-text id: the separator the training data put after every document."""
-    from .prepare import find_eot
+    from ..data.tokenizer import find_eot
 
     return find_eot(tokenizer)

@@ -18,11 +18,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import UserError
 from . import corpus
-from .data import DATA_FORMAT_VERSION, EOT_CANDIDATES, ShardWriter, open_dataset, token_dtype
-from .errors import UserError
+from .shards import DATA_FORMAT_VERSION, ShardWriter, open_dataset, token_dtype
+from .tokenizer import find_eot, load_tokenizer_file, train_tokenizer
 
-EOT = "<|endoftext|>"
 ENCODE_BATCH = 2000  # documents per encode_batch call (the Rust side parallelises within it)
 
 
@@ -52,41 +52,6 @@ def split_documents(sources: list[corpus.Source], val_fraction: float, seed: int
                         "text into documents (one per file, or lines of <|endoftext|>) or add files")
     random.Random(f"{seed}:val").shuffle(val)
     return train, val, stats
-
-
-def train_tokenizer(docs: list[str], vocab_size: int):
-    """A byte-level BPE (GPT-2 style) with one special token, <|endoftext|>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
-    return tok
-
-
-def load_tokenizer_file(path: Path, fix: str = "pass a tokenizers tokenizer.json"):
-    """A `tokenizers.Tokenizer` from a JSON file; a missing or unreadable file is a one-line
-    UserError ending in `fix`."""
-    from tokenizers import Tokenizer
-
-    if not Path(path).is_file():
-        raise UserError(f"tokenizer file {path} does not exist; {fix}")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as e:  # the Rust side raises a plain Exception on bad JSON
-        raise UserError(f"cannot load tokenizer {path}: {str(e).splitlines()[0]}; {fix}") from None
-
-
-def find_eot(tok) -> int:
-    for name in EOT_CANDIDATES:
-        idx = tok.token_to_id(name)
-        if idx is not None:
-            return idx
-    raise UserError(f"the tokenizer has no end-of-text token (looked for {', '.join(EOT_CANDIDATES)}); "
-                    "add one as a special token")
 
 
 def encode_split(tok, docs: list[str], eot_id: int, directory: Path, prefix: str, dtype: np.dtype):

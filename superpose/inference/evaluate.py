@@ -22,8 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import Dataset, bits_per_byte, open_dataset, token_byte_lengths, val_windows
-from .errors import UserError
+from ..data import Dataset, open_dataset, token_byte_lengths, val_windows
+from ..errors import UserError
+
+
+def bits_per_byte(nll_sum_nats: float, num_bytes: int) -> float:
+    return nll_sum_nats / math.log(2) / max(num_bytes, 1)
 
 
 @torch.no_grad()
@@ -117,9 +121,9 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
         from lm_eval.utils import make_table
     except ImportError as e:
         raise UserError(f"--tasks needs lm-eval ({e}); install it with: pip install 'superpose[hf]'") from None
-    from .lm_eval_adapter import SuperposeLM
+    from ..interop.lm_eval_adapter import SuperposeLM
     from .load import load_model, load_tokenizer, locate
-    from .tasks import LOCAL_TASKS, build_task
+    from ..tasks import LOCAL_TASKS, build_task
 
     src = locate(path)
     with tempfile.TemporaryDirectory(prefix="superpose-tasks-") as tmp:

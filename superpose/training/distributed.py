@@ -45,11 +45,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import UserError
-
-PARALLEL_MODES = ("none", "ddp", "fsdp")
-MIXED_PRECISION = ("none", "bf16")
-
+from ..errors import UserError
 
 def launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
@@ -269,7 +265,7 @@ def step_stats(par: Parallel, loss_sum: Tensor, grad_norm: Tensor) -> tuple[floa
 
 def empty_model(model_cfg) -> nn.Module:
     """A plain CPU model of this architecture without initialisation (it touches no RNG)."""
-    from .model import Transformer
+    from ..core.model import Transformer
 
     with torch.device("meta"):
         plain = Transformer(model_cfg)

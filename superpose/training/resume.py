@@ -11,9 +11,9 @@ import hashlib
 from pathlib import Path
 
 from . import checkpoint
-from .config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, set_field
-from .data import Dataset
-from .errors import UserError
+from ..config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, set_field
+from ..data import Dataset
+from ..errors import UserError
 
 
 def check_compatible(meta: dict, meta_path: Path, cfg: Config, ds: Dataset) -> None:

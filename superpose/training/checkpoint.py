@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 FORMAT_VERSION = 1
 DIRNAME = "checkpoints"

@@ -35,20 +35,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import Config, save_config
+from ..core.model import Transformer, build_model
+from ..core.schedule import Phase, build_phases, lookup, wsd_lr
+from ..data import Dataset, TrainLoader, open_dataset, token_byte_lengths, val_windows
+from ..errors import Interrupted, UserError
+from ..inference.evaluate import bits_per_byte
 from . import checkpoint, distributed
-from .config import Config, save_config
-from .data import Dataset, TrainLoader, bits_per_byte, open_dataset, token_byte_lengths, val_windows
-from .errors import Interrupted, UserError
 from .metrics import MetricsLog, environment
 from .metrics import NoMetrics as _NoMetrics
 from .metrics import Progress as _progress
 from .metrics import quiet as _quiet
 from .metrics import truncate_metrics as _truncate_metrics
-from .model import Transformer, build_model
 from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
 from .resume import _sha256_file, check_compatible
-from .schedule import Phase, build_phases, lookup, wsd_lr
-from .superposition import (
+from ..core.superposition import (
     chunked_multi_hot_cross_entropy,
     count_valid_targets,
     multi_hot_cross_entropy,
@@ -120,7 +121,7 @@ class Trainer:
                             f"processes x train.grad_accum={K}: each process takes batch_size/{W} rows in {K} "
                             f"micro-batches; use a multiple of {W * K}, e.g. --train.batch_size={near}")
         if init_from_hf is not None:
-            from .export_hf import check_hf_tokenizer
+            from ..interop.hf_llama import check_hf_tokenizer
 
             check_hf_tokenizer(init_from_hf, dataset)
         if cfg.model.vocab_size == 0:
@@ -131,7 +132,7 @@ class Trainer:
         torch.manual_seed(tr.seed)  # the same seed gives the same initial weights in every arm
         self.model = build_model(cfg.model, self.device)
         if init_from_hf is not None:  # continue training a Hugging Face Llama (cfg.model is its architecture)
-            from .export_hf import init_from_hf as load_hf_weights
+            from ..interop.hf_llama import init_from_hf as load_hf_weights
 
             load_hf_weights(self.model, init_from_hf)
             log(f"model: weights from the Hugging Face folder {init_from_hf}")
@@ -620,6 +621,6 @@ def _run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print
 
 def resolve_data(cfg: Config, log: Callable[[str], None] = print) -> Dataset:
     """The run's data directory, preparing the default corpus on first use when data.path is empty."""
-    from .prepare import ensure_default_corpus
+    from ..data.prepare import ensure_default_corpus
 
     return open_dataset(Path(cfg.data.path) if cfg.data.path else ensure_default_corpus(cfg.data.vocab_size, log))

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 # train.attention -> the torch.nn.attention.SDPBackend member it pins ("auto": torch chooses).
 ATTENTION_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",

@@ -1,0 +1,67 @@
+"""The tokenizer side of the data: training a byte-level BPE, reading a tokenizer file, the
+end-of-text token every document ends with, and the bytes each token stands for (bits per byte).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+EOT = "<|endoftext|>"
+EOT_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>")
+
+
+def train_tokenizer(docs: list[str], vocab_size: int):
+    """A byte-level BPE (GPT-2 style) with one special token, <|endoftext|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    return tok
+
+
+def load_tokenizer_file(path: Path, fix: str = "pass a tokenizers tokenizer.json"):
+    """A `tokenizers.Tokenizer` from a JSON file; a missing or unreadable file is a one-line
+    UserError ending in `fix`."""
+    from tokenizers import Tokenizer
+
+    if not Path(path).is_file():
+        raise UserError(f"tokenizer file {path} does not exist; {fix}")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust side raises a plain Exception on bad JSON
+        raise UserError(f"cannot load tokenizer {path}: {str(e).splitlines()[0]}; {fix}") from None
+
+
+def find_eot(tok) -> int:
+    for name in EOT_CANDIDATES:
+        idx = tok.token_to_id(name)
+        if idx is not None:
+            return idx
+    raise UserError(f"the tokenizer has no end-of-text token (looked for {', '.join(EOT_CANDIDATES)}); "
+                    "add one as a special token")
+
+
+def token_byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
+    """UTF-8 bytes each token id stands for (0 for special tokens), for bits-per-byte.
+
+    Byte-level BPE tokens are strings over a 256-character alphabet, one character per byte, so
+    the byte count is the string length. For other tokenizers decode each id.
+    """
+    from tokenizers import pre_tokenizers
+
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    special = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+    out = np.zeros(vocab_size, dtype=np.int64)
+    for token, idx in tokenizer.get_vocab(with_added_tokens=True).items():
+        if idx >= vocab_size or token in special:
+            continue
+        out[idx] = len(token) if set(token) <= alphabet else len(tokenizer.decode([idx]).encode("utf-8"))
+    return out

@@ -1,0 +1,299 @@
+"""Hugging Face Llama export and import through one explicit weight-name map.
+
+superpose's module names mirror `transformers.LlamaForCausalLM` and its RoPE uses the same
+"rotate half" layout, so the map below is a renaming (the trunk lives under `model.` in HF) with
+no q/k permutation. Parity is tested: HF logits equal superpose's to 1e-5 in float32.
+
+    export_hf(run_or_checkpoint, out_dir)   config.json (LlamaConfig), model.safetensors,
+                                            generation_config.json, tokenizer.json, tokenizer_config.json
+    read_hf_config(hf_dir) -> ModelConfig   the architecture of an HF Llama folder (refusing others)
+    load_hf_state(hf_dir, cfg) -> dict      its weights under superpose names, for `--init-from-hf`
+
+Only next-token models are exported: a phase-1 checkpoint's LM head predicts bags of tokens, so
+it is refused. The files are written by hand (no transformers needed to export) in the format
+transformers 4.x and 5.x both read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..core.model import ModelConfig
+from ..errors import UserError
+
+# superpose name -> Hugging Face LlamaForCausalLM name; {i} is the layer index.
+HF_NAME_MAP = {
+    "embed_tokens.weight": "model.embed_tokens.weight",
+    "layers.{i}.input_layernorm.weight": "model.layers.{i}.input_layernorm.weight",
+    "layers.{i}.self_attn.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "layers.{i}.self_attn.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "layers.{i}.self_attn.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "layers.{i}.self_attn.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "layers.{i}.post_attention_layernorm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "layers.{i}.mlp.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "layers.{i}.mlp.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "layers.{i}.mlp.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+
+
+def _rename(name: str, mapping: dict[str, str]) -> str | None:
+    for src, dst in mapping.items():
+        m = re.fullmatch(re.escape(src).replace(r"\{i\}", r"(\d+)"), name)
+        if m:
+            return dst.replace("{i}", m.group(1)) if m.groups() else dst
+    return None
+
+
+def to_hf_name(name: str) -> str:
+    hf = _rename(name, HF_NAME_MAP)
+    assert hf is not None, f"no Hugging Face name for {name}: add it to HF_NAME_MAP"
+    return hf
+
+
+def from_hf_name(name: str) -> str | None:
+    """The superpose name of an HF Llama tensor, or None for one superpose has no place for."""
+    return _rename(name, {hf: ours for ours, hf in HF_NAME_MAP.items()})
+
+
+# ----------------------------------------------------------------------------- export
+
+def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
+    """config.json of the equivalent `LlamaForCausalLM`. The RoPE base is written both as
+    transformers 4.x reads it (rope_theta) and as 5.x does (rope_parameters)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.ffn_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "use_cache": True,
+        "torch_dtype": dtype,
+        "dtype": dtype,
+    }
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log=print) -> Path:
+    """Write a run's final model (or a phase-2 checkpoint) as a Hugging Face Llama folder."""
+    from safetensors.torch import save_file
+
+    from ..inference.load import eot_id, load_model, load_tokenizer, locate, tokenizer_path
+
+    src, out = locate(path), Path(out_dir)
+    if src.is_phase1:
+        raise UserError(f"{src.name} is a phase-1 (superposition) checkpoint: its LM head predicts bags, not next "
+                        "tokens; export a phase-2 checkpoint or the final model")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not an empty directory; choose another --hf folder")
+    tok_file = tokenizer_path(src)
+    tokenizer = load_tokenizer(src)
+    eot = eot_id(tokenizer)
+    eot_token = tokenizer.id_to_token(eot)
+    model = load_model(src)
+    cfg = model.config
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if cfg.tie_embeddings and name == "lm_head.weight":
+            continue  # tie_word_embeddings: HF takes the head from the embedding
+        state[to_hf_name(name)] = tensor.to(DTYPES[dtype]).contiguous()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(out / "config.json", hf_config(cfg, eot, dtype))
+    _write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+    shutil.copyfile(tok_file, out / "tokenizer.json")
+    # PreTrainedTokenizerFast wraps tokenizer.json as it is: the same ids as superpose (which adds no
+    # special tokens: documents are separated by end-of-text, so a prompt may start with it).
+    _write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eot_token, "eos_token": eot_token,
+        "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False})
+    (out / "README.md").write_text(_model_card(src, cfg))
+    log(f"exported {src.path} ({src.kind}, {model.num_params():,} parameters, {dtype}) to {out}")
+    return out
+
+
+def _model_card(src, cfg: ModelConfig) -> str:
+    tst, steps = src.config.get("tst", {}), src.config.get("train", {}).get("steps")
+    if src.phase1_steps:
+        how = (f"Token Superposition Training (bags of s={tst['bag_size']} for the first {src.phase1_steps} of "
+               f"{steps} steps, then next-token training)")
+    else:
+        how = "next-token training (no superposition phase)" if tst else "superpose"
+    at = f" ({src.name}, after {src.step} steps)" if src.kind == "checkpoint" else ""
+    return (f"# {src.path.name}\n\nA {cfg.n_layers}-layer Llama (d={cfg.dim}, vocabulary {cfg.vocab_size}) trained "
+            f"with {how}, exported by superpose from `{src.path}`{at}. Nothing of TST remains in the weights: it "
+            "is a plain `LlamaForCausalLM`.\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(PATH)\n"
+            "tokenizer = AutoTokenizer.from_pretrained(PATH)\n```\n\n"
+            "The training data put the end-of-text token between documents and used no BOS token.\n")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- import
+
+def read_hf_config(hf_dir: Path | str) -> ModelConfig:
+    """The superpose architecture of a Hugging Face Llama folder; a UserError for anything else."""
+    hf_dir = Path(hf_dir)
+    path = hf_dir / "config.json"
+    if not hf_dir.is_dir():
+        raise UserError(f"--init-from-hf {hf_dir}: no such directory; give a Hugging Face model folder "
+                        "(config.json + model.safetensors)")
+    try:
+        c = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--init-from-hf {hf_dir}: no config.json; give a Hugging Face model folder "
+                        "(config.json + model.safetensors)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e})") from None
+    if c.get("model_type") != "llama":
+        raise UserError(f"{path} describes a {c.get('model_type')!r} model; --init-from-hf takes Llama models "
+                        "(model_type 'llama'); for other architectures use superpose.hf.TSTTrainer")
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    theta = c.get("rope_theta", rope.get("rope_theta", 10000.0))
+    problems = []
+    if c.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act {c['hidden_act']!r} (superpose has SwiGLU: silu)")
+    if c.get("attention_bias") or c.get("mlp_bias"):
+        problems.append("biases in attention or MLP")
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        problems.append(f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r}")
+    if c.get("pretraining_tp", 1) != 1:
+        problems.append(f"pretraining_tp {c['pretraining_tp']}")
+    heads, dim = c["num_attention_heads"], c["hidden_size"]
+    if c.get("head_dim") not in (None, dim // heads):
+        problems.append(f"head_dim {c['head_dim']} != hidden_size / num_attention_heads")
+    if problems:
+        raise UserError(f"{path}: superpose's Llama cannot represent {'; '.join(problems)}; train it with "
+                        "superpose.hf.TSTTrainer instead")
+    cfg = ModelConfig(vocab_size=c["vocab_size"], dim=dim, n_layers=c["num_hidden_layers"], n_heads=heads,
+                      n_kv_heads=c.get("num_key_value_heads") or heads, ffn_dim=c["intermediate_size"],
+                      rope_theta=float(theta), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+                      max_seq_len=c.get("max_position_embeddings", 2048),
+                      tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+                      init_std=float(c.get("initializer_range", 0.02))).resolve()
+    if cfg.problems():
+        raise UserError(f"{path}: {'; '.join(cfg.problems())}")
+    return cfg
+
+
+def load_hf_state(hf_dir: Path | str, cfg: ModelConfig) -> dict[str, Tensor]:
+    """The weights of an HF Llama folder under superpose names (float32), complete for `cfg`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    hf_dir = Path(hf_dir)
+    index = hf_dir / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({hf_dir / f for f in json.loads(index.read_text())["weight_map"].values()})
+    elif (hf_dir / "model.safetensors").is_file():
+        files = [hf_dir / "model.safetensors"]
+    elif any(hf_dir.glob("*.bin")):
+        raise UserError(f"{hf_dir} holds PyTorch .bin weights; superpose reads safetensors: re-save it with "
+                        "model.save_pretrained(DIR, safe_serialization=True)")
+    else:
+        raise UserError(f"{hf_dir} has no model.safetensors (nor a sharded index); give a Hugging Face model folder")
+    state = {}
+    for f in files:
+        try:
+            tensors = load_file(str(f))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"cannot read {f} ({e}); the folder is damaged") from None
+        for name, t in tensors.items():
+            ours = from_hf_name(name)
+            if ours is None:
+                if name.endswith("rotary_emb.inv_freq"):
+                    continue  # a RoPE table some old exports saved; superpose computes it
+                raise UserError(f"{f} holds {name!r}, which a superpose Llama has no place for")
+            state[ours] = t.float()
+    if cfg.tie_embeddings:
+        state.setdefault("lm_head.weight", state.get("embed_tokens.weight"))
+    return state
+
+
+def init_from_hf(model, hf_dir: Path | str) -> None:
+    """Load an HF Llama folder's weights into a freshly built superpose model of the same shape."""
+    state = load_hf_state(hf_dir, model.config)
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    if missing:
+        raise UserError(f"{hf_dir} lacks {missing[0]} ({to_hf_name(missing[0])}) and {len(missing) - 1} more "
+                        "tensors; the folder is incomplete")
+    for name, t in state.items():
+        if tuple(t.shape) != tuple(want[name].shape):
+            raise UserError(f"{hf_dir}: {to_hf_name(name)} has shape {list(t.shape)}, its config.json implies "
+                            f"{list(want[name].shape)}")
+    with torch.no_grad():
+        for name, t in state.items():
+            want[name].copy_(t)
+
+
+def config_from_hf(cfg, hf_dir: Path | str, overrides: list[str]):
+    """`cfg` with its model section taken from an HF Llama folder (`superpose train --init-from-hf`).
+
+    A `--model.*` override that disagrees with the folder's config.json is refused: the weights
+    fix the architecture.
+    """
+    import copy
+
+    from ..config import parse_overrides, set_field
+
+    hf_model = read_hf_config(hf_dir)
+    probe = copy.deepcopy(cfg)
+    probe.model = copy.deepcopy(hf_model)
+    given = [(k, v) for k, v in parse_overrides(overrides) if k.startswith("model.")]
+    for key, _ in given:
+        set_field(probe, key, dict(given)[key])
+    probe.model.resolve()
+    for key, value in given:
+        field = key.split(".", 1)[1]
+        if getattr(probe.model, field) != getattr(hf_model, field):
+            raise UserError(f"--{key}={value} conflicts with {Path(hf_dir) / 'config.json'} ({field} = "
+                            f"{getattr(hf_model, field)}): with --init-from-hf the architecture comes from the Hugging "
+                            f"Face model; drop --{key}")
+    cfg.model = hf_model
+    return cfg.validate()
+
+
+def check_hf_tokenizer(hf_dir: Path | str, dataset) -> None:
+    """Refuse training an HF model on data tokenized with another tokenizer than its own."""
+    from ..data.tokenizer import load_tokenizer_file
+
+    theirs = Path(hf_dir) / "tokenizer.json"
+    if not theirs.is_file():
+        raise UserError(f"{hf_dir} has no tokenizer.json, so superpose cannot check that {dataset.path} was tokenized "
+                        "with the model's tokenizer; save it with tokenizer.save_pretrained (a fast tokenizer) first")
+    if load_tokenizer_file(theirs).get_vocab() != load_tokenizer_file(dataset.tokenizer_path).get_vocab():
+        raise UserError(f"{dataset.path} was tokenized with another tokenizer than {hf_dir}'s; prepare the data with "
+                        f"it: superpose prepare --tokenizer {theirs} --text ... --out DATA_DIR, then "
+                        "--data.path DATA_DIR")
