@@ -139,7 +139,7 @@ def synthetic_data(path: Path, vocab_size: int, train_tokens: int = 2_000_000, v
     """
     from tokenizers import AddedToken, Tokenizer, models
 
-    from superpose.data import DATA_FORMAT_VERSION, ShardWriter, token_dtype
+    from superpose.data.shards import DATA_FORMAT_VERSION, ShardWriter, token_dtype
 
     path = Path(path)
     if (path / "meta.json").is_file():
@@ -192,18 +192,19 @@ def bench_config(preset: str, overrides: list[str], data: str | None, vocab_size
 
         workdir = Path(workdir or cache_dir() / "bench")  # $SUPERPOSE_CACHE/bench
         data = str(synthetic_data(workdir / f"synthetic-v{vocab}", vocab))
+    from superpose.data import open_dataset
+    from superpose.training.build import resolve_vocab
+
     cfg.data.path = data
-    if not cfg.model.vocab_size:  # as the trainer does: the data's vocabulary
-        cfg.model.vocab_size = int(json.loads((Path(data) / "meta.json").read_text())["vocab_size"])
-    return cfg.validate()
+    return resolve_vocab(cfg, open_dataset(data)).validate()  # as the trainer does: the data's vocabulary
 
 
 def bench_trainer(cfg, run_dir: Path):
     """A Trainer whose train_step can be called directly (nothing is written to run_dir)."""
     from superpose.data import open_dataset
-    from superpose.training.trainer import Trainer
+    from superpose.training import build_trainer
 
-    return Trainer(cfg, Path(run_dir), open_dataset(cfg.data.path), log=lambda m: None)
+    return build_trainer(cfg, Path(run_dir), open_dataset(cfg.data.path), log=lambda m: None)
 
 
 def phases(bag_size: int):

@@ -72,7 +72,7 @@ def arm_superpose(cfg, args) -> dict:
 def arm_hf(cfg, args, keep: bool) -> dict:
     """The plain loop on LlamaForCausalLM; same data loader, optimizer and autocast as superpose."""
     from superpose.data import TrainLoader, open_dataset
-    from superpose.training.trainer import configure_optimizer
+    from superpose.training.optimizer import configure_optimizer
 
     if keep:
         from superpose.training.perf import keep_freed_memory

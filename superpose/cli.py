@@ -76,7 +76,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     """Preset + overrides (+ --bag-size/--ratio), with the data and vocabulary resolved up front
     so every arm and cell reads the same data directory."""
     from .config import resolve
-    from .training import resolve_data
+    from .training.build import resolve_data, resolve_vocab
 
     if args.bag_size is not None:
         overrides = [*overrides, f"--tst.bag_size={args.bag_size}"]
@@ -85,7 +85,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     cfg = resolve(args.preset, overrides)
     ds = resolve_data(cfg, _log)
     cfg.data.path = str(ds.path)
-    cfg.model.vocab_size = cfg.model.vocab_size or ds.vocab_size
+    cfg = resolve_vocab(cfg, ds)
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     return cfg, list(range(args.seed0, args.seed0 + args.seeds))

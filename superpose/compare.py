@@ -32,7 +32,7 @@ import numpy as np
 from .config import Config
 from .data import open_dataset
 from .errors import UserError
-from .training import Trainer
+from .training import Trainer, build_trainer
 from .training.metrics import environment
 
 DEFAULT_LENGTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
@@ -93,9 +93,9 @@ def run_seed(cfg: Config, out: Path, seed: int, lengths: list[int], log: Callabl
     T, s, r = cfg.train.steps, cfg.tst.bag_size, cfg.tst.ratio
     ds = open_dataset(cfg.data.path)
     quiet = lambda m: None  # noqa: E731 - the baselines' own lines would interleave unreadably
-    tst = Trainer(_arm_config(cfg, seed, T, s, r), out / "tst", ds, log)
+    tst = build_trainer(_arm_config(cfg, seed, T, s, r), out / "tst", ds, log)
     trunk_steps = lengths[-1]
-    trunk = Trainer(_arm_config(cfg, seed, trunk_steps, 1, 0.0), out / f"baseline-{trunk_steps}", ds, quiet)
+    trunk = build_trainer(_arm_config(cfg, seed, trunk_steps, 1, 0.0), out / f"baseline-{trunk_steps}", ds, quiet)
     decay = cfg.optim.decay_frac
     branch_at = {n - round(decay * n): n for n in lengths[:-1]}  # trunk step -> branch length
     runs = [_Run("tst", tst), _Run(f"baseline-{trunk_steps}", trunk)]
@@ -107,10 +107,11 @@ def run_seed(cfg: Config, out: Path, seed: int, lengths: list[int], log: Callabl
     while runs:
         for run in list(runs):
             t = run.trainer
-            if t is trunk and t.step in branch_at:
-                n = branch_at.pop(t.step)
-                branch = Trainer(_arm_config(cfg, seed, n, 1, 0.0), out / f"baseline-{n}", ds, quiet)
-                branch.load_state_dict(copy.deepcopy(trunk.state_dict()))
+            if t is trunk and t.state.step in branch_at:
+                n = branch_at.pop(t.state.step)
+                # The trunk's whole state (weights, optimizer, run state, data position, RNG), copied.
+                branch = build_trainer(_arm_config(cfg, seed, n, 1, 0.0), out / f"baseline-{n}", ds, quiet,
+                                       state=copy.deepcopy(trunk.state_dict()))
                 branch.run_dir.mkdir(parents=True, exist_ok=True)
                 # The branch's log starts with the trunk's history: it is the full run of that length.
                 shutil.copyfile(trunk.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl")
@@ -118,7 +119,7 @@ def run_seed(cfg: Config, out: Path, seed: int, lengths: list[int], log: Callabl
                 runs.append(_Run(f"baseline-{n}", branch))
             t.step_once()
             done_steps += 1
-            if t.step == t.cfg.train.steps:
+            if t.state.step == t.cfg.train.steps:
                 t.finish()
                 finished[run.name] = t
                 runs.remove(run)
@@ -137,21 +138,21 @@ def _records(trainer: Trainer, kind: str) -> list[dict]:
 
 def _seed_result(finished: dict[str, Trainer], tst: Trainer, lengths: list[int], s: int, r: float) -> dict:
     T = tst.cfg.train.steps
-    switch_step = round(r * T)
+    switch_step = tst.schedule.switch_step
     tst_curve = _records(tst, "eval")
     switch_time = next(e["train_time_s"] for e in _records(tst, "train") if e["step"] == switch_step - 1)
     base = []
     for n in lengths:
         t = finished[f"baseline-{n}"]
-        base.append({"steps": n, "val_loss": t.last_eval["val_loss"], "val_bpb": t.last_eval["val_bpb"],
-                     "train_time_s": t.train_time, "tokens_seen": t.tokens_seen})
-    tst_loss, tst_time = tst.last_eval["val_loss"], tst.train_time
+        base.append({"steps": n, "val_loss": t.state.last_eval["val_loss"], "val_bpb": t.state.last_eval["val_bpb"],
+                     "train_time_s": t.state.train_time_s, "tokens_seen": t.state.tokens_seen})
+    tst_loss, tst_time = tst.state.last_eval["val_loss"], tst.state.train_time_s
     equal = next(b for b in base if b["steps"] == T)
     t_iso, kind = iso_loss(tst_loss, [(b["train_time_s"], b["val_loss"]) for b in base])
     s_iso, _ = iso_loss(tst_loss, [(b["steps"], b["val_loss"]) for b in base])
     return {
-        "tst": {"steps": T, "val_loss": tst_loss, "val_bpb": tst.last_eval["val_bpb"], "train_time_s": tst_time,
-                "tokens_seen": tst.tokens_seen, "switch_step": switch_step, "switch_time_s": switch_time,
+        "tst": {"steps": T, "val_loss": tst_loss, "val_bpb": tst.state.last_eval["val_bpb"], "train_time_s": tst_time,
+                "tokens_seen": tst.state.tokens_seen, "switch_step": switch_step, "switch_time_s": switch_time,
                 "curve": tst_curve},
         "baseline": base,
         "baseline_curve": _records(finished[f"baseline-{lengths[-1]}"], "eval"),

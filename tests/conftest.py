@@ -76,10 +76,10 @@ def one_thread():
 def checkpointed_run(tiny_data, tmp_path_factory):
     """A finished 8-step TST run of tiny_config (switch at step 4) with checkpoints at steps 2, 4, 6, 8."""
     from superpose.data import open_dataset
-    from superpose.training.trainer import Trainer
+    from superpose.training import build_trainer
 
     run_dir = tmp_path_factory.mktemp("run") / "run"
-    Trainer(tiny_config(tiny_data, checkpoint__every=2, checkpoint__keep=0), run_dir, open_dataset(tiny_data),
+    build_trainer(tiny_config(tiny_data, checkpoint__every=2, checkpoint__keep=0), run_dir, open_dataset(tiny_data),
             log=lambda m: None).train(progress=False)
     return run_dir
 

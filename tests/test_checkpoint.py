@@ -4,7 +4,7 @@ Every resumed run here must match one uninterrupted run (12 steps, the phase swi
 bit for bit: the same per-step losses, the same evaluations, the same final weights, and a
 metrics.jsonl with each step exactly once. Real `superpose` processes are killed with SIGKILL at
 chosen points of a save, or sent SIGTERM/SIGINT before a chosen step, through the test hooks at
-the end of superpose/checkpoint.py.
+superpose/training/faults.py.
 
 Run: .venv/bin/pytest tests/test_checkpoint.py
 """
@@ -23,13 +23,14 @@ from safetensors.torch import load_file
 
 from superpose import cli
 from superpose.training import checkpoint
+from superpose.training import build as build_module
 from superpose.training import trainer as trainer_module
 from superpose.config import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
 from superpose.core.model import ModelConfig, build_model
 from superpose.training.resume import resume_config
-from superpose.training.trainer import Trainer, run_training
+from superpose.training import build_trainer, run_training
 
 from conftest import tiny_config
 
@@ -58,7 +59,7 @@ def weights(run_dir):
 def reference(tiny_data, tmp_path_factory):
     """The uninterrupted run every resumed one must reproduce."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    Trainer(config(tiny_data), run, open_dataset(tiny_data), log=quiet).train(progress=False)
+    build_trainer(config(tiny_data), run, open_dataset(tiny_data), log=quiet).train(progress=False)
     return {"losses": [r["loss"] for r in records(run)], "evals": records(run, "eval"), "weights": weights(run)}
 
 
@@ -77,9 +78,9 @@ def assert_same_as_reference(run, reference):
 def start(cfg, run, stop):
     """A run that has done `stop` steps, saved a checkpoint, and done one more step before it
     "died" (its metrics line for that step must not survive the resume)."""
-    t = Trainer(cfg, run, open_dataset(cfg.data.path), log=quiet)
+    t = build_trainer(cfg, run, open_dataset(cfg.data.path), log=quiet)
     t.begin(progress=False)
-    while t.step < stop:
+    while t.state.step < stop:
         t.step_once()
     t.save_checkpoint()
     t.step_once()
@@ -114,7 +115,8 @@ def one_line_error(excinfo, *needles):
 
 def test_checkpoint_directory_layout(tiny_data, tmp_path):
     run = tmp_path / "run"
-    t = Trainer(config(tiny_data, checkpoint__every=4, checkpoint__keep=2), run, open_dataset(tiny_data), log=quiet)
+    t = build_trainer(config(tiny_data, checkpoint__every=4, checkpoint__keep=2), run, open_dataset(tiny_data),
+                      log=quiet)
     t.train(progress=False)
     root = run / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000008", "step-000012"]  # step-4 pruned
@@ -137,8 +139,8 @@ def test_checkpoint_directory_layout(tiny_data, tmp_path):
     opt = torch.load(ck / "optimizer.pt", weights_only=True)
     assert all(int(s["step"]) == 8 for s in opt["state"].values())
     # The first checkpoint of a run is at step 4, still in phase 1 (s = 4).
-    t2 = Trainer(config(tiny_data, checkpoint__every=4, checkpoint__keep=0), tmp_path / "all", open_dataset(tiny_data),
-                 log=quiet)
+    t2 = build_trainer(config(tiny_data, checkpoint__every=4, checkpoint__keep=0), tmp_path / "all",
+                       open_dataset(tiny_data), log=quiet)
     t2.train(progress=False)
     assert [s for s, _ in checkpoint.checkpoints(tmp_path / "all")] == [4, 8, 12]  # keep=0 keeps all
     assert checkpoint.read_meta(tmp_path / "all" / "checkpoints" / "step-000004")["bag_size"] == 4
@@ -221,11 +223,11 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit_cleanly(tiny_data, tmp_pa
 def stopped_run(tiny_data, tmp_path_factory):
     """A run stopped after step 4, with checkpoints at steps 2 and 4."""
     run = tmp_path_factory.mktemp("stopped") / "run"
-    t = Trainer(config(tiny_data, checkpoint__every=2), run, open_dataset(tiny_data), log=quiet)
+    t = build_trainer(config(tiny_data, checkpoint__every=2), run, open_dataset(tiny_data), log=quiet)
     t.begin(progress=False)
-    while t.step < 4:
+    while t.state.step < 4:
         t.step_once()
-        if t.step % 2 == 0:
+        if t.state.step % 2 == 0:
             t.save_checkpoint()
     t.metrics.close()
     return run
@@ -284,8 +286,8 @@ def test_other_vocabulary_or_model_is_refused(stopped_run, tiny_data, tmp_path, 
     # A checkpoint of a wider model loaded into this one: refused by its config, and by its tensors.
     ck = run / "checkpoints" / "step-000004"
     with pytest.raises(UserError) as e:
-        Trainer(config(tiny_data, model__dim=64, model__ffn_dim=0), tmp_path / "wide", open_dataset(tiny_data),
-                log=quiet).load_checkpoint(ck)
+        build_trainer(config(tiny_data, model__dim=64, model__ffn_dim=0), tmp_path / "wide", open_dataset(tiny_data),
+                      log=quiet).load_checkpoint(ck)
     one_line_error(e, "holds another model shape: model.dim=32 there, 64 here")
     with pytest.raises(UserError) as e:
         checkpoint.load_weights(ck, build_model(ModelConfig(vocab_size=320, dim=64, n_layers=2, n_heads=4)))
@@ -301,14 +303,14 @@ def test_other_vocabulary_or_model_is_refused(stopped_run, tiny_data, tmp_path, 
 
 def inject_nan(monkeypatch, at_steps):
     """Make the loss (and so every gradient) NaN at the given steps of a run started at step 0."""
-    real, calls = trainer_module.superposed_loss, []
+    real, calls = build_module.superposed_loss, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) - 1 in at_steps else loss
 
-    monkeypatch.setattr(trainer_module, "superposed_loss", poisoned)
+    monkeypatch.setattr(build_module, "superposed_loss", poisoned)  # the loss build_trainer hands the trainer
 
 
 def test_nan_stops_before_the_update_and_keeps_the_last_checkpoint(tiny_data, tmp_path, reference, monkeypatch):
@@ -333,7 +335,7 @@ def test_nan_stops_before_the_update_and_keeps_the_last_checkpoint(tiny_data, tm
 def test_on_nan_skip_drops_the_batch_and_counts_it(tiny_data, tmp_path, monkeypatch):
     run = tmp_path / "run"
     inject_nan(monkeypatch, {2, 7})
-    t = Trainer(config(tiny_data, train__on_nan="skip"), run, open_dataset(tiny_data), log=quiet)
+    t = build_trainer(config(tiny_data, train__on_nan="skip"), run, open_dataset(tiny_data), log=quiet)
     summary = t.train(progress=False)
     recs = records(run)
     assert [r["step"] for r in recs] == list(range(STEPS))
@@ -423,7 +425,7 @@ def test_new_config_fields_are_validated_together():
 def test_signals_in_process_stop_after_the_step_and_handlers_come_back(tiny_data, tmp_path, monkeypatch):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     monkeypatch.setenv("SUPERPOSE_TEST_SIGNAL_AT_STEP", "2:SIGTERM")
-    t = Trainer(config(tiny_data), tmp_path / "run", open_dataset(tiny_data), log=quiet)
+    t = build_trainer(config(tiny_data), tmp_path / "run", open_dataset(tiny_data), log=quiet)
     with pytest.raises(KeyboardInterrupt) as e:  # superpose.errors.Interrupted
         t.train(progress=False)
     assert e.value.signum == signal.SIGTERM and "stopped by SIGTERM after step 2" in str(e.value)

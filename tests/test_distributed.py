@@ -28,7 +28,7 @@ from superpose.config import resolve
 from superpose.data import TrainLoader, open_dataset
 from superpose.errors import UserError
 from superpose.training.resume import resume_config
-from superpose.training.trainer import Trainer, run_training
+from superpose.training import build_trainer, run_training
 
 from conftest import tiny_config
 
@@ -86,7 +86,7 @@ def runs(tiny_data, tmp_path_factory):
             "fail": torchrun(root / "fail", cfg, "--parallel.mode=fsdp", env={"SUPERPOSE_TEST_FAIL_RANK": "1:2"})}
     try:
         for name, c in (("single", cfg), ("accum", config(tiny_data, train__grad_accum=2))):
-            Trainer(c, root / name, open_dataset(tiny_data), log=lambda m: None).train(progress=False)
+            build_trainer(c, root / name, open_dataset(tiny_data), log=lambda m: None).train(progress=False)
     finally:
         done = {name: finish(proc) for name, proc in jobs.items()}
     for name in ("ddp", "fsdp"):
@@ -213,7 +213,7 @@ def test_global_batch_must_split_into_ranks_and_micro_batches(tiny_data, tmp_pat
     monkeypatch.setattr(distributed, "setup", lambda *a, **k: distributed.Parallel(mode="ddp", world_size=3))
     with pytest.raises(UserError, match=r"train.batch_size=4 \(the global batch\) must be divisible by the 3 "
                                         r"processes x train.grad_accum=2.*multiple of 6"):
-        Trainer(tiny_config(tiny_data, train__grad_accum=2), tmp_path / "r", open_dataset(tiny_data))
+        build_trainer(tiny_config(tiny_data, train__grad_accum=2), tmp_path / "r", open_dataset(tiny_data))
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -32,7 +32,7 @@ from superpose.interop.hf_llama import (HF_NAME_MAP, config_from_hf, export_hf, 
 from superpose.hf import TokenRows, TSTTrainer, next_token_loss, superposition_loss  # noqa: E402
 from superpose.core.model import ModelConfig, build_model  # noqa: E402
 from superpose.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings  # noqa: E402
-from superpose.training.trainer import Trainer  # noqa: E402
+from superpose.training import build_trainer  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
 
@@ -145,7 +145,7 @@ def test_init_from_hf_starts_from_the_exported_weights(run, tiny_data, tmp_path,
     assert read_hf_config(hf) == load_model(run).config
     # The preset's architecture is replaced by the HF one; a matching override is fine.
     cfg = config_from_hf(tiny_config(tiny_data, model__dim=128), hf, ["--model.n_layers=2"])
-    t = Trainer(cfg, tmp_path / "cont", open_dataset(tiny_data), log=quiet, init_from_hf=hf)
+    t = build_trainer(cfg, tmp_path / "cont", open_dataset(tiny_data), log=quiet, init_from_hf=hf)
     for name, p in load_model(run).state_dict().items():
         assert torch.equal(p, t.model.state_dict()[name]), name
     with pytest.raises(UserError, match=r"--model.dim=48 conflicts with .*config.json \(dim = 32\)"):

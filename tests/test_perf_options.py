@@ -20,7 +20,8 @@ from superpose.data import open_dataset
 from superpose.errors import UserError
 from superpose.training.perf import AUTO_FUSE_MIN_LOGITS, attention_kernel, auto_loss_chunk_rows, keep_freed_memory
 from superpose.superposition import chunked_multi_hot_cross_entropy, multi_hot_cross_entropy, next_bag_targets
-from superpose.training.trainer import Trainer, superposed_loss
+from superpose.training import build_trainer
+from superpose.training.trainer import superposed_loss
 
 from conftest import tiny_config
 
@@ -29,7 +30,7 @@ CPU = torch.device("cpu")
 
 
 def run(cfg, run_dir):
-    t = Trainer(cfg, run_dir, open_dataset(cfg.data.path), log=lambda m: None)
+    t = build_trainer(cfg, run_dir, open_dataset(cfg.data.path), log=lambda m: None)
     t.train(progress=False)
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return t, [r for r in lines if r["type"] == "train"]
@@ -66,7 +67,7 @@ def test_cuda_only_attention_kernels_are_refused_on_cpu(tiny_data, tmp_path):
         attention_kernel("efficient", CPU)
     cfg = tiny_config(tiny_data, train__attention="cudnn")
     with pytest.raises(UserError, match="train.attention=cudnn"):
-        Trainer(cfg, tmp_path / "r", open_dataset(tiny_data), log=lambda m: None)
+        build_trainer(cfg, tmp_path / "r", open_dataset(tiny_data), log=lambda m: None)
 
 
 # ----------------------------------------------------------------------------- options = same training
@@ -128,10 +129,10 @@ def test_auto_chunk_rule():
 def test_trainer_applies_the_auto_rule(tiny_data, tmp_path, default_run):
     assert default_run[0].loss_chunk_rows == 0  # the tiny config stays on the plain path
     cfg = tiny_config(tiny_data, train__batch_size=64, train__grad_accum=2, model__vocab_size=2048)
-    t = Trainer(cfg, tmp_path / "r", open_dataset(tiny_data), log=lambda m: None)
+    t = build_trainer(cfg, tmp_path / "r", open_dataset(tiny_data), log=lambda m: None)
     assert t.loss_chunk_rows == 128  # 32 rows x 16 positions x 2048 = 2^20 logits per micro-batch
     cfg.train.loss_chunk_rows = 0
-    assert Trainer(cfg, tmp_path / "r2", open_dataset(tiny_data), log=lambda m: None).loss_chunk_rows == 0
+    assert build_trainer(cfg, tmp_path / "r2", open_dataset(tiny_data), log=lambda m: None).loss_chunk_rows == 0
 
 
 def test_mce_gradient_is_made_once_and_handed_on():

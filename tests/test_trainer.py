@@ -14,13 +14,15 @@ from superpose.data import TrainLoader, open_dataset
 from superpose.errors import UserError
 from superpose.core.model import ModelConfig, build_model
 from superpose.core.schedule import wsd_lr
-from superpose.training.trainer import Trainer, configure_optimizer, run_training
+from superpose.training import build_trainer, run_training
+from superpose.training.optimizer import configure_optimizer
 
 from conftest import tiny_config
 
 
 def train(cfg, run_dir, logs=None):
-    t = Trainer(cfg, run_dir, open_dataset(cfg.data.path), log=(logs.append if logs is not None else lambda m: None))
+    t = build_trainer(cfg, run_dir, open_dataset(cfg.data.path),
+                      log=(logs.append if logs is not None else lambda m: None))
     t.train()
     return t
 
@@ -36,7 +38,7 @@ def test_baseline_is_bit_for_bit_plain_next_token_training(tiny_data, tmp_path):
     t1 = train(tiny_config(tiny_data, tst__bag_size=1, tst__ratio=0.5), tmp_path / "s1")
     # A plain next-token loop written here without any TST function.
     torch.manual_seed(cfg.train.seed)
-    model = build_model(ModelConfig(**cfg.model.to_dict()))
+    model = build_model(ModelConfig(**t.cfg.model.to_dict()))  # the vocabulary resolved from the data
     opt = configure_optimizer(model, cfg)
     ds = open_dataset(tiny_data)
     loader = TrainLoader(ds.train, ds.train_docs, seed=cfg.train.seed, vocab_size=ds.vocab_size)
@@ -85,7 +87,7 @@ def test_tst_run_metrics_accounting_and_carried_state(tiny_data, tmp_path):
     assert any("switching to phase 2" in m for m in logs)
     # The final model is a plain Llama: its files know nothing about TST.
     run = tmp_path / "run"
-    assert json.loads((run / "model.json").read_text()) == cfg.model.to_dict()
+    assert json.loads((run / "model.json").read_text()) == t.cfg.model.to_dict()
     weights = load_file(str(run / "model.safetensors"))
     assert set(weights) == set(t.model.state_dict())
     assert not any("tst" in k or "bag" in k for k in list(weights) + list(json.loads((run / "model.json").read_text())))
@@ -102,9 +104,9 @@ def test_gradient_accumulation_is_exact(tiny_data, tmp_path):
 
 def test_same_seed_same_initial_weights_in_both_arms(tiny_data, tmp_path):
     ds = open_dataset(tiny_data)
-    base = Trainer(tiny_config(tiny_data, tst__ratio=0.0), tmp_path / "x", ds, log=lambda m: None)
-    tst = Trainer(tiny_config(tiny_data), tmp_path / "y", ds, log=lambda m: None)
-    other = Trainer(tiny_config(tiny_data, train__seed=1), tmp_path / "z", ds, log=lambda m: None)
+    base = build_trainer(tiny_config(tiny_data, tst__ratio=0.0), tmp_path / "x", ds, log=lambda m: None)
+    tst = build_trainer(tiny_config(tiny_data), tmp_path / "y", ds, log=lambda m: None)
+    other = build_trainer(tiny_config(tiny_data, train__seed=1), tmp_path / "z", ds, log=lambda m: None)
     w = base.model.state_dict()
     assert all(torch.equal(w[k], v) for k, v in tst.model.state_dict().items())
     assert not torch.equal(w["embed_tokens.weight"], other.model.state_dict()["embed_tokens.weight"])
@@ -130,7 +132,7 @@ def test_user_errors(tiny_data, tmp_path):
     with pytest.raises(UserError, match="already holds a run"):
         run_training(tiny_config(tiny_data), tmp_path / "done")
     with pytest.raises(UserError, match="smaller than the tokenizer"):
-        Trainer(tiny_config(tiny_data, model__vocab_size=100), tmp_path / "v", open_dataset(tiny_data))
+        build_trainer(tiny_config(tiny_data, model__vocab_size=100), tmp_path / "v", open_dataset(tiny_data))
     with pytest.raises(UserError, match="does not exist"):
         run_training(tiny_config(tmp_path / "nowhere"), tmp_path / "nd")
 
@@ -143,12 +145,12 @@ def test_state_snapshot_continues_exactly_across_the_switch(tiny_data, tmp_path)
     straight = train(tiny_config(tiny_data), tmp_path / "straight")
     want = [r["loss"] for r in records(tmp_path / "straight", "train")]
     for stop in (3, 4, 6):
-        a = Trainer(tiny_config(tiny_data), tmp_path / f"a{stop}", open_dataset(tiny_data), log=lambda m: None)
+        a = build_trainer(tiny_config(tiny_data), tmp_path / f"a{stop}", open_dataset(tiny_data), log=lambda m: None)
         a.begin()
-        while a.step < stop:
+        while a.state.step < stop:
             a.step_once()
         snap = copy.deepcopy(a.state_dict())
-        b = Trainer(tiny_config(tiny_data), tmp_path / f"b{stop}", open_dataset(tiny_data), log=lambda m: None)
+        b = build_trainer(tiny_config(tiny_data), tmp_path / f"b{stop}", open_dataset(tiny_data), log=lambda m: None)
         b.load_state_dict(snap)
         b.train()
         assert [r["loss"] for r in records(tmp_path / f"b{stop}", "train")] == want[stop:]

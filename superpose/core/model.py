@@ -319,12 +319,20 @@ class Transformer(nn.Module):
         return 6 * matmul_params + 12 * cfg.n_layers * cfg.dim * seq_len
 
 
-def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transformer:
-    """Build on the meta device (no memory, no init cost), materialise on `device`, then init."""
+def empty_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transformer:
+    """A model of this architecture on `device` with uninitialised weights, for weights that come
+    from elsewhere (a checkpoint, a state snapshot, a gathered FSDP state). Built on the meta
+    device, so nothing is allocated twice and no RNG is touched."""
     with torch.device("meta"):
         model = Transformer(cfg)
     model.to_empty(device=device)
     if cfg.tie_embeddings:  # to_empty gives each module its own storage: tie them again
         model.lm_head.weight = model.embed_tokens.weight
+    return model
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transformer:
+    """A freshly initialised model: `empty_model`, then `init_weights` (seed torch first)."""
+    model = empty_model(cfg, device)
     model.init_weights()
     return model

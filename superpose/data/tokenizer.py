@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import sha256_file
 
 EOT = "<|endoftext|>"
 EOT_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>")
@@ -40,7 +41,16 @@ def load_tokenizer_file(path: Path, fix: str = "pass a tokenizers tokenizer.json
         raise UserError(f"cannot load tokenizer {path}: {str(e).splitlines()[0]}; {fix}") from None
 
 
+def same_tokenizer(a: Path, b: Path) -> bool:
+    """Whether two tokenizer files map the same tokens to the same ids (the same file, or another
+    serialisation of the same vocabulary)."""
+    if sha256_file(a) == sha256_file(b):
+        return True
+    return load_tokenizer_file(a).get_vocab() == load_tokenizer_file(b).get_vocab()
+
+
 def find_eot(tok) -> int:
+    """The id of the end-of-text token the data puts after every document."""
     for name in EOT_CANDIDATES:
         idx = tok.token_to_id(name)
         if idx is not None:

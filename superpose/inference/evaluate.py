@@ -1,5 +1,7 @@
 """`superpose eval`: validation loss, perplexity and bits per byte, and lm-eval downstream tasks.
 
+    next_token_eval(forward, windows, ...)  the one evaluation loop: loss and bits per byte, given a
+                                     forward and the context it runs in
     evaluate_loss(path, data=None)   next-token loss on held-out windows: by default the same windows
                                      the trainer evaluated (the run's data directory, data.seq_len,
                                      data.val_tokens), so the numbers match summary.json
@@ -11,18 +13,20 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import math
 import tempfile
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import Dataset, open_dataset, token_byte_lengths, val_windows
+from ..data.tokenizer import load_tokenizer_file, same_tokenizer
 from ..errors import UserError
 
 
@@ -31,28 +35,43 @@ def bits_per_byte(nll_sum_nats: float, num_bytes: int) -> float:
 
 
 @torch.no_grad()
-def loss_and_bpb(model, windows: Tensor, token_bytes: Tensor, batch_size: int) -> dict:
-    """Next-token loss over (N, L + 1) windows, and bits per UTF-8 byte (tokens of no text, such
-    as end-of-text, left out of the byte count). The trainer's evaluation, batch for batch."""
-    device = next(model.parameters()).device
-    nll_sum, n_targets, nll_bytes, n_bytes = 0.0, 0, 0.0, 0
+def next_token_eval(forward: Callable[[Tensor], Tensor], windows: Tensor, batch_size: int, device: torch.device,
+                    token_bytes: Tensor | None = None,
+                    context: Callable[[], ContextManager] = contextlib.nullcontext) -> dict:
+    """Next-token loss over (N, L + 1) windows and, given token_bytes, bits per UTF-8 byte: the one
+    evaluation of superpose (the trainer, `superpose eval`, compare and the Hugging Face Trainer).
+
+    forward: input ids (b, L) on `device` -> logits (b, L, V); the model, or under FSDP the wrapped
+    module that gathers the sharded weights. context: entered around every forward (autocast, the
+    attention kernel: `perf.compute_context`), so a run is scored with the arithmetic it trained
+    with. token_bytes: (V,) UTF-8 bytes per token id; tokens that stand for no text (end-of-text)
+    are left out of bits per byte, as nanochat does. The sums stay on the device in float64 and
+    are read once, at the end; the byte counts come from the CPU copy of the targets.
+    """
+    nll_sums = torch.zeros(2, dtype=torch.float64, device=device)  # (all targets, targets that are text)
+    n_targets = n_bytes = 0
     for batch in windows.split(batch_size):
+        y_cpu = batch[:, 1:].flatten().cpu()  # (b*L,)
         batch = batch.to(device)
-        x, y = batch[:, :-1], batch[:, 1:]
-        nll = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten(), reduction="none")  # (b*L,)
-        nbytes = token_bytes.to(device)[y.flatten()]
-        nll_sum += nll.sum().item()
+        x, y = batch[:, :-1], batch[:, 1:]  # (b, L) each
+        with context():
+            logits = forward(x)  # (b, L, V)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")  # (b*L,)
         n_targets += nll.numel()
-        nll_bytes += nll[nbytes > 0].sum().item()
-        n_bytes += int(nbytes.sum().item())
-    loss = nll_sum / n_targets
-    return {"val_loss": loss, "val_ppl": math.exp(loss), "val_bpb": bits_per_byte(nll_bytes, n_bytes),
-            "val_tokens": n_targets, "val_bytes": n_bytes}
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        if token_bytes is None:
+            nll_sums[0] += nll.sum().double()
+            continue
+        nbytes = token_bytes.cpu()[y_cpu]  # (b*L,)
+        # index_select of the text positions (ascending) sums exactly the elements, in exactly the
+        # order, that nll[nbytes > 0] would, without the device waiting for the mask's count.
+        text = nbytes.nonzero().squeeze(1).to(device)
+        nll_sums += torch.stack([nll.sum(), nll.index_select(0, text).sum()]).double()
+        n_bytes += int(nbytes.sum())
+    nll_sum, nll_text = nll_sums.tolist()  # the one sync
+    out = {"val_loss": nll_sum / n_targets, "val_tokens": n_targets}
+    if token_bytes is not None:
+        out.update(val_bpb=bits_per_byte(nll_text, n_bytes), val_bytes=n_bytes)
+    return out
 
 
 def open_eval_data(src, data: Path | str | None) -> Dataset:
@@ -67,14 +86,9 @@ def open_eval_data(src, data: Path | str | None) -> Dataset:
                             "the same tokenizer)")
     ds = open_dataset(Path(data) if data is not None else src.data_path)
     model_tok = tokenizer_path(src)
-    if _sha256(ds.tokenizer_path) != _sha256(model_tok):
-        from tokenizers import Tokenizer
-
-        same = (Tokenizer.from_file(str(ds.tokenizer_path)).get_vocab()
-                == Tokenizer.from_file(str(model_tok)).get_vocab())
-        if not same:
-            raise UserError(f"{ds.path} was tokenized with another tokenizer than the model's ({model_tok}); prepare "
-                            f"it with: superpose prepare --tokenizer {model_tok} ...")
+    if not same_tokenizer(ds.tokenizer_path, model_tok):
+        raise UserError(f"{ds.path} was tokenized with another tokenizer than the model's ({model_tok}); prepare "
+                        f"it with: superpose prepare --tokenizer {model_tok} ...")
     if ds.vocab_size > src.model_config.vocab_size:
         raise UserError(f"{ds.path} has {ds.vocab_size} tokens, more than the model's {src.model_config.vocab_size}")
     return ds
@@ -82,9 +96,10 @@ def open_eval_data(src, data: Path | str | None) -> Dataset:
 
 def evaluate_loss(path: Path | str, data: Path | str | None = None, val_tokens: int | None = None,
                   batch_size: int | None = None, device: str = "cpu") -> dict:
-    """Loss, perplexity and bits per byte of a run or checkpoint on a validation split."""
-    from tokenizers import Tokenizer
-
+    """Loss, perplexity and bits per byte of a run or checkpoint on a validation split, computed
+    as the trainer computes them: with the run's train.dtype (bf16 autocast) and attention kernel,
+    so a run scored on its own data gives its summary.json numbers."""
+    from ..training.perf import CUDA_ONLY_ATTENTION, compute_context
     from .load import load_model, locate
 
     src = locate(path)
@@ -95,11 +110,18 @@ def evaluate_loss(path: Path | str, data: Path | str | None = None, val_tokens: 
     if val_tokens < 1 or batch_size < 1:
         raise UserError(f"--val-tokens and --batch-size must be >= 1, got {val_tokens} and {batch_size}")
     model = load_model(src, device)
+    device = next(model.parameters()).device
+    attention = cfg_train.get("attention", "auto")
+    if device.type != "cuda" and attention in CUDA_ONLY_ATTENTION:
+        attention = "auto"  # a GPU run scored on CPU: the kernel is a speed choice, the arithmetic is the same
+    context = partial(compute_context, cfg_train.get("dtype", "float32"), attention, device)
     windows = torch.from_numpy(val_windows(ds, src.seq_len, val_tokens))  # (N, L + 1)
-    vocab = src.model_config.vocab_size
-    token_bytes = torch.from_numpy(token_byte_lengths(Tokenizer.from_file(str(ds.tokenizer_path)), vocab))  # (V,)
-    out = loss_and_bpb(model, windows, token_bytes, batch_size)
-    return {"model": str(src.path), "step": src.step, "data": str(ds.path), "seq_len": src.seq_len, **out}
+    tokenizer = load_tokenizer_file(ds.tokenizer_path)
+    token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, src.model_config.vocab_size))  # (V,)
+    out = next_token_eval(model, windows, batch_size, device, token_bytes, context)
+    return {"model": str(src.path), "step": src.step, "data": str(ds.path), "seq_len": src.seq_len,
+            "val_loss": out["val_loss"], "val_ppl": math.exp(out["val_loss"]), "val_bpb": out["val_bpb"],
+            "val_tokens": out["val_tokens"], "val_bytes": out["val_bytes"]}
 
 
 # ----------------------------------------------------------------------------- lm-eval

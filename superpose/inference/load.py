@@ -16,16 +16,16 @@ recorded in the checkpoint, when there is one).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..core.model import ModelConfig, Transformer
-from ..core.schedule import build_phases
+from ..core.model import ModelConfig, Transformer, empty_model
+from ..core.schedule import Schedule
 from ..errors import UserError
+from ..files import sha256_file
 
 
 @dataclass
@@ -58,8 +58,7 @@ class Source:
         tst, train = self.config.get("tst", {}), self.config.get("train", {})
         if not tst or not train:
             return 0
-        phases = build_phases(int(train["steps"]), float(tst["ratio"]), int(tst["bag_size"]))
-        return phases[0].num_steps if phases[0].index == 1 else 0
+        return Schedule.tst(int(train["steps"]), float(tst["ratio"]), int(tst["bag_size"])).switch_step
 
     @property
     def is_phase1(self) -> bool:
@@ -159,11 +158,7 @@ def load_model(path: Path | str | Source, device: str | torch.device = "cpu") ->
     from ..training.checkpoint import load_weights
 
     src = path if isinstance(path, Source) else locate(path)
-    with torch.device("meta"):
-        model = Transformer(src.model_config)
-    model.to_empty(device=device)
-    if src.model_config.tie_embeddings:  # to_empty breaks the tie; restore it before loading
-        model.lm_head.weight = model.embed_tokens.weight
+    model = empty_model(src.model_config, device)
     load_weights(src.path, model)
     return model.eval()
 
@@ -173,11 +168,9 @@ def tokenizer_path(src: Source) -> Path:
     for p in src.tokenizer_candidates:
         if p.is_file():
             if src.tokenizer_sha256 and p.parent != src.path:
-                with open(p, "rb") as f:
-                    if hashlib.file_digest(f, "sha256").hexdigest() != src.tokenizer_sha256:
-                        raise UserError(f"{p} is not the tokenizer {src.path} was trained with (its sha256 "
-                                        f"differs from the checkpoint's record); copy the right tokenizer.json "
-                                        f"into {src.path}")
+                if sha256_file(p) != src.tokenizer_sha256:
+                    raise UserError(f"{p} is not the tokenizer {src.path} was trained with (its sha256 differs "
+                                    f"from the checkpoint's record); copy the right tokenizer.json into {src.path}")
             return p
     looked = ", ".join(str(p) for p in src.tokenizer_candidates)
     raise UserError(f"no tokenizer for {src.path} (looked for {looked}); copy the tokenizer.json of the data "

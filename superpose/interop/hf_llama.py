@@ -287,13 +287,13 @@ def config_from_hf(cfg, hf_dir: Path | str, overrides: list[str]):
 
 def check_hf_tokenizer(hf_dir: Path | str, dataset) -> None:
     """Refuse training an HF model on data tokenized with another tokenizer than its own."""
-    from ..data.tokenizer import load_tokenizer_file
+    from ..data.tokenizer import same_tokenizer
 
     theirs = Path(hf_dir) / "tokenizer.json"
     if not theirs.is_file():
         raise UserError(f"{hf_dir} has no tokenizer.json, so superpose cannot check that {dataset.path} was tokenized "
                         "with the model's tokenizer; save it with tokenizer.save_pretrained (a fast tokenizer) first")
-    if load_tokenizer_file(theirs).get_vocab() != load_tokenizer_file(dataset.tokenizer_path).get_vocab():
+    if not same_tokenizer(theirs, dataset.tokenizer_path):
         raise UserError(f"{dataset.path} was tokenized with another tokenizer than {hf_dir}'s; prepare the data with "
                         f"it: superpose prepare --tokenizer {theirs} --text ... --out DATA_DIR, then "
                         "--data.path DATA_DIR")

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
-from ..core.schedule import build_phases
+from ..inference.evaluate import next_token_eval
+from ..core.schedule import Schedule
 from ..core.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings
 
 try:
@@ -156,9 +157,8 @@ class TSTTrainer(Trainer):
         for name in ("train_dataset", "eval_dataset", "data_collator"):
             if kwargs.get(name) is not None:
                 raise UserError(f"TSTTrainer builds its own {name} from train_tokens / eval_tokens; do not pass one")
-        phases = build_phases(args.max_steps, tst_ratio, bag_size)
-        self.switch_step = phases[0].end if phases[0].index == 1 else 0
-        self.bag_size, self.seq_len, self.bag_weights = bag_size, seq_len, bag_weights
+        self.schedule = Schedule.tst(args.max_steps, tst_ratio, bag_size)  # the LR stays the Trainer's own
+        self.seq_len, self.bag_weights = seq_len, bag_weights
         rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         train = TokenRows(train_tokens, seq_len, bag_size, self.switch_step * rows_per_step)
         evaluation = None if eval_tokens is None else TokenRows(eval_tokens, seq_len, repeat=False)
@@ -167,9 +167,13 @@ class TSTTrainer(Trainer):
         _input_embeddings(self.model)
         self.model_accepts_loss_kwargs = False  # transformers 4.x: divide by the accumulation steps
 
+    @property
+    def switch_step(self) -> int:
+        return self.schedule.switch_step
+
     def bag_size_at(self, step: int) -> int:
         """s of optimizer step `step` (0-based): bag_size in phase 1, 1 after."""
-        return self.bag_size if step < self.switch_step else 1
+        return self.schedule.phase(min(step, self.schedule.total_steps - 1)).bag_size
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows = inputs["input_ids"]  # (b, s*L + 1)
@@ -180,11 +184,11 @@ class TSTTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation is next-token loss, in either phase."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss = next_token_loss(model, inputs["input_ids"])
-        return loss.detach(), None, None
+        """Evaluation is next-token loss, in either phase: superpose's own evaluation of the batch's
+        rows (B, L + 1), whose per-batch means the Trainer averages (every row has L targets)."""
+        rows = self._prepare_inputs(inputs)["input_ids"]  # (B, L + 1)
+        out = next_token_eval(lambda x: model(input_ids=x, use_cache=False).logits, rows, len(rows), rows.device)
+        return torch.tensor(out["val_loss"], device=rows.device), None, None
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:

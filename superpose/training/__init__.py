@@ -1,7 +1,8 @@
-"""Training: build a run once (`build`), step it (`trainer`), and persist it (`checkpoint`,
-`resume`), on one process or many (`distributed`), with its numbers (`metrics`) and the
-execution choices that change speed, not results (`perf`)."""
+"""Training: build a run once (`build`), step it (`trainer`), persist it (`checkpoint`, `resume`),
+on one process or many (`distributed`), with its numbers (`metrics`), its run state (`state`) and
+the execution choices that change speed, not results (`perf`). `faults` arms the crash tests."""
 
-from .trainer import Trainer, resolve_data, run_training
+from .build import build_trainer, resolve_data, run_training
+from .trainer import Trainer
 
-__all__ = ["Trainer", "resolve_data", "run_training"]
+__all__ = ["Trainer", "build_trainer", "resolve_data", "run_training"]

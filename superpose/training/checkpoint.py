@@ -1,4 +1,5 @@
-"""On-disk checkpoints: one self-describing, versioned directory per step, written atomically.
+"""Checkpoints: one self-describing, versioned directory per step, written atomically; and what a
+trainer saves into it and restores from it (`save_trainer`, `restore_trainer`, `save_final`).
 
     RUN_DIR/checkpoints/
         step-000120/            the state after 120 optimizer steps; a resumed run starts at step 120
@@ -26,17 +27,28 @@ it is refused with one line naming the file, never silently skipped.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
+import platform
 import re
 import shutil
-import signal
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from ..config import RESUME_MAY_CHANGE, Config, differences
+from ..core.model import empty_model
+from ..data import Dataset
 from ..errors import UserError
+from ..files import sha256_file
+from . import distributed, faults
+from .optimizer import configure_optimizer
+from .state import RunState
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 FORMAT_VERSION = 1
 DIRNAME = "checkpoints"
@@ -113,7 +125,7 @@ def verify(path: Path) -> dict:
         if size != want["bytes"]:
             raise UserError(f"checkpoint file {f} is truncated or corrupt ({size} bytes, meta.json records "
                             f"{want['bytes']}): {_fix(path)}")
-        if _sha256(f) != want["sha256"]:
+        if sha256_file(f) != want["sha256"]:
             raise UserError(f"checkpoint file {f} is corrupt (sha256 differs from meta.json): {_fix(path)}")
     return meta
 
@@ -193,27 +205,27 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
                     torch.save(optimizer_state if name == "optimizer.pt" else rng_state, out)
                     out.flush()
                     os.fsync(out.fileno())
-            files[name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-            _test_kill(step, name)
+            files[name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+            faults.kill_point(step, name)
         current = "meta.json"
         meta = {"format_version": FORMAT_VERSION, **meta, "step": step, "files": files}
         with open(tmp / "meta.json", "w") as out:
             out.write(json.dumps(meta, indent=2) + "\n")
             out.flush()
             os.fsync(out.fileno())
-        _test_kill(step, "meta.json")
+        faults.kill_point(step, "meta.json")
         _fsync(tmp)
         current = "the rename to " + final.name
         os.rename(tmp, final)
         _fsync(root)
-        _test_kill(step, "renamed")
+        faults.kill_point(step, "renamed")
         current = "latest"
         pointer = root / f".latest-{os.getpid()}"
         pointer.write_text(final.name + "\n")
         _fsync(pointer)
         os.replace(pointer, root / "latest")
         _fsync(root)
-        _test_kill(step, "latest")
+        faults.kill_point(step, "latest")
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         (root / f".latest-{os.getpid()}").unlink(missing_ok=True)
@@ -244,7 +256,7 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
         doomed = p.with_name(f".del-{p.name}")
         try:
             os.rename(p, doomed)
-            _test_kill(step, "prune")
+            faults.kill_point(step, "prune")
             shutil.rmtree(doomed)
         except OSError:  # what is left is removed on resume; never fail a run over a delete
             continue
@@ -261,11 +273,6 @@ def remove_leftovers(run_dir: Path) -> list[str]:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
                 gone.append(p.name)
     return sorted(gone)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -285,20 +292,124 @@ def _as_oserror(e: Exception) -> OSError | None:
     return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
 
 
-# ----------------------------------------------------------------------------- test hooks
-# Tests choose the moment a real process dies or is signalled; unset, these cost one dict lookup.
+# ----------------------------------------------------------------------------- a trainer's checkpoints
+# What goes in: the trainer's weights, optimizer state and `Trainer.progress()` (the RunState,
+# the loader position, the RNG states), plus what makes the directory explain itself (phase,
+# schedule, data fingerprint, config). What comes out: the same, through `Trainer.load_progress`.
 
-def _test_kill(step: int, point: str) -> None:
-    """SUPERPOSE_TEST_KILL_DURING_SAVE=STEP:POINT sends SIGKILL to this process at POINT of the save
-    of checkpoint STEP: after a file (model.safetensors, optimizer.pt, rng.pt, meta.json), after the
-    rename ("renamed"), after the `latest` pointer ("latest"), or mid-prune of step STEP ("prune")."""
-    if os.environ.get("SUPERPOSE_TEST_KILL_DURING_SAVE") == f"{step}:{point}":
-        os.kill(os.getpid(), signal.SIGKILL)
+def data_fingerprint(ds: Dataset) -> dict:
+    """What a resumed run checks its data against: the vocabulary and the train split."""
+    return {"vocab_size": ds.vocab_size, "tokenizer_sha256": sha256_file(ds.tokenizer_path),
+            "train_tokens": ds.train.num_tokens, "val_tokens": ds.val.num_tokens}
 
 
-def signal_hook(step: int) -> None:
-    """SUPERPOSE_TEST_SIGNAL_AT_STEP=STEP:SIGNAME (e.g. 5:SIGTERM) sends that signal to this process
-    just before optimizer step STEP (0-based) starts."""
-    want = os.environ.get("SUPERPOSE_TEST_SIGNAL_AT_STEP")
-    if want and want.split(":")[0] == str(step):
-        os.kill(os.getpid(), getattr(signal, want.split(":")[1]))
+def check_compatible(meta: dict, meta_path: Path, cfg: Config, ds: Dataset) -> None:
+    """Refuse a checkpoint that does not belong to this run: another model shape, another
+    vocabulary or data, or any config field outside RESUME_MAY_CHANGE changed."""
+    try:
+        saved = Config.from_dict(meta["config"])
+    except UserError as e:
+        raise UserError(f"checkpoint {meta_path} holds a config this superpose cannot read ({e})") from None
+    fp, here = meta["data"], data_fingerprint(ds)
+    if fp.get("vocab_size") != here["vocab_size"] or fp.get("tokenizer_sha256") != here["tokenizer_sha256"]:
+        raise UserError(f"checkpoint {meta_path} was trained with another vocabulary ({fp.get('vocab_size')} tokens, "
+                        f"tokenizer sha256 {str(fp.get('tokenizer_sha256'))[:12]}) than the data in {ds.path} "
+                        f"({ds.vocab_size} tokens, {here['tokenizer_sha256'][:12]}); resume on the run's own data")
+    if fp.get("train_tokens") != here["train_tokens"]:
+        raise UserError(f"checkpoint {meta_path} was trained on a train split of {fp.get('train_tokens')} tokens, the "
+                        f"data in {ds.path} has {ds.train.num_tokens}; resume on the run's own data")
+    changed = [(k, a, b) for k, a, b in differences(saved, cfg) if k not in RESUME_MAY_CHANGE
+               and not (k == "model.vocab_size" and b == 0)]  # 0 = from the data, checked just above
+    shape = [(k, a, b) for k, a, b in changed if k.startswith("model.")]
+    if shape:
+        what = "vocabulary" if [k for k, _, _ in shape] == ["model.vocab_size"] else "model shape"
+        raise UserError(f"checkpoint {meta_path} holds another {what}: " + ", ".join(
+            f"{k}={a} there, {b} here" for k, a, b in shape))
+    if changed:
+        raise UserError(f"checkpoint {meta_path} was written with other settings: " + ", ".join(
+            f"{k}={a!r} there, {b!r} here" for k, a, b in changed) +
+            f"; a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}")
+
+
+def save_trainer(trainer: Trainer, reason: str = "every") -> Path:
+    """`step-NNNNNN/` for the trainer's state after `trainer.state.step` steps.
+
+    Data parallel: every rank calls it; rank 0 writes the single-process format (under FSDP the
+    full model and optimizer state are first gathered to it), the others wait for it."""
+    t, par = trainer, trainer.par
+    if not par.all_true(distributed.weights_finite(t.model)):
+        raise UserError(f"the weights hold NaN or Inf after step {t.state.step - 1}; not saving them over the last "
+                        "good checkpoint: lower --optim.lr or raise --optim.warmup_steps")
+    progress, step, steps = t.progress(), t.state.step, t.cfg.train.steps
+    phase = t.schedule.phase(min(step, steps - 1))  # the phase the run continues in
+    # The LR and the phase are functions of the step; recorded here so the directory explains itself.
+    schedule = {"total_steps": steps, "phase_switch_step": t.schedule.switch_step,
+                "next_lr": t.schedule.lr(min(step, steps - 1))}
+    meta = {**progress["run"].to_dict(), "phase": phase.index, "bag_size": phase.bag_size, "schedule": schedule,
+            "loader": progress["loader"], "data": data_fingerprint(t.dataset), "reason": reason,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "parallel": {"mode": par.mode, "world_size": par.world_size}, "config": t.cfg.to_dict()}
+    if par.mode == "fsdp":  # a collective: the full state, on rank 0 only
+        model, optim_state = distributed.gather_full_state(t.model, t.optimizer, t.cfg.model)
+    else:
+        model, optim_state = t.model, t.optimizer.state_dict()
+    path = t.run_dir / DIRNAME / step_name(step)
+    if par.is_main:
+        path = save(t.run_dir, step, model, optim_state, progress["rng"], meta, keep=t.cfg.checkpoint.keep)
+    par.barrier()  # no rank goes on, or exits on a signal, before the checkpoint is complete
+    return path
+
+
+def restore_trainer(trainer: Trainer, path: Path) -> dict:
+    """Verify a checkpoint directory, check it fits the trainer's run (model shape, vocabulary,
+    data and every config field a resume may not change), then restore it. Returns its meta."""
+    t, par = trainer, trainer.par
+    meta = verify(path) if par.is_main else read_meta(path)  # rank 0 checks the files
+    check_compatible(meta, path / "meta.json", t.cfg, t.dataset)
+    if par.mode == "fsdp":
+        # Rank 0 reads the full state into a plain CPU model and optimizer, then broadcasts it
+        # into every rank's shards: any world size resumes any checkpoint.
+        plain = optim_state = None
+        if par.is_main:
+            plain = empty_model(t.cfg.model, "cpu")
+            optim_state = read_weights_and_optimizer(path, plain, configure_optimizer(plain, t.cfg), "cpu")
+        distributed.load_full_state(t.model, t.optimizer, plain, optim_state)
+    else:
+        read_weights_and_optimizer(path, t.model, t.optimizer, t.device)
+    t.load_progress({"run": RunState.from_dict(meta), "loader": meta["loader"], "rng": load_torch(path, "rng.pt")})
+    return meta
+
+
+def read_weights_and_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                               device: torch.device | str) -> dict:
+    """A checkpoint's weights and optimizer state into `model` and `optimizer`, refusing files
+    that do not fit them. Returns the optimizer state as read."""
+    load_weights(path, model)
+    opt = load_torch(path, "optimizer.pt", device)
+    try:
+        optimizer.load_state_dict(opt)
+        fits = all(st["exp_avg"].shape == p.shape for p, st in optimizer.state.items())
+    except (ValueError, KeyError, TypeError, RuntimeError):
+        fits = False
+    if not fits:
+        raise UserError(f"checkpoint file {path / 'optimizer.pt'} does not fit this model's optimizer "
+                        "(another model shape)")
+    return opt
+
+
+def save_final(trainer: Trainer, summary: dict) -> None:
+    """The final model in the run directory: plain Llama weights, architecture and tokenizer,
+    nothing about TST; and summary.json. Data parallel: written by rank 0 (under FSDP from the
+    gathered full weights)."""
+    from safetensors.torch import save_model
+
+    t, model = trainer, trainer.model
+    if t.par.mode == "fsdp":  # a collective: every rank takes part, rank 0 gets the plain model
+        model, _ = distributed.gather_full_state(t.model, None, t.cfg.model)
+    if not t.par.is_main:
+        return
+    save_model(model, str(t.run_dir / "model.safetensors"))
+    (t.run_dir / "model.json").write_text(json.dumps(t.cfg.model.to_dict(), indent=2) + "\n")
+    shutil.copyfile(t.dataset.tokenizer_path, t.run_dir / "tokenizer.json")
+    (t.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -45,6 +45,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
 
+from ..core.model import empty_model
 from ..errors import UserError
 
 def launched_by_torchrun() -> bool:
@@ -231,6 +232,12 @@ def local(t: Tensor) -> Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def weights_finite(model: nn.Module) -> bool:
+    """Whether this rank's weights (its shards under FSDP) are all finite; `Parallel.all_true` of
+    it is the answer for the whole model."""
+    return all(bool(torch.isfinite(local(p)).all()) for p in model.parameters())
+
+
 def full(t: Tensor) -> Tensor:
     """A DTensor's full value (a global grad norm under FSDP); any other tensor as is."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
@@ -263,18 +270,6 @@ def step_stats(par: Parallel, loss_sum: Tensor, grad_norm: Tensor) -> tuple[floa
 
 # ----------------------------------------------------------------------------- full state for checkpoints
 
-def empty_model(model_cfg) -> nn.Module:
-    """A plain CPU model of this architecture without initialisation (it touches no RNG)."""
-    from ..core.model import Transformer
-
-    with torch.device("meta"):
-        plain = Transformer(model_cfg)
-    plain.to_empty(device="cpu")
-    if model_cfg.tie_embeddings:
-        plain.lm_head.weight = plain.embed_tokens.weight
-    return plain
-
-
 def gather_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_cfg
                       ) -> tuple[nn.Module | None, dict | None]:
     """FSDP: the full model (a plain CPU Transformer) and the optimizer state in the
@@ -288,7 +283,7 @@ def gather_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None,
     optim_state = get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
     if dist.get_rank() != 0:
         return None, None
-    plain = empty_model(model_cfg)
+    plain = empty_model(model_cfg, "cpu")
     plain.load_state_dict(model_state)
     return plain, (_optim_by_index(optim_state) if optim_state is not None else None)
 
@@ -330,7 +325,7 @@ def _optim_by_name(state: dict, model: nn.Module, optimizer: torch.optim.Optimiz
     return {"state": {order[i]: s for i, s in state["state"].items()}, "param_groups": groups}
 
 
-# ----------------------------------------------------------------------------- errors and test hooks
+# ----------------------------------------------------------------------------- errors
 
 def describe_lost_peer(e: BaseException) -> str | None:
     """One line for an error that only says another rank went away (its own message says why),
@@ -345,11 +340,3 @@ def describe_lost_peer(e: BaseException) -> str | None:
     text = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     return (f"lost contact with another rank ({text.split('. ')[0][:160]}); the job is ending: the failing "
             "rank's own message says why")
-
-
-def fail_hook(rank: int, step: int) -> None:
-    """Test hook: SUPERPOSE_TEST_FAIL_RANK=R:STEP raises a UserError on rank R just before
-    optimizer step STEP (0-based), as a rank-local problem (bad data on one node) would."""
-    want = os.environ.get("SUPERPOSE_TEST_FAIL_RANK")
-    if want and want == f"{rank}:{step}":
-        raise UserError(f"test failure injected on rank {rank} at step {step} (SUPERPOSE_TEST_FAIL_RANK)")

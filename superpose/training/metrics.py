@@ -1,4 +1,5 @@
-"""Where a run's numbers go: the metrics.jsonl sink, the progress display, the environment record.
+"""Where a run's numbers go: the metrics.jsonl sink, the progress display, what a run says when it
+starts (`describe_run`, `data_plan`), the environment record.
 
 Only rank 0 of a distributed job writes metrics and prints; the other ranks get `NoMetrics` and
 `quiet`.
@@ -50,7 +51,43 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-class Progress:
+def data_plan(schedule, batch_size: int, seq_len: int, train_tokens: int) -> dict:
+    """Raw tokens each phase will read, against the size of the train split (in summary.json)."""
+    tokens = schedule.raw_tokens(batch_size, seq_len)
+    return {"train_tokens": train_tokens, "phase1_tokens": tokens[1], "phase2_tokens": tokens[2],
+            "total_tokens": tokens[1] + tokens[2]}
+
+
+def describe_run(cfg, model, par, schedule, train_tokens: int) -> list[str]:
+    """The lines a run logs when it starts: processes, model, phases, and how much of the train
+    split each phase reads, with a warning when the run repeats data."""
+    tr, lines = cfg.train, []
+    if par.distributed:
+        share = tr.batch_size // par.world_size
+        lines.append(f"parallel: {par.mode} over {par.world_size} processes on {par.device.type}; each reads {share} "
+                     f"of the {tr.batch_size} rows of a step, in {tr.grad_accum} micro-batch(es) of "
+                     f"{share // tr.grad_accum}")
+    lines.append(f"model: {model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding) "
+                 f"on {par.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
+    for p in schedule.phases:
+        what = f"bags of s={p.bag_size}, multi-hot next-bag loss" if p.index == 1 else "next-token loss"
+        lines.append(f"phase {p.index} ({p.name}): steps {p.start}-{p.end - 1}, {what}")
+    plan = data_plan(schedule, tr.batch_size, cfg.data.seq_len, train_tokens)
+    n = plan["train_tokens"]
+    lines.append(f"data: phase 1 reads {plan['phase1_tokens']:,} and phase 2 {plan['phase2_tokens']:,} raw tokens; "
+                 f"the train split has {n:,} ({plan['total_tokens'] / n:.2f} epochs in all)")
+    if plan["phase1_tokens"] > n:
+        lines.append(f"warning: phase 1 alone reads {plan['phase1_tokens'] / n:.2f} epochs of the train split, so it "
+                     "repeats data. TST trades data for compute: with repeated data its gain can vanish (a "
+                     "2M-parameter run lost it on a 3M-token corpus). Use more data, or a smaller tst.ratio or "
+                     "tst.bag_size.")
+    elif plan["total_tokens"] > n:
+        lines.append(f"warning: the run reads {plan['total_tokens'] / n:.2f} epochs of the train split, so phase 2 "
+                     "repeats data")
+    return lines
+
+
+class ProgressBar:
     """A tqdm bar on a terminal; plain log lines every `log_every` steps elsewhere (CI, files)."""
 
     def __init__(self, total: int, enabled: bool = True, initial: int = 0):

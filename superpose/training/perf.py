@@ -1,5 +1,8 @@
 """Execution choices that change how fast a step runs, never what it computes.
 
+- `compute_context(dtype, attention, device)`: what every forward of a run runs under: bf16
+  autocast (train.dtype) and the pinned attention kernel (train.attention), in training, in its
+  evaluations and in `superpose eval` alike.
 - `attention_kernel(name, device)`: pin F.scaled_dot_product_attention to one backend
   (train.attention).
 - `keep_freed_memory()`: on Linux with glibc, stop malloc from handing large freed blocks back to
@@ -38,6 +41,15 @@ def attention_kernel(name: str, device: torch.device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(getattr(SDPBackend, ATTENTION_BACKENDS[name]))
+
+
+@contextlib.contextmanager
+def compute_context(dtype: str, attention: str, device: torch.device):
+    """bf16 autocast when dtype is "bfloat16" (the weights stay float32), inside the attention
+    kernel `attention`. Disabled autocast is entered too: "float32" runs exactly as before."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        with attention_kernel(attention, device):
+            yield
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers

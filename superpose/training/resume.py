@@ -1,51 +1,21 @@
-"""What a resumed run may and may not change: the checkpoint's config against the one given.
+"""Continuing a stopped run: which checkpoint, with which config, and what a resume may change.
 
 A resume continues the run bit for bit, so only fields that cannot change the arithmetic
 (RESUME_MAY_CHANGE: paths, device, logging, checkpoint cadence, ...) may be overridden, and a
-checkpoint from another model shape, vocabulary or data is refused in one line.
+checkpoint from another model shape, vocabulary or data is refused in one line
+(`checkpoint.check_compatible`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 from pathlib import Path
 
-from . import checkpoint
-from ..config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, set_field
+from ..config import RESUME_MAY_CHANGE, Config, parse_overrides, set_field
 from ..data import Dataset
 from ..errors import UserError
-
-
-def check_compatible(meta: dict, meta_path: Path, cfg: Config, ds: Dataset) -> None:
-    """Refuse a checkpoint that does not belong to this run: another model shape, another
-    vocabulary or data, or any config field outside RESUME_MAY_CHANGE changed."""
-    try:
-        saved = Config.from_dict(meta["config"])
-    except UserError as e:
-        raise UserError(f"checkpoint {meta_path} holds a config this superpose cannot read ({e})") from None
-    fp, tok = meta["data"], _sha256_file(ds.tokenizer_path)
-    if fp.get("vocab_size") != ds.vocab_size or fp.get("tokenizer_sha256") != tok:
-        raise UserError(f"checkpoint {meta_path} was trained with another vocabulary ({fp.get('vocab_size')} tokens, "
-                        f"tokenizer sha256 {str(fp.get('tokenizer_sha256'))[:12]}) than the data in {ds.path} "
-                        f"({ds.vocab_size} tokens, {tok[:12]}); resume on the run's own data")
-    if fp.get("train_tokens") != ds.train.num_tokens:
-        raise UserError(f"checkpoint {meta_path} was trained on a train split of {fp.get('train_tokens')} tokens, the "
-                        f"data in {ds.path} has {ds.train.num_tokens}; resume on the run's own data")
-    changed = [(k, a, b) for k, a, b in differences(saved, cfg) if k not in RESUME_MAY_CHANGE
-               and not (k == "model.vocab_size" and b == 0)]  # 0 = from the data, checked just above
-    shape = [(k, a, b) for k, a, b in changed if k.startswith("model.")]
-    if shape:
-        what = "vocabulary" if [k for k, _, _ in shape] == ["model.vocab_size"] else "model shape"
-        raise UserError(f"checkpoint {meta_path} holds another {what}: " + ", ".join(
-            f"{k}={a} there, {b} here" for k, a, b in shape))
-    if changed:
-        raise UserError(f"checkpoint {meta_path} was written with other settings: " + ", ".join(
-            f"{k}={a!r} there, {b!r} here" for k, a, b in changed) +
-            f"; a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}")
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+from . import checkpoint
+from .metrics import truncate_metrics
 
 
 def resume_config(run_dir: Path, overrides: list[str] = ()) -> Config:
@@ -65,3 +35,39 @@ def resume_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     for key, value in pairs:
         set_field(cfg, key, value)
     return cfg.validate()
+
+
+def newest_unfinished(run_dir: Path) -> Path:
+    """The checkpoint a resume continues from: the run's newest; a finished run is refused."""
+    ckpt = checkpoint.newest(run_dir)
+    if (run_dir / "summary.json").exists():
+        raise UserError(f"{run_dir} is a finished run (it has summary.json); nothing to resume")
+    return ckpt
+
+
+def check_resumable(ckpt: Path, run_dir: Path, cfg: Config, dataset: Dataset) -> None:
+    """Refuse a checkpoint that does not fit `cfg` and `dataset`, or the run's own config.json
+    (a checkpoint copied in from another run disagrees with it). Its files are verified later,
+    when the trainer restores it."""
+    meta = checkpoint.read_meta(ckpt)
+    checkpoint.check_compatible(meta, ckpt / "meta.json", cfg, dataset)
+    try:
+        own = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    except (OSError, ValueError, UserError):
+        own = None
+    if own is not None:
+        checkpoint.check_compatible(meta, ckpt / "meta.json", own, dataset)
+
+
+def continue_from(trainer, ckpt: Path) -> None:
+    """Restore `ckpt` into a freshly built trainer, remove what interrupted saves left behind, and
+    cut metrics.jsonl back to the checkpoint's step, so each step appears once."""
+    trainer.load_checkpoint(ckpt)
+    main, run_dir, st = trainer.par.is_main, trainer.run_dir, trainer.state  # only rank 0 touches the run directory
+    gone = checkpoint.remove_leftovers(run_dir) if main else []
+    dropped = truncate_metrics(run_dir / "metrics.jsonl", st.step) if main else 0
+    steps = trainer.cfg.train.steps
+    phase = trainer.schedule.phase(min(st.step, steps - 1))
+    trainer.log(f"resuming {run_dir} from {ckpt.name}: step {st.step} of {steps}, phase {phase.index} "
+                f"(s={phase.bag_size}), {st.tokens_seen:,} tokens seen; {dropped} metrics lines past it dropped"
+                + (f"; removed leftovers of interrupted saves: {', '.join(gone)}" if gone else ""))

@@ -1,0 +1,167 @@
+"""Build a run once, then hand it to the loop.
+
+    run_training(cfg, run_dir)        what `superpose train` runs: join the process group (once),
+                                      resolve the data, build, start or resume, train, leave
+    build_trainer(cfg, run_dir, ...)  process group, vocabulary, model, optimizer, schedule, loader,
+                                      evaluation windows -> a `Trainer` that only steps
+
+Nothing here steps or writes the run directory (the `Trainer` does; `checkpoint` persists it),
+and the caller's config is never changed: the trainer gets a copy with the vocabulary resolved.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import Config
+from ..core.model import build_model, empty_model
+from ..core.schedule import Schedule
+from ..data import Dataset, TrainLoader, open_dataset, token_byte_lengths, val_windows
+from ..data.tokenizer import load_tokenizer_file
+from ..errors import UserError
+from . import distributed, faults
+from .metrics import quiet
+from .optimizer import configure_optimizer
+from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
+from .resume import check_resumable, continue_from, newest_unfinished
+from .trainer import Trainer, superposed_loss
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name} but no CUDA GPU is available; use --train.device=cpu")
+    return torch.device(name)
+
+
+def resolve_data(cfg: Config, log: Callable[[str], None] = print, par: distributed.Parallel | None = None) -> Dataset:
+    """The run's data directory, preparing the default corpus on first use when data.path is empty.
+    Under torchrun rank 0 of each machine goes first while the others wait, so no two processes
+    build the corpus at once."""
+    from ..data.prepare import ensure_default_corpus
+
+    waits = par is not None and par.distributed and par.local_rank != 0
+    if waits:
+        par.barrier()
+    ds = open_dataset(Path(cfg.data.path) if cfg.data.path else ensure_default_corpus(cfg.data.vocab_size, log))
+    if par is not None and par.distributed and not waits:
+        par.barrier()
+    return ds
+
+
+def resolve_vocab(cfg: Config, dataset: Dataset) -> Config:
+    """A copy of `cfg` whose model.vocab_size 0 ("from the data") is the tokenizer's size."""
+    if 0 < cfg.model.vocab_size < dataset.vocab_size:
+        raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                        f"{dataset.vocab_size} tokens in {dataset.path}; set --model.vocab_size=0 (= from data)")
+    cfg = copy.deepcopy(cfg)
+    cfg.model.vocab_size = cfg.model.vocab_size or dataset.vocab_size
+    return cfg
+
+
+def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | None = None, log: Callable[[str], None] = print, *,
+                  par: distributed.Parallel | None = None, init_from_hf: Path | None = None,
+                  state: dict | None = None) -> Trainer:
+    """Everything a run needs, built once.
+
+    dataset: the opened data directory (resolved from cfg.data when None).
+    par: the process group the caller joined (`run_training`); None joins it here.
+    init_from_hf: a Hugging Face Llama folder whose weights start the run (cfg.model must be its
+    architecture: see `interop.hf_llama.config_from_hf`).
+    state: a `Trainer.state_dict()` to continue from (compare's decay branches): the model is then
+    built without initialisation, since the state's weights replace it.
+    """
+    tr, d = cfg.train, cfg.data
+    if tr.threads:
+        torch.set_num_threads(tr.threads)
+    # Under torchrun: join the job (rank, world size, cuda:LOCAL_RANK); otherwise one process.
+    if par is None:
+        par = distributed.setup(cfg.parallel.mode, resolve_device(tr.device), cfg.parallel.timeout_s,
+                                cfg.parallel.mixed_precision)
+    device = par.device
+    if not par.is_main:  # only rank 0 talks
+        log = quiet
+    for note in par.notes:
+        log(note)
+    W, K = par.world_size, tr.grad_accum
+    if par.distributed and tr.batch_size % (W * K):
+        near = W * K * max(1, round(tr.batch_size / (W * K)))
+        raise UserError(f"train.batch_size={tr.batch_size} (the global batch) must be divisible by the {W} "
+                        f"processes x train.grad_accum={K}: each process takes batch_size/{W} rows in {K} "
+                        f"micro-batches; use a multiple of {W * K}, e.g. --train.batch_size={near}")
+    if dataset is None:
+        dataset = resolve_data(cfg, log, par)
+    if init_from_hf is not None:
+        from ..interop.hf_llama import check_hf_tokenizer
+
+        check_hf_tokenizer(init_from_hf, dataset)
+    cfg = resolve_vocab(cfg, dataset)
+    if state is None:
+        torch.manual_seed(tr.seed)  # the same seed gives the same initial weights in every arm
+        model = build_model(cfg.model, device)
+    else:
+        model = empty_model(cfg.model, device)
+    if init_from_hf is not None:  # continue training a Hugging Face Llama (cfg.model is its architecture)
+        from ..interop.hf_llama import init_from_hf as load_hf_weights
+
+        load_hf_weights(model, init_from_hf)
+        log(f"model: weights from the Hugging Face folder {init_from_hf}")
+    # train.compile: model, bag superposition and loss compiled as one function (one graph per
+    # phase, since bag_size and the row length are baked in; dynamic=False keeps it that way).
+    loss_fn = torch.compile(superposed_loss, dynamic=False) if tr.compile else superposed_loss
+    attention_kernel(tr.attention, device)  # refuses a kernel this device lacks, now
+    if tr.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()  # step-sized CPU buffers are reused, not page-faulted in again (perf.py)
+    # train.loss_chunk_rows = -1 (auto): decided once from a micro-batch's positions (either
+    # phase has L of them), the vocabulary and the device.
+    micro_positions = tr.batch_size // (tr.grad_accum * par.world_size) * d.seq_len
+    chunk_rows = (tr.loss_chunk_rows if tr.loss_chunk_rows >= 0 else
+                  auto_loss_chunk_rows(micro_positions, cfg.model.vocab_size, cfg.model.dim, device))
+    # Data parallel: the module a step calls (FSDP2 shards `model`'s parameters in place, so the
+    # optimizer is built after it).
+    fwd = distributed.wrap(model, par, loss_fn, cfg.parallel.mixed_precision) if par.distributed else None
+    tokenizer = load_tokenizer_file(dataset.tokenizer_path)
+    trainer = Trainer(
+        cfg=cfg, run_dir=Path(run_dir), dataset=dataset, log=log, par=par, model=model,
+        optimizer=configure_optimizer(model, cfg), schedule=Schedule.for_run(cfg),
+        loader=TrainLoader(dataset.train, dataset.train_docs, seed=tr.seed, vocab_size=cfg.model.vocab_size),
+        loss_fn=loss_fn, loss_chunk_rows=chunk_rows, fwd=fwd,
+        val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens)),  # (N, L + 1)
+        token_bytes=torch.from_numpy(token_byte_lengths(tokenizer, cfg.model.vocab_size)))  # (V,)
+    if state is not None:
+        trainer.load_state_dict(state)
+    return faults.arm(trainer)
+
+
+def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print, resume: bool = False,
+                 init_from_hf: Path | None = None) -> dict:
+    """Train a new run in `run_dir`, or (resume=True) continue it from its newest checkpoint, as
+    one process or as one rank of a torchrun job (only rank 0 logs).
+
+    resume=True: `cfg` must agree with the checkpoint's config in every field outside
+    RESUME_MAY_CHANGE (`resume.resume_config` builds such a config from the checkpoint itself).
+    A rank that fails leaves the process group without teardown, so it exits at once and
+    torchrun ends the other ranks.
+    """
+    run_dir = Path(run_dir)
+    par = distributed.setup(cfg.parallel.mode, resolve_device(cfg.train.device), cfg.parallel.timeout_s,
+                            cfg.parallel.mixed_precision)
+    log = log if par.is_main else quiet
+    if resume:
+        ckpt = newest_unfinished(run_dir)
+    elif (run_dir / "metrics.jsonl").exists():
+        raise UserError(f"{run_dir} already holds a run; choose another --out, or continue it with --resume {run_dir}")
+    dataset = resolve_data(cfg, log, par)
+    if resume:
+        check_resumable(ckpt, run_dir, cfg, dataset)  # before the build, which checks the vocabulary too
+    trainer = build_trainer(cfg, run_dir, dataset, log, par=par, init_from_hf=init_from_hf)
+    if resume:
+        continue_from(trainer, ckpt)
+    summary = trainer.train()
+    distributed.shutdown(par)
+    return summary
