@@ -4,9 +4,9 @@
   checkpoints; wrong folders and a missing tokenizer end in one clear line.
 - The KV cache: prefill is bit-identical to the uncached forward, incremental logits match the
   full forward, and cached greedy decoding gives the uncached tokens.
-- `superpose eval` reproduces the trainer's val_loss / val_bpb exactly; `--tasks` runs lm-eval
-  through the `SuperposeLM` adapter on the shipped superpose_cloze task (built from held-out text)
-  and on a user's task yaml with a local JSONL file.
+- `superpose eval` reproduces the trainer's val_loss / val_bpb exactly, of a bf16 run too;
+  `--tasks` runs lm-eval through the `SuperposeLM` adapter on the shipped superpose_cloze task
+  (built from held-out text) and on a user's task yaml with a local JSONL file.
 
 Run: .venv/bin/pytest tests/test_generate_eval.py
 """
@@ -32,7 +32,7 @@ from superpose.inference.load import locate  # noqa: E402
 from superpose.core.model import KVCache, ModelConfig, build_model  # noqa: E402
 from superpose.data.prepare import prepare  # noqa: E402
 
-from conftest import make_documents  # noqa: E402
+from conftest import make_documents, tiny_config  # noqa: E402
 from superpose.data import corpus  # noqa: E402
 
 
@@ -149,6 +149,26 @@ def test_eval_reproduces_the_trainers_validation_numbers(run, tmp_path, capsys):
     assert cli.main(["eval", str(run / "checkpoints" / "step-000006"), "--data", str(same_tok),
                      "--val-tokens", "256"]) == 0
     assert "256 held-out tokens" in capsys.readouterr().out
+
+
+def test_eval_of_a_bf16_run_reproduces_its_own_validation_numbers(tiny_data, tmp_path):
+    """A run trained under bf16 autocast is scored under it too, by the trainer's own evaluation
+    function, so `superpose eval` gives the summary's numbers exactly; scored in float32 (what
+    `superpose eval` did before) they differ."""
+    from superpose.data import open_dataset
+    from superpose.inference.evaluate import next_token_eval
+    from superpose.training import build_trainer
+
+    run = tmp_path / "bf16"
+    t = build_trainer(tiny_config(tiny_data, train__dtype="bfloat16", train__steps=4), run, open_dataset(tiny_data),
+                      log=quiet)
+    t.train(progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert cli.main(["eval", str(run), "--json", str(tmp_path / "e.json")]) == 0
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert (got["val_loss"], got["val_bpb"]) == (summary["val_loss"], summary["val_bpb"])
+    fp32 = next_token_eval(load_model(run), t.val, t.cfg.train.batch_size, torch.device("cpu"), t.token_bytes)
+    assert fp32["val_loss"] != summary["val_loss"]
 
 
 def test_eval_errors(run, tmp_path, capsys):

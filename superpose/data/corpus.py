@@ -40,6 +40,8 @@ TEXT_SUFFIXES = (".txt", ".md", ".text", ".jsonl")
 
 @dataclass
 class Source:
+    """A source of raw text, as documents (not to be confused with `inference.load.ModelFiles`)."""
+
     name: str  # "wikipedia-summaries", "gcide", or the user's file/folder name
     license: str  # e.g. "CC BY-SA 4.0", "GPL-3.0-or-later", "user-provided"
     credit: str  # one line: where the text came from

@@ -2,7 +2,7 @@
 
     load_model(path)      -> Transformer (eval mode): forward(input_ids (B, T)) -> logits (B, T, V)
     load_tokenizer(path)  -> tokenizers.Tokenizer
-    locate(path)          -> Source: where the weights, architecture, tokenizer and run config are,
+    locate(path)          -> ModelFiles: where the weights, architecture, tokenizer and run config are,
                              and whether the weights are a phase-1 (superposition) model
 
 `path` is a run directory (final `model.safetensors` + `model.json`; if the final model is not
@@ -29,8 +29,9 @@ from ..files import sha256_file
 
 
 @dataclass
-class Source:
-    """A located model."""
+class ModelFiles:
+    """Where a trained model's files are: its weights, architecture, run config and tokenizer.
+    (Not to be confused with `data.corpus.Source`, a source of raw text.)"""
 
     path: Path
     """The directory that holds the weights (a run directory or a checkpoint directory)."""
@@ -105,7 +106,7 @@ def _looks_like_hf(path: Path) -> bool:
         return False
 
 
-def locate(path: Path | str) -> Source:
+def locate(path: Path | str) -> ModelFiles:
     """Find the weights, architecture, run config and tokenizer behind a run or checkpoint path."""
     from ..training import checkpoint
 
@@ -124,14 +125,14 @@ def locate(path: Path | str) -> Source:
         run_dir = path.parent.parent
         data = Path(config["data"]["path"]) if config.get("data", {}).get("path") else None
         candidates = [path / "tokenizer.json", run_dir / "tokenizer.json"] + ([data / "tokenizer.json"] if data else [])
-        return Source(path, "checkpoint", _model_config(config["model"], path / "meta.json"), config,
+        return ModelFiles(path, "checkpoint", _model_config(config["model"], path / "meta.json"), config,
                       int(meta["step"]), candidates, meta.get("data", {}).get("tokenizer_sha256"))
     if (path / "model.safetensors").is_file() and (path / "model.json").is_file():
         config = _read_json(path / "config.json", "run config") if (path / "config.json").is_file() else {}
         steps = config.get("train", {}).get("steps")
         data = config.get("data", {}).get("path")
         candidates = [path / "tokenizer.json"] + ([Path(data) / "tokenizer.json"] if data else [])
-        return Source(path, "run", _model_config(_read_json(path / "model.json", "model architecture"),
+        return ModelFiles(path, "run", _model_config(_read_json(path / "model.json", "model architecture"),
                                                  path / "model.json"),
                       config, int(steps) if steps is not None else None, candidates)
     found = checkpoint.checkpoints(path)
@@ -150,20 +151,20 @@ def locate(path: Path | str) -> Source:
                     "(no meta.json); give the --out directory of superpose train or one of its checkpoints/step-N")
 
 
-def load_model(path: Path | str | Source, device: str | torch.device = "cpu") -> Transformer:
+def load_model(path: Path | str | ModelFiles, device: str | torch.device = "cpu") -> Transformer:
     """The model of a run directory or checkpoint, in eval mode, float32, on `device`.
 
     `forward(input_ids)` takes (B, T) token ids and returns logits (B, T, V).
     """
     from ..training.checkpoint import load_weights
 
-    src = path if isinstance(path, Source) else locate(path)
+    src = path if isinstance(path, ModelFiles) else locate(path)
     model = empty_model(src.model_config, device)
     load_weights(src.path, model)
     return model.eval()
 
 
-def tokenizer_path(src: Source) -> Path:
+def tokenizer_path(src: ModelFiles) -> Path:
     """The tokenizer.json that belongs to a located model, or a UserError saying where it was sought."""
     for p in src.tokenizer_candidates:
         if p.is_file():
@@ -177,11 +178,11 @@ def tokenizer_path(src: Source) -> Path:
                     f"directory it was trained on into {src.path}")
 
 
-def load_tokenizer(path: Path | str | Source):
+def load_tokenizer(path: Path | str | ModelFiles):
     """The `tokenizers.Tokenizer` of a run directory or checkpoint."""
     from ..data.tokenizer import load_tokenizer_file
 
-    p = tokenizer_path(path if isinstance(path, Source) else locate(path))
+    p = tokenizer_path(path if isinstance(path, ModelFiles) else locate(path))
     return load_tokenizer_file(p, fix="replace it with the data directory's tokenizer.json")
 
 

@@ -70,8 +70,7 @@ def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: st
 class Trainer:
     """A built run (see `build.build_trainer`) and the loop that steps it."""
 
-    cfg: Config
-    """The run's config, its vocabulary resolved from the data."""
+    cfg: Config  # the run's config, its vocabulary resolved from the data
     run_dir: Path
     dataset: Dataset
     log: Callable[[str], None]
@@ -80,16 +79,11 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     loader: TrainLoader
-    loss_fn: Callable[..., Tensor]
-    """superposed_loss, or its torch.compile-d version (train.compile)."""
-    loss_chunk_rows: int
-    """train.loss_chunk_rows with -1 (auto) decided."""
-    fwd: torch.nn.Module | None
-    """Data parallel: the module a step calls (DDP, or FSDP2 over `model`'s shards); None in one process."""
-    val: Tensor
-    """(N, L + 1) held-out windows, the same at every evaluation."""
-    token_bytes: Tensor
-    """(V,) UTF-8 bytes per token id, for bits per byte."""
+    loss_fn: Callable[..., Tensor]  # superposed_loss, or its torch.compile-d version (train.compile)
+    loss_chunk_rows: int  # train.loss_chunk_rows with -1 (auto) decided
+    fwd: torch.nn.Module | None  # data parallel: what a step calls (DDP, or FSDP2 over `model`); else None
+    val: Tensor  # (N, L + 1) held-out windows, the same at every evaluation
+    token_bytes: Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
     state: RunState = field(default_factory=RunState)
 
     @property
@@ -188,7 +182,7 @@ class Trainer:
         t0 = time.perf_counter()
         out = self.train_step(phase)
         if not out["finite"]:
-            self._non_finite(phase, out)
+            stop_or_skip(self, phase, out)
         step_time = time.perf_counter() - t0
         st.train_time_s += step_time
         where = {"step": st.step, "phase": phase.index, "bag_size": phase.bag_size}
@@ -208,30 +202,6 @@ class Trainer:
         self.bar.update(rec, st.last_eval, self.log, force=last or (st.step + 1) % tr.log_every == 0)
         st.step += 1
         return rec
-
-    def _non_finite(self, phase: Phase, out: dict) -> None:
-        """Step-level diagnostics for a NaN/Inf, then stop (UserError) or count the skipped batch."""
-        bad, step = out["bad_grads"], self.state.step
-        weights_ok = self.par.all_true(distributed.weights_finite(self.model))
-        where = f"step {step} (phase {phase.index}, s={phase.bag_size}, lr {out['lr']:.3g})"
-        grads = (f"non-finite gradients in {len(bad)} tensors: {', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}"
-                 if bad else "all gradients finite")
-        self.log(f"non-finite at {where}: loss {out['loss']}, grad_norm {out['grad_norm']}; {grads}; weights "
-                 f"{'all finite' if weights_ok else 'NOT finite'}; the update was not applied")
-        self.metrics.write({"type": "non_finite", "step": step, "phase": phase.index, "bag_size": phase.bag_size,
-                            "loss": str(out["loss"]), "grad_norm": str(out["grad_norm"]), "lr": out["lr"],
-                            "bad_grads": bad, "action": self.cfg.train.on_nan})
-        if self.cfg.train.on_nan == "skip":
-            self.state.skipped_steps += 1
-            self.log(f"step {step}: batch skipped (train.on_nan=skip), {self.state.skipped_steps} skipped so far")
-            return
-        found = checkpoint.checkpoints(self.run_dir)
-        kept = (f"the last checkpoint {found[-1][1].name} is untouched; lower --optim.lr or raise "
-                "--optim.warmup_steps in a new run, or resume with --train.on_nan=skip to drop such batches"
-                if found else "no checkpoint was written; lower --optim.lr or raise --optim.warmup_steps, or "
-                "set --train.on_nan=skip to drop such batches")
-        raise UserError(f"loss is {out['loss']} and grad_norm {out['grad_norm']} at {where}; stopped before the "
-                        f"update, {kept}")
 
     def finish(self) -> dict:
         """Close the log, save the final model and summary."""
@@ -308,6 +278,33 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> dict:
         """Verify a checkpoint, check that it fits this run, restore it; returns its meta."""
         return checkpoint.restore_trainer(self, Path(path))
+
+
+def stop_or_skip(t: Trainer, phase: Phase, out: dict) -> None:
+    """What a NaN or Inf in a step's loss or gradients does (the update was not applied): log the
+    step, phase, LR and the tensors with bad gradients, then stop with a UserError
+    (train.on_nan=stop) or count the dropped batch (skip)."""
+    bad, step = out["bad_grads"], t.state.step
+    weights_ok = t.par.all_true(distributed.weights_finite(t.model))
+    where = f"step {step} (phase {phase.index}, s={phase.bag_size}, lr {out['lr']:.3g})"
+    grads = (f"non-finite gradients in {len(bad)} tensors: {', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}"
+             if bad else "all gradients finite")
+    t.log(f"non-finite at {where}: loss {out['loss']}, grad_norm {out['grad_norm']}; {grads}; weights "
+          f"{'all finite' if weights_ok else 'NOT finite'}; the update was not applied")
+    t.metrics.write({"type": "non_finite", "step": step, "phase": phase.index, "bag_size": phase.bag_size,
+                     "loss": str(out["loss"]), "grad_norm": str(out["grad_norm"]), "lr": out["lr"],
+                     "bad_grads": bad, "action": t.cfg.train.on_nan})
+    if t.cfg.train.on_nan == "skip":
+        t.state.skipped_steps += 1
+        t.log(f"step {step}: batch skipped (train.on_nan=skip), {t.state.skipped_steps} skipped so far")
+        return
+    found = checkpoint.checkpoints(t.run_dir)
+    kept = (f"the last checkpoint {found[-1][1].name} is untouched; lower --optim.lr or raise "
+            "--optim.warmup_steps in a new run, or resume with --train.on_nan=skip to drop such batches"
+            if found else "no checkpoint was written; lower --optim.lr or raise --optim.warmup_steps, or "
+            "set --train.on_nan=skip to drop such batches")
+    raise UserError(f"loss is {out['loss']} and grad_norm {out['grad_norm']} at {where}; stopped before the "
+                    f"update, {kept}")
 
 
 class _StopSignals:
