@@ -189,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--preset", help="named config: see `superpose presets`")
     pt.add_argument("--out", help="run directory to create")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint, exactly "
-                    "(only --data.path, --train.device/threads/eval_every/log_every/on_nan, --checkpoint.*, "
-                    "--parallel.mode/timeout_s may change; under torchrun at any number of processes)")
+                    "(only --data.path, --train.device/threads/eval_every/log_every/on_nan/keep_freed_memory, "
+                    "--checkpoint.*, --parallel.mode/timeout_s and the speed options --train.compile/attention, "
+                    "--optim.fused may change; under torchrun at any number of processes)")
     pt.add_argument("--init-from-hf", metavar="HF_DIR", help="start from a Hugging Face Llama folder's weights; the "
                     "architecture comes from its config.json, the data must use its tokenizer")
     pc = sub.add_parser("compare", help="TST vs the matched-FLOPs baseline over seeds: report.md + plots",

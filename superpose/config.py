@@ -26,7 +26,9 @@ class DataConfig:
     """A prepared data directory (`superpose prepare`); empty means the default corpus, prepared
     on first use into $SUPERPOSE_CACHE (default ~/.cache/superpose)."""
     vocab_size: int = 4096
-    """Tokenizer size used when the default corpus is prepared on first use."""
+    """Only for the default corpus (path empty): the size of the BPE tokenizer it is prepared with
+    on first use. A prepared data directory brings its own tokenizer and ignores this; the
+    model's vocabulary is model.vocab_size."""
     seq_len: int = 128
     """L: positions per training row. Phase-1 rows read s*L raw tokens into the same L positions."""
     val_tokens: int = 65536
@@ -103,7 +105,7 @@ class TrainConfig:
     keep_freed_memory: bool = True
     """CPU runs on Linux: let malloc keep freed blocks of up to 64 MiB for reuse instead of
     returning them to the kernel, so each step does not page-fault its buffers in again
-    (superpose/perf.py; up to 1.25x faster steps measured). Up to 1 GiB of freed memory stays
+    (superpose/training/perf.py; up to 1.25x faster steps measured). Up to 1 GiB of freed memory stays
     resident. The same arithmetic either way."""
     on_nan: str = "stop"
     """What a NaN or Inf in the loss or the gradients does: stop (the default: diagnostics, then

@@ -35,7 +35,8 @@ class ModelConfig:
     """The architecture. Nothing here is TST-specific: a phase-1 model is a phase-2 model."""
 
     vocab_size: int = 0
-    """Vocabulary size; 0 means: take it from the data's tokenizer."""
+    """Vocabulary size of the embedding and LM head; 0 means: the data's tokenizer size (not
+    data.vocab_size, which only sizes the default corpus's tokenizer)."""
     dim: int = 256
     """Model width D."""
     n_layers: int = 4
