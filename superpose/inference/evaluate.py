@@ -46,22 +46,21 @@ def next_token_eval(forward: Callable[[Tensor], Tensor], windows: Tensor, batch_
     attention kernel: `perf.compute_context`), so a run is scored with the arithmetic it trained
     with. token_bytes: (V,) UTF-8 bytes per token id; tokens that stand for no text (end-of-text)
     are left out of bits per byte, as nanochat does. The sums stay on the device in float64 and
-    are read once, at the end; the byte counts come from the CPU copy of the targets.
+    are read once, at the end; the byte counts come from the targets' CPU copy.
     """
     nll_sums = torch.zeros(2, dtype=torch.float64, device=device)  # (all targets, targets that are text)
     n_targets = n_bytes = 0
     for batch in windows.split(batch_size):
-        y_cpu = batch[:, 1:].flatten().cpu()  # (b*L,)
+        nbytes = None if token_bytes is None else token_bytes.cpu()[batch[:, 1:].flatten().cpu()]  # (b*L,)
         batch = batch.to(device)
         x, y = batch[:, :-1], batch[:, 1:]  # (b, L) each
         with context():
             logits = forward(x)  # (b, L, V)
         nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")  # (b*L,)
         n_targets += nll.numel()
-        if token_bytes is None:
+        if nbytes is None:
             nll_sums[0] += nll.sum().double()
             continue
-        nbytes = token_bytes.cpu()[y_cpu]  # (b*L,)
         # index_select of the text positions (ascending) sums exactly the elements, in exactly the
         # order, that nll[nbytes > 0] would, without the device waiting for the mask's count.
         text = nbytes.nonzero().squeeze(1).to(device)

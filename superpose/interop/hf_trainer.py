@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import UserError
-from ..inference.evaluate import next_token_eval
 from ..core.schedule import Schedule
 from ..core.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings
+from ..errors import UserError
+from ..inference.evaluate import next_token_eval
 
 try:
     from transformers import Trainer

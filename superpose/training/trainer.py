@@ -85,6 +85,7 @@ class Trainer:
     val: Tensor  # (N, L + 1) held-out windows, the same at every evaluation
     token_bytes: Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
     state: RunState = field(default_factory=RunState)
+    _t0: float | None = field(default=None, init=False, repr=False)  # perf_counter at the run's start, set by begin
 
     @property
     def device(self) -> torch.device:
@@ -96,7 +97,7 @@ class Trainer:
 
     def elapsed_s(self) -> float:
         """Wall clock since the run started, counting sessions before a resume."""
-        return time.perf_counter() - self._t0 if hasattr(self, "_t0") else self.state.elapsed_s
+        return time.perf_counter() - self._t0 if self._t0 is not None else self.state.elapsed_s
 
     # ------------------------------------------------------------------ one step
 
