@@ -58,6 +58,17 @@ def data_plan(schedule, batch_size: int, seq_len: int, train_tokens: int) -> dic
             "total_tokens": tokens[1] + tokens[2]}
 
 
+def run_summary(trainer) -> dict:
+    """summary.json of a finished run: its counters, final evaluation, data plan and environment."""
+    t, st = trainer, trainer.state
+    plan = data_plan(t.schedule, t.cfg.train.batch_size, t.cfg.data.seq_len, t.loader.tokens_per_epoch)
+    return {"steps": t.cfg.train.steps, "tokens_seen": st.tokens_seen, "skipped_steps": st.skipped_steps,
+            "wall_s": t.elapsed_s(), "train_time_s": st.train_time_s, "parameters": t.model.num_params(),
+            **st.last_eval, "data_dir": str(t.dataset.path),
+            "parallel": {"mode": t.par.mode, "world_size": t.par.world_size}, "data": plan,
+            "environment": environment()}
+
+
 def describe_run(cfg, model, par, schedule, train_tokens: int) -> list[str]:
     """The lines a run logs when it starts: processes, model, phases, and how much of the train
     split each phase reads, with a warning when the run repeats data."""

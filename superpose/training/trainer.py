@@ -41,7 +41,7 @@ from ..data import Dataset, TrainLoader
 from ..errors import Interrupted, UserError
 from ..inference.evaluate import next_token_eval
 from . import checkpoint, distributed
-from .metrics import MetricsLog, NoMetrics, ProgressBar, data_plan, describe_run, environment
+from .metrics import MetricsLog, NoMetrics, ProgressBar, describe_run, run_summary
 from .perf import compute_context
 from .state import RunState, rng_state, set_rng_state
 
@@ -208,15 +208,9 @@ class Trainer:
         """Close the log, save the final model and summary."""
         self.bar.close()
         self.metrics.close()
-        st = self.state
-        plan = data_plan(self.schedule, self.cfg.train.batch_size, self.cfg.data.seq_len, self.loader.tokens_per_epoch)
-        summary = {"steps": self.cfg.train.steps, "tokens_seen": st.tokens_seen, "skipped_steps": st.skipped_steps,
-                   "wall_s": self.elapsed_s(), "train_time_s": st.train_time_s, "parameters": self.model.num_params(),
-                   **st.last_eval, "data_dir": str(self.dataset.path),
-                   "parallel": {"mode": self.par.mode, "world_size": self.par.world_size},
-                   "data": plan, "environment": environment()}
+        summary = run_summary(self)
         checkpoint.save_final(self, summary)
-        self.log(f"done: val_loss {st.last_eval['val_loss']:.4f}, val_bpb {st.last_eval['val_bpb']:.4f}, "
+        self.log(f"done: val_loss {summary['val_loss']:.4f}, val_bpb {summary['val_bpb']:.4f}, "
                  f"{summary['wall_s']:.0f}s; model in {self.run_dir}")
         self.par.barrier()  # no rank leaves before rank 0 has written the model
         return summary
