@@ -209,6 +209,9 @@ def check_lengths(steps: list[int], cfg: Config, factors: tuple[float, ...]) -> 
         if round(r * T) < 1 or round(r * T) >= T:
             raise UserError(f"a {T}-step run gives phase 1 {round(r * T)} of its {T} steps at r={r}; each length "
                             "needs both phases: drop it from --steps or change --ratio")
+        if T - round(cfg.optim.decay_frac * T) < warmup:
+            raise UserError(f"a {T}-step run decays before its {warmup}-step warmup ends; drop {T} from --steps "
+                            "or lower --optim.warmup_steps")
         baseline_lengths(T, factors, cfg.optim.decay_frac, warmup)  # raises for a decay before warmup ends
 
 
