@@ -183,3 +183,25 @@ def test_sweep_grid_and_resume(tiny_data, tmp_path, monkeypatch):
     assert "| 0.25 |" in (tmp_path / "sw" / "sweep.md").read_text()
     with pytest.raises(UserError, match="--bag-sizes >= 2"):
         sweep(cfg, tmp_path / "sw2", [1], [0.3], seeds=[0])
+
+
+def test_gpu_preset_trains_on_cpu_and_gpu_compare_refuses_without_a_gpu(tiny_data, tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from superpose.config import preset
+    from superpose.data import open_dataset
+    from superpose.trainer import Trainer
+
+    cfg = preset("gpu-30m")  # the shape as shipped; only the length, batch and device shrink here
+    cfg.data.path, cfg.data.val_tokens = str(tiny_data), 512
+    cfg.train.steps, cfg.train.batch_size, cfg.train.eval_every, cfg.optim.warmup_steps = 4, 1, 0, 1
+    cfg.train.device, cfg.train.dtype = "cpu", "float32"  # bf16 autocast is slow on CPU; same code path
+    summary = Trainer(cfg.validate(), tmp_path / "gpu30m", open_dataset(tiny_data), log=lambda m: None).train(
+        progress=False)
+    assert summary["steps"] == 4 and math.isfinite(summary["val_loss"])
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_compare.sh"
+    if shutil.which("nvidia-smi") is None:
+        p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "no NVIDIA GPU found" in p.stderr and len(p.stderr.strip().splitlines()) == 1
