@@ -154,7 +154,9 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
             eta = (last_log - t0) / done_steps * (total_steps - done_steps)
             log(f"compare: seed {seed}: {done_steps}/{total_steps} steps of all runs, {last_log - t0:.0f}s, "
                 f"eta {eta:.0f}s")
-    return {"by_steps": {str(T): _seed_result(finished, tsts[T], needs[T], s, r) for T in steps_list}}
+    # Every length reads its iso-loss point off all the decayed baselines the seed trained, not only
+    # its own multiples: they are the same runs.
+    return {"by_steps": {str(T): _seed_result(finished, tsts[T], lengths, s, r) for T in steps_list}}
 
 
 def _extra_eval(t: Trainer) -> None:
@@ -250,7 +252,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
         cfg_T = copy.deepcopy(cfg)
         cfg_T.train.steps = T
         by_seed = {k: per_seed[k]["by_steps"][str(T)] for k in seeds}
-        lengths = baseline_lengths(T, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
+        lengths = sorted({b["steps"] for k in seeds for b in by_seed[k]["baseline"]})
         sub = summarize(cfg_T, by_seed, lengths, command)
         where = out if len(steps) == 1 else out / f"steps-{T}"
         where.mkdir(exist_ok=True)
