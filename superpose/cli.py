@@ -105,7 +105,14 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
     factors = tuple(_floats(args.baseline_lengths, "--baseline-lengths"))
     if not factors or min(factors) <= 0:
         raise UserError(f"--baseline-lengths must be positive multiples of the steps, got {args.baseline_lengths!r}")
-    compare(cfg, Path(args.out), seeds, factors, command=" ".join(["superpose", *sys.argv[1:]]), log=_log)
+    steps = None
+    if args.steps:
+        lengths = _floats(args.steps, "--steps")
+        if any(n != int(n) or n < 1 for n in lengths):
+            raise UserError(f"--steps takes positive whole step counts, e.g. 300,600,1200; got {args.steps!r}")
+        steps = [int(n) for n in lengths]
+    compare(cfg, Path(args.out), seeds, factors, command=" ".join(["superpose", *sys.argv[1:]]), log=_log,
+            steps=steps)
 
 
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -204,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--ratio", type=float, help="r of the TST arm (default: the preset's)")
     pc.add_argument("--baseline-lengths", default="0.5,0.75,1,1.25,1.5,2",
                     help="baseline lengths as multiples of the TST steps, each decayed (default 0.5,...,2)")
+    pc.add_argument("--steps", help="TST run lengths to scan, e.g. 300,600,1200 (default: the preset's "
+                    "train.steps): the gain at each, its trend with length and the predicted crossover; one "
+                    "baseline trunk per seed serves every length")
     ps = sub.add_parser("sweep", help="the r x s grid of final losses, resumable",
                         epilog="Config overrides (--section.field=value) apply to every cell.")
     ps.add_argument("--preset", required=True)

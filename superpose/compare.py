@@ -88,21 +88,44 @@ def _arm_config(cfg: Config, seed: int, steps: int, bag_size: int, ratio: float)
     return c.validate()
 
 
-def run_seed(cfg: Config, out: Path, seed: int, lengths: list[int], log: Callable[[str], None]) -> dict:
-    """Train the TST arm and the baseline trunk + decay branches of one seed in lock-step."""
-    T, s, r = cfg.train.steps, cfg.tst.bag_size, cfg.tst.ratio
+def switch_evals(switch: int, eval_every: int, steps: int) -> set[int]:
+    """Extra evaluation steps of a TST arm around its phase switch, so the curves show the jump and
+    the recovery: the last phase-1 step, then 1, 2, 4, 8, ... steps into phase 2 until the next
+    regular evaluation (or the end). Steps are 0-based, as in metrics.jsonl."""
+    nxt = min(((switch // eval_every) + 1) * eval_every - 1, steps - 1) if eval_every else steps - 1
+    out, k = {switch - 1}, 1
+    while switch - 1 + k < nxt:
+        out.add(switch - 1 + k)
+        k *= 2
+    regular = (lambda e: (e + 1) % eval_every == 0) if eval_every else (lambda e: False)
+    return {e for e in out if 0 <= e < steps - 1 and not regular(e)}
+
+
+def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: tuple[float, ...],
+             log: Callable[[str], None]) -> dict:
+    """Train the TST arm of every length and one baseline trunk + decay branches, all in lock-step.
+
+    The trunk runs at the stable LR as far as the longest baseline length any TST length needs;
+    each shorter baseline length branches off it where its own decay starts, so every baseline
+    length costs only its decay steps. -> {"by_steps": {str(T): result of length T}}."""
+    s, r, decay = cfg.tst.bag_size, cfg.tst.ratio, cfg.optim.decay_frac
+    needs = {T: baseline_lengths(T, factors, decay, cfg.optim.warmup_steps) for T in steps_list}
+    lengths = sorted(set().union(*needs.values()))
     ds = open_dataset(cfg.data.path)
-    quiet = lambda m: None  # noqa: E731 - the baselines' own lines would interleave unreadably
-    tst = build_trainer(_arm_config(cfg, seed, T, s, r), out / "tst", ds, log)
+    quiet = lambda m: None  # noqa: E731 - the arms' own lines would interleave unreadably
+    one = len(steps_list) == 1
+    tsts = {T: build_trainer(_arm_config(cfg, seed, T, s, r), out / ("tst" if one else f"tst-{T}"), ds,
+                             log if one else quiet) for T in steps_list}
+    extra = {T: switch_evals(t.schedule.switch_step, cfg.train.eval_every, T) for T, t in tsts.items()}
     trunk_steps = lengths[-1]
     trunk = build_trainer(_arm_config(cfg, seed, trunk_steps, 1, 0.0), out / f"baseline-{trunk_steps}", ds, quiet)
-    decay = cfg.optim.decay_frac
     branch_at = {n - round(decay * n): n for n in lengths[:-1]}  # trunk step -> branch length
-    runs = [_Run("tst", tst), _Run(f"baseline-{trunk_steps}", trunk)]
+    runs = [_Run(f"tst-{T}", t) for T, t in tsts.items()] + [_Run(f"baseline-{trunk_steps}", trunk)]
     for run in runs:
         run.trainer.begin(progress=False)
     finished: dict[str, Trainer] = {}
-    t0, total_steps = time.time(), T + trunk_steps + sum(round(decay * n) for n in lengths[:-1])
+    t0 = time.time()
+    total_steps = sum(steps_list) + trunk_steps + sum(round(decay * n) for n in lengths[:-1])
     done_steps, last_log = 0, time.time()
     while runs:
         for run in list(runs):
@@ -119,7 +142,10 @@ def run_seed(cfg: Config, out: Path, seed: int, lengths: list[int], log: Callabl
                 runs.append(_Run(f"baseline-{n}", branch))
             t.step_once()
             done_steps += 1
-            if t.state.step == t.cfg.train.steps:
+            T = t.cfg.train.steps
+            if run.name.startswith("tst") and t.state.step - 1 in extra[T]:
+                _extra_eval(t)
+            if t.state.step == T:
                 t.finish()
                 finished[run.name] = t
                 runs.remove(run)
@@ -128,7 +154,18 @@ def run_seed(cfg: Config, out: Path, seed: int, lengths: list[int], log: Callabl
             eta = (last_log - t0) / done_steps * (total_steps - done_steps)
             log(f"compare: seed {seed}: {done_steps}/{total_steps} steps of all runs, {last_log - t0:.0f}s, "
                 f"eta {eta:.0f}s")
-    return _seed_result(finished, tst, lengths, s, r)
+    # Every length reads its iso-loss point off all the decayed baselines the seed trained, not only
+    # its own multiples: they are the same runs.
+    return {"by_steps": {str(T): _seed_result(finished, tsts[T], lengths) for T in steps_list}}
+
+
+def _extra_eval(t: Trainer) -> None:
+    """An evaluation after the step just taken, logged like the trainer's own (compare-only)."""
+    st = t.state
+    phase = t.schedule.phase(st.step - 1)
+    t.metrics.write({"type": "eval", "step": st.step - 1, "phase": phase.index, "bag_size": phase.bag_size,
+                     "tokens_seen": st.tokens_seen, "elapsed_s": t.elapsed_s(), "train_time_s": st.train_time_s,
+                     **t.evaluate()})
 
 
 def _records(trainer: Trainer, kind: str) -> list[dict]:
@@ -136,7 +173,7 @@ def _records(trainer: Trainer, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["type"] == kind]
 
 
-def _seed_result(finished: dict[str, Trainer], tst: Trainer, lengths: list[int], s: int, r: float) -> dict:
+def _seed_result(finished: dict[str, Trainer], tst: Trainer, lengths: list[int]) -> dict:
     T = tst.cfg.train.steps
     switch_step = tst.schedule.switch_step
     tst_curve = _records(tst, "eval")
@@ -164,36 +201,192 @@ def _seed_result(finished: dict[str, Trainer], tst: Trainer, lengths: list[int],
     }
 
 
+def check_lengths(steps: list[int], cfg: Config, factors: tuple[float, ...]) -> None:
+    """Refuse a length list the scan cannot use, naming the fix (UserError -> one line, exit 2)."""
+    if not steps or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise UserError(f"--steps must be strictly increasing run lengths, e.g. 300,600,1200; got "
+                        f"{','.join(map(str, steps))}")
+    r, warmup = cfg.tst.ratio, cfg.optim.warmup_steps
+    for T in steps:
+        if round(r * T) < 1 or round(r * T) >= T:
+            raise UserError(f"a {T}-step run gives phase 1 {round(r * T)} of its {T} steps at r={r}; each length "
+                            "needs both phases: drop it from --steps or change --ratio")
+        if T - round(cfg.optim.decay_frac * T) < warmup:
+            raise UserError(f"a {T}-step run decays before its {warmup}-step warmup ends; drop {T} from --steps "
+                            "or lower --optim.warmup_steps")
+        baseline_lengths(T, factors, cfg.optim.decay_frac, warmup)  # raises for a decay before warmup ends
+
+
 def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...] = DEFAULT_LENGTHS,
-            command: str = "", log: Callable[[str], None] = print) -> dict:
-    """Run (or finish) every seed, then write report.json, report.md and the plots."""
+            command: str = "", log: Callable[[str], None] = print, steps: list[int] | None = None) -> dict:
+    """Run (or finish) every seed, then write report.json, report.md and the plots.
+
+    `steps`: the TST run lengths to measure (default: cfg.train.steps alone). With several, each
+    length gets its own report and plots under steps-T/, and the top level reports the gain as a
+    function of length with the fitted trend and the crossover length."""
     if cfg.tst.bag_size < 2 or cfg.tst.ratio <= 0 or round(cfg.tst.ratio * cfg.train.steps) == 0:
         raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0 (phase 1 must get >= 1 step)")
-    lengths = baseline_lengths(cfg.train.steps, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
+    steps = list(steps or [cfg.train.steps])
+    check_lengths(steps, cfg, factors)
     out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
     for seed in seeds:
         seed_dir = out / f"seed-{seed}"
         done = seed_dir / "result.json"
         if done.is_file():
+            per_seed[seed] = _reuse(done, seed, steps, factors)
             log(f"compare: seed {seed} already done, reusing {done}")
-            per_seed[seed] = json.loads(done.read_text())
             continue
         shutil.rmtree(seed_dir, ignore_errors=True)  # an interrupted seed restarts from scratch
-        log(f"compare: seed {seed}: TST (s={cfg.tst.bag_size}, r={cfg.tst.ratio}) and the baseline at "
-            f"{', '.join(map(str, lengths))} steps, in lock-step")
-        per_seed[seed] = run_seed(cfg, seed_dir, seed, lengths, log)
+        lengths = sorted(set().union(*(baseline_lengths(T, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
+                                       for T in steps)))
+        log(f"compare: seed {seed}: TST (s={cfg.tst.bag_size}, r={cfg.tst.ratio}) at {', '.join(map(str, steps))} "
+            f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk), in lock-step")
+        per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log), "steps": steps,
+                          "factors": list(factors)}
         done.write_text(json.dumps(per_seed[seed], indent=1) + "\n")
-    report = summarize(cfg, per_seed, lengths, command)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    from .report import plot_compare, write_compare_markdown
+    from .report import plot_compare, plot_gain_vs_length, write_compare_markdown, write_scan_markdown
 
-    plot_compare(report, per_seed, out)
-    write_compare_markdown(report, out / "report.md")
+    subs = []
+    for T in steps:
+        cfg_T = copy.deepcopy(cfg)
+        cfg_T.train.steps = T
+        by_seed = {k: per_seed[k]["by_steps"][str(T)] for k in seeds}
+        lengths = sorted({b["steps"] for k in seeds for b in by_seed[k]["baseline"]})
+        sub = summarize(cfg_T, by_seed, lengths, command)
+        where = out if len(steps) == 1 else out / f"steps-{T}"
+        where.mkdir(exist_ok=True)
+        plot_compare(sub, by_seed, where)
+        write_compare_markdown(sub, where / "report.md")
+        subs.append(sub)
+    if len(steps) == 1:
+        report = subs[0]
+        report["lengths"] = [_length_summary(report)]
+    else:
+        report = summarize_scan(cfg, subs, per_seed, command)
+        plot_gain_vs_length(report, out / "gain_vs_length.png")
+        write_scan_markdown(report, out / "report.md")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for line in report["verdicts"]:
         log(f"compare: {line}")
-    log(f"compare: report in {out / 'report.md'}, plots in {out}/loss_vs_*.png")
+    log(f"compare: report in {out / 'report.md'}" + (f", plots in {out}/loss_vs_*.png" if len(steps) == 1 else
+                                                      f", gain vs length in {out / 'gain_vs_length.png'}"))
     return report
+
+
+def _reuse(done: Path, seed: int, steps: list[int], factors: tuple[float, ...]) -> dict:
+    """A finished seed's results, if it measured every requested length with the same baselines."""
+    data = json.loads(done.read_text())
+    if "by_steps" not in data:  # written by a one-length compare before length scans existed
+        data = {"by_steps": {str(data["tst"]["steps"]): data}, "steps": [data["tst"]["steps"]]}
+    have = sorted(int(T) for T in data["by_steps"])
+    if not set(steps) <= set(have) or ("factors" in data and data["factors"] != list(factors)):
+        raise UserError(f"seed {seed} in {done.parent.parent} was run with --steps {','.join(map(str, have))} and "
+                        f"--baseline-lengths {','.join(map(str, data.get('factors', [])))}; rerun with those, or "
+                        "use a new --out for other lengths")
+    return data
+
+
+STAT_KEYS = ("equal_steps_loss_gain", "iso_loss_speedup", "iso_loss_step_ratio", "equal_steps_time_ratio")
+
+
+def _length_summary(sub: dict) -> dict:
+    """One length's statistics, as the scan's report lists them."""
+    return {"steps": sub["config"]["train"]["steps"], **{k: sub[k] for k in STAT_KEYS},
+            "iso_loss_kinds": sub["iso_loss_kinds"], "tst_val_loss": sub["arms"]["tst"]["val_loss"],
+            "baseline_val_loss": sub["arms"]["baseline"][str(sub["config"]["train"]["steps"])]["val_loss"],
+            "verdicts": sub["verdicts"]}
+
+
+def summarize_scan(cfg: Config, subs: list[dict], per_seed: dict, command: str) -> dict:
+    seeds = sorted(per_seed)
+    lengths = [_length_summary(sub) for sub in subs]
+    gains = {k: [(int(T), per_seed[k]["by_steps"][str(T)]["equal_steps_loss_gain"]) for T in
+                 [ln["steps"] for ln in lengths]] for k in seeds}
+    rep = {"config": cfg.to_dict(), "command": command, "seeds": seeds, "steps": [ln["steps"] for ln in lengths],
+           "lengths": lengths, "crossover": crossover(gains), "environment": environment(),
+           "date": time.strftime("%Y-%m-%d")}
+    rep["verdicts"] = scan_verdicts(rep)
+    return rep
+
+
+def crossover(gains: dict[int, list[tuple[int, float]]], extrapolate: float = 1000.0) -> dict:
+    """Fit gain = a + b * log10(steps) and find where it crosses zero.
+
+    The fit is made per seed (each seed's lengths are paired: same init, same data order), and the
+    seeds' lines are averaged; the spread of (a, b) over seeds gives a t-based 95% band around the
+    mean line (seed-clustered, df = seeds - 1; points of one seed are not treated as independent).
+    The crossover's interval is every length where the band holds zero, searched from a tenth of
+    the shortest length to `extrapolate` x the longest; an end outside that range is unbounded."""
+    seeds = sorted(gains)
+    lines = []
+    for k in seeds:
+        x = np.log10([T for T, _ in gains[k]])
+        y = np.array([g for _, g in gains[k]])
+        b, a = np.polyfit(x, y, 1)
+        lines.append((a, b))
+    ab = np.array(lines)  # (seeds, 2)
+    a, b = ab.mean(axis=0)
+    n = len(seeds)
+    steps = sorted({T for k in seeds for T, _ in gains[k]})
+    out = {"model": "gain = a + b * log10(steps), per seed, averaged", "a": float(a), "b_per_decade": float(b),
+           "seeds": n, "lengths": steps}
+    cov = np.cov(ab.T, ddof=1) / n if n > 1 else None
+    t = t95(n - 1) if n > 1 else math.nan
+
+    def band(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mid = a + b * xs
+        if cov is None:
+            return mid, mid, mid
+        se = np.sqrt(np.maximum(cov[0, 0] + 2 * xs * cov[0, 1] + xs ** 2 * cov[1, 1], 0.0))
+        return mid, mid - t * se, mid + t * se
+
+    out["b_ci95"] = float(t * math.sqrt(cov[1, 1])) if cov is not None else math.nan
+    lo_x, hi_x = math.log10(steps[0]) - 1, math.log10(steps[-1] * extrapolate)
+    xs = np.linspace(lo_x, hi_x, 2001)
+    mid, lo, hi = band(xs)
+    out["predicted_gain"] = {}
+    for m in (2, 4, 10):  # what the trend says about runs longer than any measured
+        mid_m, lo_m, hi_m = (float(v[0]) for v in band(np.array([math.log10(m * steps[-1])])))
+        out["predicted_gain"][str(m * steps[-1])] = {"mean": mid_m, "lo": lo_m, "hi": hi_m}
+    out["estimate_steps"] = float(10 ** (-a / b)) if b > 0 else None
+    inside = (lo <= 0) & (hi >= 0)
+    if cov is None or not inside.any():
+        out["ci95_steps"] = None
+    else:
+        idx = np.flatnonzero(inside)
+        out["ci95_steps"] = [None if idx[0] == 0 else float(10 ** xs[idx[0]]),
+                             None if idx[-1] == len(xs) - 1 else float(10 ** xs[idx[-1]])]
+    out["search_range_steps"] = [float(10 ** lo_x), float(10 ** hi_x)]
+    return out
+
+
+def scan_verdicts(rep: dict) -> list[str]:
+    lines = []
+    for ln in rep["lengths"]:
+        g = ln["equal_steps_loss_gain"]
+        lines.append(f"{ln['steps']} steps: gain {g['mean']:+.4f} nats ({_clear(g, 0.0)})")
+    c = rep["crossover"]
+    longest = rep["steps"][-1]
+    slope = f"{c['b_per_decade']:+.3f} nats per 10x length"
+    if not math.isnan(c["b_ci95"]):
+        slope += f" (95% interval {c['b_per_decade'] - c['b_ci95']:+.3f} to {c['b_per_decade'] + c['b_ci95']:+.3f})"
+    lines.append(f"trend: the gain changes by {slope}")
+    if c["estimate_steps"] is None:
+        turns = f" (it crosses zero downward at ~{10 ** (-c['a'] / c['b_per_decade']):,.0f} steps)" if c["b_per_decade"] < 0 else ""
+        lines.append("crossover: none predicted: the fitted gain does not grow with run length" + turns)
+    else:
+        ci = c["ci95_steps"]
+        if ci is None:
+            where = "no interval (one seed)" if c["seeds"] < 2 else "the band excludes zero everywhere searched"
+        else:
+            lo = "below the search range" if ci[0] is None else f"{ci[0]:,.0f}"
+            hi = f"beyond {c['search_range_steps'][1]:,.0f} (unbounded)" if ci[1] is None else f"{ci[1]:,.0f}"
+            where = f"95% interval {lo} to {hi} steps"
+        est = c["estimate_steps"]
+        reach = "inside the measured lengths" if est <= longest else f"{est / longest:.1f}x the longest length run"
+        lines.append(f"crossover (gain = 0) predicted at {est:,.0f} steps ({reach}); {where}")
+    return lines
 
 
 def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str) -> dict:
@@ -205,8 +398,8 @@ def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str) -> 
                               for k in ("val_loss", "val_bpb", "train_time_s", "tokens_seen")} for n in lengths},
     }
     out = {
-        "config": cfg.to_dict(), "command": command, "seeds": seeds, "baseline_lengths": lengths,
-        "arms": arms,
+        "config": cfg.to_dict(), "command": command, "seeds": seeds, "steps": cfg.train.steps,
+        "baseline_lengths": lengths, "arms": arms,
         "equal_steps_loss_gain": stats([r["equal_steps_loss_gain"] for r in res]),
         "iso_loss_speedup": stats([r["iso_loss_speedup"] for r in res]),
         "iso_loss_step_ratio": stats([r["iso_loss_step_ratio"] for r in res]),
@@ -239,21 +432,39 @@ def _clear(st: dict, null: float) -> str:
     return f"clear of seed noise ({side} {null:g}; 95% interval {lo:.4g} to {hi:.4g})"
 
 
+def speedup_text(st: dict, kinds: list[str]) -> str:
+    """The iso-loss speedup as it may be read: "0.57x" when every seed's value was interpolated,
+    "<= 0.99x" when TST's loss was worse than even the shortest baseline in every seed (the
+    value is then only an upper bound), ">= 1.8x" when better than the longest, and the bound kinds
+    spelled out when seeds differ."""
+    v = f"{st['mean']:.2f}x"
+    kinds = set(kinds)
+    if kinds == {"interpolated"}:
+        return v
+    if kinds == {"upper_bound"}:
+        return f"<= {v}"
+    if kinds == {"lower_bound"}:
+        return f">= {v}"
+    return f"{v} (mixed: {', '.join(sorted(kinds))})"
+
+
 def verdicts(rep: dict) -> list[str]:
     g, sp, st = rep["equal_steps_loss_gain"], rep["iso_loss_speedup"], rep["iso_loss_step_ratio"]
     n = g["n"]
-    bounds = sorted(set(rep["iso_loss_kinds"]) - {"interpolated"})
+    kinds = rep["iso_loss_kinds"]
+    bounds = sorted(set(kinds) - {"interpolated"})
     lines = [
         f"equal steps: baseline - TST final val loss = {g['mean']:+.4f} nats ({'TST better' if g['mean'] > 0 else 'TST worse'}; "
         f"mean over {n} seeds, std {g['std']:.4f}; "
         f"per seed {', '.join(f'{v:+.4f}' for v in g['values'])}); baseline seed-to-seed std "
         f"{rep['baseline_seed_spread']:.4f}, TST {rep['tst_seed_spread']:.4f}: {_clear(g, 0.0)}",
-        f"iso-loss speedup in wall clock: {sp['mean']:.2f}x (std {sp['std']:.2f}; per seed "
-        f"{', '.join(f'{v:.2f}' for v in sp['values'])}): {_clear(sp, 1.0)}",
-        f"iso-loss ratio in steps: {st['mean']:.2f}x (std {st['std']:.2f})",
+        f"iso-loss speedup in wall clock: {speedup_text(sp, kinds)} (std {sp['std']:.2f}; per seed "
+        f"{', '.join(f'{v:.2f}' for v in sp['values'])}): " + (_clear(sp, 1.0) if not bounds else "a bound, see below"),
+        f"iso-loss ratio in steps: {speedup_text(st, kinds)} (std {st['std']:.2f})",
     ]
     if bounds:
         lines.append("some seeds fell outside the baseline lengths run (" + ", ".join(bounds) + "): the speedup "
                      "there is a bound, not a measurement (lower_bound: even the longest baseline did not reach "
-                     "TST's loss; upper_bound: even the shortest beat it)")
+                     "TST's loss, so the speedup is at least this; upper_bound: even the shortest beat it, so it "
+                     "is at most this)")
     return lines

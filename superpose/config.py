@@ -245,6 +245,20 @@ def _cpu_small() -> Config:
     )
 
 
+def _gpu_30m() -> Config:
+    """One GPU, minutes: the crossover study's GPU rung between cpu-small and 270m
+    (benchmarks/gpu_compare.sh). A 31M-parameter Llama (d=512, 8 layers; 27M non-embedding at the
+    default corpus's 4096 tokens), rows of 256 positions, 32 rows a step (8k positions), bf16.
+    Sized so that a 3-seed length scan fits in minutes on one H100/H200: see gpu_compare.sh."""
+    return Config(
+        model=ModelConfig(dim=512, n_layers=8, n_heads=8, max_seq_len=256, init="torch"),
+        data=DataConfig(seq_len=256, val_tokens=2**17),
+        tst=TSTConfig(bag_size=4, ratio=0.3),
+        optim=OptimConfig(lr=2e-3, warmup_steps=100),
+        train=TrainConfig(steps=2000, batch_size=32, dtype="bfloat16", eval_every=250),
+    )
+
+
 def _paper(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int, lr: float) -> Config:
     """The paper's dense recipe (Table 1): 20k steps of 2M tokens (1024 rows of 2048), WSD with a
     2000-step warmup and the last 10% decayed, AdamW (0.9, 0.95), TST with s=6, r=0.3, bf16.
@@ -263,6 +277,7 @@ def _paper(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int,
 PRESETS: dict[str, Callable[[], Config]] = {
     "cpu-smoke": _cpu_smoke,
     "cpu-small": _cpu_small,
+    "gpu-30m": _gpu_30m,
     # SmolLM2-135M shape, untied (the paper's "270M"), lr from the paper's sweep.
     "270m": lambda: _paper(576, 30, 9, 3, 1536, 2e-3),
     # SmolLM2-360M shape, untied (the paper's "600M").

@@ -6,9 +6,12 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from .compare import speedup_text  # noqa: E402
 
 TST_COLOR, BASE_COLOR = "tab:red", "tab:blue"
 
@@ -35,26 +38,29 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
             bx = [e[key] + (1 if key == "step" else 0) for e in r["baseline_curve"]]
             ax.plot(bx, [e["val_loss"] for e in r["baseline_curve"]], color=BASE_COLOR, alpha=0.5, lw=1, ls="--",
                     label="baseline at stable LR (not decayed)" if i == 0 else None)
-            pts = {"time": "train_time_s", "step": "steps", "tokens": "tokens_seen"}[name]
+            pts = pts_key(name)
             ax.plot([b[pts] for b in r["baseline"]], [b["val_loss"] for b in r["baseline"]], color=BASE_COLOR,
                     marker="o", ms=4, lw=1.2, label="baseline after decay, per length" if i == 0 else None)
-            ax.plot([r["tst"][{"time": "train_time_s", "step": "steps", "tokens": "tokens_seen"}[name]]],
+            ax.plot([r["tst"][pts]],
                     [r["tst"]["val_loss"]], color=TST_COLOR, marker="*", ms=10)
             switch_x.append({"time": r["tst"]["switch_time_s"], "step": r["tst"]["switch_step"],
                              "tokens": r["tst"]["switch_step"] * B * L * s}[name])
         ax.axvline(sum(switch_x) / len(switch_x), color="gray", ls=":", lw=1, label="TST phase switch")
-        # Zoom on the part that matters: from the best loss reached to the worst final loss.
+        # Both curves whole (the first evaluation is far above the rest, so log y), and an inset
+        # zoomed on the final losses, where the arms are told apart.
+        curves = [e["val_loss"] for k in per_seed for e in per_seed[k]["tst"]["curve"] + per_seed[k]["baseline_curve"]]
         finals = [v for k in per_seed for v in [per_seed[k]["tst"]["val_loss"]]
                   + [b["val_loss"] for b in per_seed[k]["baseline"]]]
-        curves = [e["val_loss"] for k in per_seed for e in per_seed[k]["tst"]["curve"] + per_seed[k]["baseline_curve"]]
-        lo, hi = min(finals + curves), max(finals)
-        pad = 0.1 * (hi - lo) + 1e-3
-        ax.set_ylim(lo - pad, hi + 4 * pad)
+        ax.set_yscale("log")
+        ax.set_ylim(min(curves + finals) * 0.98, max(curves + finals) * 1.02)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
+        _zoom_inset(ax, per_seed, key, pts_key(name), finals)
         ax.set_xlabel(label)
         ax.set_ylabel("validation loss (nats/token)")
         g, sp = report["equal_steps_loss_gain"], report["iso_loss_speedup"]
-        ax.set_title(f"TST vs baseline, {g['n']} seed(s): gain {g['mean']:+.3f} nats at equal steps, "
-                     f"iso-loss speedup {sp['mean']:.2f}x", fontsize=9)
+        ax.set_title(f"TST vs baseline, {cfg['train']['steps']} steps, {g['n']} seed(s)\ngain {g['mean']:+.3f} "
+                     f"nats at equal steps, iso-loss speedup {speedup_text(sp, report['iso_loss_kinds'])}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -63,6 +69,99 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def pts_key(axis: str) -> str:
+    """The field of a finished arm (tst / baseline entries) that is the x of that axis."""
+    return {"time": "train_time_s", "step": "steps", "tokens": "tokens_seen"}[axis]
+
+
+def _zoom_inset(ax, per_seed: dict, key: str, pts: str, finals: list[float]) -> None:
+    """Lower-left inset: the last stretch of every curve, y limited to the final losses."""
+    ins = ax.inset_axes([0.08, 0.08, 0.42, 0.38])
+    xmax = 0.0
+    for r in per_seed.values():
+        for curve, color, ls in ((r["tst"]["curve"], TST_COLOR, "-"), (r["baseline_curve"], BASE_COLOR, "--")):
+            x = [e[key] + (1 if key == "step" else 0) for e in curve]
+            ins.plot(x, [e["val_loss"] for e in curve], color=color, lw=1, ls=ls, alpha=0.7)
+        ins.plot([b[pts] for b in r["baseline"]], [b["val_loss"] for b in r["baseline"]], color=BASE_COLOR,
+                 marker="o", ms=3, lw=1)
+        ins.plot([r["tst"][pts]], [r["tst"]["val_loss"]], color=TST_COLOR, marker="*", ms=8)
+        xmax = max(xmax, r["tst"][pts], *(b[pts] for b in r["baseline"]))
+    lo, hi = min(finals), max(finals)
+    pad = 0.15 * (hi - lo) + 1e-3
+    ins.set_ylim(lo - pad, hi + pad)
+    ins.set_xlim(0.45 * xmax, 1.02 * xmax)
+    ins.tick_params(labelsize=6)
+    ins.grid(alpha=0.3)
+    ins.set_title("final losses", fontsize=7)
+
+
+def plot_gain_vs_length(report: dict, path: Path) -> None:
+    """Equal-steps gain (baseline - TST, nats) against run length, log x: per-seed points, the mean
+    with its 95% interval as bars, the zero line, and the fitted trend with its band."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    steps = [ln["steps"] for ln in report["lengths"]]
+    for ln in report["lengths"]:
+        g = ln["equal_steps_loss_gain"]
+        ax.scatter([ln["steps"]] * g["n"], g["values"], color=TST_COLOR, alpha=0.35, s=12)
+    means = [ln["equal_steps_loss_gain"]["mean"] for ln in report["lengths"]]
+    ci = [0 if math.isnan(ln["equal_steps_loss_gain"]["ci95"]) else ln["equal_steps_loss_gain"]["ci95"]
+          for ln in report["lengths"]]
+    ax.errorbar(steps, means, yerr=ci, color=TST_COLOR, marker="o", capsize=4, lw=1.5,
+                label=f"mean gain, 95% interval ({report['lengths'][0]['equal_steps_loss_gain']['n']} seeds)")
+    c = report["crossover"]
+    hi_x = max(steps[-1] * 4, c["estimate_steps"] * 1.3 if c["estimate_steps"] else 0)
+    hi_x = min(hi_x, c["search_range_steps"][1])
+    xs = np.geomspace(steps[0] * 0.8, hi_x, 200)
+    ax.plot(xs, c["a"] + c["b_per_decade"] * np.log10(xs), color="gray", ls="--", lw=1,
+            label=f"fit: {c['b_per_decade']:+.3f} nats per 10x steps")
+    if c["estimate_steps"] and c["estimate_steps"] <= hi_x:
+        ax.axvline(c["estimate_steps"], color="gray", ls=":", lw=1,
+                   label=f"predicted crossover ~{c['estimate_steps']:,.0f} steps")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("run length (optimizer steps, log scale)")
+    ax.set_ylabel("baseline - TST val loss at equal steps (nats)")
+    cfg = report["config"]
+    ax.set_title(f"TST gain vs run length (s={cfg['tst']['bag_size']}, r={cfg['tst']['ratio']}); "
+                 "above 0: TST better", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_scan_markdown(rep: dict, path: Path) -> None:
+    cfg = rep["config"]
+    t, env = cfg["tst"], rep["environment"]
+    lines = [f"# superpose compare: TST (s={t['bag_size']}, r={t['ratio']}) gain vs run length", "",
+             f"Date {rep['date']}. Seeds {', '.join(map(str, rep['seeds']))}; lengths "
+             f"{', '.join(map(str, rep['steps']))} steps. Machine {env['platform']}, {env['cpu_count']} CPUs, "
+             f"torch {env['torch']} ({env['threads']} threads).", "",
+             f"Command: `{rep['command']}`" if rep["command"] else "", "", "## Verdict", "",
+             *[f"- {v}" for v in rep["verdicts"]], "", "## Per length", "",
+             "| steps | TST val loss | baseline val loss | gain (nats) | 95% interval | iso-loss speedup (wall) | "
+             "iso-loss speedup (steps) | per-seed gains | details |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for ln in rep["lengths"]:
+        g = ln["equal_steps_loss_gain"]
+        ci = "n/a" if math.isnan(g["ci95"]) else f"{g['mean'] - g['ci95']:+.4f} to {g['mean'] + g['ci95']:+.4f}"
+        lines.append(f"| {ln['steps']} | {_fmt(ln['tst_val_loss'])} | {_fmt(ln['baseline_val_loss'])} | "
+                     f"{_fmt(g, 4)} | {ci} | {speedup_text(ln['iso_loss_speedup'], ln['iso_loss_kinds'])} | "
+                     f"{speedup_text(ln['iso_loss_step_ratio'], ln['iso_loss_kinds'])} | "
+                     f"{', '.join(f'{v:+.4f}' for v in g['values'])} | [report](steps-{ln['steps']}/report.md) |")
+    c = rep["crossover"]
+    lines += ["", "## Trend", "", f"Fit: {c['model']}: a = {c['a']:+.4f}, b = {c['b_per_decade']:+.4f} nats per 10x "
+              "steps. What it predicts beyond the longest length (mean, 95% band):", ""]
+    for T, p in c["predicted_gain"].items():
+        lines.append(f"- {int(float(T)):,} steps: {p['mean']:+.3f} ({p['lo']:+.3f} to {p['hi']:+.3f})")
+    lines += ["", "A line in log(steps) is a description of the measured lengths, not a law: trust the "
+              "extrapolation only as far as the band is narrow.", "", "![gain vs length](gain_vs_length.png)", ""]
+    path.write_text("\n".join(lines))
 
 
 def _fmt(st: dict, digits: int = 4, suffix: str = "") -> str:
@@ -122,6 +221,11 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
                                ("equal_steps_time_ratio", "baseline / TST time at equal steps", 3)):
         st = rep[key]
         ci = "n/a" if math.isnan(st["ci95"]) else f"{st['mean'] - st['ci95']:.{digits}f} to {st['mean'] + st['ci95']:.{digits}f}"
+        bound = {"upper_bound": "<= ", "lower_bound": ">= "}
+        kinds = set(rep["iso_loss_kinds"])
+        if key.startswith("iso_loss") and kinds != {"interpolated"}:  # a bound is not a measurement: say so
+            label += " (bound: " + (bound[kinds.pop()] if len(kinds) == 1 else "mixed kinds, see below") + ")"
+            ci = "n/a (bound)"
         lines.append(f"| {label} | {_fmt(st, digits)} | {ci} | {', '.join(f'{v:.{digits}f}' for v in st['values'])} |")
     lines += [
         "",

@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from superpose.compare import baseline_lengths, compare, iso_loss, stats
+from superpose.compare import (baseline_lengths, compare, crossover, iso_loss, speedup_text, stats,
+                               switch_evals)
 from superpose.errors import UserError
 from superpose.sweep import sweep
 
@@ -47,7 +48,8 @@ def test_compare_report_is_consistent_and_branches_are_straight_runs(tiny_data, 
     for name in ("report.json", "report.md", "loss_vs_time.png", "loss_vs_step.png", "loss_vs_tokens.png"):
         assert (tmp_path / "cmp" / name).is_file(), name
     assert rep["baseline_lengths"] == [4, 8, 12]
-    per_seed = [json.loads((tmp_path / "cmp" / f"seed-{k}" / "result.json").read_text()) for k in (0, 1)]
+    per_seed = [json.loads((tmp_path / "cmp" / f"seed-{k}" / "result.json").read_text())["by_steps"]["8"]
+                for k in (0, 1)]
     for r in per_seed:
         equal = next(b for b in r["baseline"] if b["steps"] == 8)
         assert r["equal_steps_loss_gain"] == pytest.approx(equal["val_loss"] - r["tst"]["val_loss"])
@@ -74,6 +76,77 @@ def test_compare_report_is_consistent_and_branches_are_straight_runs(tiny_data, 
     logs = []
     compare(cfg, tmp_path / "cmp", seeds=[0, 1], factors=(0.5, 1.0, 1.5), log=logs.append)
     assert sum("already done" in m for m in logs) == 2
+
+
+def test_length_scan_shares_one_baseline_trunk_and_reports_every_length(tiny_data, tmp_path, monkeypatch):
+    import superpose.compare as cmp
+
+    steps_taken = []
+    real_step = cmp.Trainer.step_once
+    monkeypatch.setattr(cmp.Trainer, "step_once", lambda self: steps_taken.append(self.cfg.train.steps)
+                        or real_step(self))
+    cfg = tiny_config(tiny_data, train__eval_every=4, optim__warmup_steps=1)  # s = 4, r = 0.5, decay 25%
+    rep = compare(cfg, tmp_path / "scan", seeds=[0, 1], factors=(1.0, 1.5), steps=[4, 8, 12], log=lambda m: None)
+    # Per seed: the TST arms (4 + 8 + 12 steps) and ONE baseline trunk of 18 steps, with decay branches at
+    # 4, 6, 8, 12 steps costing only their decay steps (1 + 2 + 2 + 3); nothing else.
+    assert len(steps_taken) == 2 * (4 + 8 + 12 + 18 + 1 + 2 + 2 + 3)
+    assert rep["steps"] == [4, 8, 12] and [ln["steps"] for ln in rep["lengths"]] == [4, 8, 12]
+    for ln in rep["lengths"]:
+        for key in ("equal_steps_loss_gain", "iso_loss_speedup", "iso_loss_step_ratio"):
+            assert {"mean", "std", "ci95", "n", "values"} <= set(ln[key]) and ln[key]["n"] == 2
+        T = ln["steps"]
+        per = [json.loads((tmp_path / "scan" / f"seed-{k}" / "result.json").read_text())["by_steps"][str(T)]
+               for k in (0, 1)]
+        assert ln["equal_steps_loss_gain"]["values"] == [r["equal_steps_loss_gain"] for r in per]
+        assert (tmp_path / "scan" / f"steps-{T}" / "report.md").is_file()
+        # Evaluations around the switch: the last phase-1 step and 1, 2, ... steps into phase 2.
+        evals = {e["step"] for e in per[0]["tst"]["curve"]}
+        assert {T // 2 - 1, T // 2} <= evals, (T, evals)
+    for name in ("report.json", "report.md", "gain_vs_length.png"):
+        assert (tmp_path / "scan" / name).is_file()
+    c = rep["crossover"]
+    assert c["lengths"] == [4, 8, 12] and "estimate_steps" in c and "crossover" in " ".join(rep["verdicts"])
+    # Only one trunk was trained: the baseline directories are the trunk and its branches.
+    assert sorted(p.name for p in (tmp_path / "scan" / "seed-0").glob("baseline-*")) == \
+        ["baseline-12", "baseline-18", "baseline-4", "baseline-6", "baseline-8"]
+    # Rerunning reuses the seeds; asking for other lengths in the same folder is refused, not mixed.
+    logs = []
+    compare(cfg, tmp_path / "scan", seeds=[0, 1], factors=(1.0, 1.5), steps=[4, 8, 12], log=logs.append)
+    assert sum("already done" in m for m in logs) == 2
+    with pytest.raises(UserError, match="was run with --steps 4,8,12"):
+        compare(cfg, tmp_path / "scan", seeds=[0], factors=(1.0, 1.5), steps=[4, 8, 16], log=lambda m: None)
+
+
+@pytest.mark.parametrize("steps, match", [([8, 4], "strictly increasing"), ([4, 4], "strictly increasing"),
+                                          ([1, 8], "needs both phases"), ([6, 10], "decays before its")])
+def test_length_scan_refuses_lengths_it_cannot_use(tiny_data, tmp_path, steps, match):
+    cfg = tiny_config(tiny_data, optim__warmup_steps=5)
+    with pytest.raises(UserError, match=match):
+        compare(cfg, tmp_path / "bad", seeds=[0], factors=(1.0,), steps=steps, log=lambda m: None)
+
+
+def test_crossover_fit_recovers_a_known_trend():
+    # gain = -0.3 + 0.2 * log10(T / 600): zero at T = 600 * 10**1.5 = 18,974; seeds shift it a little.
+    truth = lambda T, k: -0.3 + 0.2 * math.log10(T / 600) + 0.01 * (k - 1)  # noqa: E731
+    gains = {k: [(T, truth(T, k)) for T in (300, 600, 1200, 2400)] for k in range(3)}
+    c = crossover(gains)
+    assert c["b_per_decade"] == pytest.approx(0.2) and c["estimate_steps"] == pytest.approx(18974, rel=1e-3)
+    lo, hi = c["ci95_steps"]
+    assert lo < c["estimate_steps"] < hi  # the seeds' offsets make an interval around it
+    assert c["predicted_gain"]["4800"]["mean"] == pytest.approx(truth(4800, 1), abs=1e-9)
+    # A gain that shrinks with length predicts no crossover.
+    assert crossover({k: [(T, -0.1 * math.log10(T) + 0.01 * k) for T in (100, 1000)] for k in range(3)})[
+        "estimate_steps"] is None
+
+
+def test_switch_evaluations_and_bounds_read_as_bounds():
+    assert switch_evals(180, 100, 600) == {179, 180, 181, 183, 187, 195}  # up to the eval at step 199
+    assert switch_evals(4, 2, 8) == {4}  # step 3 (last of phase 1) and 5 are regular evaluations already
+    st = {"mean": 0.99}
+    assert speedup_text(st, ["upper_bound"] * 3) == "<= 0.99x"
+    assert speedup_text(st, ["lower_bound"]) == ">= 0.99x"
+    assert speedup_text(st, ["interpolated", "interpolated"]) == "0.99x"
+    assert "mixed" in speedup_text(st, ["interpolated", "upper_bound"])
 
 
 def test_compare_needs_a_tst_arm(tiny_data, tmp_path):
@@ -110,3 +183,25 @@ def test_sweep_grid_and_resume(tiny_data, tmp_path, monkeypatch):
     assert "| 0.25 |" in (tmp_path / "sw" / "sweep.md").read_text()
     with pytest.raises(UserError, match="--bag-sizes >= 2"):
         sweep(cfg, tmp_path / "sw2", [1], [0.3], seeds=[0])
+
+
+def test_gpu_preset_trains_on_cpu_and_gpu_compare_refuses_without_a_gpu(tiny_data, tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from superpose.config import preset
+    from superpose.data import open_dataset
+    from superpose.training import build_trainer
+
+    cfg = preset("gpu-30m")  # the shape as shipped; only the length, batch and device shrink here
+    cfg.data.path, cfg.data.val_tokens = str(tiny_data), 512
+    cfg.train.steps, cfg.train.batch_size, cfg.train.eval_every, cfg.optim.warmup_steps = 4, 1, 0, 1
+    cfg.train.device, cfg.train.dtype = "cpu", "float32"  # bf16 autocast is slow on CPU; same code path
+    summary = build_trainer(cfg.validate(), tmp_path / "gpu30m", open_dataset(tiny_data), log=lambda m: None).train(
+        progress=False)
+    assert summary["steps"] == 4 and math.isfinite(summary["val_loss"])
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_compare.sh"
+    if shutil.which("nvidia-smi") is None:
+        p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "no NVIDIA GPU found" in p.stderr and len(p.stderr.strip().splitlines()) == 1
