@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--groups", default=",".join(GROUPS))
+    ap.add_argument("--cells", help="only these cells of the groups (comma-separated names as in GROUPS)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--report-only", action="store_true", help="summarise the finished runs, train nothing")
     a = ap.parse_args()
@@ -83,14 +84,16 @@ def main() -> None:
             raise UserError(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     except (UserError, ValueError) as e:
         sys.exit(f"knobs: {e}")
-    cells = [c for g in groups for c in GROUPS[g]]
+    only = set(a.cells.split(",")) if a.cells else None
+    chosen = {g: [c for c in GROUPS[g] if only is None or c[0] in only] for g in groups}
+    cells = [c for g in groups for c in chosen[g]]
     runs_dir = a.out / "runs"
     t0 = time.time()
     # Baselines first for each seed, so every finished TST run has its pair.
     plan = []
     for group in groups:
         for seed in seeds:
-            for name, ov in GROUPS[group]:
+            for name, ov in chosen[group]:
                 base_ov = {k: v for k, v in ov.items() if k not in TST_KEYS}
                 plan.append({**base_ov, "tst.ratio": 0.0, "tst.bag_size": 1, "_seed": seed})
                 plan.append({**ov, "_seed": seed})
