@@ -266,6 +266,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
         report = summarize_scan(cfg, subs, per_seed, command)
         plot_gain_vs_length(report, out / "gain_vs_length.png")
         write_scan_markdown(report, out / "report.md")
+    report["baseline_factors"] = list(factors)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for line in report["verdicts"]:
         log(f"compare: {line}")
