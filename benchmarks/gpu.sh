@@ -7,15 +7,8 @@
 #   bash benchmarks/gpu.sh --no-compile --micro-batch 8
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "benchmarks/gpu.sh: no NVIDIA GPU found (nvidia-smi lists none); run it on a CUDA machine" >&2
-  exit 2
-fi
-bash scripts/setup.sh
-if ! .venv/bin/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
-  echo "benchmarks/gpu.sh: .venv's torch cannot use the GPU (a CPU build?); remove .venv or set SUPERPOSE_TORCH_INDEX to a CUDA wheel index and rerun" >&2
-  exit 2
-fi
+source benchmarks/cuda_setup.sh
+cuda_setup benchmarks/gpu.sh
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^NVIDIA //; s/[^A-Za-z0-9]\+/-/g; s/-$//')
 record="benchmarks/records/throughput_${gpu}_$(date +%Y-%m-%d).md"
 [ -e "$record" ] && record="${record%.md}-$(date +%H%M%S).md"

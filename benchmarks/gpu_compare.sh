@@ -39,15 +39,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$dry" = 0 ]; then
-  if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-    echo "benchmarks/gpu_compare.sh: no NVIDIA GPU found (nvidia-smi lists none); run it on a CUDA machine, or use --dry-run to see the plan" >&2
-    exit 2
-  fi
-  bash scripts/setup.sh
-  if ! .venv/bin/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
-    echo "benchmarks/gpu_compare.sh: .venv's torch cannot use the GPU (a CPU build?); remove .venv or set SUPERPOSE_TORCH_INDEX to a CUDA wheel index and rerun" >&2
-    exit 2
-  fi
+  source benchmarks/cuda_setup.sh
+  cuda_setup benchmarks/gpu_compare.sh "or use --dry-run to see the plan"
 fi
 PY=${PY:-.venv/bin/python}
 "$PY" - "$steps" "$seeds" <<'EOF'

@@ -1,0 +1,14 @@
+# Sourced by the GPU benchmarks (gpu.sh, gpu_compare.sh): refuse in one line, exit 2, unless an
+# NVIDIA GPU is present; then set up .venv and check that its torch can use the GPU.
+# Usage: cuda_setup SCRIPT_NAME [HINT]
+cuda_setup() {
+  if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "$1: no NVIDIA GPU found (nvidia-smi lists none); run it on a CUDA machine${2:+, $2}" >&2
+    exit 2
+  fi
+  bash scripts/setup.sh
+  if ! .venv/bin/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo "$1: .venv's torch cannot use the GPU (a CPU build?); remove .venv or set SUPERPOSE_TORCH_INDEX to a CUDA wheel index and rerun" >&2
+    exit 2
+  fi
+}
