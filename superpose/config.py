@@ -355,7 +355,7 @@ def set_field(cfg: Config, dotted: str, value) -> None:
 
 def _convert(key: str, value, typ: type):
     if typing.get_origin(typ) is list:  # list[int] (model.mlp_only_layers): "0,5" on the command line, a JSON list
-        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        items = [v for v in value.strip().strip("[]").split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, list):
             raise UserError(f"{key}: expected comma-separated integers, got {value!r}")
         return [_convert(key, v.strip() if isinstance(v, str) else v, int) for v in items]
