@@ -9,8 +9,8 @@ splitting the stacked expert weights per expert):
 - E SwiGLU experts of their own width F_e, stored stacked: `gate_up_proj` (E, 2 F_e, D) (gate rows
   first, then up) and `down_proj` (E, D, F_e), as transformers 5 holds them in memory;
 - tokens dispatched by sorting their (token, slot) assignments by expert, so each expert works on
-  one contiguous slice: `torch._grouped_mm` does all experts in one kernel on CUDA in bfloat16,
-  elsewhere a loop over the E experts (never over tokens) does the same slices;
+  one contiguous slice: `torch._grouped_mm` does all experts in one kernel on CUDA (capability
+  >= 9.0) in bfloat16, elsewhere a loop over the E experts (never over tokens) does the same slices;
 - the Switch/Qwen load-balancing loss exactly as transformers' `load_balancing_loss_func`
   computes it (`load_balancing_loss`), returned by forward(return_router=True) for the trainer;
 - dense SwiGLU layers where `mlp_only_layers` / `decoder_sparse_step` say so.
@@ -116,21 +116,30 @@ def load_balancing_loss(counts: Tensor, prob_sums: Tensor, positions: int) -> Te
 
 # ----------------------------------------------------------------------------- experts
 
-def grouped_mm_available(x: Tensor) -> bool:
-    """Whether `torch._grouped_mm` runs this dispatch: CUDA, bfloat16 (its supported case). On CPU
-    torch 2.13 has a forward but its backward fails on an expert with no tokens, so the loop is used."""
-    return hasattr(torch, "_grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16
+def grouped_mm_dtype(x: Tensor, *weights: Tensor) -> torch.dtype | None:
+    """The dtype `torch._grouped_mm` runs this dispatch in, or None for the per-expert loop.
+
+    Its supported case: a CUDA GPU of compute capability 9.0 or newer (H100, H200, B200), bfloat16
+    (the activations' dtype, or autocast's: under train.dtype=bfloat16 the residual stream stays
+    float32 and is cast here), and widths that keep its 16-byte row alignment (multiples of 8).
+    On CPU torch 2.13 has a forward, but its backward fails when an expert gets no token."""
+    if not (hasattr(torch, "_grouped_mm") and x.is_cuda and torch.cuda.get_device_capability(x.device) >= (9, 0)):
+        return None
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+    aligned = all(n % 8 == 0 for w in weights for n in w.shape[1:])
+    return torch.bfloat16 if dtype == torch.bfloat16 and aligned else None
 
 
-def grouped_linear(x: Tensor, weight: Tensor, counts: Tensor, use_grouped_mm: bool) -> Tensor:
+def grouped_linear(x: Tensor, weight: Tensor, counts: Tensor, dtype: torch.dtype | None) -> Tensor:
     """Row block e of x times expert e's weight, for all experts.
 
     x: (R, in) rows sorted by expert, the first counts[0] rows for expert 0, and so on;
     weight: (E, out, in) (nn.Linear layout per expert); counts: (E,) int -> (R, out).
+    dtype: run as one `torch._grouped_mm` in this dtype (`grouped_mm_dtype`); None: the loop.
     """
-    if use_grouped_mm:
+    if dtype is not None:
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end row of each expert's block
-        return torch._grouped_mm(x, weight.to(x.dtype).transpose(1, 2), offs=offs)
+        return torch._grouped_mm(x.to(dtype), weight.to(dtype).transpose(1, 2), offs=offs)
     # Fallback: a loop over the E experts, each on its contiguous slice (one host sync for the sizes).
     blocks = x.split(counts.tolist())
     return torch.cat([F.linear(block, weight[e]) for e, block in enumerate(blocks)])
@@ -161,9 +170,9 @@ class Experts(nn.Module):
         order = flat.argsort(stable=True)  # (N*k,) assignments grouped by expert, token order within
         counts = torch.bincount(flat, minlength=E)  # (E,) assignments per expert
         xs = x[order // k]  # (N*k, D) the token of each sorted assignment
-        use = grouped_mm_available(xs)
-        gate, up = grouped_linear(xs, self.gate_up_proj, counts, use).chunk(2, dim=-1)  # (N*k, Fe) each
-        ys = grouped_linear(F.silu(gate) * up, self.down_proj, counts, use)  # (N*k, D)
+        dtype = grouped_mm_dtype(xs, self.gate_up_proj, self.down_proj)
+        gate, up = grouped_linear(xs, self.gate_up_proj, counts, dtype).chunk(2, dim=-1)  # (N*k, Fe) each
+        ys = grouped_linear(F.silu(gate) * up, self.down_proj, counts, dtype)  # (N*k, D)
         # Back to (token, slot) order by a gather with the inverse permutation (deterministic on
         # every device, unlike an index_add), then the router-weighted sum over the k slots.
         inverse = torch.empty_like(order)
