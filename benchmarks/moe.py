@@ -24,9 +24,12 @@ from common import bench_config, bench_trainer, interleaved, load_average, media
 
 def dense_twin(overrides: list[str], cfg) -> list[str]:
     """Overrides that turn the MoE preset into a dense Llama with the same active FFN parameters."""
-    m = cfg.model
-    return [*overrides, "model.arch=llama", "model.n_experts=0", "model.moe_ffn_dim=0", "model.mlp_only_layers=",
-            f"model.ffn_dim={m.top_k * m.moe_ffn_dim}"]
+    from superpose.core.model import MOE_FIELDS, ModelConfig
+
+    default = ModelConfig()
+    resets = [f"model.{f}={','.join(map(str, v)) if isinstance(v, list) else v}"
+              for f in MOE_FIELDS for v in [getattr(default, f)]]
+    return [*overrides, "model.arch=llama", *resets, f"model.ffn_dim={cfg.model.top_k * cfg.model.moe_ffn_dim}"]
 
 
 def main() -> None:

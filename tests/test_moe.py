@@ -147,9 +147,10 @@ def test_grouped_gemm_dispatch_equals_the_expert_loop(monkeypatch):
     layer = random_weights(moe.Experts(cfg))
     xs = torch.randn(5, cfg.dim, generator=g)
     top_w, top_i = torch.rand(5, 3, generator=g), torch.stack([torch.randperm(3, generator=g) for _ in range(5)])
-    loop = layer(xs, top_w, top_i)
+    loop, counts = layer(xs, top_w, top_i)
+    assert counts.tolist() == [5, 5, 5]
     monkeypatch.setattr(moe, "grouped_mm_dtype", lambda x, *w: torch.float32)
-    torch.testing.assert_close(layer(xs, top_w, top_i), loop)
+    torch.testing.assert_close(layer(xs, top_w, top_i)[0], loop)
 
 
 def test_dense_and_sparse_layers_follow_qwen3s_rule():

@@ -29,6 +29,8 @@ from torch import Tensor
 
 INIT_SCHEMES = ("normal", "torch", "torch-attn", "torch-mlp")
 ARCHITECTURES = ("llama", "qwen3_moe")
+MOE_FIELDS = ("n_experts", "top_k", "moe_ffn_dim", "norm_topk_prob", "router_aux_coef", "decoder_sparse_step",
+              "mlp_only_layers")  # ModelConfig fields only qwen3_moe uses
 
 
 @dataclass
@@ -68,7 +70,7 @@ class ModelConfig:
     arch: str = "llama"
     """llama (this file: dense SwiGLU blocks) or qwen3_moe (core/moe.py: Qwen3-MoE blocks, with
     QK-norm and a routed mixture of SwiGLU experts; exported as Qwen3MoeForCausalLM). The fields
-    below are qwen3_moe's; n_experts, moe_ffn_dim and mlp_only_layers must stay unset under llama."""
+    below (MOE_FIELDS) are qwen3_moe's and must keep their defaults under llama."""
     n_experts: int = 0
     """qwen3_moe: experts E per MoE layer (HF num_experts)."""
     top_k: int = 2
@@ -124,9 +126,12 @@ class ModelConfig:
             from .moe import moe_problems
 
             out += moe_problems(self)
-        elif self.n_experts or self.moe_ffn_dim or self.mlp_only_layers:
-            out.append("model.n_experts, model.moe_ffn_dim, model.mlp_only_layers: only for model.arch=qwen3_moe "
-                       f"(this model is {self.arch}); add --model.arch=qwen3_moe or drop them")
+        else:  # a dense model would silently ignore them
+            default = ModelConfig()
+            moe_only = [f"model.{f}" for f in MOE_FIELDS if getattr(self, f) != getattr(default, f)]
+            if moe_only:
+                out.append(f"{', '.join(moe_only)}: only for model.arch=qwen3_moe (this model is {self.arch}); add "
+                           "--model.arch=qwen3_moe or drop them")
         return out
 
     def is_moe_layer(self, i: int) -> bool:

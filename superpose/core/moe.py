@@ -162,8 +162,9 @@ class Experts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * Fe, D))  # rows 0..Fe-1 gate, Fe..2Fe-1 up
         self.down_proj = nn.Parameter(torch.empty(E, D, Fe))
 
-    def forward(self, x: Tensor, top_w: Tensor, top_i: Tensor) -> Tensor:
-        """x: (N, D); top_w, top_i: (N, k) -> sum over the k chosen experts of w * expert(x), (N, D)."""
+    def forward(self, x: Tensor, top_w: Tensor, top_i: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (N, D); top_w, top_i: (N, k) -> (sum over the k chosen experts of w * expert(x) (N, D),
+        assignments per expert (E,) int64)."""
         N, D = x.shape
         k, E = top_i.shape[1], self.gate_up_proj.shape[0]
         flat = top_i.reshape(-1)  # (N*k,) expert of assignment a = token * k + slot
@@ -178,7 +179,7 @@ class Experts(nn.Module):
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         y = ys[inverse].view(N, k, D)  # (N, k, D)
-        return (y * top_w.unsqueeze(-1)).sum(dim=1)  # (N, D)
+        return (y * top_w.unsqueeze(-1)).sum(dim=1), counts  # (N, D), (E,)
 
 
 class SparseMoE(nn.Module):
@@ -195,11 +196,8 @@ class SparseMoE(nn.Module):
         B, T, D = x.shape
         flat = x.reshape(B * T, D)  # (N, D)
         probs, top_w, top_i = route(flat, self.gate.weight, self.top_k, self.norm_topk_prob)
-        out = self.experts(flat, top_w, top_i).view(B, T, D)
-        with torch.no_grad():
-            counts = torch.zeros(probs.shape[1], device=x.device).index_add_(
-                0, top_i.reshape(-1), torch.ones(top_i.numel(), device=x.device))  # (E,) exact small integers
-        return out, counts, probs.sum(dim=0)
+        out, counts = self.experts(flat, top_w, top_i)
+        return out.view(B, T, D), counts.float(), probs.sum(dim=0)
 
 
 class MoEBlock(nn.Module):
