@@ -140,7 +140,14 @@ def grouped_linear(x: Tensor, weight: Tensor, counts: Tensor, dtype: torch.dtype
     if dtype is not None:
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end row of each expert's block
         return torch._grouped_mm(x.to(dtype), weight.to(dtype).transpose(1, 2), offs=offs)
-    # Fallback: a loop over the E experts, each on its contiguous slice (one host sync for the sizes).
+    return _expert_loop(x, weight, counts)
+
+
+@torch.compiler.disable
+def _expert_loop(x: Tensor, weight: Tensor, counts: Tensor) -> Tensor:
+    """The fallback of `grouped_linear`: a loop over the E experts, each on its contiguous slice
+    (one host sync for the sizes). Left out of torch.compile graphs: the slice sizes change every
+    step, and compiling them in would recompile every step (train.compile)."""
     blocks = x.split(counts.tolist())
     return torch.cat([F.linear(block, weight[e]) for e, block in enumerate(blocks)])
 
