@@ -217,10 +217,11 @@ class Trainer:
                "tokens_per_s": tr.batch_size * cfg.data.seq_len * phase.bag_size / step_time,
                "skipped_steps": st.skipped_steps, **({} if out["finite"] else {"skipped": True})}
         last = st.step == tr.steps - 1
-        if "router" in out:
-            self.record_routing(rec, out["router"], phase, full=last or bool(tr.eval_every and (st.step + 1) % tr.eval_every == 0))
+        evaluating = last or bool(tr.eval_every and (st.step + 1) % tr.eval_every == 0)
+        if "router" in out:  # a mixture of experts
+            self.record_routing(rec, out["router"], phase, full=evaluating)
         self.metrics.write(rec)
-        if last or (tr.eval_every and (st.step + 1) % tr.eval_every == 0):
+        if evaluating:
             st.last_eval = self.evaluate()
             self.metrics.write({"type": "eval", **where, "tokens_seen": st.tokens_seen,
                                 "elapsed_s": self.elapsed_s(), "train_time_s": st.train_time_s, **st.last_eval})
