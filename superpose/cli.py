@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(only --data.path, --train.device/threads/eval_every/log_every/on_nan/keep_freed_memory, "
                     "--checkpoint.*, --parallel.mode/timeout_s and the speed options --train.compile/attention, "
                     "--optim.fused may change; under torchrun at any number of processes)")
-    pt.add_argument("--init-from-hf", metavar="HF_DIR", help="start from a Hugging Face Llama or Qwen3-MoE folder's weights; the "
-                    "architecture comes from its config.json, the data must use its tokenizer")
+    pt.add_argument("--init-from-hf", metavar="HF_DIR", help="start from a Hugging Face Llama or Qwen3-MoE folder's "
+                    "weights; the architecture comes from its config.json, the data must use its tokenizer")
     pc = sub.add_parser("compare", help="TST vs the matched-FLOPs baseline over seeds: report.md + plots",
                         epilog="Config overrides (--section.field=value) apply to both arms.")
     pc.add_argument("--preset", required=True, help="named config: see `superpose presets`")
@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.6", help="comma-separated r values (default 0.1,...,0.6)")
     ps.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
     ps.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
-    pe = sub.add_parser("export", help="write a run's model as a Hugging Face folder (LlamaForCausalLM or Qwen3MoeForCausalLM)")
+    pe = sub.add_parser("export", help="write a run's model as a Hugging Face folder (LlamaForCausalLM or "
+                        "Qwen3MoeForCausalLM)")
     pe.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     pe.add_argument("--hf", required=True, metavar="OUT_DIR", help="folder to create (config.json, model.safetensors, "
                     "tokenizer files)")

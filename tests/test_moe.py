@@ -112,7 +112,8 @@ def test_moe_layer_equals_a_per_token_loop_in_values_and_gradients(norm_topk_pro
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(4))
     ((out * g).sum() + 3 * aux).backward()
     ((ref * g.view(-1, cfg.dim)).sum() + 3 * ref_aux).backward()
-    for ours, r in zip((x, layer.gate.weight, layer.experts.gate_up_proj, layer.experts.down_proj), [x_ref, *ref_params]):
+    params = (layer.gate.weight, layer.experts.gate_up_proj, layer.experts.down_proj)
+    for ours, r in zip((x, *params), (x_ref, *ref_params)):
         assert ours.grad.abs().sum() > 0
         torch.testing.assert_close(ours.grad.double(), r.grad, rtol=1e-4, atol=1e-5 * r.grad.abs().max().item())
 

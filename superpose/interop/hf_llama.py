@@ -80,7 +80,8 @@ def hf_state(model) -> dict[str, Tensor]:
         layer = re.fullmatch(r"layers\.(\d+)\.(mlp\.experts\.\w+)", name)
         if layer is not None:
             i, which = layer.groups()
-            parts = (tensor.chunk(2, dim=1) if which.endswith("gate_up_proj") else (tensor,))  # (E, F, D) x 2 | (E, D, F)
+            # gate_up_proj (E, 2F, D) -> gate, up (E, F, D) each; down_proj (E, D, F) as it is
+            parts = tensor.chunk(2, dim=1) if which.endswith("gate_up_proj") else (tensor,)
             for template, part in zip(EXPERT_TENSORS[f"layers.{{i}}.{which}"], parts):
                 for j in range(part.shape[0]):
                     out[template.format(i=i, j=j)] = part[j]
@@ -336,7 +337,8 @@ def init_from_hf(model, hf_dir: Path | str) -> None:
                         "incomplete")
     for name, t in state.items():
         if name not in want:
-            raise UserError(f"{hf_dir} holds {name} (superpose name), which its config.json's architecture does not have")
+            raise UserError(f"{hf_dir} holds {name} (superpose name), which its config.json's architecture does not "
+                            "have")
         if tuple(t.shape) != tuple(want[name].shape):
             raise UserError(f"{hf_dir}: {name} (superpose name) has shape {list(t.shape)}, its config.json implies "
                             f"{list(want[name].shape)}")

@@ -81,8 +81,8 @@ def describe_run(cfg, model, par, schedule, train_tokens: int) -> list[str]:
     m = cfg.model
     moe = (f"; Qwen3-MoE, {m.n_experts} experts, top-{m.top_k}: {model.num_active_params():,} active per token"
            if model.num_active_params() != model.num_params() else "")
-    lines.append(f"model: {model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding{moe}) "
-                 f"on {par.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
+    lines.append(f"model: {model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding"
+                 f"{moe}) on {par.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
     for p in schedule.phases:
         what = f"bags of s={p.bag_size}, multi-hot next-bag loss" if p.index == 1 else "next-token loss"
         lines.append(f"phase {p.index} ({p.name}): steps {p.start}-{p.end - 1}, {what}")
