@@ -165,19 +165,37 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_presets(_: argparse.Namespace) -> None:
     from .config import PRESETS
 
-    print(f"{'preset':<10} {'params':>8} {'d':>4} {'layers':>6} {'L':>5} {'B':>5} {'steps':>6} {'s':>3} {'r':>4} {'lr':>7}")
+    print(f"{'preset':<10} {'arch':<9} {'params':>8} {'active':>8} {'d':>4} {'layers':>6} {'experts':>7} "
+          f"{'L':>5} {'B':>5} {'steps':>6} {'s':>3} {'r':>4} {'lr':>7}")
     for name, make in PRESETS.items():
         c = make()
         m = c.model.resolve()
-        print(f"{name:<10} {_approx_params(c):>8} {m.dim:>4} {m.n_layers:>6} {c.data.seq_len:>5} "
-              f"{c.train.batch_size:>5} {c.train.steps:>6} {c.tst.bag_size:>3} {c.tst.ratio:>4} {c.optim.lr:>7.0e}")
+        total, active = _param_counts(c)
+        experts = f"{m.top_k}/{m.n_experts}" if m.arch == "qwen3_moe" else "-"
+        print(f"{name:<10} {m.arch:<9} {_short(total):>8} {_short(active):>8} {m.dim:>4} {m.n_layers:>6} "
+              f"{experts:>7} {c.data.seq_len:>5} {c.train.batch_size:>5} {c.train.steps:>6} {c.tst.bag_size:>3} "
+              f"{c.tst.ratio:>4} {c.optim.lr:>7.0e}")
+    print("params: all parameters, with the vocabulary of model.vocab_size or else the default corpus's "
+          "data.vocab_size; active: those one token uses (top_k of an MoE layer's experts)")
 
 
-def _approx_params(c) -> str:
-    m, v = c.model, c.model.vocab_size or c.data.vocab_size
-    per_layer = m.dim * m.head_dim * (2 * m.n_heads + 2 * m.n_kv_heads) + 3 * m.dim * m.ffn_dim
-    n = m.n_layers * per_layer + v * m.dim * (1 if m.tie_embeddings else 2)
-    return f"{n / 1e6:.1f}M"
+def _param_counts(c) -> tuple[int, int]:
+    """(total, active) parameters of a preset's model, counted on the meta device (nothing allocated)."""
+    import copy
+
+    import torch
+
+    from .core.model import model_class
+
+    m = copy.deepcopy(c.model)
+    m.vocab_size = m.vocab_size or c.data.vocab_size
+    with torch.device("meta"):
+        model = model_class(m)(m)
+    return model.num_params(), model.num_active_params()
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(only --data.path, --train.device/threads/eval_every/log_every/on_nan/keep_freed_memory, "
                     "--checkpoint.*, --parallel.mode/timeout_s and the speed options --train.compile/attention, "
                     "--optim.fused may change; under torchrun at any number of processes)")
-    pt.add_argument("--init-from-hf", metavar="HF_DIR", help="start from a Hugging Face Llama folder's weights; the "
-                    "architecture comes from its config.json, the data must use its tokenizer")
+    pt.add_argument("--init-from-hf", metavar="HF_DIR", help="start from a Hugging Face Llama or Qwen3-MoE folder's "
+                    "weights; the architecture comes from its config.json, the data must use its tokenizer")
     pc = sub.add_parser("compare", help="TST vs the matched-FLOPs baseline over seeds: report.md + plots",
                         epilog="Config overrides (--section.field=value) apply to both arms.")
     pc.add_argument("--preset", required=True, help="named config: see `superpose presets`")
@@ -222,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.6", help="comma-separated r values (default 0.1,...,0.6)")
     ps.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
     ps.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
-    pe = sub.add_parser("export", help="write a run's model as a Hugging Face Llama folder")
+    pe = sub.add_parser("export", help="write a run's model as a Hugging Face folder (LlamaForCausalLM or "
+                        "Qwen3MoeForCausalLM)")
     pe.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     pe.add_argument("--hf", required=True, metavar="OUT_DIR", help="folder to create (config.json, model.safetensors, "
                     "tokenizer files)")

@@ -179,6 +179,44 @@ def test_an_error_on_one_rank_ends_the_job_with_its_message(runs):
     assert [r["step"] for r in recs] == [0, 1]  # steps before the failure, written by rank 0 once each
 
 
+# ----------------------------------------------------------------------------- mixture of experts
+
+MOE = dict(model__arch="qwen3_moe", model__n_experts=4, model__top_k=2, model__moe_ffn_dim=24, model__n_layers=3,
+           model__mlp_only_layers=[0])
+
+
+@pytest.fixture(scope="module")
+def moe_runs(tiny_data, tmp_path_factory):
+    """The MoE model as 2 x 1 (DDP and FSDP, torchrun) and as 1 x 2 (one process, 2 micro-batches).
+    The load-balancing loss is a statistic of each micro-batch (as transformers computes it per
+    forward), so the single-process reference has the same micro-batches: grad_accum=2."""
+    root = tmp_path_factory.mktemp("dist-moe")
+    cfg = config(tiny_data, **MOE)
+    jobs = {name: torchrun(root / name, cfg, f"--parallel.mode={name}") for name in ("ddp", "fsdp")}
+    try:
+        build_trainer(config(tiny_data, train__grad_accum=2, **MOE), root / "accum", open_dataset(tiny_data),
+                      log=lambda m: None).train(progress=False)
+    finally:
+        done = {name: finish(proc) for name, proc in jobs.items()}
+    for name, (rc, out) in done.items():
+        assert rc == 0, out[-3000:]
+    return root
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_data_parallel_moe_trains_the_single_process_model(moe_runs, name):
+    want, got = records(moe_runs / "accum"), records(moe_runs / name)
+    assert [r["step"] for r in got] == list(range(8)) and [r["phase"] for r in got] == [1] * 4 + [2] * 4
+    for key in ("loss", "aux_loss", "grad_norm"):
+        assert max_rel([r[key] for r in want], [r[key] for r in got]) < 1e-6, key
+    # The expert load is counted over the global batch: the ranks' counts are summed.
+    assert [r["expert_load_max"] for r in got] == pytest.approx([r["expert_load_max"] for r in want], abs=1e-9)
+    w, v = load_file(str(moe_runs / "accum" / "model.safetensors")), load_file(str(moe_runs / name / "model.safetensors"))
+    assert set(w) == set(v) and any("experts.gate_up_proj" in k for k in w)
+    for key in w:
+        torch.testing.assert_close(v[key], w[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 # ----------------------------------------------------------------------------- in-process pieces
 
 def test_ranks_read_disjoint_shares_of_one_global_batch(tiny_data):

@@ -19,7 +19,7 @@ F feed-forward width, V vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
@@ -28,6 +28,9 @@ from torch import Tensor
 
 
 INIT_SCHEMES = ("normal", "torch", "torch-attn", "torch-mlp")
+ARCHITECTURES = ("llama", "qwen3_moe")
+MOE_FIELDS = ("n_experts", "top_k", "moe_ffn_dim", "norm_topk_prob", "router_aux_coef", "decoder_sparse_step",
+              "mlp_only_layers")  # ModelConfig fields only qwen3_moe uses
 
 
 @dataclass
@@ -64,6 +67,28 @@ class ModelConfig:
     U(+-1/sqrt(fan_in)), for every linear layer and the LM head), or torch-attn / torch-mlp (the
     torch init for the attention or the MLP projections only, normal elsewhere). TST is sensitive
     to it at small scale: benchmarks/records/crossover_*/."""
+    arch: str = "llama"
+    """llama (this file: dense SwiGLU blocks) or qwen3_moe (core/moe.py: Qwen3-MoE blocks, with
+    QK-norm and a routed mixture of SwiGLU experts; exported as Qwen3MoeForCausalLM). The fields
+    below (MOE_FIELDS) are qwen3_moe's and must keep their defaults under llama."""
+    n_experts: int = 0
+    """qwen3_moe: experts E per MoE layer (HF num_experts)."""
+    top_k: int = 2
+    """qwen3_moe: experts each token is sent to (HF num_experts_per_tok)."""
+    moe_ffn_dim: int = 0
+    """qwen3_moe: the SwiGLU width of each expert (HF moe_intermediate_size); dense layers use ffn_dim."""
+    norm_topk_prob: bool = True
+    """qwen3_moe: renormalise each token's top-k router probabilities to sum to 1 (Qwen3-MoE's
+    released models do; HF's config default is False)."""
+    router_aux_coef: float = 0.001
+    """qwen3_moe: coefficient of the load-balancing loss added to the training loss (HF
+    router_aux_loss_coef; 0.001 is Qwen3-MoE's default)."""
+    decoder_sparse_step: int = 1
+    """qwen3_moe: layer i (0-based) is an MoE layer when (i + 1) % decoder_sparse_step == 0 and i is
+    not in mlp_only_layers; the others are dense (HF decoder_sparse_step)."""
+    mlp_only_layers: list[int] = field(default_factory=list)
+    """qwen3_moe: layers (0-based) that are dense whatever decoder_sparse_step says
+    (--model.mlp_only_layers=0,5)."""
 
     def resolve(self) -> "ModelConfig":
         """Fill the derived fields (n_kv_heads, ffn_dim) left at 0; call after all overrides."""
@@ -95,7 +120,24 @@ class ModelConfig:
             out.append("model.rope_theta, model.norm_eps, model.init_std: must be finite and > 0")
         if self.init not in INIT_SCHEMES:
             out.append(f"model.init: must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+        if self.arch not in ARCHITECTURES:
+            out.append(f"model.arch: must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        elif self.arch == "qwen3_moe":
+            from .moe import moe_problems
+
+            out += moe_problems(self)
+        else:  # a dense model would silently ignore them
+            default = ModelConfig()
+            moe_only = [f"model.{f}" for f in MOE_FIELDS if getattr(self, f) != getattr(default, f)]
+            if moe_only:
+                out.append(f"{', '.join(moe_only)}: only for model.arch=qwen3_moe (this model is {self.arch}); add "
+                           "--model.arch=qwen3_moe or drop them")
         return out
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether layer i (0-based) routes its tokens to experts (HF Qwen3MoeDecoderLayer's rule)."""
+        return (self.arch == "qwen3_moe" and self.n_experts > 0 and i not in self.mlp_only_layers
+                and (i + 1) % self.decoder_sparse_step == 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,18 +207,26 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """Grouped-query attention with RoPE; qk_norm=True adds Qwen3's RMSNorm of each query and key
+    head over its Dh channels, before RoPE (`q_norm`, `k_norm`, one weight of Dh shared by the heads)."""
+
+    def __init__(self, cfg: ModelConfig, qk_norm: bool = False):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if qk_norm else None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: LayerCache | None = None) -> Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, Dh)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, Dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, Dh), (B, K, T, Dh)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, Dh)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask, causal = None, True
@@ -277,11 +327,13 @@ class Transformer(nn.Module):
         return self.embed_tokens(input_ids)
 
     def forward(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
-                cache: KVCache | None = None, return_hidden: bool = False) -> Tensor:
+                cache: KVCache | None = None, return_hidden: bool = False, return_router: bool = False):
         """Logits (B, T, V) from token ids (B, T) or from embeddings (B, T, D).
 
         return_hidden=True returns the final normed hidden states (B, T, D) instead, for a loss
         that applies the LM head itself in chunks (`chunked_multi_hot_cross_entropy`).
+        return_router=True returns (that, None): a dense model routes nothing (the MoE model,
+        core/moe.py, returns its `RouterStats` there), so the loss asks every model alike.
 
         Position t gets RoPE position t in either case, so superposed phase-1 inputs of L
         positions are rotated exactly like ordinary inputs of L tokens.
@@ -298,7 +350,8 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.layers):
             h = block(h, cos, sin, None if cache is None else cache.layers[i])
         h = self.norm(h)  # (B, T, D)
-        return h if return_hidden else self.lm_head(h)  # (B, T, V)
+        out = h if return_hidden else self.lm_head(h)  # (B, T, V)
+        return (out, None) if return_router else out
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -308,16 +361,32 @@ class Transformer(nn.Module):
                 n -= self.lm_head.weight.numel()
         return n
 
+    def num_active_params(self, non_embedding: bool = False) -> int:
+        """Parameters one token's forward pass uses: all of them in a dense model (the MoE model
+        counts only top_k of its experts)."""
+        return self.num_params(non_embedding)
+
     def flops_per_position(self, seq_len: int) -> int:
         """Training FLOPs per position (forward + backward = 3x forward), PaLM-style estimate:
-        6 * matmul parameters + 12 * n_layers * D * T for attention scores and values.
+        6 * matmul parameters + 12 * n_layers * D * T for attention scores and values. Matmul
+        parameters are the *active* ones (an MoE token multiplies by top_k experts).
 
         In phase 1 one position carries s raw tokens, so FLOPs per *raw token* are this / s.
         """
         cfg = self.config
-        matmul_params = self.num_params(non_embedding=True) - (2 * cfg.n_layers + 1) * cfg.dim
+        norms = sum(m.weight.numel() for m in self.modules() if isinstance(m, RMSNorm))
+        matmul_params = self.num_active_params(non_embedding=True) - norms
         matmul_params += cfg.vocab_size * cfg.dim  # the LM head is a matmul; the embedding lookup is not
         return 6 * matmul_params + 12 * cfg.n_layers * cfg.dim * seq_len
+
+
+def model_class(cfg: ModelConfig) -> type[Transformer]:
+    """The class of `cfg.arch`: this file's Llama, or core/moe.py's Qwen3-MoE (a Transformer too)."""
+    if cfg.arch == "qwen3_moe":
+        from .moe import MoETransformer
+
+        return MoETransformer
+    return Transformer
 
 
 def empty_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transformer:
@@ -325,7 +394,7 @@ def empty_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> Transfo
     from elsewhere (a checkpoint, a state snapshot, a gathered FSDP state). Built on the meta
     device, so nothing is allocated twice and no RNG is touched."""
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = model_class(cfg)(cfg)
     model.to_empty(device=device)
     if cfg.tie_embeddings:  # to_empty gives each module its own storage: tie them again
         model.lm_head.weight = model.embed_tokens.weight

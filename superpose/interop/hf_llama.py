@@ -1,12 +1,16 @@
-"""Hugging Face Llama export and import through one explicit weight-name map.
+"""Hugging Face export and import through one explicit weight-name map per architecture.
 
-superpose's module names mirror `transformers.LlamaForCausalLM` and its RoPE uses the same
-"rotate half" layout, so the map below is a renaming (the trunk lives under `model.` in HF) with
-no q/k permutation. Parity is tested: HF logits equal superpose's to 1e-5 in float32.
+superpose's module names mirror `transformers.LlamaForCausalLM` (model.arch=llama) and
+`Qwen3MoeForCausalLM` (model.arch=qwen3_moe), and its RoPE uses the same "rotate half" layout, so
+the maps below are a renaming (the trunk lives under `model.` in HF) with no q/k permutation. The
+one exception: superpose holds each MoE layer's experts stacked (`EXPERT_TENSORS`), and the folder
+stores them one expert at a time (`mlp.experts.{j}.gate_proj.weight`, ...), the layout of the
+released Qwen3-MoE checkpoints that transformers 4.x and 5.x both read. Parity is tested: HF
+logits equal superpose's to 1e-5 in float32, for both architectures.
 
     export_hf(run_or_checkpoint, out_dir)   config.json (LlamaConfig), model.safetensors,
                                             generation_config.json, tokenizer.json, tokenizer_config.json
-    read_hf_config(hf_dir) -> ModelConfig   the architecture of an HF Llama folder (refusing others)
+    read_hf_config(hf_dir) -> ModelConfig   the architecture of an HF Llama or Qwen3-MoE folder (refusing others)
     load_hf_state(hf_dir, cfg) -> dict      its weights under superpose names, for `--init-from-hf`
 
 Only next-token models are exported: a phase-1 checkpoint's LM head predicts bags of tokens, so
@@ -44,6 +48,48 @@ HF_NAME_MAP = {
 }
 
 
+# qwen3_moe: Llama's names plus QK-norm and the router; dense layers (mlp_only_layers) use Llama's mlp names.
+QWEN3_MOE_NAME_MAP = {
+    **HF_NAME_MAP,
+    "layers.{i}.self_attn.q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
+    "layers.{i}.self_attn.k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
+    "layers.{i}.mlp.gate.weight": "model.layers.{i}.mlp.gate.weight",
+}
+
+# Stacked expert tensors -> the per-expert HF tensors they hold: superpose's (E, 2F, D) gate_up_proj
+# is expert j's gate_proj (rows 0..F-1) over its up_proj (rows F..2F-1); (E, D, F) down_proj is
+# expert j's down_proj. {j} is the expert index.
+EXPERT_TENSORS = {
+    "layers.{i}.mlp.experts.gate_up_proj": ("model.layers.{i}.mlp.experts.{j}.gate_proj.weight",
+                                            "model.layers.{i}.mlp.experts.{j}.up_proj.weight"),
+    "layers.{i}.mlp.experts.down_proj": ("model.layers.{i}.mlp.experts.{j}.down_proj.weight",),
+}
+_HF_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+
+
+def name_map(arch: str) -> dict[str, str]:
+    return QWEN3_MOE_NAME_MAP if arch == "qwen3_moe" else HF_NAME_MAP
+
+
+def hf_state(model) -> dict[str, Tensor]:
+    """A superpose model's weights under Hugging Face names, experts split one per tensor."""
+    cfg, out = model.config, {}
+    for name, tensor in model.state_dict().items():
+        if cfg.tie_embeddings and name == "lm_head.weight":
+            continue  # tie_word_embeddings: HF takes the head from the embedding
+        layer = re.fullmatch(r"layers\.(\d+)\.(mlp\.experts\.\w+)", name)
+        if layer is not None:
+            i, which = layer.groups()
+            # gate_up_proj (E, 2F, D) -> gate, up (E, F, D) each; down_proj (E, D, F) as it is
+            parts = tensor.chunk(2, dim=1) if which.endswith("gate_up_proj") else (tensor,)
+            for template, part in zip(EXPERT_TENSORS[f"layers.{{i}}.{which}"], parts):
+                for j in range(part.shape[0]):
+                    out[template.format(i=i, j=j)] = part[j]
+        else:
+            out[to_hf_name(name, cfg.arch)] = tensor
+    return out
+
+
 def _rename(name: str, mapping: dict[str, str]) -> str | None:
     for src, dst in mapping.items():
         m = re.fullmatch(re.escape(src).replace(r"\{i\}", r"(\d+)"), name)
@@ -52,22 +98,29 @@ def _rename(name: str, mapping: dict[str, str]) -> str | None:
     return None
 
 
-def to_hf_name(name: str) -> str:
-    hf = _rename(name, HF_NAME_MAP)
-    assert hf is not None, f"no Hugging Face name for {name}: add it to HF_NAME_MAP"
+def to_hf_name(name: str, arch: str = "llama") -> str:
+    hf = _rename(name, name_map(arch))
+    assert hf is not None, f"no Hugging Face name for {name}: add it to the name map of {arch}"
     return hf
 
 
-def from_hf_name(name: str) -> str | None:
-    """The superpose name of an HF Llama tensor, or None for one superpose has no place for."""
-    return _rename(name, {hf: ours for ours, hf in HF_NAME_MAP.items()})
+def from_hf_name(name: str, arch: str = "llama") -> str | None:
+    """The superpose name of an HF tensor (not a per-expert one), or None for one superpose has no place for."""
+    return _rename(name, {hf: ours for ours, hf in name_map(arch).items()})
 
 
 # ----------------------------------------------------------------------------- export
 
 def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
-    """config.json of the equivalent `LlamaForCausalLM`. The RoPE base is written both as
-    transformers 4.x reads it (rope_theta) and as 5.x does (rope_parameters)."""
+    """config.json of the equivalent `LlamaForCausalLM` or `Qwen3MoeForCausalLM`. The RoPE base is
+    written both as transformers 4.x reads it (rope_theta) and as 5.x does (rope_parameters)."""
+    moe = {}
+    if cfg.arch == "qwen3_moe":
+        moe = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "num_experts": cfg.n_experts,
+               "num_experts_per_tok": cfg.top_k, "moe_intermediate_size": cfg.moe_ffn_dim,
+               "norm_topk_prob": cfg.norm_topk_prob, "router_aux_loss_coef": cfg.router_aux_coef,
+               "decoder_sparse_step": cfg.decoder_sparse_step, "mlp_only_layers": list(cfg.mlp_only_layers),
+               "output_router_logits": False, "use_sliding_window": False, "sliding_window": None}
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -94,6 +147,7 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
         "use_cache": True,
         "torch_dtype": dtype,
         "dtype": dtype,
+        **moe,
     }
 
 
@@ -120,11 +174,7 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
     eot_token = tokenizer.id_to_token(eot)
     model = load_model(src)
     cfg = model.config
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if cfg.tie_embeddings and name == "lm_head.weight":
-            continue  # tie_word_embeddings: HF takes the head from the embedding
-        state[to_hf_name(name)] = tensor.to(DTYPES[dtype]).contiguous()
+    state = {name: tensor.to(DTYPES[dtype]).contiguous() for name, tensor in hf_state(model).items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     _write_json(out / "config.json", hf_config(cfg, eot, dtype))
@@ -148,9 +198,12 @@ def _model_card(src, cfg: ModelConfig) -> str:
     else:
         how = "next-token training (no superposition phase)" if tst else "superpose"
     at = f" ({src.name}, after {src.step} steps)" if src.kind == "checkpoint" else ""
-    return (f"# {src.path.name}\n\nA {cfg.n_layers}-layer Llama (d={cfg.dim}, vocabulary {cfg.vocab_size}) trained "
+    what, cls = f"{cfg.n_layers}-layer Llama", "LlamaForCausalLM"
+    if cfg.arch == "qwen3_moe":
+        what, cls = f"{cfg.n_layers}-layer Qwen3-MoE ({cfg.n_experts} experts, top-{cfg.top_k})", "Qwen3MoeForCausalLM"
+    return (f"# {src.path.name}\n\nA {what} (d={cfg.dim}, vocabulary {cfg.vocab_size}) trained "
             f"with {how}, exported by superpose from `{src.path}`{at}. Nothing of TST remains in the weights: it "
-            "is a plain `LlamaForCausalLM`.\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"is a plain `{cls}`.\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
             "model = AutoModelForCausalLM.from_pretrained(PATH)\n"
             "tokenizer = AutoTokenizer.from_pretrained(PATH)\n```\n\n"
             "The training data put the end-of-text token between documents and used no BOS token.\n")
@@ -176,9 +229,10 @@ def read_hf_config(hf_dir: Path | str) -> ModelConfig:
                         "(config.json + model.safetensors)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {path} ({e})") from None
-    if c.get("model_type") != "llama":
-        raise UserError(f"{path} describes a {c.get('model_type')!r} model; --init-from-hf takes Llama models "
-                        "(model_type 'llama'); for other architectures use superpose.hf.TSTTrainer")
+    if c.get("model_type") not in ("llama", "qwen3_moe"):
+        raise UserError(f"{path} describes a {c.get('model_type')!r} model; --init-from-hf takes Llama and "
+                        "Qwen3-MoE models (model_type 'llama', 'qwen3_moe'); for other architectures use "
+                        "superpose.hf.TSTTrainer")
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
     theta = c.get("rope_theta", rope.get("rope_theta", 10000.0))
     problems = []
@@ -190,6 +244,8 @@ def read_hf_config(hf_dir: Path | str) -> ModelConfig:
         problems.append(f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r}")
     if c.get("pretraining_tp", 1) != 1:
         problems.append(f"pretraining_tp {c['pretraining_tp']}")
+    if c.get("use_sliding_window"):
+        problems.append("sliding-window attention")
     heads, dim = c["num_attention_heads"], c["hidden_size"]
     if c.get("head_dim") not in (None, dim // heads):
         problems.append(f"head_dim {c['head_dim']} != hidden_size / num_attention_heads")
@@ -201,7 +257,14 @@ def read_hf_config(hf_dir: Path | str) -> ModelConfig:
                       rope_theta=float(theta), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
                       max_seq_len=c.get("max_position_embeddings", 2048),
                       tie_embeddings=bool(c.get("tie_word_embeddings", False)),
-                      init_std=float(c.get("initializer_range", 0.02))).resolve()
+                      init_std=float(c.get("initializer_range", 0.02)))
+    if c["model_type"] == "qwen3_moe":  # transformers' Qwen3MoeConfig defaults where a field is absent
+        cfg.arch, cfg.n_experts, cfg.top_k = "qwen3_moe", c.get("num_experts", 128), c.get("num_experts_per_tok", 8)
+        cfg.moe_ffn_dim, cfg.norm_topk_prob = c.get("moe_intermediate_size", 768), bool(c.get("norm_topk_prob", False))
+        cfg.router_aux_coef = float(c.get("router_aux_loss_coef", 0.001))
+        cfg.decoder_sparse_step = c.get("decoder_sparse_step", 1)
+        cfg.mlp_only_layers = list(c.get("mlp_only_layers") or [])
+    cfg.resolve()
     if cfg.problems():
         raise UserError(f"{path}: {'; '.join(cfg.problems())}")
     return cfg
@@ -223,22 +286,44 @@ def load_hf_state(hf_dir: Path | str, cfg: ModelConfig) -> dict[str, Tensor]:
                         "model.save_pretrained(DIR, safe_serialization=True)")
     else:
         raise UserError(f"{hf_dir} has no model.safetensors (nor a sharded index); give a Hugging Face model folder")
-    state = {}
+    state, experts = {}, {}  # experts: (layer, kind) -> {expert index: (F, D) or (D, F) tensor}
     for f in files:
         try:
             tensors = load_file(str(f))
         except (SafetensorError, OSError) as e:
             raise UserError(f"cannot read {f} ({e}); the folder is damaged") from None
         for name, t in tensors.items():
-            ours = from_hf_name(name)
+            ours = from_hf_name(name, cfg.arch)
+            expert = _HF_EXPERT.fullmatch(name) if cfg.arch == "qwen3_moe" else None
+            if expert is not None:
+                i, j, kind = expert.groups()
+                experts.setdefault((int(i), kind), {})[int(j)] = t.float()
+                continue
             if ours is None:
                 if name.endswith("rotary_emb.inv_freq"):
                     continue  # a RoPE table some old exports saved; superpose computes it
-                raise UserError(f"{f} holds {name!r}, which a superpose Llama has no place for")
+                raise UserError(f"{f} holds {name!r}, which a superpose {cfg.arch} model has no place for")
             state[ours] = t.float()
+    state.update(_stack_experts(experts, cfg, hf_dir))
     if cfg.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("embed_tokens.weight"))
     return state
+
+
+def _stack_experts(experts: dict, cfg: ModelConfig, hf_dir: Path) -> dict[str, Tensor]:
+    """Per-expert HF tensors -> superpose's stacked gate_up_proj (E, 2F, D) and down_proj (E, D, F)."""
+    out = {}
+    for i in sorted({i for i, _ in experts}):
+        got = {kind: experts.get((i, kind), {}) for kind in ("gate_proj", "up_proj", "down_proj")}
+        for kind, by_index in got.items():
+            if sorted(by_index) != list(range(cfg.n_experts)):
+                raise UserError(f"{hf_dir}: layer {i} has {kind} for {len(by_index)} experts, its config.json says "
+                                f"{cfg.n_experts}; the folder is incomplete")
+        E = range(cfg.n_experts)
+        gate, up, down = (torch.stack([got[k][j] for j in E]) for k in ("gate_proj", "up_proj", "down_proj"))
+        out[f"layers.{i}.mlp.experts.gate_up_proj"] = torch.cat((gate, up), dim=1)  # (E, 2F, D)
+        out[f"layers.{i}.mlp.experts.down_proj"] = down  # (E, D, F)
+    return out
 
 
 def init_from_hf(model, hf_dir: Path | str) -> None:
@@ -247,11 +332,15 @@ def init_from_hf(model, hf_dir: Path | str) -> None:
     want = model.state_dict()
     missing = sorted(set(want) - set(state))
     if missing:
-        raise UserError(f"{hf_dir} lacks {missing[0]} ({to_hf_name(missing[0])}) and {len(missing) - 1} more "
-                        "tensors; the folder is incomplete")
+        hf = _rename(missing[0], name_map(model.config.arch)) or "per-expert tensors"
+        raise UserError(f"{hf_dir} lacks {missing[0]} ({hf}) and {len(missing) - 1} more tensors; the folder is "
+                        "incomplete")
     for name, t in state.items():
+        if name not in want:
+            raise UserError(f"{hf_dir} holds {name} (superpose name), which its config.json's architecture does not "
+                            "have")
         if tuple(t.shape) != tuple(want[name].shape):
-            raise UserError(f"{hf_dir}: {to_hf_name(name)} has shape {list(t.shape)}, its config.json implies "
+            raise UserError(f"{hf_dir}: {name} (superpose name) has shape {list(t.shape)}, its config.json implies "
                             f"{list(want[name].shape)}")
     with torch.no_grad():
         for name, t in state.items():

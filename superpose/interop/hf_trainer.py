@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.schedule import Schedule
-from ..core.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings
+from ..core.superposition import count_valid_targets, multi_hot_cross_entropy, next_bag_targets, superpose_embeddings
 from ..errors import UserError
 from ..inference.evaluate import next_token_eval
 
@@ -51,6 +51,27 @@ def _input_embeddings(model) -> torch.nn.Module:
     return emb
 
 
+def router_aux_coef(model) -> float | None:
+    """The load-balancing coefficient of a transformers mixture-of-experts model (one whose config
+    has `output_router_logits`, such as Qwen3-MoE, Mixtral, Qwen2-MoE), else None."""
+    model = getattr(model, "module", model)  # a DDP-wrapped model
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "output_router_logits"):
+        return None
+    return float(getattr(model, "router_aux_loss_coef", getattr(cfg, "router_aux_loss_coef", 0.0)))
+
+
+def _forward(model, **inputs):
+    """model(**inputs, use_cache=False) -> (logits, aux): aux is the model's own load-balancing loss
+    (`output_router_logits=True`, computed by transformers exactly as its own training loss adds
+    it) times its coefficient, or None for a dense model."""
+    coef = router_aux_coef(model)
+    if coef is None:
+        return model(**inputs, use_cache=False).logits, None
+    out = model(**inputs, use_cache=False, output_router_logits=True)
+    return out.logits, coef * out.aux_loss
+
+
 def superposition_loss(model, input_ids: Tensor, bag_size: int, weights: str | Tensor | None = None,
                        reduction: str = "mean") -> Tensor:
     """Phase-1 loss of a Hugging Face causal LM on rows of s*L + 1 raw tokens.
@@ -61,6 +82,11 @@ def superposition_loss(model, input_ids: Tensor, bag_size: int, weights: str | T
     next-token labels, grouped into next-bag targets; the loss is the multi-hot cross-entropy
     (reduction "mean": the paper's loss; "sum": divide by `count_valid_targets`).
     With bag_size = 1 it is ordinary next-token cross-entropy.
+
+    A transformers mixture-of-experts model (Qwen3-MoE, Mixtral, ...) also adds its router
+    load-balancing loss times router_aux_loss_coef, as its own forward(labels=...) would (for
+    "sum", times the valid-target count, so the division leaves it whole; "none" leaves it out).
+    In phase 1 its routers route the superposed positions (see README, Mixture of experts).
     """
     emb = _input_embeddings(model)
     if input_ids.ndim != 2 or (input_ids.shape[1] - 1) % bag_size or input_ids.shape[1] < bag_size + 1:
@@ -70,15 +96,21 @@ def superposition_loss(model, input_ids: Tensor, bag_size: int, weights: str | T
     h = superpose_embeddings(emb(x), bag_size)  # (B, L, D)
     B, L = h.shape[:2]
     positions = torch.arange(L, device=h.device).expand(B, L)  # (B, L): bag j gets RoPE position j
-    logits = model(inputs_embeds=h, position_ids=positions, use_cache=False).logits  # (B, L, V)
-    return multi_hot_cross_entropy(logits, next_bag_targets(y, bag_size), weights, reduction=reduction)
+    logits, aux = _forward(model, inputs_embeds=h, position_ids=positions)  # (B, L, V), MoE: coef * aux
+    targets = next_bag_targets(y, bag_size)  # (B, L, s)
+    loss = multi_hot_cross_entropy(logits, targets, weights, reduction=reduction)
+    if aux is None or reduction == "none":
+        return loss
+    return loss + (aux if reduction == "mean" else aux * count_valid_targets(targets, weights))
 
 
 def next_token_loss(model, input_ids: Tensor) -> Tensor:
     """Phase-2 loss: the model's ordinary forward on the first L tokens of (B, L + 1) rows, mean
-    cross-entropy (in fp32) against the last L."""
-    logits = model(input_ids=input_ids[:, :-1], use_cache=False).logits  # (B, L, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), input_ids[:, 1:].flatten())
+    cross-entropy (in fp32) against the last L, plus an MoE model's router aux loss times its
+    coefficient (as `superposition_loss`)."""
+    logits, aux = _forward(model, input_ids=input_ids[:, :-1])  # (B, L, V)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), input_ids[:, 1:].flatten())
+    return loss if aux is None else loss + aux
 
 
 class TokenRows(torch.utils.data.IterableDataset):

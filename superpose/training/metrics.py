@@ -78,8 +78,11 @@ def describe_run(cfg, model, par, schedule, train_tokens: int) -> list[str]:
         lines.append(f"parallel: {par.mode} over {par.world_size} processes on {par.device.type}; each reads {share} "
                      f"of the {tr.batch_size} rows of a step, in {tr.grad_accum} micro-batch(es) of "
                      f"{share // tr.grad_accum}")
-    lines.append(f"model: {model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding) "
-                 f"on {par.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
+    m = cfg.model
+    moe = (f"; Qwen3-MoE, {m.n_experts} experts, top-{m.top_k}: {model.num_active_params():,} active per token"
+           if model.num_active_params() != model.num_params() else "")
+    lines.append(f"model: {model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding"
+                 f"{moe}) on {par.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
     for p in schedule.phases:
         what = f"bags of s={p.bag_size}, multi-hot next-bag loss" if p.index == 1 else "next-token loss"
         lines.append(f"phase {p.index} ({p.name}): steps {p.start}-{p.end - 1}, {what}")
@@ -96,6 +99,37 @@ def describe_run(cfg, model, par, schedule, train_tokens: int) -> list[str]:
         lines.append(f"warning: the run reads {plan['total_tokens'] / n:.2f} epochs of the train split, so phase 2 "
                      "repeats data")
     return lines
+
+
+# An MoE layer has collapsed when one expert receives at least this share of the step's positions
+# (each position goes to top_k experts, so a balanced expert gets top_k / n_experts of them).
+COLLAPSE_SHARE = 0.9
+
+
+def router_metrics(aux: float, counts, positions: int, coef: float, loss: float) -> dict:
+    """An MoE step's routing for metrics.jsonl.
+
+    aux: the step's load-balancing loss (unscaled; the training loss holds coef * aux);
+    counts: (M, E) positions each MoE layer sent to each expert, over the global batch of
+    `positions`. expert_load[m][e] = counts / positions, the share of positions routed to expert e
+    (a layer's shares sum to top_k); lm_loss = loss - coef * aux, the next-token (or next-bag) part.
+    """
+    load = (counts.double() / positions).cpu()
+    return {"aux_loss": aux, "lm_loss": loss - coef * aux, "expert_load_max": float(load.max()),
+            "expert_load_min": float(load.min()), "expert_load": [[round(v, 5) for v in row] for row in load.tolist()]}
+
+
+def collapsed_layers(load: list[list[float]], n_experts: int, top_k: int) -> list[tuple[int, int, float]]:
+    """(layer, expert, share) of every MoE layer whose busiest expert gets >= COLLAPSE_SHARE of the
+    positions; none when every expert must get every position anyway (top_k = n_experts)."""
+    if top_k >= n_experts:
+        return []
+    out = []
+    for m, row in enumerate(load):
+        e = max(range(len(row)), key=row.__getitem__)
+        if row[e] >= COLLAPSE_SHARE:
+            out.append((m, e, row[e]))
+    return out
 
 
 class ProgressBar:

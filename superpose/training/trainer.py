@@ -41,29 +41,43 @@ from ..data import Dataset, TrainLoader
 from ..errors import Interrupted, UserError
 from ..inference.evaluate import next_token_eval
 from . import checkpoint, distributed
-from .metrics import MetricsLog, NoMetrics, ProgressBar, describe_run, run_summary
+from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapsed_layers, describe_run, router_metrics,
+                      run_summary)
 from .perf import compute_context
 from .state import RunState, rng_state, set_rng_state
 
 
 def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: str = "uniform",
-                    chunk_rows: int = 0) -> Tensor:
+                    chunk_rows: int = 0, router_log: list | None = None) -> Tensor:
     """Summed (multi-hot) next-token loss of one micro-batch; divide by the global target count.
 
     rows: (b, s*L + 1) raw tokens. Inputs are the first s*L, next-token labels the last s*L.
     With bag_size = 1 this is model(x) and a summed F.cross_entropy, bit for bit.
     chunk_rows > 0 fuses the LM head into the loss, that many positions at a time, so the
     (b*L, V) logits never exist at once (`chunked_multi_hot_cross_entropy`).
+
+    A mixture-of-experts model (core/moe.py) also returns its routing: its load-balancing loss
+    `aux` (a statistic of this micro-batch, as transformers computes it per forward) is added as
+    router_aux_coef * aux * n, n = this micro-batch's valid-target count, so that after the division
+    by the global count the step's loss is the LM loss + router_aux_coef * (the target-weighted mean
+    of the micro-batches' aux). router_log, when given, gets (aux * n, per-layer expert counts (M, E)),
+    detached, for the metrics. A dense model returns no routing and this is the plain loss.
     """
     x, y = rows[:, :-1], rows[:, 1:]  # (b, s*L) each
     # = superpose_embeddings(model.embed(x), bag_size), with the lookup and bag mean fused
     h = model.embed(x) if bag_size == 1 else superpose_token_embeddings(x, model.embed_tokens.weight, bag_size)
     targets = next_bag_targets(y, bag_size)  # (b, L, s)
-    if chunk_rows:
-        hidden = model(inputs_embeds=h, return_hidden=True)  # (b, L, D)
-        return chunked_multi_hot_cross_entropy(hidden, model.lm_head.weight, targets, weights, chunk_rows=chunk_rows)
-    logits = model(inputs_embeds=h)  # (b, L, V)
-    return multi_hot_cross_entropy(logits, targets, weights, reduction="sum")
+    out, router = model(inputs_embeds=h, return_hidden=bool(chunk_rows), return_router=True)
+    if chunk_rows:  # out: hidden states (b, L, D)
+        loss = chunked_multi_hot_cross_entropy(out, model.lm_head.weight, targets, weights, chunk_rows=chunk_rows)
+    else:  # out: logits (b, L, V)
+        loss = multi_hot_cross_entropy(out, targets, weights, reduction="sum")
+    if router is None:
+        return loss
+    aux = router.aux_loss() * count_valid_targets(targets, weights)  # () float32
+    if router_log is not None:
+        router_log.append((aux.detach(), router.counts))
+    return loss + model.config.router_aux_coef * aux
 
 
 @dataclass(eq=False)
@@ -86,6 +100,7 @@ class Trainer:
     token_bytes: Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
     state: RunState = field(default_factory=RunState)
     _t0: float | None = field(default=None, init=False, repr=False)  # perf_counter at the run's start, set by begin
+    _collapse_warned: set = field(default_factory=set, init=False, repr=False)  # phases with an expert-collapse warning
 
     @property
     def device(self) -> torch.device:
@@ -117,13 +132,15 @@ class Trainer:
         # full-batch mean exactly.
         denom = self.par.sum(count_valid_targets(next_bag_targets(rows[:, 1:], s), cfg.tst.weights))
         loss_total = torch.zeros((), device=self.device)
+        router_log = []  # an MoE model's (aux * targets, expert counts (M, E)) per micro-batch; empty if dense
         micros = rows.chunk(accum)
         for i, micro in enumerate(micros):
             # Gradients are summed over ranks on the last micro-batch only (DDP no_sync / FSDP).
             with distributed.grad_sync(self.fwd, self.par, last=i == len(micros) - 1):
                 with self.context():
                     args = (micro, s, cfg.tst.weights, self.loss_chunk_rows)
-                    loss = (self.loss_fn(self.model, *args) if self.fwd is None else self.fwd(*args)) / denom
+                    loss = (self.loss_fn(self.model, *args, router_log=router_log) if self.fwd is None
+                            else self.fwd(*args, router_log=router_log)) / denom
                 loss.backward()
             loss_total += loss.detach()
         # clip_grad_norm_ split in two, so a NaN or Inf is seen before anything touches the weights
@@ -143,8 +160,13 @@ class Trainer:
                          if p.grad is not None and not bool(torch.isfinite(distributed.local(p.grad)).all())]
         self.optimizer.zero_grad(set_to_none=True)
         self.state.tokens_seen += B * L * s  # read either way: a skipped batch is not read again
-        return {"loss": loss, "lr": lr, "grad_norm": norm, "data_time_s": data_time, "finite": finite,
-                "bad_grads": bad_grads}
+        out = {"loss": loss, "lr": lr, "grad_norm": norm, "data_time_s": data_time, "finite": finite,
+               "bad_grads": bad_grads}
+        if router_log:  # a mixture of experts: the step's aux loss and expert load, summed over ranks
+            aux = self.par.sum(sum(a for a, _ in router_log) / denom)
+            counts = self.par.sum(sum(c for _, c in router_log))  # (M, E) positions per expert, all B*L
+            out["router"] = router_metrics(aux.item(), counts, B * L, cfg.model.router_aux_coef, loss)
+        return out
 
     def evaluate(self) -> dict:
         """Next-token loss and bits per byte on the fixed held-out windows (in every phase)."""
@@ -194,15 +216,32 @@ class Trainer:
                "step_time_s": step_time, "data_time_s": out["data_time_s"],
                "tokens_per_s": tr.batch_size * cfg.data.seq_len * phase.bag_size / step_time,
                "skipped_steps": st.skipped_steps, **({} if out["finite"] else {"skipped": True})}
-        self.metrics.write(rec)
         last = st.step == tr.steps - 1
-        if last or (tr.eval_every and (st.step + 1) % tr.eval_every == 0):
+        evaluating = last or bool(tr.eval_every and (st.step + 1) % tr.eval_every == 0)
+        if "router" in out:  # a mixture of experts
+            self.record_routing(rec, out["router"], phase, full=evaluating)
+        self.metrics.write(rec)
+        if evaluating:
             st.last_eval = self.evaluate()
             self.metrics.write({"type": "eval", **where, "tokens_seen": st.tokens_seen,
                                 "elapsed_s": self.elapsed_s(), "train_time_s": st.train_time_s, **st.last_eval})
         self.bar.update(rec, st.last_eval, self.log, force=last or (st.step + 1) % tr.log_every == 0)
         st.step += 1
         return rec
+
+    def record_routing(self, rec: dict, router: dict, phase: Phase, full: bool) -> None:
+        """An MoE step's aux loss and expert-load summary into its metrics line (the whole
+        (layers x experts) load matrix when `full`: evaluation steps and the last), and one
+        warning per phase when a layer collapses onto one expert (`metrics.collapsed_layers`)."""
+        rec.update({k: v for k, v in router.items() if k != "expert_load" or full})
+        collapsed = collapsed_layers(router["expert_load"], self.cfg.model.n_experts, self.cfg.model.top_k)
+        if collapsed and phase.index not in self._collapse_warned:
+            self._collapse_warned.add(phase.index)
+            layer, expert, share = collapsed[0]
+            self.log(f"warning: expert-load collapse at step {self.state.step} (phase {phase.index}, "
+                     f"s={phase.bag_size}): MoE layer {layer} sends {share:.0%} of positions to expert {expert} "
+                     f"(balanced: {self.cfg.model.top_k / self.cfg.model.n_experts:.0%}), {len(collapsed)} layer(s) "
+                     "so; raise --model.router_aux_coef or lower the LR (said once per phase)")
 
     def finish(self) -> dict:
         """Close the log, save the final model and summary."""
