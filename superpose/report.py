@@ -55,14 +55,14 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
         ax.set_ylim(min(curves + finals) * 0.98, max(curves + finals) * 1.02)
         ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
-        _zoom_inset(ax, per_seed, key, pts_key(name), finals)
+        _zoom_inset(ax, per_seed, key, pts_key(name))
         ax.set_xlabel(label)
         ax.set_ylabel("validation loss (nats/token)")
         g, sp = report["equal_steps_loss_gain"], report["iso_loss_speedup"]
         ax.set_title(f"TST vs baseline, {cfg['train']['steps']} steps, {g['n']} seed(s)\ngain {g['mean']:+.3f} "
                      f"nats at equal steps, iso-loss speedup {speedup_text(sp, report['iso_loss_kinds'])}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper right")
         fig.tight_layout()
         path = out / f"loss_vs_{name}.png"
         fig.savefig(path, dpi=120)
@@ -76,10 +76,12 @@ def pts_key(axis: str) -> str:
     return {"time": "train_time_s", "step": "steps", "tokens": "tokens_seen"}[axis]
 
 
-def _zoom_inset(ax, per_seed: dict, key: str, pts: str, finals: list[float]) -> None:
-    """Lower-left inset: the last stretch of every curve, y limited to the final losses."""
-    ins = ax.inset_axes([0.08, 0.08, 0.42, 0.38])
-    xmax = 0.0
+def _zoom_inset(ax, per_seed: dict, key: str, pts: str) -> None:
+    """An inset on the right: TST's end and the decayed baselines around it, y fitted to them."""
+    ins = ax.inset_axes([0.55, 0.3, 0.42, 0.34])  # right of the middle: the curves run low there by then
+    ends = [r["tst"][pts] for r in per_seed.values()]
+    x_lo, x_hi = 0.75 * min(ends), 1.3 * max(ends)
+    ys = []
     for r in per_seed.values():
         for curve, color, ls in ((r["tst"]["curve"], TST_COLOR, "-"), (r["baseline_curve"], BASE_COLOR, "--")):
             x = [e[key] + (1 if key == "step" else 0) for e in curve]
@@ -87,14 +89,14 @@ def _zoom_inset(ax, per_seed: dict, key: str, pts: str, finals: list[float]) -> 
         ins.plot([b[pts] for b in r["baseline"]], [b["val_loss"] for b in r["baseline"]], color=BASE_COLOR,
                  marker="o", ms=3, lw=1)
         ins.plot([r["tst"][pts]], [r["tst"]["val_loss"]], color=TST_COLOR, marker="*", ms=8)
-        xmax = max(xmax, r["tst"][pts], *(b[pts] for b in r["baseline"]))
-    lo, hi = min(finals), max(finals)
-    pad = 0.15 * (hi - lo) + 1e-3
+        ys += [r["tst"]["val_loss"]] + [b["val_loss"] for b in r["baseline"] if x_lo <= b[pts] <= x_hi]
+    lo, hi = min(ys), max(ys)
+    pad = 0.3 * (hi - lo) + 1e-3
     ins.set_ylim(lo - pad, hi + pad)
-    ins.set_xlim(0.45 * xmax, 1.02 * xmax)
+    ins.set_xlim(x_lo, x_hi)
     ins.tick_params(labelsize=6)
     ins.grid(alpha=0.3)
-    ins.set_title("final losses", fontsize=7)
+    ins.set_title("the end, zoomed", fontsize=7)
 
 
 def plot_gain_vs_length(report: dict, path: Path) -> None:
