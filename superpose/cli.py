@@ -15,6 +15,8 @@ Every mistake a user can make ends in one line on stderr and exit status 2, no t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import sys
 from pathlib import Path
 
@@ -43,7 +45,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     A run stopped by SIGINT/SIGTERM saves a checkpoint and exits with 128 + the signal number."""
     from .config import resolve
     from .errors import Interrupted
+    from .files import lock_dir
     from .training import run_training
+    from .training.distributed import env_rank
     from .training.resume import resume_config
 
     try:
@@ -54,7 +58,11 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
                 raise UserError("--resume RUN_DIR continues that run with its own config and directory; "
                                 "drop --preset and --out")
             run_dir = Path(args.resume)
-            run_training(resume_config(run_dir, overrides), run_dir, log=_log, resume=True)
+            if not run_dir.is_dir():
+                resume_config(run_dir, overrides)  # says what is wrong with the path, creating nothing
+            # The lock before the config is read: another writer could prune the checkpoint read here.
+            with lock_dir(run_dir, "run") if env_rank() == 0 else contextlib.nullcontext():
+                run_training(resume_config(run_dir, overrides), run_dir, log=_log, resume=True)
         else:
             if not args.preset or not args.out:
                 raise UserError("train needs --preset NAME and --out RUN_DIR (or --resume RUN_DIR)")
@@ -93,9 +101,12 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
 
 def _floats(text: str, flag: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"{flag} takes finite numbers, got {text!r}")
+    return values
 
 
 def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -136,9 +147,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from .inference.generate import generate
 
-    sys.stdout.write(args.prompt)
+    # The prompt is echoed by generate once every argument and the model have been checked, so a
+    # mistake prints one error line and nothing on stdout.
     generate(args.path, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-             top_k=args.top_k, seed=args.seed, device=args.device, log=_log)
+             top_k=args.top_k, seed=args.seed, device=args.device, log=_log, echo_prompt=True)
     sys.stdout.write("\n")
 
 
@@ -283,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("superpose: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:  # numpy's ArrayMemoryError too: a batch or context too large for this machine
+        from .training.distributed import rank_tag
+
+        what = str(e).splitlines()[0] if str(e) else "an allocation failed"
+        print(f"superpose: error: {rank_tag()}out of memory ({what}); lower --train.batch_size or --data.seq_len "
+              "(checkpoints already written are untouched)", file=sys.stderr)
+        return 2
     except Exception as e:
         from .training.distributed import describe_lost_peer, rank_tag
 

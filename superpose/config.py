@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,8 +125,13 @@ class CheckpointConfig:
     every: int = 0
     """Save a checkpoint into RUN_DIR/checkpoints/step-NNNNNN/ every N optimizer steps; 0 saves
     only when the run is stopped by SIGINT/SIGTERM. The final model is written either way."""
+    every_minutes: float = 30.0
+    """Also save a checkpoint when this many minutes of wall time have passed since the last one
+    (or the start), so a run never loses more than that to a crash, whatever `every` is; 0
+    disables. Checkpoints do not change the arithmetic: a resumed run stays bit for bit."""
     keep: int = 2
-    """Keep the newest K checkpoints, deleting older ones once a new one is complete; 0 keeps all."""
+    """Keep the newest K checkpoints, deleting older ones once a new one is complete (or before a
+    save, down to K - 1 but never the newest, when the disk has too little room for it); 0 keeps all."""
 
 
 @dataclass
@@ -165,7 +171,12 @@ class Config:
 
     def problems(self) -> list[str]:
         """Every invalid field, as 'section.field: what is allowed, what was given'."""
-        out = self.model.problems()
+        # inf and nan compare false with every bound (lr > 0 holds for inf) and would reach the
+        # weights before the NaN guard can act, so every float field must be finite first.
+        out = [f"{section.name}.{f.name}: must be a finite number, got {value}"
+               for section in dataclasses.fields(self) for f in dataclasses.fields(getattr(self, section.name))
+               if isinstance(value := getattr(getattr(self, section.name), f.name), float) and not math.isfinite(value)]
+        out += self.model.problems()
         d, t, o, tr, ck = self.data, self.tst, self.optim, self.train, self.checkpoint
 
         def need(ok: bool, msg: str) -> None:
@@ -206,6 +217,7 @@ class Config:
         need(tr.on_nan in ON_NAN, f"train.on_nan: must be one of {', '.join(ON_NAN)}, got {tr.on_nan!r}")
         need(ck.every >= 0, f"checkpoint.every: must be >= 0 (0 = only on SIGINT/SIGTERM), got {ck.every}")
         need(ck.keep >= 0, f"checkpoint.keep: must be >= 0 (0 = keep all), got {ck.keep}")
+        need(not ck.every_minutes < 0, f"checkpoint.every_minutes: must be >= 0 (0 = off), got {ck.every_minutes}")
         pa = self.parallel
         need(pa.mode in PARALLEL_MODES, f"parallel.mode: must be one of {', '.join(PARALLEL_MODES)}, got {pa.mode!r}")
         need(pa.mixed_precision in MIXED_PRECISION,
@@ -355,10 +367,17 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
 
 
 def resolve(preset_name: str, overrides: list[str]) -> Config:
-    """A preset plus CLI overrides, validated."""
+    """A preset plus CLI overrides, validated. data.vocab_size given with data.path is refused:
+    a prepared data directory brings its own tokenizer, so the setting would be silently ignored."""
     cfg = preset(preset_name)
-    for key, value in parse_overrides(overrides):
+    pairs = parse_overrides(overrides)
+    for key, value in pairs:
         set_field(cfg, key, value)
+    if cfg.data.path and "data.vocab_size" in dict(pairs):
+        raise UserError(f"--data.vocab_size sizes only the tokenizer of the default corpus; the data in "
+                        f"{cfg.data.path} brings its own tokenizer, so it would be ignored: drop --data.vocab_size "
+                        "(--model.vocab_size pads the model's vocabulary, or prepare the data with superpose prepare "
+                        "--vocab-size N)")
     return cfg.validate()
 
 
@@ -369,7 +388,7 @@ def resolve(preset_name: str, overrides: list[str]) -> Config:
 # So do the execution choices train.compile, train.attention and optim.fused (kernels, not math);
 # train.keep_freed_memory changes nothing but speed.
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_every", "train.log_every",
-                     "train.on_nan", "checkpoint.every", "checkpoint.keep", "parallel.mode", "parallel.timeout_s",
+                     "train.on_nan", "checkpoint.every", "checkpoint.every_minutes", "checkpoint.keep", "parallel.mode", "parallel.timeout_s",
                      "train.compile", "train.attention", "train.keep_freed_memory", "optim.fused")
 
 
@@ -384,8 +403,11 @@ def differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
     return out
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+def save_config(cfg: Config, path: Path, **write) -> None:
+    """config.json, through the one write path (`files.write_text`: atomic, a full disk is one line)."""
+    from .files import write_text
+
+    write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n", **write)
 
 
 def load_config(path: Path) -> Config:

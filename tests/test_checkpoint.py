@@ -98,8 +98,10 @@ def superpose(*args, env=None):
 
 
 def cli_train(cfg, run):
-    """`superpose train` with every field of `cfg` given on the command line."""
-    sets = [f"--{section}.{k}={v}" for section, fields in cfg.to_dict().items() for k, v in fields.items()]
+    """`superpose train` with every field of `cfg` given on the command line (but data.vocab_size,
+    which is refused beside --data.path: a prepared data directory brings its own tokenizer)."""
+    sets = [f"--{section}.{k}={v}" for section, fields in cfg.to_dict().items() for k, v in fields.items()
+            if f"{section}.{k}" != "data.vocab_size"]
     return ["train", "--preset", "cpu-smoke", "--out", run, *sets]
 
 
@@ -233,9 +235,13 @@ def stopped_run(tiny_data, tmp_path_factory):
     return run
 
 
-def _edit_meta(ck, change):
+def _edit_meta(ck, change, reseal=True):
+    """Change meta.json; reseal=True recomputes its checksum, as a checkpoint genuinely written
+    that way (another version, another model) would have it; False is a hand edit."""
     meta = json.loads((ck / "meta.json").read_text())
     change(meta)
+    if reseal:
+        meta["checksum"] = checkpoint.meta_checksum(meta)
     (ck / "meta.json").write_text(json.dumps(meta))
 
 
@@ -258,6 +264,17 @@ DAMAGE = {
                        ["step-000004/meta.json has format version 99", "reads version 1"]),
     "model-shape": (lambda ck: _edit_meta(ck, lambda m: m["config"]["model"].update(dim=64, ffn_dim=192)),
                     ["step-000004/meta.json holds another model shape", "model.dim=64 there, 32 here"]),
+    # issue 16, item 4: meta.json is checksummed too, so an edited step is not resumed at the wrong
+    # place in the schedule.
+    "edited-step": (lambda ck: _edit_meta(ck, lambda m: m.update(step=3), reseal=False),
+                    ["step-000004/meta.json was changed after it was written", "to resume from step-000002"]),
+    # issue 16, item 9: valid JSON of the wrong types is refused in one line, not a traceback.
+    "files-null": (lambda ck: _edit_meta(ck, lambda m: m.update(files=None)),
+                   ["step-000004/meta.json has files=null, not a JSON object"]),
+    "step-text": (lambda ck: _edit_meta(ck, lambda m: m.update(step="abc")),
+                  ['step-000004/meta.json has step="abc", not a JSON integer']),
+    "file-record-null": (lambda ck: _edit_meta(ck, lambda m: m["files"].update({"rng.pt": None})),
+                         ["step-000004/meta.json records no size and sha256 for rng.pt"]),
 }
 
 
