@@ -143,10 +143,14 @@ def locate(path: Path | str) -> ModelFiles:
     if (path / "model.safetensors").is_file() and (path / "model.json").is_file():
         config = _read_json(path / "config.json", "run config") if (path / "config.json").is_file() else {}
         summary = _read_json(path / "summary.json", "run summary") if (path / "summary.json").is_file() else {}
-        if isinstance(summary, dict) and isinstance(summary.get("files"), dict):  # runs finished before checksums came in have none
-            checkpoint.verify_files(path, summary["files"], checkpoint.FINAL_FILES, "model file", "summary.json")
         steps = config.get("train", {}).get("steps")
         data = _data_dir(config)
+        if isinstance(summary, dict) and isinstance(summary.get("files"), dict):  # runs finished before checksums came in have none
+            checkpoint.verify_files(path, summary["files"], ("model.safetensors", "model.json"), "model file",
+                                    "summary.json")
+            checkpoint.verify_files(path, summary["files"], ("tokenizer.json",), "model file", "summary.json",
+                                    fix=f"copy the tokenizer.json of the data directory the run trained on "
+                                    f"({data or 'DATA_DIR'}) into {path}")
         candidates = [path / "tokenizer.json"] + ([data / "tokenizer.json"] if data else [])
         return ModelFiles(path, "run", _model_config(_read_json(path / "model.json", "model architecture"),
                                                      path / "model.json"),

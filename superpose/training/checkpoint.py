@@ -177,20 +177,22 @@ def verify(path: Path) -> dict:
     return meta
 
 
-def verify_files(path: Path, records: dict, names: tuple[str, ...], what: str, manifest: str) -> None:
+def verify_files(path: Path, records: dict, names: tuple[str, ...], what: str, manifest: str,
+                 fix: str | None = None) -> None:
     """Each of `names` in `path` present, with the size and sha256 its manifest records: the
-    check every read path makes (resume, eval, generate, export, load_model)."""
+    check every read path makes (resume, eval, generate, export, load_model). `fix` replaces the
+    default advice (the newest intact checkpoint)."""
     for name in names:
         f = path / name
         want = records.get(name)
-        if want is None or not f.is_file():
-            raise UserError(f"{what} {f} is missing; it is damaged: {_fix(path)}")
+        if not isinstance(want, dict) or not f.is_file():
+            raise UserError(f"{what} {f} is missing; it is damaged: {fix or _fix(path)}")
         size = f.stat().st_size
-        if size != want["bytes"]:
+        if size != want.get("bytes"):
             raise UserError(f"{what} {f} is truncated or corrupt ({size} bytes, {manifest} records "
-                            f"{want['bytes']}): {_fix(path)}")
-        if sha256_file(f) != want["sha256"]:
-            raise UserError(f"{what} {f} is corrupt (sha256 differs from {manifest}): {_fix(path)}")
+                            f"{want.get('bytes')}): {fix or _fix(path)}")
+        if sha256_file(f) != want.get("sha256"):
+            raise UserError(f"{what} {f} is corrupt (sha256 differs from {manifest}): {fix or _fix(path)}")
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:
@@ -458,7 +460,7 @@ def read_weights_and_optimizer(path: Path, model: torch.nn.Module, optimizer: to
     return opt
 
 
-FINAL_FILES = ("model.safetensors", "model.json", "tokenizer.json")
+FINAL_FILES = ("model.safetensors", "model.json", "tokenizer.json")  # recorded in summary.json
 
 
 def save_final(trainer: Trainer, summary: dict) -> None:
