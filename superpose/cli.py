@@ -31,6 +31,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from .data import corpus
     from .data.prepare import cache_dir, prepare
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before reading gigabytes of text
+        raise UserError(f"{args.out} is a file; give --out a directory to create")
     if args.text:
         sources = corpus.text_sources([Path(p) for p in args.text])
     else:

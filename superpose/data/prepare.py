@@ -99,8 +99,10 @@ def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tok
             log(f"prepare: removed {', '.join(p.name for p in stale)} ({size / 1e6:.1f} MB), left by an interrupted "
                 f"prepare of {out}")
         t0 = time.time()
-        splits = _build(out, sources, vocab_size, tokenizer, val_fraction, seed, log)
-        _lock_path(out).unlink(missing_ok=True)  # done: no litter beside the data (a waiter re-checks meta.json)
+        try:
+            splits = _build(out, sources, vocab_size, tokenizer, val_fraction, seed, log)
+        finally:  # no litter beside the data (a process waiting on the lock re-checks meta.json)
+            _lock_path(out).unlink(missing_ok=True)
     open_dataset(out)  # read back what was written: a broken shard fails here, not mid-training
     log(f"prepare: {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} validation tokens "
         f"({splits['train']['bytes'] / max(splits['train']['tokens'], 1):.2f} bytes/token) in {out} "
