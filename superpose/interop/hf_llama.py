@@ -5,7 +5,8 @@ superpose's module names mirror `transformers.LlamaForCausalLM` and its RoPE use
 no q/k permutation. Parity is tested: HF logits equal superpose's to 1e-5 in float32.
 
     export_hf(run_or_checkpoint, out_dir)   config.json (LlamaConfig), model.safetensors,
-                                            generation_config.json, tokenizer.json, tokenizer_config.json
+                                            generation_config.json, tokenizer.json, tokenizer_config.json,
+                                            superpose.json (sizes and sha256, checked on import)
     read_hf_config(hf_dir) -> ModelConfig   the architecture of an HF Llama folder (refusing others)
     load_hf_state(hf_dir, cfg) -> dict      its weights under superpose names, for `--init-from-hf`
 
