@@ -173,7 +173,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
               f"context {out['seq_len']}")
         print(f"val_loss {out['val_loss']:.4f}  perplexity {out['val_ppl']:.2f}  bits/byte {out['val_bpb']:.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        from .files import write_text
+
+        write_text(Path(args.json), json.dumps(out, indent=2) + "\n", intact="the results are printed above")
 
 
 def cmd_presets(_: argparse.Namespace) -> None:

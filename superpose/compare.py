@@ -32,7 +32,7 @@ import numpy as np
 from .config import Config
 from .data import open_dataset
 from .errors import UserError
-from .files import lock_dir
+from .files import copy_file, lock_dir
 from .training import Trainer, build_trainer
 from .training.metrics import environment
 
@@ -138,7 +138,8 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
                                        state=copy.deepcopy(trunk.state_dict()))
                 branch.run_dir.mkdir(parents=True, exist_ok=True)
                 # The branch's log starts with the trunk's history: it is the full run of that length.
-                shutil.copyfile(trunk.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl")
+                copy_file(trunk.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl",
+                          fix="free some space and run the same command again: finished seeds are kept")
                 branch.begin(progress=False)
                 runs.append(_Run(f"baseline-{n}", branch))
             t.step_once()

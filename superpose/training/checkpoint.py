@@ -269,8 +269,16 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
         return f"the previous checkpoint {older[-1].name} is intact" if older else "no earlier checkpoint exists"
 
     def fix() -> str:
-        return (f"free at least {files.mb(needed)} on that disk (lowering --checkpoint.keep helps only while "
-                f"older checkpoints exist) and resume with: superpose train --resume {run_dir}")
+        # Advice that works: --checkpoint.keep=1 only when deleting the older checkpoints would make
+        # room (keep is then honoured before the save); otherwise the space that must be freed.
+        older = checkpoints(run_dir)[:-1]
+        freed = sum(f.stat().st_size for _, p in older for f in p.iterdir() if f.is_file())
+        short = needed - (files.free_bytes(root) or 0)
+        if older and freed >= short:
+            return (f"resume with --checkpoint.keep=1 (deletes the {len(older)} older checkpoint(s) before each save, "
+                    f"{files.mb(freed)}), or free {files.mb(short)}: superpose train --resume {run_dir}")
+        also = f" (or {files.mb(short - freed)} with --checkpoint.keep=1)" if older else ""
+        return f"free at least {files.mb(short)}{also} and resume with: superpose train --resume {run_dir}"
 
     def write(name: str, produce) -> dict:
         f = tmp / name
