@@ -69,6 +69,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
             if not args.preset or not args.out:
                 raise UserError("train needs --preset NAME and --out RUN_DIR (or --resume RUN_DIR)")
             cfg, hf = resolve(args.preset, overrides), args.init_from_hf
+            _warn_ignored(cfg, overrides)
             if hf:
                 from .interop.hf_llama import config_from_hf
 
@@ -82,6 +83,15 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         raise SystemExit(128 + e.signum) from None
 
 
+def _warn_ignored(cfg, overrides: list[str]) -> None:
+    from .config import ignored_settings
+    from .training.distributed import env_rank
+
+    if env_rank() == 0:
+        for line in ignored_settings(cfg, overrides):
+            _log(line)
+
+
 def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     """Preset + overrides (+ --bag-size/--ratio), with the data and vocabulary resolved up front
     so every arm and cell reads the same data directory."""
@@ -93,6 +103,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     if args.ratio is not None:
         overrides = [*overrides, f"--tst.ratio={args.ratio}"]
     cfg = resolve(args.preset, overrides)
+    _warn_ignored(cfg, overrides)
     ds = resolve_data(cfg, _log)
     cfg.data.path = str(ds.path)
     cfg = resolve_vocab(cfg, ds)

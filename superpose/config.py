@@ -367,18 +367,29 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
 
 
 def resolve(preset_name: str, overrides: list[str]) -> Config:
-    """A preset plus CLI overrides, validated. data.vocab_size given with data.path is refused:
-    a prepared data directory brings its own tokenizer, so the setting would be silently ignored."""
+    """A preset plus CLI overrides, validated."""
     cfg = preset(preset_name)
-    pairs = parse_overrides(overrides)
-    for key, value in pairs:
+    for key, value in parse_overrides(overrides):
         set_field(cfg, key, value)
-    if cfg.data.path and "data.vocab_size" in dict(pairs):
-        raise UserError(f"--data.vocab_size sizes only the tokenizer of the default corpus; the data in "
-                        f"{cfg.data.path} brings its own tokenizer, so it would be ignored: drop --data.vocab_size "
-                        "(--model.vocab_size pads the model's vocabulary, or prepare the data with superpose prepare "
-                        "--vocab-size N)")
     return cfg.validate()
+
+
+def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
+    """Warnings for overrides the run will not use (torchtitan's rule: say when a setting is
+    silently ignored). data.vocab_size sizes only the default corpus's tokenizer: beside
+    data.path, whose data brings its own, a value other than that tokenizer's size is ignored."""
+    given = dict(parse_overrides(overrides))
+    if "data.vocab_size" not in given or not cfg.data.path:
+        return []
+    try:
+        theirs = json.loads((Path(cfg.data.path) / "meta.json").read_text())["vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        theirs = None  # an unreadable data directory is reported when it is opened
+    if theirs == cfg.data.vocab_size:
+        return []
+    return [f"warning: --data.vocab_size={cfg.data.vocab_size} is ignored: it sizes only the default corpus's "
+            f"tokenizer, and the data in {cfg.data.path} brings its own ({theirs} tokens); drop it, pad the model "
+            "with --model.vocab_size, or prepare the data with superpose prepare --vocab-size N"]
 
 
 # Fields a resumed run may change: none of them alters the arithmetic of training, so the resumed

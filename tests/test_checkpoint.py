@@ -98,10 +98,8 @@ def superpose(*args, env=None):
 
 
 def cli_train(cfg, run):
-    """`superpose train` with every field of `cfg` given on the command line (but data.vocab_size,
-    which is refused beside --data.path: a prepared data directory brings its own tokenizer)."""
-    sets = [f"--{section}.{k}={v}" for section, fields in cfg.to_dict().items() for k, v in fields.items()
-            if f"{section}.{k}" != "data.vocab_size"]
+    """`superpose train` with every field of `cfg` given on the command line."""
+    sets = [f"--{section}.{k}={v}" for section, fields in cfg.to_dict().items() for k, v in fields.items()]
     return ["train", "--preset", "cpu-smoke", "--out", run, *sets]
 
 

@@ -374,10 +374,13 @@ def test_resume_accepts_an_override_equal_to_the_stored_value(checkpointed_run, 
     raises_one_line(lambda: resume_config(run, ["--optim.lr=0.004"]), "--optim.lr cannot change")
 
 
-def test_data_vocab_size_beside_data_path_is_refused(tiny_data, tmp_path):
-    one_line(superpose(*tiny_args(tiny_data, tmp_path / "r", "--data.vocab_size=8192")),
-             "--data.vocab_size sizes only the tokenizer of the default corpus", "drop --data.vocab_size")
-    assert resolve("cpu-smoke", ["--data.vocab_size=8192"]).data.vocab_size == 8192  # the default corpus: used
+def test_data_vocab_size_beside_data_path_is_not_silently_ignored(tiny_data, tmp_path):
+    """Item 10: --data.vocab_size beside --data.path used to be ignored without a word."""
+    proc = superpose(*tiny_args(tiny_data, tmp_path / "r", "--data.vocab_size=8192", "--train.steps=1"))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: --data.vocab_size=8192 is ignored" in proc.stderr and "brings its own (320 tokens)" in proc.stderr
+    proc = superpose(*tiny_args(tiny_data, tmp_path / "r2", "--data.vocab_size=320", "--train.steps=1"))
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr  # it agrees with the data: used
 
 
 def test_generate_checks_its_arguments_before_printing_the_prompt(run):

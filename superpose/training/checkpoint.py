@@ -15,9 +15,15 @@ Crash safety. A save writes everything into `.tmp-step-000120-<pid>/`, fsyncs ev
 directory, renames it to `step-000120/` (atomic on POSIX) and fsyncs `checkpoints/`. So a
 directory named `step-N` is always complete, and a process killed mid-save leaves only a `.tmp-*`
 directory that resume never picks and removes. Resume takes the highest-numbered `step-N` (it
-does not trust `latest`, which a kill can leave one save behind). Pruning runs only after the new
-checkpoint is in place, never touches the newest, and first renames a victim to `.del-*`, so a
-kill mid-delete never leaves a half `step-N` behind.
+does not trust `latest`, which a kill can leave one save behind). Pruning runs after the new
+checkpoint is in place (and before it, down to keep - 1, only when the disk has too little room
+for it), never touches the newest, and first renames a victim to `.del-*`, so a kill mid-delete
+never leaves a half `step-N` behind. Every file goes through `files.write_file`, so a full disk,
+however the writer reports it, is one line naming the file, what is intact and what to do.
+
+Integrity. meta.json records each file's size and sha256 and its own checksum (`meta_checksum`),
+and every reader verifies them: resume (`verify`), and eval, generate, export and load_model
+through `inference.load.locate`. Weights holding NaN or Inf are refused on load.
 
 A `step-N` directory that fails verification (unreadable meta.json, another format version, a
 file missing, shorter than recorded or failing its checksum) was damaged after it was written;
