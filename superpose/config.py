@@ -399,7 +399,8 @@ def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
 # So do the execution choices train.compile, train.attention and optim.fused (kernels, not math);
 # train.keep_freed_memory changes nothing but speed.
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_every", "train.log_every",
-                     "train.on_nan", "checkpoint.every", "checkpoint.every_minutes", "checkpoint.keep", "parallel.mode", "parallel.timeout_s",
+                     "train.on_nan", "checkpoint.every", "checkpoint.every_minutes", "checkpoint.keep", "parallel.mode",
+                     "parallel.timeout_s",
                      "train.compile", "train.attention", "train.keep_freed_memory", "optim.fused")
 
 

@@ -15,11 +15,12 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 from safetensors.torch import load_file, save_file
 
-from superpose import files
+from superpose import cli, files
 from superpose.config import Config, resolve
 from superpose.data import open_dataset
 from superpose.data.prepare import prepare
@@ -42,6 +43,18 @@ def superpose(*args, env=None, cwd=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "superpose", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}, cwd=cwd,
                           timeout=timeout)
+
+
+@pytest.fixture
+def cli_run(capsys):
+    """`superpose ARGS` in this process (no interpreter start-up per call): exit status and what
+    it printed, as a subprocess would report them."""
+    def run(*args):
+        capsys.readouterr()
+        code = cli.main([str(a) for a in args])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+    return run
 
 
 def one_line(proc, *needles):
@@ -122,21 +135,42 @@ def test_the_lock_is_reentrant_in_a_process_and_exclusive_across_processes(tmp_p
     assert probe.returncode == 0, probe.stderr
 
 
+def test_compare_and_sweep_take_the_lock_of_their_directory(tiny_data, tmp_path):
+    """Item 2: compare and sweep arms are written under one lock on the experiment directory."""
+    out = tmp_path / "exp"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from superpose import files; "
+                               f"files.lock_dir({str(out)!r}, 'compare directory'); print('held', flush=True); "
+                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        small = ["--data.path", tiny_data, "--data.seq_len=16", "--data.val_tokens=256", "--train.steps=4",
+                 "--train.batch_size=2", "--model.dim=32", "--optim.warmup_steps=1"]
+        one_line(superpose("compare", "--preset", "cpu-smoke", "--out", out, "--seeds", "1", *small),
+                 f"{out} is in use", f"(pid {holder.pid})")
+        one_line(superpose("sweep", "--preset", "cpu-smoke", "--out", out, "--bag-sizes", "2", "--ratios", "0.5",
+                           *small), f"(pid {holder.pid})")
+        assert sorted(p.name for p in out.iterdir()) == [files.LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # ----------------------------------------------------------------------------- 3, 4. verified reads
 
-def test_eval_of_a_damaged_final_model_points_at_the_intact_checkpoint(run):
+def test_eval_of_a_damaged_final_model_points_at_the_intact_checkpoint(run, cli_run):
     """Item 3: a truncated model.safetensors used to get "start the run again (no older
     checkpoint)" although every checkpoint was intact."""
     weights = run / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     for verb in (["eval", run], ["generate", run, "--prompt", "the", "--max-new-tokens", "2"],
                  ["export", run, "--hf", run.parent / "hf"]):
-        proc = superpose(*verb)
+        proc = cli_run(*verb)
         one_line(proc, f"{weights} is truncated or corrupt", f"checkpoint {run / 'checkpoints' / 'step-000008'} "
                  "is intact", f"--resume {run}")
         assert proc.stdout == ""
     # The advice works: the checkpoint evaluates.
-    assert superpose("eval", run / "checkpoints" / "step-000008").returncode == 0
+    assert cli_run("eval", run / "checkpoints" / "step-000008").returncode == 0
 
 
 def _poison(path, reseal):
@@ -153,7 +187,7 @@ def _poison(path, reseal):
 
 
 @pytest.mark.parametrize("reseal", [False, True], ids=["bytes-changed", "nan-recorded"])
-def test_export_eval_generate_refuse_a_checkpoint_with_nan(run, tmp_path, reseal):
+def test_export_eval_generate_refuse_a_checkpoint_with_nan(run, tmp_path, reseal, cli_run):
     """Item 4: a checkpoint with a NaN in model.safetensors used to export with exit 0 and
     evaluate to val_loss nan. Every read path verifies checksums and refuses non-finite weights."""
     ck = run / "checkpoints" / "step-000008"
@@ -161,53 +195,53 @@ def test_export_eval_generate_refuse_a_checkpoint_with_nan(run, tmp_path, reseal
     needle = "holds NaN or Inf in norm.weight" if reseal else "is corrupt (sha256 differs from meta.json)"
     hf = tmp_path / "hf"
     for verb in (["export", ck, "--hf", hf], ["eval", ck], ["generate", ck, "--prompt", "the"]):
-        one_line(superpose(*verb), f"{ck / 'model.safetensors'}", needle, "to resume from step-000006")
+        one_line(cli_run(*verb), f"{ck / 'model.safetensors'}", needle, "to resume from step-000006")
     assert not hf.exists() or not any(hf.iterdir())
     raises_one_line(lambda: load_model(ck), needle)
 
 
-def test_init_from_hf_verifies_an_exported_folder(run, tiny_data, tmp_path):
+def test_init_from_hf_verifies_an_exported_folder(run, tiny_data, tmp_path, cli_run):
     """Item 4: `--init-from-hf` of a folder superpose exported checks its recorded checksums."""
     hf = tmp_path / "hf"
-    assert superpose("export", run, "--hf", hf).returncode == 0
-    assert json.loads((hf / "superpose.json").read_text())["files"]["model.safetensors"]["bytes"] > 0
+    assert cli_run("export", run, "--hf", hf).returncode == 0
+    assert json.loads((hf / "superpose_checksums.json").read_text())["files"]["model.safetensors"]["bytes"] > 0
     tensors = load_file(str(hf / "model.safetensors"))
     tensors["model.norm.weight"][0] = float("inf")
     save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
-    one_line(superpose("train", "--preset", "cpu-smoke", "--out", tmp_path / "ft", "--init-from-hf", hf,
+    one_line(cli_run("train", "--preset", "cpu-smoke", "--out", tmp_path / "ft", "--init-from-hf", hf,
                        "--data.path", tiny_data, "--train.steps=1"),
-             f"{hf / 'model.safetensors'} is missing, truncated or corrupt", "superpose.json")
+             f"{hf / 'model.safetensors'} is missing, truncated or corrupt", "superpose_checksums.json")
     assert not (tmp_path / "ft" / "metrics.jsonl").exists()
 
 
 # ----------------------------------------------------------------------------- 5. the default corpus
 
-def test_eval_generate_export_on_a_run_trained_on_the_default_corpus(tiny_data, tmp_path):
+def test_eval_generate_export_on_a_run_trained_on_the_default_corpus(tiny_data, tmp_path, monkeypatch, cli_run):
     """Item 5: the README's first run (no --data.path) could not be evaluated: "does not record its
     data directory". The run resolves the default corpus as training did ($SUPERPOSE_CACHE)."""
     cache = tmp_path / "cache"
     shutil.copytree(tiny_data, cache / "data" / "default-v320")  # a prepared default corpus, offline
-    env = {"SUPERPOSE_CACHE": str(cache)}
+    monkeypatch.setenv("SUPERPOSE_CACHE", str(cache))
     run = tmp_path / "run"
     args = ["--data.vocab_size=320", "--data.seq_len=16", "--data.val_tokens=256", "--train.batch_size=2",
             "--model.dim=32", "--train.threads=1", "--train.steps=2"]
-    proc = superpose("train", "--preset", "cpu-smoke", "--out", run, *args, env=env)
+    proc = cli_run("train", "--preset", "cpu-smoke", "--out", run, *args)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "config.json").read_text())["data"]["path"] == ""
-    ev = superpose("eval", run, env=env)
+    ev = cli_run("eval", run)
     assert ev.returncode == 0, ev.stderr
     assert str(cache / "data" / "default-v320") in ev.stdout and "val_loss" in ev.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert f"val_loss {summary['val_loss']:.4f}" in ev.stdout  # the same windows the trainer scored
-    gen = superpose("generate", run, "--prompt", "The cat", "--max-new-tokens", "4", "--seed", "1", env=env)
+    gen = cli_run("generate", run, "--prompt", "The cat", "--max-new-tokens", "4", "--seed", "1")
     assert gen.returncode == 0 and gen.stdout.startswith("The cat"), gen.stderr
-    exp = superpose("export", run, "--hf", tmp_path / "hf", env=env)
+    exp = cli_run("export", run, "--hf", tmp_path / "hf")
     assert exp.returncode == 0 and (tmp_path / "hf" / "model.safetensors").is_file(), exp.stderr
     # A checkpoint of such a run finds its tokenizer too (the run directory has it from the start).
     ck_run = tmp_path / "ck-run"
-    proc = superpose("train", "--preset", "cpu-smoke", "--out", ck_run, *args, "--checkpoint.every=1", env=env)
+    proc = cli_run("train", "--preset", "cpu-smoke", "--out", ck_run, *args, "--checkpoint.every=1")
     assert proc.returncode == 0, proc.stderr
-    assert superpose("eval", ck_run / "checkpoints" / "step-000001", env=env).returncode == 0
+    assert cli_run("eval", ck_run / "checkpoints" / "step-000001").returncode == 0
 
 
 # ----------------------------------------------------------------------------- 6. a way forward
@@ -295,40 +329,40 @@ def test_every_float_field_must_be_finite(value):
         assert f"{key}: must be a finite number, got {float(value)}" in msg, key
 
 
-def test_infinite_lr_and_nan_temperature_are_one_line(tmp_path, run):
-    one_line(superpose("train", "--preset", "cpu-smoke", "--out", tmp_path / "r", "--optim.lr=inf",
+def test_infinite_lr_and_nan_temperature_are_one_line(tmp_path, run, cli_run):
+    one_line(cli_run("train", "--preset", "cpu-smoke", "--out", tmp_path / "r", "--optim.lr=inf",
                        "--optim.weight_decay=inf", "--train.on_nan=skip"),
              "optim.lr: must be a finite number, got inf", "optim.weight_decay: must be a finite number")
     assert not (tmp_path / "r").exists()
-    proc = superpose("generate", run, "--prompt", "The cat", "--temperature", "nan")
-    one_line(proc, "--temperature must be a finite number >= 0 (0 = greedy), got nan")
+    proc = cli_run("generate", run, "--prompt", "The cat", "--temperature", "nan")
+    one_line(proc, "--temperature must be >= 0 and finite (0 = greedy), got nan")
     assert proc.stdout == ""  # item 10: nothing printed before the arguments are checked
-    one_line(superpose("compare", "--preset", "cpu-smoke", "--out", tmp_path / "c", "--baseline-lengths", "1,inf"),
+    one_line(cli_run("compare", "--preset", "cpu-smoke", "--out", tmp_path / "c", "--baseline-lengths", "1,inf"),
              "--baseline-lengths takes finite numbers")
 
 
 # ----------------------------------------------------------------------------- 9. one line, not a traceback
 
-def test_corrupt_tokenizer_in_a_data_folder_or_a_run_folder(tiny_data, run, tmp_path):
+def test_corrupt_tokenizer_in_a_data_folder_or_a_run_folder(tiny_data, run, tmp_path, cli_run):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     (data / "tokenizer.json").write_bytes((data / "tokenizer.json").read_bytes()[:500])
-    one_line(superpose(*tiny_args(data, tmp_path / "r", "--train.steps=1")), f"cannot load tokenizer {data}")
+    one_line(cli_run(*tiny_args(data, tmp_path / "r", "--train.steps=1")), f"cannot load tokenizer {data}")
     (run / "tokenizer.json").write_bytes(b"\xff\xfe not json")
-    one_line(superpose("eval", run), f"{run / 'tokenizer.json'} is truncated or corrupt",
+    one_line(cli_run("eval", run), f"{run / 'tokenizer.json'} is truncated or corrupt",
              f"copy the tokenizer.json of the data directory the run trained on ({tiny_data})")
 
 
-def test_out_naming_an_existing_file_is_one_line(tiny_data, tmp_path):
+def test_out_naming_an_existing_file_is_one_line(tiny_data, tmp_path, cli_run):
     target = tmp_path / "a-file"
     target.write_text("mine")
-    one_line(superpose(*tiny_args(tiny_data, target, "--train.steps=1")), f"{target} is a file")
-    one_line(superpose("prepare", "--out", target, "--text", tmp_path), f"{target} is a file")
+    one_line(cli_run(*tiny_args(tiny_data, target, "--train.steps=1")), f"{target} is a file")
+    one_line(cli_run("prepare", "--out", target, "--text", tmp_path), f"{target} is a file")
     assert target.read_text() == "mine"
 
 
-def test_a_batch_too_large_for_memory_is_one_line(tiny_data, tmp_path):
-    one_line(superpose(*tiny_args(tiny_data, tmp_path / "r", "--train.batch_size=10000000000", "--train.steps=1")),
+def test_a_batch_too_large_for_memory_is_one_line(tiny_data, tmp_path, cli_run):
+    one_line(cli_run(*tiny_args(tiny_data, tmp_path / "r", "--train.batch_size=10000000000", "--train.steps=1")),
              "out of memory", "lower --train.batch_size")
 
 
@@ -374,19 +408,19 @@ def test_resume_accepts_an_override_equal_to_the_stored_value(checkpointed_run, 
     raises_one_line(lambda: resume_config(run, ["--optim.lr=0.004"]), "--optim.lr cannot change")
 
 
-def test_data_vocab_size_beside_data_path_is_not_silently_ignored(tiny_data, tmp_path):
+def test_data_vocab_size_beside_data_path_is_not_silently_ignored(tiny_data, tmp_path, cli_run):
     """Item 10: --data.vocab_size beside --data.path used to be ignored without a word."""
-    proc = superpose(*tiny_args(tiny_data, tmp_path / "r", "--data.vocab_size=8192", "--train.steps=1"))
+    proc = cli_run(*tiny_args(tiny_data, tmp_path / "r", "--data.vocab_size=8192", "--train.steps=1"))
     assert proc.returncode == 0, proc.stderr
     assert "warning: --data.vocab_size=8192 is ignored" in proc.stderr and "brings its own (320 tokens)" in proc.stderr
-    proc = superpose(*tiny_args(tiny_data, tmp_path / "r2", "--data.vocab_size=320", "--train.steps=1"))
+    proc = cli_run(*tiny_args(tiny_data, tmp_path / "r2", "--data.vocab_size=320", "--train.steps=1"))
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr  # it agrees with the data: used
 
 
-def test_generate_checks_its_arguments_before_printing_the_prompt(run):
+def test_generate_checks_its_arguments_before_printing_the_prompt(run, cli_run):
     for bad in (["--max-new-tokens", "0"], ["--top-k", "-1"], ["--max-new-tokens", "100000"]):
-        proc = superpose("generate", run, "--prompt", "The cat", *bad)
+        proc = cli_run("generate", run, "--prompt", "The cat", *bad)
         assert proc.returncode == 2 and proc.stdout == "", (bad, proc.stdout, proc.stderr)
-    ok = superpose("generate", run, "--prompt", "The cat", "--max-new-tokens", "3", "--seed", "0")
+    ok = cli_run("generate", run, "--prompt", "The cat", "--max-new-tokens", "3", "--seed", "0")
     assert ok.returncode == 0 and ok.stdout.startswith("The cat"), ok.stderr
 

@@ -91,7 +91,7 @@ def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tok
             raise UserError(f"{out} already holds a prepared data set; remove it or choose another --out")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} exists and is not empty; remove it or choose another --out")
-        stale = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")] if out.parent.is_dir() else []
+        stale = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
         if stale:
             size = sum(f.stat().st_size for p in stale for f in p.rglob("*") if f.is_file())
             for p in stale:

@@ -100,7 +100,7 @@ def generate(path: Path | str, prompt: str, max_new_tokens: int = 200, temperatu
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if not (math.isfinite(temperature) and temperature >= 0):  # nan passes `< 0` and samples garbage
-        raise UserError(f"--temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+        raise UserError(f"--temperature must be >= 0 and finite (0 = greedy), got {temperature}")
     if top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = no limit), got {top_k}")
     src = locate(path)

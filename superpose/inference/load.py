@@ -145,7 +145,8 @@ def locate(path: Path | str) -> ModelFiles:
         summary = _read_json(path / "summary.json", "run summary") if (path / "summary.json").is_file() else {}
         steps = config.get("train", {}).get("steps")
         data = _data_dir(config)
-        if isinstance(summary, dict) and isinstance(summary.get("files"), dict):  # runs finished before checksums came in have none
+        # Runs finished before checksums came in have none to check.
+        if isinstance(summary, dict) and isinstance(summary.get("files"), dict):
             checkpoint.verify_files(path, summary["files"], ("model.safetensors", "model.json"), "model file",
                                     "summary.json")
             checkpoint.verify_files(path, summary["files"], ("tokenizer.json",), "model file", "summary.json",

@@ -6,7 +6,7 @@ no q/k permutation. Parity is tested: HF logits equal superpose's to 1e-5 in flo
 
     export_hf(run_or_checkpoint, out_dir)   config.json (LlamaConfig), model.safetensors,
                                             generation_config.json, tokenizer.json, tokenizer_config.json,
-                                            superpose.json (sizes and sha256, checked on import)
+                                            superpose_checksums.json (sizes and sha256, checked on import)
     read_hf_config(hf_dir) -> ModelConfig   the architecture of an HF Llama folder (refusing others)
     load_hf_state(hf_dir, cfg) -> dict      its weights under superpose names, for `--init-from-hf`
 
@@ -98,7 +98,7 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
     }
 
 
-MANIFEST = "superpose.json"  # an exported folder's record of its files' sizes and sha256
+MANIFEST = "superpose_checksums.json"  # an exported folder's record of its files' sizes and sha256
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -252,8 +252,8 @@ def load_hf_state(hf_dir: Path | str, cfg: ModelConfig) -> dict[str, Tensor]:
 
 
 def _verify_export(hf_dir: Path) -> None:
-    """A folder superpose exported carries `superpose.json` (sizes and sha256 of its files): check
-    them, as every other read of superpose's files does. Other HF folders have none to check."""
+    """A folder superpose exported carries `superpose_checksums.json` (sizes and sha256 of its
+    files): check them, as every other read of superpose's files does. Other HF folders have none."""
     manifest = hf_dir / MANIFEST
     if not manifest.is_file():
         return

@@ -110,7 +110,7 @@ def _fix(path: Path) -> str:
                 f"{run_dir / 'model.safetensors'} and {run_dir / 'summary.json'} and resume with superpose train "
                 f"--resume {run_dir} to redo the last steps and write the final model again")
     if m:
-        return "no older checkpoint is complete, so the run must be trained again (superpose train --out a new directory)"
+        return "no older checkpoint is complete, so the run must be trained again (superpose train --out NEW_DIR)"
     return "no checkpoint of the run is complete, so it must be trained again (superpose train --out a new directory)"
 
 
@@ -288,7 +288,8 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
 
     def write(name: str, produce) -> dict:
         f = tmp / name
-        write_file(f, produce, atomic=False, intact=intact, fix=fix, needed=needed, label=f"{name} of checkpoint {final}")
+        write_file(f, produce, atomic=False, intact=intact, fix=fix, needed=needed,
+                   label=f"{name} of checkpoint {final}")
         faults.kill_point(step, name)
         return file_record(f)
 
@@ -497,8 +498,9 @@ def save_final(trainer: Trainer, summary: dict) -> None:
     fix = f"free some space and resume with: superpose train --resume {run}"
     try:
         # summary.json goes last: a run without it is unfinished, and a resume completes it.
+        architecture = json.dumps(t.cfg.model.to_dict(), indent=2) + "\n"
         for name, produce in (("model.safetensors", lambda p: save_model(model, str(p))),
-                              ("model.json", lambda p: p.write_text(json.dumps(t.cfg.model.to_dict(), indent=2) + "\n")),
+                              ("model.json", lambda p: p.write_text(architecture)),
                               ("tokenizer.json", lambda p: shutil.copyfile(t.dataset.tokenizer_path, p))):
             write_file(run / name, produce, intact="the final model is not written yet", fix=fix)
         summary["files"] = {name: file_record(run / name) for name in FINAL_FILES}
