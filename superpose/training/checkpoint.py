@@ -277,12 +277,17 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
     def fix() -> str:
         # Advice that works: --checkpoint.keep=1 only when deleting the older checkpoints would make
         # room (keep is then honoured before the save); otherwise the space that must be freed.
+        def size(d: Path) -> int:
+            return sum(f.stat().st_size for f in d.iterdir() if f.is_file()) if d.is_dir() else 0
+
         older = checkpoints(run_dir)[:-1]
-        freed = sum(f.stat().st_size for _, p in older for f in p.iterdir() if f.is_file())
-        short = needed - (files.free_bytes(root) or 0)
+        freed = sum(size(p) for _, p in older)
+        # What this save's files already written take is freed when its temporary is removed.
+        short = needed - (files.free_bytes(root) or 0) - size(tmp)
         if older and freed >= short:
-            return (f"resume with --checkpoint.keep=1 (deletes the {len(older)} older checkpoint(s) before each save, "
-                    f"{files.mb(freed)}), or free {files.mb(short)}: superpose train --resume {run_dir}")
+            return (f"resume with superpose train --resume {run_dir} --checkpoint.keep=1 (it deletes the {len(older)} "
+                    f"older checkpoint(s), {files.mb(freed)}, before each save), or free {files.mb(short)} and "
+                    "resume without it")
         also = f" (or {files.mb(short - freed)} with --checkpoint.keep=1)" if older else ""
         return f"free at least {files.mb(short)}{also} and resume with: superpose train --resume {run_dir}"
 
