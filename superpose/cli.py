@@ -15,6 +15,8 @@ Every mistake a user can make ends in one line on stderr and exit status 2, no t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import sys
 from pathlib import Path
 
@@ -29,6 +31,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from .data import corpus
     from .data.prepare import cache_dir, prepare
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # before reading gigabytes of text
+        raise UserError(f"{args.out} is a file; give --out a directory to create")
     if args.text:
         sources = corpus.text_sources([Path(p) for p in args.text])
     else:
@@ -43,7 +47,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     A run stopped by SIGINT/SIGTERM saves a checkpoint and exits with 128 + the signal number."""
     from .config import resolve
     from .errors import Interrupted
+    from .files import lock_dir
     from .training import run_training
+    from .training.distributed import env_rank
     from .training.resume import resume_config
 
     try:
@@ -54,11 +60,16 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
                 raise UserError("--resume RUN_DIR continues that run with its own config and directory; "
                                 "drop --preset and --out")
             run_dir = Path(args.resume)
-            run_training(resume_config(run_dir, overrides), run_dir, log=_log, resume=True)
+            if not run_dir.is_dir():
+                resume_config(run_dir, overrides)  # says what is wrong with the path, creating nothing
+            # The lock before the config is read: another writer could prune the checkpoint read here.
+            with lock_dir(run_dir, "run") if env_rank() == 0 else contextlib.nullcontext():
+                run_training(resume_config(run_dir, overrides), run_dir, log=_log, resume=True)
         else:
             if not args.preset or not args.out:
                 raise UserError("train needs --preset NAME and --out RUN_DIR (or --resume RUN_DIR)")
             cfg, hf = resolve(args.preset, overrides), args.init_from_hf
+            _warn_ignored(cfg, overrides)
             if hf:
                 from .interop.hf_llama import config_from_hf
 
@@ -72,6 +83,15 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         raise SystemExit(128 + e.signum) from None
 
 
+def _warn_ignored(cfg, overrides: list[str]) -> None:
+    from .config import ignored_settings
+    from .training.distributed import env_rank
+
+    if env_rank() == 0:
+        for line in ignored_settings(cfg, overrides):
+            _log(line)
+
+
 def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     """Preset + overrides (+ --bag-size/--ratio), with the data and vocabulary resolved up front
     so every arm and cell reads the same data directory."""
@@ -83,6 +103,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     if args.ratio is not None:
         overrides = [*overrides, f"--tst.ratio={args.ratio}"]
     cfg = resolve(args.preset, overrides)
+    _warn_ignored(cfg, overrides)
     ds = resolve_data(cfg, _log)
     cfg.data.path = str(ds.path)
     cfg = resolve_vocab(cfg, ds)
@@ -93,9 +114,12 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
 
 def _floats(text: str, flag: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"{flag} takes finite numbers, got {text!r}")
+    return values
 
 
 def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -136,9 +160,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from .inference.generate import generate
 
-    sys.stdout.write(args.prompt)
+    # The prompt is echoed by generate once every argument and the model have been checked, so a
+    # mistake prints one error line and nothing on stdout.
     generate(args.path, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-             top_k=args.top_k, seed=args.seed, device=args.device, log=_log)
+             top_k=args.top_k, seed=args.seed, device=args.device, log=_log, echo_prompt=True)
     sys.stdout.write("\n")
 
 
@@ -159,7 +184,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
               f"context {out['seq_len']}")
         print(f"val_loss {out['val_loss']:.4f}  perplexity {out['val_ppl']:.2f}  bits/byte {out['val_bpb']:.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        from .files import write_text
+
+        write_text(Path(args.json), json.dumps(out, indent=2) + "\n", intact="the results are printed above")
 
 
 def cmd_presets(_: argparse.Namespace) -> None:
@@ -302,6 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("superpose: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:  # numpy's ArrayMemoryError too: a batch or context too large for this machine
+        from .training.distributed import rank_tag
+
+        what = str(e).splitlines()[0] if str(e) else "an allocation failed"
+        print(f"superpose: error: {rank_tag()}out of memory ({what}); lower --train.batch_size or --data.seq_len "
+              "(checkpoints already written are untouched)", file=sys.stderr)
+        return 2
     except Exception as e:
         from .training.distributed import describe_lost_peer, rank_tag
 

@@ -32,6 +32,7 @@ import numpy as np
 from .config import Config
 from .data import open_dataset
 from .errors import UserError
+from .files import copy_file, lock_dir
 from .training import Trainer, build_trainer
 from .training.metrics import environment
 
@@ -137,7 +138,8 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
                                        state=copy.deepcopy(trunk.state_dict()))
                 branch.run_dir.mkdir(parents=True, exist_ok=True)
                 # The branch's log starts with the trunk's history: it is the full run of that length.
-                shutil.copyfile(trunk.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl")
+                copy_file(trunk.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl",
+                          fix="free some space and run the same command again: finished seeds are kept")
                 branch.begin(progress=False)
                 runs.append(_Run(f"baseline-{n}", branch))
             t.step_once()
@@ -228,51 +230,55 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
         raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0 (phase 1 must get >= 1 step)")
     steps = list(steps or [cfg.train.steps])
     check_lengths(steps, cfg, factors)
-    out.mkdir(parents=True, exist_ok=True)
-    per_seed = {}
-    for seed in seeds:
-        seed_dir = out / f"seed-{seed}"
-        done = seed_dir / "result.json"
-        if done.is_file():
-            per_seed[seed] = _reuse(done, seed, steps, factors)
-            log(f"compare: seed {seed} already done, reusing {done}")
-            continue
-        shutil.rmtree(seed_dir, ignore_errors=True)  # an interrupted seed restarts from scratch
-        lengths = sorted(set().union(*(baseline_lengths(T, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
-                                       for T in steps)))
-        log(f"compare: seed {seed}: TST (s={cfg.tst.bag_size}, r={cfg.tst.ratio}) at {', '.join(map(str, steps))} "
-            f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk), in lock-step")
-        per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log), "steps": steps,
-                          "factors": list(factors)}
-        done.write_text(json.dumps(per_seed[seed], indent=1) + "\n")
-    from .report import plot_compare, plot_gain_vs_length, write_compare_markdown, write_scan_markdown
+    from .report import write_report
 
-    subs = []
-    for T in steps:
-        cfg_T = copy.deepcopy(cfg)
-        cfg_T.train.steps = T
-        by_seed = {k: per_seed[k]["by_steps"][str(T)] for k in seeds}
-        lengths = sorted({b["steps"] for k in seeds for b in by_seed[k]["baseline"]})
-        sub = summarize(cfg_T, by_seed, lengths, command)
-        where = out if len(steps) == 1 else out / f"steps-{T}"
-        where.mkdir(exist_ok=True)
-        plot_compare(sub, by_seed, where)
-        write_compare_markdown(sub, where / "report.md")
-        subs.append(sub)
-    if len(steps) == 1:
-        report = subs[0]
-        report["lengths"] = [_length_summary(report)]
-    else:
-        report = summarize_scan(cfg, subs, per_seed, command)
-        plot_gain_vs_length(report, out / "gain_vs_length.png")
-        write_scan_markdown(report, out / "report.md")
-    report["baseline_factors"] = list(factors)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    for line in report["verdicts"]:
-        log(f"compare: {line}")
-    log(f"compare: report in {out / 'report.md'}" + (f", plots in {out}/loss_vs_*.png" if len(steps) == 1 else
-                                                      f", gain vs length in {out / 'gain_vs_length.png'}"))
-    return report
+    # One writer per experiment directory: the arms' run directories, the seeds' results and the
+    # reports are written under this lock (an OS lock, dropped by the kernel if we die).
+    with lock_dir(out, "compare directory"):
+        per_seed = {}
+        for seed in seeds:
+            seed_dir = out / f"seed-{seed}"
+            done = seed_dir / "result.json"
+            if done.is_file():
+                per_seed[seed] = _reuse(done, seed, steps, factors)
+                log(f"compare: seed {seed} already done, reusing {done}")
+                continue
+            shutil.rmtree(seed_dir, ignore_errors=True)  # an interrupted seed restarts from scratch
+            lengths = sorted(set().union(*(baseline_lengths(T, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
+                                           for T in steps)))
+            log(f"compare: seed {seed}: TST (s={cfg.tst.bag_size}, r={cfg.tst.ratio}) at {', '.join(map(str, steps))} "
+                f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk), in lock-step")
+            per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log), "steps": steps,
+                              "factors": list(factors)}
+            write_report(done, json.dumps(per_seed[seed], indent=1) + "\n")
+        from .report import plot_compare, plot_gain_vs_length, write_compare_markdown, write_scan_markdown
+
+        subs = []
+        for T in steps:
+            cfg_T = copy.deepcopy(cfg)
+            cfg_T.train.steps = T
+            by_seed = {k: per_seed[k]["by_steps"][str(T)] for k in seeds}
+            lengths = sorted({b["steps"] for k in seeds for b in by_seed[k]["baseline"]})
+            sub = summarize(cfg_T, by_seed, lengths, command)
+            where = out if len(steps) == 1 else out / f"steps-{T}"
+            where.mkdir(exist_ok=True)
+            plot_compare(sub, by_seed, where)
+            write_compare_markdown(sub, where / "report.md")
+            subs.append(sub)
+        if len(steps) == 1:
+            report = subs[0]
+            report["lengths"] = [_length_summary(report)]
+        else:
+            report = summarize_scan(cfg, subs, per_seed, command)
+            plot_gain_vs_length(report, out / "gain_vs_length.png")
+            write_scan_markdown(report, out / "report.md")
+        report["baseline_factors"] = list(factors)
+        write_report(out / "report.json", json.dumps(report, indent=2) + "\n")
+        for line in report["verdicts"]:
+            log(f"compare: {line}")
+        log(f"compare: report in {out / 'report.md'}" + (f", plots in {out}/loss_vs_*.png" if len(steps) == 1 else
+                                                          f", gain vs length in {out / 'gain_vs_length.png'}"))
+        return report
 
 
 def _reuse(done: Path, seed: int, steps: list[int], factors: tuple[float, ...]) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,8 +125,13 @@ class CheckpointConfig:
     every: int = 0
     """Save a checkpoint into RUN_DIR/checkpoints/step-NNNNNN/ every N optimizer steps; 0 saves
     only when the run is stopped by SIGINT/SIGTERM. The final model is written either way."""
+    every_minutes: float = 30.0
+    """Also save a checkpoint when this many minutes of wall time have passed since the last one
+    (or the start), so a run never loses more than that to a crash, whatever `every` is; 0
+    disables. Checkpoints do not change the arithmetic: a resumed run stays bit for bit."""
     keep: int = 2
-    """Keep the newest K checkpoints, deleting older ones once a new one is complete; 0 keeps all."""
+    """Keep the newest K checkpoints, deleting older ones once a new one is complete (or before a
+    save, down to K - 1 but never the newest, when the disk has too little room for it); 0 keeps all."""
 
 
 @dataclass
@@ -165,7 +171,12 @@ class Config:
 
     def problems(self) -> list[str]:
         """Every invalid field, as 'section.field: what is allowed, what was given'."""
-        out = self.model.problems()
+        # inf and nan compare false with every bound (lr > 0 holds for inf) and would reach the
+        # weights before the NaN guard can act, so every float field must be finite first.
+        out = [f"{section.name}.{f.name}: must be a finite number, got {value}"
+               for section in dataclasses.fields(self) for f in dataclasses.fields(getattr(self, section.name))
+               if isinstance(value := getattr(getattr(self, section.name), f.name), float) and not math.isfinite(value)]
+        out += self.model.problems()
         d, t, o, tr, ck = self.data, self.tst, self.optim, self.train, self.checkpoint
 
         def need(ok: bool, msg: str) -> None:
@@ -206,6 +217,7 @@ class Config:
         need(tr.on_nan in ON_NAN, f"train.on_nan: must be one of {', '.join(ON_NAN)}, got {tr.on_nan!r}")
         need(ck.every >= 0, f"checkpoint.every: must be >= 0 (0 = only on SIGINT/SIGTERM), got {ck.every}")
         need(ck.keep >= 0, f"checkpoint.keep: must be >= 0 (0 = keep all), got {ck.keep}")
+        need(not ck.every_minutes < 0, f"checkpoint.every_minutes: must be >= 0 (0 = off), got {ck.every_minutes}")
         pa = self.parallel
         need(pa.mode in PARALLEL_MODES, f"parallel.mode: must be one of {', '.join(PARALLEL_MODES)}, got {pa.mode!r}")
         need(pa.mixed_precision in MIXED_PRECISION,
@@ -409,6 +421,24 @@ def resolve(preset_name: str, overrides: list[str]) -> Config:
     return cfg.validate()
 
 
+def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
+    """Warnings for overrides the run will not use (torchtitan's rule: say when a setting is
+    silently ignored). data.vocab_size sizes only the default corpus's tokenizer: beside
+    data.path, whose data brings its own, a value other than that tokenizer's size is ignored."""
+    given = dict(parse_overrides(overrides))
+    if "data.vocab_size" not in given or not cfg.data.path:
+        return []
+    try:
+        theirs = json.loads((Path(cfg.data.path) / "meta.json").read_text())["vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        theirs = None  # an unreadable data directory is reported when it is opened
+    if theirs == cfg.data.vocab_size:
+        return []
+    return [f"warning: --data.vocab_size={cfg.data.vocab_size} is ignored: it sizes only the default corpus's "
+            f"tokenizer, and the data in {cfg.data.path} brings its own ({theirs} tokens); drop it, pad the model "
+            "with --model.vocab_size, or prepare the data with superpose prepare --vocab-size N"]
+
+
 # Fields a resumed run may change: none of them alters the arithmetic of training, so the resumed
 # run stays bit-identical to an uninterrupted one (on the same device and thread count). Every
 # other field is fixed by the checkpoint. parallel.mode and the number of processes (which is not
@@ -416,7 +446,8 @@ def resolve(preset_name: str, overrides: list[str]) -> Config:
 # So do the execution choices train.compile, train.attention and optim.fused (kernels, not math);
 # train.keep_freed_memory changes nothing but speed.
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_every", "train.log_every",
-                     "train.on_nan", "checkpoint.every", "checkpoint.keep", "parallel.mode", "parallel.timeout_s",
+                     "train.on_nan", "checkpoint.every", "checkpoint.every_minutes", "checkpoint.keep", "parallel.mode",
+                     "parallel.timeout_s",
                      "train.compile", "train.attention", "train.keep_freed_memory", "optim.fused")
 
 
@@ -431,8 +462,11 @@ def differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
     return out
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+def save_config(cfg: Config, path: Path, **write) -> None:
+    """config.json, through the one write path (`files.write_text`: atomic, a full disk is one line)."""
+    from .files import write_text
+
+    write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n", **write)
 
 
 def load_config(path: Path) -> Config:

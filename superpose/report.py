@@ -12,6 +12,20 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .compare import speedup_text  # noqa: E402
+from .files import write_file, write_text  # noqa: E402
+
+REPORT_FIX = "free some space and run the same command again: finished seeds and cells are kept"
+
+
+def write_report(path: Path, text: str) -> None:
+    """A report file, through the one write path (atomic; a full disk is one line)."""
+    write_text(path, text, intact="the runs' results are kept", fix=REPORT_FIX)
+
+
+def save_figure(fig, path: Path) -> None:
+    # The temporary's name has no .png suffix, so the format is given.
+    write_file(path, lambda p: fig.savefig(p, dpi=120, format=path.suffix.lstrip(".") or "png"),
+               intact="the runs' results are kept", fix=REPORT_FIX)
 
 TST_COLOR, BASE_COLOR = "tab:red", "tab:blue"
 
@@ -65,7 +79,7 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
         ax.legend(fontsize=7, loc="upper right")
         fig.tight_layout()
         path = out / f"loss_vs_{name}.png"
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
     return paths
@@ -133,7 +147,7 @@ def plot_gain_vs_length(report: dict, path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -163,7 +177,7 @@ def write_scan_markdown(rep: dict, path: Path) -> None:
         lines.append(f"- {int(float(T)):,} steps: {p['mean']:+.3f} ({p['lo']:+.3f} to {p['hi']:+.3f})")
     lines += ["", "A line in log(steps) is a description of the measured lengths, not a law: trust the "
               "extrapolation only as far as the band is narrow.", "", "![gain vs length](gain_vs_length.png)", ""]
-    path.write_text("\n".join(lines))
+    write_report(path, "\n".join(lines))
 
 
 def _fmt(st: dict, digits: int = 4, suffix: str = "") -> str:
@@ -241,7 +255,7 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
         "![loss vs tokens](loss_vs_tokens.png)",
         "",
     ]
-    path.write_text("\n".join(lines))
+    write_report(path, "\n".join(lines))
 
 
 def plot_sweep(grid: dict, path: Path, title: str) -> None:
@@ -269,6 +283,6 @@ def plot_sweep(grid: dict, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="baseline loss - TST loss (nats)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 

@@ -19,6 +19,7 @@ from .compare import stats
 from .config import Config
 from .data import open_dataset
 from .errors import UserError
+from .files import lock_dir
 from .training import build_trainer
 from .training.metrics import environment
 
@@ -40,41 +41,42 @@ def sweep(cfg: Config, out: Path, bag_sizes: list[int], ratios: list[float], see
           command: str = "", log: Callable[[str], None] = print) -> dict:
     if any(s < 2 for s in bag_sizes) or any(not 0 < r <= 1 for r in ratios):
         raise UserError("sweep needs --bag-sizes >= 2 and --ratios in (0, 1]; the baseline (r = 0) is always run")
-    out.mkdir(parents=True, exist_ok=True)
-    plan = [(1, 0.0, k) for k in seeds] + [(s, r, k) for k in seeds for r in ratios for s in bag_sizes]
-    t0 = time.time()
-    results = {}
-    for i, (s, r, k) in enumerate(plan):
-        name = cell_name(s, r, k)
-        c = copy.deepcopy(cfg)
-        c.tst.bag_size, c.tst.ratio, c.train.seed = s, r, k
-        c.validate()
-        fresh = not (out / "cells" / name / "summary.json").is_file()
-        results[(s, r, k)] = run_cell(c, out / "cells" / name, log)
-        log(f"sweep: {i + 1}/{len(plan)} {name}: val_loss {results[(s, r, k)]['val_loss']:.4f}"
-            f"{'' if fresh else ' (done before)'} [{time.time() - t0:.0f}s]")
-    base = {k: results[(1, 0.0, k)]["val_loss"] for k in seeds}
-    cells = []
-    for r in ratios:
-        for s in bag_sizes:
-            losses = [results[(s, r, k)]["val_loss"] for k in seeds]
-            cells.append({"bag_size": s, "ratio": r, "val_loss": stats(losses),
-                          "gain": stats([base[k] - results[(s, r, k)]["val_loss"] for k in seeds])})
-    grid = {"config": cfg.to_dict(), "command": command, "seeds": seeds, "bag_sizes": bag_sizes, "ratios": ratios,
-            "baseline": stats(list(base.values())), "cells": cells, "environment": environment(),
-            "date": time.strftime("%Y-%m-%d")}
-    (out / "sweep.json").write_text(json.dumps(grid, indent=2) + "\n")
-    from .report import plot_sweep
+    # One writer per sweep directory (an OS lock, dropped by the kernel if we die).
+    with lock_dir(out, "sweep directory"):
+        plan = [(1, 0.0, k) for k in seeds] + [(s, r, k) for k in seeds for r in ratios for s in bag_sizes]
+        t0 = time.time()
+        results = {}
+        for i, (s, r, k) in enumerate(plan):
+            name = cell_name(s, r, k)
+            c = copy.deepcopy(cfg)
+            c.tst.bag_size, c.tst.ratio, c.train.seed = s, r, k
+            c.validate()
+            fresh = not (out / "cells" / name / "summary.json").is_file()
+            results[(s, r, k)] = run_cell(c, out / "cells" / name, log)
+            log(f"sweep: {i + 1}/{len(plan)} {name}: val_loss {results[(s, r, k)]['val_loss']:.4f}"
+                f"{'' if fresh else ' (done before)'} [{time.time() - t0:.0f}s]")
+        base = {k: results[(1, 0.0, k)]["val_loss"] for k in seeds}
+        cells = []
+        for r in ratios:
+            for s in bag_sizes:
+                losses = [results[(s, r, k)]["val_loss"] for k in seeds]
+                cells.append({"bag_size": s, "ratio": r, "val_loss": stats(losses),
+                              "gain": stats([base[k] - results[(s, r, k)]["val_loss"] for k in seeds])})
+        grid = {"config": cfg.to_dict(), "command": command, "seeds": seeds, "bag_sizes": bag_sizes, "ratios": ratios,
+                "baseline": stats(list(base.values())), "cells": cells, "environment": environment(),
+                "date": time.strftime("%Y-%m-%d")}
+        from .report import plot_sweep, write_report
 
-    T = cfg.train.steps
-    plot_sweep(grid, out / "sweep_heatmap.png",
-               f"TST gain over the baseline at {T} steps (mean of {len(seeds)} seeds; baseline "
-               f"{grid['baseline']['mean']:.4f})")
-    (out / "sweep.md").write_text(sweep_markdown(grid))
-    best = max(cells, key=lambda c: c["gain"]["mean"])
-    log(f"sweep: best s={best['bag_size']}, r={best['ratio']}: gain {best['gain']['mean']:+.4f} nats "
-        f"(std {best['gain']['std']:.4f}) over the baseline {grid['baseline']['mean']:.4f}")
-    return grid
+        write_report(out / "sweep.json", json.dumps(grid, indent=2) + "\n")
+        T = cfg.train.steps
+        plot_sweep(grid, out / "sweep_heatmap.png",
+                   f"TST gain over the baseline at {T} steps (mean of {len(seeds)} seeds; baseline "
+                   f"{grid['baseline']['mean']:.4f})")
+        write_report(out / "sweep.md", sweep_markdown(grid))
+        best = max(cells, key=lambda c: c["gain"]["mean"])
+        log(f"sweep: best s={best['bag_size']}, r={best['ratio']}: gain {best['gain']['mean']:+.4f} nats "
+            f"(std {best['gain']['std']:.4f}) over the baseline {grid['baseline']['mean']:.4f}")
+        return grid
 
 
 def sweep_markdown(grid: dict) -> str:

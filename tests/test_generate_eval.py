@@ -27,6 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from superpose import cli, load_model, load_tokenizer  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
+from superpose.training import checkpoint  # noqa: E402
 from superpose.inference.generate import generate_ids  # noqa: E402
 from superpose.inference.load import locate  # noqa: E402
 from superpose.core.model import KVCache, ModelConfig, build_model  # noqa: E402
@@ -86,6 +87,7 @@ def test_loading_errors(run, tmp_path):
     shutil.copytree(run / "checkpoints" / "step-000006", lone)
     meta = json.loads((lone / "meta.json").read_text())
     meta["config"]["data"]["path"] = str(tmp_path / "gone")
+    meta["checksum"] = checkpoint.meta_checksum(meta)  # as a run on that data would have written it
     (lone / "meta.json").write_text(json.dumps(meta))
     assert load_model(lone) is not None
     with pytest.raises(UserError, match="no tokenizer for .*copy the tokenizer.json"):

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
+from ..files import disk_error, fsync_path, lock_dir, write_error
 from . import corpus
 from .shards import DATA_FORMAT_VERSION, ShardWriter, open_dataset, token_dtype
 from .tokenizer import find_eot, load_tokenizer_file, train_tokenizer
@@ -73,17 +74,50 @@ def encode_split(tok, docs: list[str], eot_id: int, directory: Path, prefix: str
 
 
 def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tokenizer: Path | None = None,
-            val_fraction: float = 0.02, seed: int = 0, log: Callable[[str], None] = print) -> Path:
-    """Build a data directory at `out` atomically: written beside it, then renamed into place."""
+            val_fraction: float = 0.02, seed: int = 0, log: Callable[[str], None] = print, wait: bool = False) -> Path:
+    """Build a data directory at `out` atomically: written beside it, then renamed into place.
+    wait: when another process is preparing `out`, wait for it instead of refusing."""
+    out = Path(out)
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if tokenizer is None and vocab_size < 257:
         raise UserError(f"--vocab-size must be >= 257 (256 bytes + end-of-text), got {vocab_size}")
-    if (out / "meta.json").exists():
-        raise UserError(f"{out} already holds a prepared data set; remove it or choose another --out")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; remove it or choose another --out")
-    t0 = time.time()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; give --out a directory to create")
+    # One prepare per output at a time; with the lock held, any `.NAME.tmp-PID` beside `out` is
+    # the leftover of a killed prepare (gigabytes at real sizes), removed here and said so.
+    with lock_dir(out, "data directory", blocking=wait, lock_path=_lock_path(out)):
+        if (out / "meta.json").exists():
+            raise UserError(f"{out} already holds a prepared data set; remove it or choose another --out")
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} exists and is not empty; remove it or choose another --out")
+        stale = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
+        if stale:
+            size = sum(f.stat().st_size for p in stale for f in p.rglob("*") if f.is_file())
+            for p in stale:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            log(f"prepare: removed {', '.join(p.name for p in stale)} ({size / 1e6:.1f} MB), left by an interrupted "
+                f"prepare of {out}")
+        t0 = time.time()
+        try:
+            splits = _build(out, sources, vocab_size, tokenizer, val_fraction, seed, log)
+        finally:  # no litter beside the data (a process waiting on the lock re-checks meta.json)
+            _lock_path(out).unlink(missing_ok=True)
+    open_dataset(out)  # read back what was written: a broken shard fails here, not mid-training
+    log(f"prepare: {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} validation tokens "
+        f"({splits['train']['bytes'] / max(splits['train']['tokens'], 1):.2f} bytes/token) in {out} "
+        f"[{time.time() - t0:.0f}s]")
+    return out
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def _build(out: Path, sources: list[corpus.Source], vocab_size: int, tokenizer: Path | None, val_fraction: float,
+           seed: int, log: Callable[[str], None]) -> dict:
+    """Split, tokenize and write everything into `.NAME.tmp-PID/` beside `out`, fsync it, rename
+    it into place. A full disk or an I/O error removes the temporary and is one line."""
     train_docs, val_docs, stats = split_documents(sources, val_fraction, seed)
     log(f"prepare: {len(train_docs)} train and {len(val_docs)} validation documents from "
         f"{', '.join(s['name'] for s in stats)}")
@@ -97,9 +131,8 @@ def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tok
     dtype = token_dtype(vocab)
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        tmp.mkdir(parents=True)
         tok.save(str(tmp / "tokenizer.json"))
         splits = {}
         for name, docs in (("train", train_docs), ("val", val_docs)):
@@ -112,18 +145,22 @@ def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tok
                 "token_bytes": dtype.itemsize, "tokenizer": "tokenizer.json" if tokenizer is None else str(tokenizer),
                 "seed": seed, "val_fraction": val_fraction, "splits": splits, "sources": stats}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():  # on the disk before the rename makes the directory visible
+            fsync_path(f)
+        fsync_path(tmp)
         if out.exists():
-            out.rmdir()  # empty, checked above
+            out.rmdir()  # empty, checked by the caller
         os.replace(tmp, out)
-    except BaseException:
+        fsync_path(out.parent)
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    open_dataset(out)  # read back what was written: a broken shard fails here, not mid-training
-    log(f"prepare: {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} validation tokens "
-        f"({splits['train']['bytes'] / max(splits['train']['tokens'], 1):.2f} bytes/token) in {out} "
-        f"[{time.time() - t0:.0f}s]")
-    return out
+        os_error = disk_error(e) if isinstance(e, Exception) else None
+        if os_error is None:
+            raise
+        raise write_error(tmp, os_error, intact=f"the partial output was removed, nothing in {out.parent} changed",
+                          fix="free some space and run superpose prepare again",
+                          label=f"the data directory {out}") from None
+    return splits
 
 
 # ----------------------------------------------------------------------------- the default corpus
@@ -142,8 +179,12 @@ def ensure_default_corpus(vocab_size: int, log: Callable[[str], None] = print) -
     out = default_data_dir(vocab_size)
     if (out / "meta.json").is_file():
         return out
-    log(f"prepare: building the default corpus into {out} (once; set SUPERPOSE_CACHE to move it)")
-    if out.exists():
-        shutil.rmtree(out)  # an interrupted earlier attempt: prepare renames into place atomically
-    sources = corpus.default_sources(cache_dir() / "downloads", log=log)
-    return prepare(out, sources, vocab_size=vocab_size, log=log)
+    # Another process building it at this moment: wait for it, then use what it built.
+    with lock_dir(out, "data directory", blocking=True, lock_path=_lock_path(out)):
+        if (out / "meta.json").is_file():
+            return out
+        log(f"prepare: building the default corpus into {out} (once; set SUPERPOSE_CACHE to move it)")
+        if out.exists():
+            shutil.rmtree(out)  # an interrupted earlier attempt: prepare renames into place atomically
+        sources = corpus.default_sources(cache_dir() / "downloads", log=log)
+        return prepare(out, sources, vocab_size=vocab_size, log=log)

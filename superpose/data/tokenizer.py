@@ -37,8 +37,11 @@ def load_tokenizer_file(path: Path, fix: str = "pass a tokenizers tokenizer.json
         raise UserError(f"tokenizer file {path} does not exist; {fix}")
     try:
         return Tokenizer.from_file(str(path))
-    except Exception as e:  # the Rust side raises a plain Exception on bad JSON
-        raise UserError(f"cannot load tokenizer {path}: {str(e).splitlines()[0]}; {fix}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # the Rust side raises a plain Exception on bad JSON, a PanicException
+        first = str(e).splitlines()[0] if str(e).strip() else type(e).__name__  # (a BaseException) on worse
+        raise UserError(f"cannot load tokenizer {path}: {first}; {fix}") from None
 
 
 def same_tokenizer(a: Path, b: Path) -> bool:

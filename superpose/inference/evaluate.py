@@ -81,8 +81,11 @@ def open_eval_data(src, data: Path | str | None) -> Dataset:
         if src.data_path is None:
             raise UserError(f"{src.path} does not record its data directory (no config.json); pass --data DATA_DIR")
         if not src.data_path.is_dir():
-            raise UserError(f"the run's data directory {src.data_path} is gone; pass --data DATA_DIR (prepared with "
-                            "the same tokenizer)")
+            default = not src.config.get("data", {}).get("path")
+            what = "the default corpus the run trained on is not prepared in" if default else \
+                "the run's data directory is gone:"
+            raise UserError(f"{what} {src.data_path}; pass --data DATA_DIR (prepared with the same tokenizer)"
+                            + (" or set SUPERPOSE_CACHE to the cache the run used" if default else ""))
     ds = open_dataset(Path(data) if data is not None else src.data_path)
     model_tok = tokenizer_path(src)
     if not same_tokenizer(ds.tokenizer_path, model_tok):

@@ -11,6 +11,7 @@ Sampling stops at end-of-text or after `max_new_tokens`. Temperature 0 is greedy
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -90,15 +91,16 @@ class TextStream:
 
 def generate(path: Path | str, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int = 50,
              seed: int | None = None, device: str = "cpu", out: Callable[[str], None] | None = None,
-             log: Callable[[str], None] = print) -> str:
+             log: Callable[[str], None] = print, echo_prompt: bool = False) -> str:
     """Sample a continuation of `prompt` from a run directory or checkpoint, streaming it to `out`
-    (stdout by default). Returns the generated text (without the prompt)."""
+    (stdout by default), after the prompt itself with echo_prompt (the CLI). Returns the generated
+    text (without the prompt). Arguments and files are checked before anything is written."""
     from .load import eot_id, load_model, load_tokenizer, locate
 
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):  # nan passes `< 0` and samples garbage
+        raise UserError(f"--temperature must be >= 0 and finite (0 = greedy), got {temperature}")
     if top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = no limit), got {top_k}")
     src = locate(path)
@@ -119,6 +121,8 @@ def generate(path: Path | str, prompt: str, max_new_tokens: int = 200, temperatu
             f"context with {max_new_tokens} new tokens")
         prompt_ids = prompt_ids[-keep:]
     write = out or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    if echo_prompt:
+        write(prompt)
     stream = TextStream(tokenizer)
     for token in generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, seed, stop_id=eot):
         if token == eot:

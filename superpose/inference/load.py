@@ -74,8 +74,21 @@ class ModelFiles:
 
     @property
     def data_path(self) -> Path | None:
-        p = self.config.get("data", {}).get("path")
-        return Path(p) if p else None
+        return _data_dir(self.config)
+
+
+def _data_dir(config: dict) -> Path | None:
+    """The data directory a run trained on: data.path, or for a run on the default corpus (empty
+    data.path) the default corpus in $SUPERPOSE_CACHE at the run's data.vocab_size. None when
+    the run config is unknown."""
+    from ..data.prepare import default_data_dir
+
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if data.get("path"):
+        return Path(data["path"])
+    return default_data_dir(int(data.get("vocab_size") or 4096))
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -117,24 +130,32 @@ def locate(path: Path | str) -> ModelFiles:
     if not path.is_dir():
         raise UserError(f"{path} is a file; give its directory: a run directory or a checkpoint directory")
     if (path / "meta.json").is_file():
+        # The weights are verified against meta.json on every read, as --resume does, not only
+        # when training continues: a flipped byte must not be exported or evaluated.
         meta = checkpoint.read_meta(path)
-        if not (path / "model.safetensors").is_file():
-            raise UserError(f"checkpoint {path} has no model.safetensors; the checkpoint is damaged: use another "
-                            f"one from {path.parent}")
+        checkpoint.verify_files(path, meta["files"], ("model.safetensors",), "checkpoint file", "meta.json")
         config = meta["config"]
         run_dir = path.parent.parent
-        data = Path(config["data"]["path"]) if config.get("data", {}).get("path") else None
+        data = _data_dir(config)
         candidates = [path / "tokenizer.json", run_dir / "tokenizer.json"] + ([data / "tokenizer.json"] if data else [])
         return ModelFiles(path, "checkpoint", _model_config(config["model"], path / "meta.json"), config,
-                      int(meta["step"]), candidates, meta.get("data", {}).get("tokenizer_sha256"))
+                          int(meta["step"]), candidates, meta.get("data", {}).get("tokenizer_sha256"))
     if (path / "model.safetensors").is_file() and (path / "model.json").is_file():
         config = _read_json(path / "config.json", "run config") if (path / "config.json").is_file() else {}
+        summary = _read_json(path / "summary.json", "run summary") if (path / "summary.json").is_file() else {}
         steps = config.get("train", {}).get("steps")
-        data = config.get("data", {}).get("path")
-        candidates = [path / "tokenizer.json"] + ([Path(data) / "tokenizer.json"] if data else [])
+        data = _data_dir(config)
+        # Runs finished before checksums came in have none to check.
+        if isinstance(summary, dict) and isinstance(summary.get("files"), dict):
+            checkpoint.verify_files(path, summary["files"], ("model.safetensors", "model.json"), "model file",
+                                    "summary.json")
+            checkpoint.verify_files(path, summary["files"], ("tokenizer.json",), "model file", "summary.json",
+                                    fix=f"copy the tokenizer.json of the data directory the run trained on "
+                                    f"({data or 'DATA_DIR'}) into {path}")
+        candidates = [path / "tokenizer.json"] + ([data / "tokenizer.json"] if data else [])
         return ModelFiles(path, "run", _model_config(_read_json(path / "model.json", "model architecture"),
-                                                 path / "model.json"),
-                      config, int(steps) if steps is not None else None, candidates)
+                                                     path / "model.json"),
+                          config, int(steps) if steps is not None else None, candidates)
     found = checkpoint.checkpoints(path)
     if not found and path.name == checkpoint.DIRNAME:  # RUN_DIR/checkpoints itself
         found = checkpoint.checkpoints(path.parent)

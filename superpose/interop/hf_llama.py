@@ -9,7 +9,8 @@ released Qwen3-MoE checkpoints that transformers 4.x and 5.x both read. Parity i
 logits equal superpose's to 1e-5 in float32, for both architectures.
 
     export_hf(run_or_checkpoint, out_dir)   config.json (LlamaConfig), model.safetensors,
-                                            generation_config.json, tokenizer.json, tokenizer_config.json
+                                            generation_config.json, tokenizer.json, tokenizer_config.json,
+                                            superpose_checksums.json (sizes and sha256, checked on import)
     read_hf_config(hf_dir) -> ModelConfig   the architecture of an HF Llama or Qwen3-MoE folder (refusing others)
     load_hf_state(hf_dir, cfg) -> dict      its weights under superpose names, for `--init-from-hf`
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..core.model import ModelConfig
 from ..errors import UserError
+from ..files import copy_file, file_record, sha256_file, write_file, write_text
 
 # superpose name -> Hugging Face LlamaForCausalLM name; {i} is the layer index.
 HF_NAME_MAP = {
@@ -151,6 +152,7 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
     }
 
 
+MANIFEST = "superpose_checksums.json"  # an exported folder's record of its files' sizes and sha256
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -176,16 +178,23 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
     cfg = model.config
     state = {name: tensor.to(DTYPES[dtype]).contiguous() for name, tensor in hf_state(model).items()}
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    _write_json(out / "config.json", hf_config(cfg, eot, dtype))
-    _write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
-    shutil.copyfile(tok_file, out / "tokenizer.json")
+    intact = f"the run {src.path} is untouched"
+    fix = f"free some space, remove {out} and export again"
+    write_file(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}),
+               intact=intact, fix=fix)
+    _write_json(out / "config.json", hf_config(cfg, eot, dtype), intact=intact, fix=fix)
+    _write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot}, intact=intact, fix=fix)
+    copy_file(tok_file, out / "tokenizer.json", intact=intact, fix=fix)
     # PreTrainedTokenizerFast wraps tokenizer.json as it is: the same ids as superpose (which adds no
     # special tokens: documents are separated by end-of-text, so a prompt may start with it).
     _write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eot_token, "eos_token": eot_token,
-        "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False})
-    (out / "README.md").write_text(_model_card(src, cfg))
+        "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False}, intact=intact, fix=fix)
+    write_text(out / "README.md", _model_card(src, cfg), intact=intact, fix=fix)
+    # What `--init-from-hf` verifies before it trusts the folder (transformers ignores the file).
+    _write_json(out / MANIFEST, {"exported_from": str(src.path), "step": src.step, "files": {
+        name: file_record(out / name) for name in ("model.safetensors", "config.json", "tokenizer.json")}},
+        intact=intact, fix=fix)
     log(f"exported {src.path} ({src.kind}, {model.num_params():,} parameters, {dtype}) to {out}")
     return out
 
@@ -209,8 +218,8 @@ def _model_card(src, cfg: ModelConfig) -> str:
             "The training data put the end-of-text token between documents and used no BOS token.\n")
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+def _write_json(path: Path, obj: dict, **write) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n", **write)
 
 
 # ----------------------------------------------------------------------------- import
@@ -276,6 +285,7 @@ def load_hf_state(hf_dir: Path | str, cfg: ModelConfig) -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     hf_dir = Path(hf_dir)
+    _verify_export(hf_dir)
     index = hf_dir / "model.safetensors.index.json"
     if index.is_file():
         files = sorted({hf_dir / f for f in json.loads(index.read_text())["weight_map"].values()})
@@ -326,6 +336,27 @@ def _stack_experts(experts: dict, cfg: ModelConfig, hf_dir: Path) -> dict[str, T
     return out
 
 
+def _verify_export(hf_dir: Path) -> None:
+    """A folder superpose exported carries `superpose_checksums.json` (sizes and sha256 of its
+    files): check them, as every other read of superpose's files does. Other HF folders have none."""
+    manifest = hf_dir / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        records = json.loads(manifest.read_text())["files"]
+        names = tuple(records)
+        assert all(isinstance(r, dict) and isinstance(r["bytes"], int) and isinstance(r["sha256"], str)
+                   for r in records.values())
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
+        raise UserError(f"{manifest} is unreadable or corrupt ({type(e).__name__}); export the model again") from None
+    for name in names:
+        f = hf_dir / name
+        if not f.is_file() or f.stat().st_size != records[name]["bytes"] or \
+                sha256_file(f) != records[name]["sha256"]:
+            raise UserError(f"{f} is missing, truncated or corrupt (its size or sha256 differs from {manifest}); "
+                            "export the model again")
+
+
 def init_from_hf(model, hf_dir: Path | str) -> None:
     """Load an HF Llama folder's weights into a freshly built superpose model of the same shape."""
     state = load_hf_state(hf_dir, model.config)
@@ -339,6 +370,8 @@ def init_from_hf(model, hf_dir: Path | str) -> None:
         if name not in want:
             raise UserError(f"{hf_dir} holds {name} (superpose name), which its config.json's architecture does not "
                             "have")
+        if not bool(torch.isfinite(t).all()):
+            raise UserError(f"{hf_dir}: {to_hf_name(name, model.config.arch)} holds NaN or Inf; the weights are damaged")
         if tuple(t.shape) != tuple(want[name].shape):
             raise UserError(f"{hf_dir}: {name} (superpose name) has shape {list(t.shape)}, its config.json implies "
                             f"{list(want[name].shape)}")

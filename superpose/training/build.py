@@ -12,6 +12,7 @@ and the caller's config is never changed: the trainer gets a copy with the vocab
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +23,9 @@ from ..core.model import build_model, empty_model
 from ..core.schedule import Schedule
 from ..data import Dataset, TrainLoader, open_dataset, token_byte_lengths, val_windows
 from ..data.tokenizer import load_tokenizer_file
+from .. import files
 from ..errors import UserError
-from . import distributed, faults
+from . import checkpoint, distributed, faults
 from .metrics import quiet
 from .optimizer import configure_optimizer
 from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
@@ -61,6 +63,8 @@ def resolve_vocab(cfg: Config, dataset: Dataset) -> Config:
                         f"{dataset.vocab_size} tokens in {dataset.path}; set --model.vocab_size=0 (= from data)")
     cfg = copy.deepcopy(cfg)
     cfg.model.vocab_size = cfg.model.vocab_size or dataset.vocab_size
+    if cfg.data.path:  # stored absolute, so the run resumes and evaluates from any working directory
+        cfg.data.path = str(Path(cfg.data.path).absolute())
     return cfg
 
 
@@ -152,16 +156,43 @@ def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print,
     par = distributed.setup(cfg.parallel.mode, resolve_device(cfg.train.device), cfg.parallel.timeout_s,
                             cfg.parallel.mixed_precision)
     log = log if par.is_main else quiet
-    if resume:
-        ckpt = newest_unfinished(run_dir)
-    elif (run_dir / "metrics.jsonl").exists():
-        raise UserError(f"{run_dir} already holds a run; choose another --out, or continue it with --resume {run_dir}")
-    dataset = resolve_data(cfg, log, par)
-    if resume:
-        check_resumable(ckpt, run_dir, cfg, dataset)  # before the build, which checks the vocabulary too
-    trainer = build_trainer(cfg, run_dir, dataset, log, par=par, init_from_hf=init_from_hf)
-    if resume:
-        continue_from(trainer, ckpt)
-    summary = trainer.train()
+    # One writer per run directory: rank 0 holds an OS lock for the whole run (the kernel drops it
+    # when the process dies, so a kill -9 leaves nothing stale). A second `train --out` or
+    # `--resume` of this directory is refused naming our pid: a requeued job whose old instance
+    # still runs must not interleave metrics or prune checkpoints under the other.
+    lock = files.lock_dir(run_dir, "run") if par.is_main else None
+    try:
+        if resume:
+            ckpt = newest_unfinished(run_dir)
+        else:
+            restart_if_nothing_saved(run_dir, log)
+        dataset = resolve_data(cfg, log, par)
+        if resume:
+            check_resumable(ckpt, run_dir, cfg, dataset)  # before the build, which checks the vocabulary too
+        trainer = build_trainer(cfg, run_dir, dataset, log, par=par, init_from_hf=init_from_hf)
+        if resume:
+            continue_from(trainer, ckpt)
+        summary = trainer.train()
+    finally:
+        if lock is not None:
+            lock.release()
     distributed.shutdown(par)
     return summary
+
+
+def restart_if_nothing_saved(run_dir: Path, log: Callable[[str], None]) -> None:
+    """Let `train --out RUN` start again in a directory whose run stopped before it saved anything
+    (a NaN at step 1, a kill with checkpoint.every=0): there is nothing to resume there, so
+    refusing would leave the user at a dead end. Its log is kept as metrics.jsonl.failed-N."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return
+    if (run_dir / "summary.json").exists() or checkpoint.checkpoints(run_dir):
+        raise UserError(f"{run_dir} already holds a run; choose another --out, or continue it with --resume {run_dir}")
+    n = 1
+    while (run_dir / f"metrics.jsonl.failed-{n}").exists():
+        n += 1
+    kept = run_dir / f"metrics.jsonl.failed-{n}"
+    os.replace(metrics, kept)
+    log(f"{run_dir} holds a run that stopped before its first checkpoint (nothing to resume); starting it again "
+        f"from step 0, its log kept as {kept.name}")

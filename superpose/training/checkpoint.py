@@ -15,9 +15,15 @@ Crash safety. A save writes everything into `.tmp-step-000120-<pid>/`, fsyncs ev
 directory, renames it to `step-000120/` (atomic on POSIX) and fsyncs `checkpoints/`. So a
 directory named `step-N` is always complete, and a process killed mid-save leaves only a `.tmp-*`
 directory that resume never picks and removes. Resume takes the highest-numbered `step-N` (it
-does not trust `latest`, which a kill can leave one save behind). Pruning runs only after the new
-checkpoint is in place, never touches the newest, and first renames a victim to `.del-*`, so a
-kill mid-delete never leaves a half `step-N` behind.
+does not trust `latest`, which a kill can leave one save behind). Pruning runs after the new
+checkpoint is in place (and before it, down to keep - 1, only when the disk has too little room
+for it), never touches the newest, and first renames a victim to `.del-*`, so a kill mid-delete
+never leaves a half `step-N` behind. Every file goes through `files.write_file`, so a full disk,
+however the writer reports it, is one line naming the file, what is intact and what to do.
+
+Integrity. meta.json records each file's size and sha256 and its own checksum (`meta_checksum`),
+and every reader verifies them: resume (`verify`), and eval, generate, export and load_model
+through `inference.load.locate`. Weights holding NaN or Inf are refused on load.
 
 A `step-N` directory that fails verification (unreadable meta.json, another format version, a
 file missing, shorter than recorded or failing its checksum) was damaged after it was written;
@@ -26,7 +32,7 @@ it is refused with one line naming the file, never silently skipped.
 
 from __future__ import annotations
 
-import errno
+import hashlib
 import json
 import os
 import platform
@@ -42,7 +48,8 @@ from ..config import RESUME_MAY_CHANGE, Config, differences
 from ..core.model import empty_model
 from ..data import Dataset
 from ..errors import UserError
-from ..files import sha256_file
+from .. import files
+from ..files import WriteError, disk_error, file_record, fsync_path, sha256_file, write_error, write_file
 from . import distributed, faults
 from .optimizer import configure_optimizer
 from .state import RunState
@@ -75,6 +82,11 @@ def newest(run_dir: Path) -> Path:
     if not found and Path(run_dir).parent.name == DIRNAME and (Path(run_dir) / "meta.json").exists():
         raise UserError(f"{run_dir} is one checkpoint; give its run directory ({Path(run_dir).parent.parent}): "
                         "resume always continues from the newest checkpoint")
+    if not found and (Path(run_dir) / "metrics.jsonl").is_file() and not (Path(run_dir) / "summary.json").exists():
+        # A run that failed before its first save: say how to go on, not only what is missing.
+        raise UserError(f"cannot resume: {run_dir} stopped before its first checkpoint, so there is nothing to "
+                        f"resume; start it again in place with the command that started it (superpose train --preset "
+                        f"... --out {run_dir}: its old log is kept), after fixing what stopped it")
     if not found:
         what = "does not exist" if not Path(run_dir).is_dir() else f"has no checkpoints (no {DIRNAME}/step-N)"
         raise UserError(f"cannot resume: {run_dir} {what}; give a run directory written with "
@@ -83,32 +95,83 @@ def newest(run_dir: Path) -> Path:
 
 
 def _fix(path: Path) -> str:
-    """What to tell a user whose newest checkpoint is unusable."""
+    """What to tell a user whose checkpoint (or final model, `path` = the run directory) is unusable:
+    the newest older checkpoint that verifies, else how to get going again."""
+    path = Path(path)
     m = _STEP_DIR.match(path.name)
-    older = [p for s, p in checkpoints(path.parent.parent) if m and s < int(m.group(1))]
-    if older:
-        return f"delete {path} to resume from {older[-1].name}, the previous checkpoint"
-    return "start the run again (no older checkpoint)"
+    run_dir = path.parent.parent if m else path
+    older = [p for s, p in checkpoints(run_dir) if not m or s < int(m.group(1))]
+    for p in reversed(older):
+        if not _looks_complete(p):
+            continue
+        if m:
+            return f"delete {path} to resume from {p.name}, the previous checkpoint"
+        return (f"its checkpoint {p} is intact: use it (superpose eval/generate/export {p}), or delete "
+                f"{run_dir / 'model.safetensors'} and {run_dir / 'summary.json'} and resume with superpose train "
+                f"--resume {run_dir} to redo the last steps and write the final model again")
+    if m:
+        return "no older checkpoint is complete, so the run must be trained again (superpose train --out NEW_DIR)"
+    return "no checkpoint of the run is complete, so it must be trained again (superpose train --out a new directory)"
+
+
+def _looks_complete(path: Path) -> bool:
+    """A cheap check for advice: meta.json parses and every file has its recorded size (the
+    sha256 is checked when the checkpoint is used; hashing gigabytes to word a message is not)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        return all((path / n).stat().st_size == f["bytes"] for n, f in meta["files"].items()) and \
+            set(FILES) <= set(meta["files"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def meta_checksum(meta: dict) -> str:
+    """The sha256 of meta.json's content without its own `checksum` field (canonical JSON), so an
+    edited step, schedule or loader position is caught like a damaged weight file."""
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# meta.json's fields a reader relies on, and their JSON types: valid JSON with a wrong type (files:
+# null, step: "abc") is as damaged as a truncated file.
+_META_TYPES = {"step": int, "files": dict, "config": dict, "loader": dict, "data": dict}
 
 
 def read_meta(path: Path) -> dict:
-    """meta.json of a checkpoint directory: parsed, with a format version this superpose reads."""
-    meta_path = Path(path) / "meta.json"
+    """meta.json of a checkpoint directory: parsed, with a format version this superpose reads,
+    its checksum right and its fields of the right types."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not path.is_dir():
+        raise UserError(f"checkpoint {path} does not exist (any more); another process may be writing this run: "
+                        f"see superpose train --resume {path.parent.parent} for its newest checkpoint")
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
-        raise UserError(f"checkpoint {meta_path} is missing; the checkpoint is damaged: {_fix(Path(path))}") from None
+        raise UserError(f"checkpoint {meta_path} is missing; the checkpoint is damaged: {_fix(path)}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"checkpoint {meta_path} is not readable JSON ({e}), truncated or corrupt: "
-                        f"{_fix(Path(path))}") from None
+                        f"{_fix(path)}") from None
     if not isinstance(meta, dict) or "format_version" not in meta:
-        raise UserError(f"checkpoint {meta_path} has no format_version: not a superpose checkpoint; {_fix(Path(path))}")
+        raise UserError(f"checkpoint {meta_path} has no format_version: not a superpose checkpoint; {_fix(path)}")
     if meta["format_version"] != FORMAT_VERSION:
         raise UserError(f"checkpoint {meta_path} has format version {meta['format_version']!r}, this superpose reads "
-                        f"version {FORMAT_VERSION}: resume it with the superpose that wrote it, or {_fix(Path(path))}")
-    for key in ("step", "files", "config", "loader", "data"):
+                        f"version {FORMAT_VERSION}: resume it with the superpose that wrote it, or {_fix(path)}")
+    for key, typ in _META_TYPES.items():
         if key not in meta:
-            raise UserError(f"checkpoint {meta_path} lacks {key!r}: corrupt; {_fix(Path(path))}")
+            raise UserError(f"checkpoint {meta_path} lacks {key!r}: corrupt; {_fix(path)}")
+        if not isinstance(meta[key], typ) or isinstance(meta[key], bool):
+            raise UserError(f"checkpoint {meta_path} has {key}={json.dumps(meta[key])[:40]}, not a JSON "
+                            f"{'integer' if typ is int else 'object'}: corrupt; {_fix(path)}")
+    # Written by every save since checksums came in; an older meta.json without one is still read.
+    if "checksum" in meta and meta["checksum"] != meta_checksum(meta):
+        raise UserError(f"checkpoint {meta_path} was changed after it was written (its checksum differs): "
+                        f"{_fix(path)}")
+    bad = [n for n, f in meta["files"].items() if not (isinstance(f, dict) and isinstance(f.get("bytes"), int)
+                                                         and isinstance(f.get("sha256"), str))]
+    if meta["step"] < 0 or bad:
+        what = f"step {meta['step']}" if meta["step"] < 0 else f"no size and sha256 for {bad[0]}"
+        raise UserError(f"checkpoint {meta_path} records {what}: corrupt; {_fix(path)}")
     return meta
 
 
@@ -116,43 +179,58 @@ def verify(path: Path) -> dict:
     """read_meta, then every file present with its recorded size and sha256."""
     path = Path(path)
     meta = read_meta(path)
-    for name in FILES:
-        f = path / name
-        want = meta["files"].get(name)
-        if want is None or not f.is_file():
-            raise UserError(f"checkpoint file {f} is missing; the checkpoint is damaged: {_fix(path)}")
-        size = f.stat().st_size
-        if size != want["bytes"]:
-            raise UserError(f"checkpoint file {f} is truncated or corrupt ({size} bytes, meta.json records "
-                            f"{want['bytes']}): {_fix(path)}")
-        if sha256_file(f) != want["sha256"]:
-            raise UserError(f"checkpoint file {f} is corrupt (sha256 differs from meta.json): {_fix(path)}")
+    verify_files(path, meta["files"], FILES, "checkpoint file", "meta.json")
     return meta
 
 
+def verify_files(path: Path, records: dict, names: tuple[str, ...], what: str, manifest: str,
+                 fix: str | None = None) -> None:
+    """Each of `names` in `path` present, with the size and sha256 its manifest records: the
+    check every read path makes (resume, eval, generate, export, load_model). `fix` replaces the
+    default advice (the newest intact checkpoint)."""
+    for name in names:
+        f = path / name
+        want = records.get(name)
+        if not isinstance(want, dict) or not f.is_file():
+            raise UserError(f"{what} {f} is missing; it is damaged: {fix or _fix(path)}")
+        size = f.stat().st_size
+        if size != want.get("bytes"):
+            raise UserError(f"{what} {f} is truncated or corrupt ({size} bytes, {manifest} records "
+                            f"{want.get('bytes')}): {fix or _fix(path)}")
+        if sha256_file(f) != want.get("sha256"):
+            raise UserError(f"{what} {f} is corrupt (sha256 differs from {manifest}): {fix or _fix(path)}")
+
+
 def load_weights(path: Path, model: torch.nn.Module) -> None:
-    """Weights into `model`, refusing a file whose tensors do not fit it (another model shape)."""
+    """Weights into `model`, refusing a file whose tensors do not fit it (another model shape) or
+    hold NaN or Inf (a training run never saves such weights, so they are damage)."""
     from safetensors import safe_open
     from safetensors.torch import load_model
 
-    f = Path(path) / "model.safetensors"
+    path = Path(path)
+    f = path / "model.safetensors"
+    what = "checkpoint file" if _STEP_DIR.match(path.name) else "model file"
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         with safe_open(str(f), framework="pt") as st:
             for name in st.keys():
                 shape = tuple(st.get_slice(name).get_shape())
                 if name not in want:
-                    raise UserError(f"checkpoint file {f} holds tensor {name!r}, which this model does not have "
+                    raise UserError(f"{what} {f} holds tensor {name!r}, which this model does not have "
                                     "(another model shape)")
                 if shape != want[name]:
-                    raise UserError(f"checkpoint file {f} holds {name} with shape {list(shape)}, this model needs "
+                    raise UserError(f"{what} {f} holds {name} with shape {list(shape)}, this model needs "
                                     f"{list(want[name])} (another model shape)")
         load_model(model, str(f), strict=True, device=str(next(model.parameters()).device))
     except UserError:
         raise
     except Exception as e:  # safetensors' own errors: a header that is not one, missing tensors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint file {f} does not load into this model ({first}); {_fix(Path(path))}") from None
+        raise UserError(f"{what} {f} does not load into this model ({first}); {_fix(path)}") from None
+    bad = [n for n, t in model.state_dict().items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(f"{what} {f} holds NaN or Inf in {bad[0]}" + (f" and {len(bad) - 1} more tensors"
+                        if len(bad) > 1 else "") + f": damaged; {_fix(path)}")
 
 
 def load_torch(path: Path, name: str, device: torch.device | str = "cpu"):
@@ -171,8 +249,10 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
     """Write `RUN_DIR/checkpoints/step-NNNNNN/` atomically, point `latest` at it, then prune to `keep`.
 
     A checkpoint already saved for this step is kept as it is (the state of a step is unique).
-    Any OSError (a full disk above all) removes the temporary directory and becomes a UserError
-    that says the previous checkpoint is intact.
+    Space first: leftovers of killed saves are removed, and when the disk has less room than the
+    checkpoint needs, `keep` is honoured before the save (pruned to keep - 1, never below the
+    newest), so following the disk-full advice works. Any I/O failure (a full disk above all)
+    removes the temporary directory and becomes a one-line UserError that says what is intact.
     """
     from safetensors.torch import save_model
 
@@ -181,70 +261,88 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
     if final.is_dir():
         return final
     root.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(run_dir)  # the caller holds the run's lock: every .tmp-* is a dead process's
+    needed = _bytes_needed(run_dir, model)
+    free = files.free_bytes(root)
+    if keep > 0 and free is not None and free < needed:
+        prune(run_dir, max(keep - 1, 1))
     tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
-    current = "the checkpoint directory"
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        files = {}
-        for name in FILES:
-            current = name
-            f = tmp / name
-            if name == "model.safetensors":
-                try:
-                    save_model(model, str(f))
-                except Exception as e:  # safetensors reports I/O errors as SafetensorError("... (os error N)")
-                    os_error = _as_oserror(e)
-                    if os_error is None:
-                        raise
-                    raise os_error from e
-                _fsync(f)
-            else:
-                with open(f, "wb") as out:
-                    torch.save(optimizer_state if name == "optimizer.pt" else rng_state, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-            files[name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-            faults.kill_point(step, name)
-        current = "meta.json"
-        meta = {"format_version": FORMAT_VERSION, **meta, "step": step, "files": files}
-        with open(tmp / "meta.json", "w") as out:
-            out.write(json.dumps(meta, indent=2) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        faults.kill_point(step, "meta.json")
-        _fsync(tmp)
-        current = "the rename to " + final.name
-        os.rename(tmp, final)
-        _fsync(root)
-        faults.kill_point(step, "renamed")
-        current = "latest"
-        pointer = root / f".latest-{os.getpid()}"
-        pointer.write_text(final.name + "\n")
-        _fsync(pointer)
-        os.replace(pointer, root / "latest")
-        _fsync(root)
-        faults.kill_point(step, "latest")
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        (root / f".latest-{os.getpid()}").unlink(missing_ok=True)
+
+    def intact() -> str:
         older = [p for s, p in checkpoints(run_dir) if s < step]
         if final.is_dir():  # only the `latest` pointer failed
-            intact = f"{final.name} itself was written completely"
-        else:
-            intact = f"the previous checkpoint {older[-1].name} is intact" if older else "no earlier checkpoint exists"
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"no space left on device while writing {current} of checkpoint {final}; {intact}; "
-                            f"free some space (or lower --checkpoint.keep) and resume with: superpose train "
-                            f"--resume {run_dir}") from None
-        raise UserError(f"cannot write {current} of checkpoint {final} ({e.strerror or e}); {intact}") from None
-    except BaseException:  # a second Ctrl-C mid-save: leave no temporary directory behind
+            return f"{final.name} itself was written completely"
+        return f"the previous checkpoint {older[-1].name} is intact" if older else "no earlier checkpoint exists"
+
+    def fix() -> str:
+        # Advice that works: --checkpoint.keep=1 only when deleting the older checkpoints would make
+        # room (keep is then honoured before the save); otherwise the space that must be freed.
+        def size(d: Path) -> int:
+            return sum(f.stat().st_size for f in d.iterdir() if f.is_file()) if d.is_dir() else 0
+
+        older = checkpoints(run_dir)[:-1]
+        freed = sum(size(p) for _, p in older)
+        # What this save's files already written take is freed when its temporary is removed.
+        short = needed - (files.free_bytes(root) or 0) - size(tmp)
+        if older and freed >= short:
+            return (f"resume with superpose train --resume {run_dir} --checkpoint.keep=1 (it deletes the {len(older)} "
+                    f"older checkpoint(s), {files.mb(freed)}, before each save), or free {files.mb(short)} and "
+                    "resume without it")
+        also = f" (or {files.mb(short - freed)} with --checkpoint.keep=1)" if older else ""
+        return f"free at least {files.mb(short)}{also} and resume with: superpose train --resume {run_dir}"
+
+    def write(name: str, produce) -> dict:
+        f = tmp / name
+        write_file(f, produce, atomic=False, intact=intact, fix=fix, needed=needed,
+                   label=f"{name} of checkpoint {final}")
+        faults.kill_point(step, name)
+        return file_record(f)
+
+    def torch_file(obj):
+        def produce(p: Path) -> None:
+            with open(p, "wb") as out:
+                torch.save(obj, out)
+        return produce
+
+    try:
+        tmp.mkdir()
+        recorded = {"model.safetensors": write("model.safetensors", lambda p: save_model(model, str(p))),
+                    "optimizer.pt": write("optimizer.pt", torch_file(optimizer_state)),
+                    "rng.pt": write("rng.pt", torch_file(rng_state))}
+        meta = {"format_version": FORMAT_VERSION, **meta, "step": step, "files": recorded}
+        meta["checksum"] = meta_checksum(meta)
+        text = json.dumps(meta, indent=2) + "\n"
+        write_file(tmp / "meta.json", lambda p: p.write_text(text), atomic=False, intact=intact, fix=fix,
+                   needed=needed, label=f"meta.json of checkpoint {final}")
+        faults.kill_point(step, "meta.json")
+        fsync_path(tmp)
+        os.rename(tmp, final)
+        fsync_path(root)
+        faults.kill_point(step, "renamed")
+        write_file(root / "latest", lambda p: p.write_text(final.name + "\n"), intact=intact, fix=fix)
+        faults.kill_point(step, "latest")
+    except OSError as e:  # mkdir or rename: the same one line as a failed write
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(final, e, intact, fix, needed, label=f"checkpoint {final}") from None
+    except BaseException:  # a full disk (WriteError), a second Ctrl-C mid-save: leave no temporary behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if keep > 0:
         prune(run_dir, keep)
     return final
+
+
+def _bytes_needed(run_dir: Path, model: torch.nn.Module) -> int:
+    """About how many bytes the next checkpoint takes: the newest one's size, else the weights
+    (4 bytes per parameter in fp32) three times over (weights + AdamW's two moments)."""
+    found = checkpoints(run_dir)
+    if found:
+        try:
+            meta = json.loads((found[-1][1] / "meta.json").read_text())
+            return sum(int(f["bytes"]) for f in meta["files"].values()) + 65536
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    return 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values()) + 65536
 
 
 def prune(run_dir: Path, keep: int) -> list[Path]:
@@ -264,32 +362,10 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
 
 
 def remove_leftovers(run_dir: Path) -> list[str]:
-    """Remove what killed saves and deletes left behind (`.tmp-*`, `.del-*`, `.latest-*`)."""
-    root = Path(run_dir) / DIRNAME
-    gone = []
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith((".tmp-", ".del-", ".latest-")):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-                gone.append(p.name)
-    return sorted(gone)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a directory's entries to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _as_oserror(e: Exception) -> OSError | None:
-    """The OSError behind an exception (safetensors wraps them as "... (os error 28) ..."), or None."""
-    if isinstance(e, OSError):
-        return e
-    m = re.search(r"os error (\d+)", str(e))
-    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
+    """Remove what killed saves and deletes left behind in checkpoints/ (`.tmp-*`, `.del-*`, and
+    the temporaries of the `latest` pointer). Only with the run's lock held."""
+    return files.remove_stale(Path(run_dir) / DIRNAME, keep=lambda name: not name.startswith(
+        (".tmp-", ".del-", ".latest")))
 
 
 # ----------------------------------------------------------------------------- a trainer's checkpoints
@@ -340,16 +416,8 @@ def save_trainer(trainer: Trainer, reason: str = "every") -> Path:
     if not par.all_true(distributed.weights_finite(t.model)):
         raise UserError(f"the weights hold NaN or Inf after step {t.state.step - 1}; not saving them over the last "
                         "good checkpoint: lower --optim.lr or raise --optim.warmup_steps")
-    progress, step, steps = t.progress(), t.state.step, t.cfg.train.steps
-    phase = t.schedule.phase(min(step, steps - 1))  # the phase the run continues in
-    # The LR and the phase are functions of the step; recorded here so the directory explains itself.
-    schedule = {"total_steps": steps, "phase_switch_step": t.schedule.switch_step,
-                "next_lr": t.schedule.lr(min(step, steps - 1))}
-    meta = {**progress["run"].to_dict(), "phase": phase.index, "bag_size": phase.bag_size, "schedule": schedule,
-            "loader": progress["loader"], "data": data_fingerprint(t.dataset), "reason": reason,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-            "parallel": {"mode": par.mode, "world_size": par.world_size}, "config": t.cfg.to_dict()}
+    progress, step = t.progress(), t.state.step
+    meta = _trainer_meta(t, reason, progress)
     if par.mode == "fsdp":  # a collective: the full state, on rank 0 only
         model, optim_state = distributed.gather_full_state(t.model, t.optimizer, t.cfg.model)
     else:
@@ -359,6 +427,20 @@ def save_trainer(trainer: Trainer, reason: str = "every") -> Path:
         path = save(t.run_dir, step, model, optim_state, progress["rng"], meta, keep=t.cfg.checkpoint.keep)
     par.barrier()  # no rank goes on, or exits on a signal, before the checkpoint is complete
     return path
+
+
+def _trainer_meta(t: Trainer, reason: str, progress: dict | None = None) -> dict:
+    """meta.json's content for the trainer's state (save adds the files, the step and the checksum)."""
+    progress, step, steps = progress or t.progress(), t.state.step, t.cfg.train.steps
+    phase = t.schedule.phase(min(step, steps - 1))  # the phase the run continues in
+    # The LR and the phase are functions of the step; recorded here so the directory explains itself.
+    schedule = {"total_steps": steps, "phase_switch_step": t.schedule.switch_step,
+                "next_lr": t.schedule.lr(min(step, steps - 1))}
+    return {**progress["run"].to_dict(), "phase": phase.index, "bag_size": phase.bag_size, "schedule": schedule,
+            "loader": progress["loader"], "data": data_fingerprint(t.dataset), "reason": reason,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "parallel": {"mode": t.par.mode, "world_size": t.par.world_size}, "config": t.cfg.to_dict()}
 
 
 def restore_trainer(trainer: Trainer, path: Path) -> dict:
@@ -398,10 +480,18 @@ def read_weights_and_optimizer(path: Path, model: torch.nn.Module, optimizer: to
     return opt
 
 
+FINAL_FILES = ("model.safetensors", "model.json", "tokenizer.json")  # recorded in summary.json
+
+
 def save_final(trainer: Trainer, summary: dict) -> None:
     """The final model in the run directory: plain Llama weights, architecture and tokenizer,
-    nothing about TST; and summary.json. Data parallel: written by rank 0 (under FSDP from the
-    gathered full weights)."""
+    nothing about TST; then summary.json, which records each file's size and sha256 (every
+    reader verifies them) and marks the run finished. Each file is written atomically. Data
+    parallel: written by rank 0 (under FSDP from the gathered full weights).
+
+    A full disk here must not lose the run: the weights are still in memory, so the final state
+    is saved as a checkpoint (which --resume turns into the final model without redoing a step)
+    when there is room for it; the one-line error says what is on disk and what to do."""
     from safetensors.torch import save_model
 
     t, model = trainer, trainer.model
@@ -409,7 +499,44 @@ def save_final(trainer: Trainer, summary: dict) -> None:
         model, _ = distributed.gather_full_state(t.model, None, t.cfg.model)
     if not t.par.is_main:
         return
-    save_model(model, str(t.run_dir / "model.safetensors"))
-    (t.run_dir / "model.json").write_text(json.dumps(t.cfg.model.to_dict(), indent=2) + "\n")
-    shutil.copyfile(t.dataset.tokenizer_path, t.run_dir / "tokenizer.json")
-    (t.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run = t.run_dir
+    fix = f"free some space and resume with: superpose train --resume {run}"
+    try:
+        # summary.json goes last: a run without it is unfinished, and a resume completes it.
+        architecture = json.dumps(t.cfg.model.to_dict(), indent=2) + "\n"
+        for name, produce in (("model.safetensors", lambda p: save_model(model, str(p))),
+                              ("model.json", lambda p: p.write_text(architecture)),
+                              ("tokenizer.json", lambda p: shutil.copyfile(t.dataset.tokenizer_path, p))):
+            write_file(run / name, produce, intact="the final model is not written yet", fix=fix)
+        summary["files"] = {name: file_record(run / name) for name in FINAL_FILES}
+        text = json.dumps(summary, indent=2) + "\n"
+        write_file(run / "summary.json", lambda p: p.write_text(text), intact="the final model is written", fix=fix)
+    except WriteError as e:
+        if not e.disk_full:
+            raise
+        for name in FINAL_FILES:  # a partial final model would be read as the run's result
+            (run / name).unlink(missing_ok=True)
+        raise WriteError(f"{e}; {_final_fallback(t)}", e.path, True) from None
+
+
+def _final_fallback(t: Trainer) -> str:
+    """After the final model failed to write for lack of space: the final state as a checkpoint,
+    if it fits, else the newest checkpoint there is. Returns what to tell the user."""
+    run, steps = t.run_dir, t.cfg.train.steps
+    found = checkpoints(run)
+    if not (found and found[-1][0] == steps) and t.par.mode != "fsdp":  # FSDP would need every rank here
+        try:
+            save(run, steps, t.model, t.optimizer.state_dict(), t.progress()["rng"], _trainer_meta(t, "final"),
+                 keep=t.cfg.checkpoint.keep)
+        except UserError:
+            pass
+        found = checkpoints(run)
+    if found and found[-1][0] == steps:
+        return (f"the trained weights are saved in checkpoint {found[-1][1]} (usable with superpose eval/generate/"
+                f"export); free space and resume with: superpose train --resume {run} to write the final model "
+                "without redoing a step")
+    if found:
+        return (f"the newest checkpoint {found[-1][1].name} is intact: free space and resume with superpose train "
+                f"--resume {run} (it redoes steps {found[-1][0]}-{steps - 1}, bit for bit)")
+    return ("no checkpoint fits either, so the trained weights could not be kept: free space and train again "
+            "(checkpoint.every_minutes keeps a resumable state of long runs)")

@@ -17,18 +17,25 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..files import AppendLog, write_text
+
 
 class MetricsLog:
-    """Append-only JSONL sink, flushed every line so a crash loses nothing logged."""
+    """Append-only JSONL sink, flushed every line so a crash loses nothing logged. A line that
+    cannot be written (a full disk) is cut off again, so the file keeps every earlier line whole,
+    and the run stops with one line saying so (`files.AppendLog`)."""
 
-    def __init__(self, path: Path):
-        self._f = open(path, "a", buffering=1)
+    def __init__(self, path: Path, newest_checkpoint: Callable[[], str] = lambda: ""):
+        run_dir = Path(path).parent
+        self._log = AppendLog(path, intact=lambda: f"{Path(path).name} keeps every line written before; "
+                              f"{newest_checkpoint() or 'no checkpoint was written yet'}",
+                              fix=f"free some space and resume with: superpose train --resume {run_dir}")
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record) + "\n")
+        self._log.write_line(json.dumps(record))
 
     def close(self) -> None:
-        self._f.close()
+        self._log.close()
 
 
 class NoMetrics:
@@ -180,7 +187,6 @@ def truncate_metrics(path: Path, step: int) -> int:
             keep.append(line + "\n")
         else:
             dropped += 1
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(keep), intact=f"{path} is unchanged",
+               fix=f"free some space and resume again: superpose train --resume {path.parent}")
     return dropped

@@ -8,6 +8,7 @@ checkpoint from another model shape, vocabulary or data is refused in one line
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -28,13 +29,25 @@ def resume_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     except UserError as e:
         raise UserError(f"checkpoint {path / 'meta.json'} holds a config this superpose cannot read ({e})") from None
     pairs = parse_overrides(list(overrides))
-    refused = [k for k, _ in pairs if k not in RESUME_MAY_CHANGE]
+    # An override equal to the stored value changes nothing, so it is accepted (a job script that
+    # repeats its settings on every requeue must not be refused).
+    refused = [k for k, v in pairs if k not in RESUME_MAY_CHANGE and not _same(cfg, k, v)]
     if refused:
         raise UserError(f"--resume continues the run exactly as it was configured, so {', '.join('--' + k for k in refused)} "
                         f"cannot change; a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}")
     for key, value in pairs:
         set_field(cfg, key, value)
     return cfg.validate()
+
+
+def _same(cfg: Config, key: str, value: str) -> bool:
+    probe = copy.deepcopy(cfg)
+    try:
+        set_field(probe, key, value)
+    except UserError:
+        return False
+    section, name = key.split(".", 1)
+    return getattr(getattr(probe, section), name) == getattr(getattr(cfg, section), name)
 
 
 def newest_unfinished(run_dir: Path) -> Path:

@@ -40,6 +40,8 @@ from ..core.superposition import (chunked_multi_hot_cross_entropy, count_valid_t
 from ..data import Dataset, TrainLoader
 from ..errors import Interrupted, UserError
 from ..inference.evaluate import next_token_eval
+from .. import files
+from ..files import sha256_file
 from . import checkpoint, distributed
 from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapsed_layers, describe_run, router_metrics,
                       run_summary)
@@ -182,18 +184,33 @@ class Trainer:
     # ------------------------------------------------------------------ the run
 
     def begin(self, progress: bool = True) -> None:
-        """Create the run directory, write the config, open the metrics log, say what will run."""
+        """Create the run directory, write the config and the tokenizer, open the metrics log, say
+        what will run. The caller holds the run's lock (`files.lock_dir`), so temporaries found in
+        the directory are a killed process's and are removed."""
         self.par.barrier()  # every rank has checked the run directory before rank 0 writes into it
         if self.par.is_main:  # only rank 0 writes files
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.run_dir / "config.json")
-            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+            gone = files.remove_stale(self.run_dir)
+            if gone:
+                self.log(f"removed leftovers of an interrupted write in {self.run_dir}: {', '.join(gone)}")
+            fix = "free some space and run the command again"
+            save_config(self.cfg, self.run_dir / "config.json", fix=fix)
+            # The tokenizer goes in at the start, not only with the final model, so that every
+            # checkpoint of the run can be used (generate, eval, export) on its own.
+            tok = self.run_dir / "tokenizer.json"
+            if not (tok.is_file() and sha256_file(tok) == sha256_file(self.dataset.tokenizer_path)):
+                files.copy_file(self.dataset.tokenizer_path, tok, fix=fix)
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._newest_checkpoint)
         else:
             self.metrics = NoMetrics()
         for line in describe_run(self.cfg, self.model, self.par, self.schedule, self.loader.tokens_per_epoch):
             self.log(line)
         self.bar = ProgressBar(self.cfg.train.steps, enabled=progress and self.par.is_main, initial=self.state.step)
         self._t0 = time.perf_counter() - self.state.elapsed_s
+
+    def _newest_checkpoint(self) -> str:
+        found = checkpoint.checkpoints(self.run_dir)
+        return f"the newest checkpoint {found[-1][1].name} is intact" if found else ""
 
     def step_once(self) -> dict:
         """One optimizer step, its metrics line, and an evaluation when one is due."""
@@ -261,13 +278,24 @@ class Trainer:
         second signal stops at once, without saving (the last checkpoint stays as it was).
         """
         steps, every = self.cfg.train.steps, self.cfg.checkpoint.every
+        minutes = self.cfg.checkpoint.every_minutes
         self.begin(progress)
+        last_save = _clock()
         with _StopSignals(abort_on_repeat=not self.par.distributed) as stop:
             try:
                 while self.state.step < steps:
                     self.step_once()
+                    # Wall time as well as steps: a run whose steps are slow (or whose every=0)
+                    # never loses more than `every_minutes` of work. Ranks agree on the decision.
+                    late = minutes > 0 and _clock() - last_save >= 60 * minutes
+                    if self.par.distributed and minutes > 0:
+                        late = bool(self.par.max_int(int(late)))
                     if every and self.state.step % every == 0:
                         self.save_checkpoint()
+                        last_save = _clock()
+                    elif late and self.state.step < steps:  # at the end the final model follows at once
+                        self.save_checkpoint(reason="every_minutes")
+                        last_save = _clock()
                     # Ranks may see a signal at different steps; they agree to stop after the same one.
                     signum = self.par.max_int(stop.signum or 0)
                     if signum and self.state.step < steps:
@@ -339,6 +367,9 @@ def stop_or_skip(t: Trainer, phase: Phase, out: dict) -> None:
             "set --train.on_nan=skip to drop such batches")
     raise UserError(f"loss is {out['loss']} and grad_norm {out['grad_norm']} at {where}; stopped before the "
                     f"update, {kept}")
+
+
+_clock = time.monotonic  # the wall clock of checkpoint.every_minutes (a test replaces it)
 
 
 class _StopSignals:
