@@ -371,7 +371,8 @@ def init_from_hf(model, hf_dir: Path | str) -> None:
             raise UserError(f"{hf_dir} holds {name} (superpose name), which its config.json's architecture does not "
                             "have")
         if not bool(torch.isfinite(t).all()):
-            raise UserError(f"{hf_dir}: {to_hf_name(name, model.config.arch)} holds NaN or Inf; the weights are damaged")
+            hf = _rename(name, name_map(model.config.arch)) or f"the experts of {name}"
+            raise UserError(f"{hf_dir}: {hf} holds NaN or Inf; the weights are damaged")
         if tuple(t.shape) != tuple(want[name].shape):
             raise UserError(f"{hf_dir}: {name} (superpose name) has shape {list(t.shape)}, its config.json implies "
                             f"{list(want[name].shape)}")
