@@ -28,11 +28,11 @@ from pathlib import Path
 
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
-from superpose.compare import stats
+from superpose.experiments.stats import stats
 from superpose.config import parse_overrides, preset, set_field
 from superpose.errors import UserError
 from superpose.training.metrics import environment
-from superpose.sweep import run_cell
+from superpose.experiments.sweep import run_cell
 
 TST_KEYS = ("tst.bag_size", "tst.ratio", "tst.weights")
 

@@ -123,7 +123,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .compare import compare
+    from .experiments.compare import compare
 
     cfg, seeds = _experiment_config(args, overrides)
     factors = tuple(_floats(args.baseline_lengths, "--baseline-lengths"))
@@ -140,7 +140,7 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .sweep import sweep
+    from .experiments.sweep import sweep
 
     args.bag_size = args.ratio = None
     cfg, seeds = _experiment_config(args, overrides)
@@ -190,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_presets(_: argparse.Namespace) -> None:
-    from .config import PRESETS
+    from .presets import PRESETS
 
     print(f"{'preset':<10} {'arch':<9} {'params':>8} {'active':>8} {'d':>4} {'layers':>6} {'experts':>7} "
           f"{'L':>5} {'B':>5} {'steps':>6} {'s':>3} {'r':>4} {'lr':>7}")

@@ -235,114 +235,21 @@ class Config:
 
 # ----------------------------------------------------------------------------- presets
 
-def _cpu_smoke() -> Config:
-    """Seconds on 2 CPU cores: the end-to-end test of the whole pipeline, both phases."""
-    return Config(
-        model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64),
-        data=DataConfig(seq_len=64, val_tokens=8192),
-        tst=TSTConfig(bag_size=4, ratio=0.3),
-        optim=OptimConfig(lr=3e-3, warmup_steps=5),
-        train=TrainConfig(steps=40, batch_size=8, eval_every=20, log_every=10),
-    )
-
-
-def _cpu_small() -> Config:
-    """A few minutes on 2 CPU cores: the README demo (a 2M-parameter Llama on the default corpus)."""
-    return Config(
-        model=ModelConfig(dim=128, n_layers=4, n_heads=4, max_seq_len=128),
-        data=DataConfig(seq_len=128, val_tokens=65536),
-        tst=TSTConfig(bag_size=4, ratio=0.3),
-        optim=OptimConfig(lr=3e-3, warmup_steps=50),
-        train=TrainConfig(steps=600, batch_size=16, eval_every=100),
-    )
-
-
-def _gpu_30m() -> Config:
-    """One GPU, minutes: the crossover study's GPU rung between cpu-small and 270m
-    (benchmarks/gpu_compare.sh). A 31M-parameter Llama (d=512, 8 layers; 27M non-embedding at the
-    default corpus's 4096 tokens), rows of 256 positions, 32 rows a step (8k positions), bf16.
-    Sized so that a 3-seed length scan fits in minutes on one H100/H200: see gpu_compare.sh."""
-    return Config(
-        model=ModelConfig(dim=512, n_layers=8, n_heads=8, max_seq_len=256, init="torch"),
-        data=DataConfig(seq_len=256, val_tokens=2**17),
-        tst=TSTConfig(bag_size=4, ratio=0.3),
-        optim=OptimConfig(lr=2e-3, warmup_steps=100),
-        train=TrainConfig(steps=2000, batch_size=32, dtype="bfloat16", eval_every=250),
-    )
-
-
-def _paper(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int, lr: float) -> Config:
-    """The paper's dense recipe (Table 1): 20k steps of 2M tokens (1024 rows of 2048), WSD with a
-    2000-step warmup and the last 10% decayed, AdamW (0.9, 0.95), TST with s=6, r=0.3, bf16.
-    Bring your own data (`--data.path`); the paper used DCLM and the Llama-3 tokenizer."""
-    return Config(
-        model=ModelConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                          ffn_dim=ffn_dim, rope_theta=500000.0, max_seq_len=2048),
-        data=DataConfig(seq_len=2048, val_tokens=2**20, vocab_size=32768),
-        tst=TSTConfig(bag_size=6, ratio=0.3),
-        optim=OptimConfig(lr=lr, warmup_steps=2000, decay_frac=0.1),
-        train=TrainConfig(steps=20000, batch_size=1024, grad_accum=32, dtype="bfloat16", eval_every=1000),
-        checkpoint=CheckpointConfig(every=1000, keep=2),
-    )
-
-
-def _cpu_moe() -> Config:
-    """Seconds to minutes on 2 CPU cores: cpu-smoke's shape as a Qwen3-MoE-style model (QK-norm,
-    both layers sparse, 8 experts, top-2) on the default corpus, both phases. Each expert is half
-    the dense FFN width (96 of 192), so a token's two experts have the active FFN parameters of
-    cpu-smoke's dense MLP: benchmarks/moe.py times the two against each other."""
-    return Config(
-        model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, norm_eps=1e-6, arch="qwen3_moe",
-                          n_experts=8, top_k=2, moe_ffn_dim=96),
-        data=DataConfig(seq_len=64, val_tokens=8192),
-        tst=TSTConfig(bag_size=4, ratio=0.3),
-        optim=OptimConfig(lr=3e-3, warmup_steps=5),
-        train=TrainConfig(steps=40, batch_size=8, eval_every=20, log_every=10),
-    )
-
-
-def _paper_moe() -> Config:
-    """The paper's headline row (§2-3): a Qwen3-MoE-family model of ~10B total / ~1B active
-    parameters, TST with s=16, r=0.25 over 50k steps of 8M tokens (1024 rows of 8192), lr 3e-4,
-    WSD with a 2000-step warmup and the last 10% decayed, AdamW (0.9, 0.95), bf16.
-
-    The paper states only: Qwen3-MoE architecture, 10B/1B, s=16, 12,483 TST of 49,983 steps,
-    8M tokens a step, lr 3e-4, 50/50 FineWeb-Edu + DCLM. Everything else is chosen here
-    (README "Mixture of experts" lists it): the Qwen3 tokenizer's vocabulary 151,936 (bring the
-    data with `--data.path`); Qwen3-30B-A3B's proportions scaled down: d=1536, 28 layers, 12 query
-    / 4 key-value heads of 128, 96 experts of width 768 with top-8 routing, every layer sparse,
-    norm_topk_prob, aux coefficient 0.001; sequence length 8192 (the HF model name's 8k), RoPE
-    theta 1e6 (Qwen3's). That gives 10.2B total and 0.97B active non-embedding parameters (1.44B
-    active with the untied 152k-token embedding and head; `superpose presets`)."""
-    return Config(
-        model=ModelConfig(dim=1536, n_layers=28, n_heads=12, n_kv_heads=4, rope_theta=1e6, norm_eps=1e-6,
-                          max_seq_len=8192, arch="qwen3_moe", n_experts=96, top_k=8, moe_ffn_dim=768,
-                          ffn_dim=4096, vocab_size=151936),
-        data=DataConfig(seq_len=8192, val_tokens=2**20),
-        tst=TSTConfig(bag_size=16, ratio=0.25),
-        optim=OptimConfig(lr=3e-4, warmup_steps=2000, decay_frac=0.1),
-        train=TrainConfig(steps=50000, batch_size=1024, grad_accum=64, dtype="bfloat16", eval_every=1000),
-        checkpoint=CheckpointConfig(every=1000, keep=2),
-    )
-
-
-PRESETS: dict[str, Callable[[], Config]] = {
-    "cpu-smoke": _cpu_smoke,
-    "cpu-small": _cpu_small,
-    "gpu-30m": _gpu_30m,
-    # SmolLM2-135M shape, untied (the paper's "270M"), lr from the paper's sweep.
-    "270m": lambda: _paper(576, 30, 9, 3, 1536, 2e-3),
-    # SmolLM2-360M shape, untied (the paper's "600M").
-    "600m": lambda: _paper(960, 32, 15, 5, 2560, 1e-3),
-    "cpu-moe": _cpu_moe,
-    "10b-a1b": _paper_moe,
-}
-
-
 def preset(name: str) -> Config:
+    """A named preset (defined in superpose/presets.py)."""
+    from .presets import PRESETS
+
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+def __getattr__(name: str):
+    if name == "PRESETS":  # `from superpose.config import PRESETS`, as before the presets had a file
+        from .presets import PRESETS
+
+        return PRESETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- overrides

@@ -9,10 +9,10 @@ import math
 
 import pytest
 
-from superpose.compare import (baseline_lengths, compare, crossover, iso_loss, speedup_text, stats,
+from superpose.experiments.compare import (baseline_lengths, compare, crossover, iso_loss, speedup_text, stats,
                                switch_evals)
 from superpose.errors import UserError
-from superpose.sweep import sweep
+from superpose.experiments.sweep import sweep
 
 from conftest import tiny_config
 from test_trainer import records, train
@@ -79,7 +79,7 @@ def test_compare_report_is_consistent_and_branches_are_straight_runs(tiny_data, 
 
 
 def test_length_scan_shares_one_baseline_trunk_and_reports_every_length(tiny_data, tmp_path, monkeypatch):
-    import superpose.compare as cmp
+    import superpose.experiments.compare as cmp
 
     steps_taken = []
     real_step = cmp.Trainer.step_once
@@ -156,7 +156,7 @@ def test_compare_needs_a_tst_arm(tiny_data, tmp_path):
 
 def test_sweep_grid_and_resume(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_config(tiny_data, train__steps=4, train__eval_every=0)
-    import superpose.sweep as sw
+    import superpose.experiments.sweep as sw
 
     real = sw.run_cell
     calls = []

@@ -3,7 +3,7 @@
 A resume continues the run bit for bit, so only fields that cannot change the arithmetic
 (RESUME_MAY_CHANGE: paths, device, logging, checkpoint cadence, ...) may be overridden, and a
 checkpoint from another model shape, vocabulary or data is refused in one line
-(`checkpoint.check_compatible`).
+(`checkpointer.check_compatible`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import RESUME_MAY_CHANGE, Config, parse_overrides, set_field
 from ..data import Dataset
 from ..errors import UserError
-from . import checkpoint
+from . import checkpoint, checkpointer
 from .metrics import truncate_metrics
 
 
@@ -63,13 +63,13 @@ def check_resumable(ckpt: Path, run_dir: Path, cfg: Config, dataset: Dataset) ->
     (a checkpoint copied in from another run disagrees with it). Its files are verified later,
     when the trainer restores it."""
     meta = checkpoint.read_meta(ckpt)
-    checkpoint.check_compatible(meta, ckpt / "meta.json", cfg, dataset)
+    checkpointer.check_compatible(meta, ckpt / "meta.json", cfg, dataset)
     try:
         own = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
     except (OSError, ValueError, UserError):
         own = None
     if own is not None:
-        checkpoint.check_compatible(meta, ckpt / "meta.json", own, dataset)
+        checkpointer.check_compatible(meta, ckpt / "meta.json", own, dataset)
 
 
 def continue_from(trainer, ckpt: Path) -> None:

@@ -42,7 +42,7 @@ from ..errors import Interrupted, UserError
 from ..inference.evaluate import next_token_eval
 from .. import files
 from ..files import sha256_file
-from . import checkpoint, distributed
+from . import checkpoint, checkpointer, distributed
 from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapsed_layers, describe_run, router_metrics,
                       run_summary)
 from .perf import compute_context
@@ -265,7 +265,7 @@ class Trainer:
         self.bar.close()
         self.metrics.close()
         summary = run_summary(self)
-        checkpoint.save_final(self, summary)
+        checkpointer.save_final(self, summary)
         self.log(f"done: val_loss {summary['val_loss']:.4f}, val_bpb {summary['val_bpb']:.4f}, "
                  f"{summary['wall_s']:.0f}s; model in {self.run_dir}")
         self.par.barrier()  # no rank leaves before rank 0 has written the model
@@ -334,12 +334,12 @@ class Trainer:
         set_rng_state(state["rng"], self.device)
 
     def save_checkpoint(self, reason: str = "every") -> Path:
-        """RUN_DIR/checkpoints/step-NNNNNN/ for the state after `state.step` steps (`checkpoint.save_trainer`)."""
-        return checkpoint.save_trainer(self, reason)
+        """RUN_DIR/checkpoints/step-NNNNNN/ for the state after `state.step` steps (`checkpointer.save_trainer`)."""
+        return checkpointer.save_trainer(self, reason)
 
     def load_checkpoint(self, path: Path) -> dict:
         """Verify a checkpoint, check that it fits this run, restore it; returns its meta."""
-        return checkpoint.restore_trainer(self, Path(path))
+        return checkpointer.restore_trainer(self, Path(path))
 
 
 def stop_or_skip(t: Trainer, phase: Phase, out: dict) -> None:

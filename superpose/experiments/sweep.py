@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .compare import stats
-from .config import Config
-from .data import open_dataset
-from .errors import UserError
-from .files import lock_dir
-from .training import build_trainer
-from .training.metrics import environment
+from ..config import Config
+from ..data import open_dataset
+from ..errors import UserError
+from ..files import lock_dir
+from ..training import build_trainer
+from ..training.metrics import environment
+from .stats import stats
 
 
 def cell_name(bag_size: int, ratio: float, seed: int) -> str:

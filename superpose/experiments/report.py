@@ -11,8 +11,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .compare import speedup_text  # noqa: E402
-from .files import write_file, write_text  # noqa: E402
+from ..files import write_file, write_text  # noqa: E402
+from .stats import speedup_text  # noqa: E402
 
 REPORT_FIX = "free some space and run the same command again: finished seeds and cells are kept"
 
