@@ -187,7 +187,11 @@ def restart_if_nothing_saved(run_dir: Path, log: Callable[[str], None]) -> None:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
         return
-    if (run_dir / "summary.json").exists() or checkpoint.checkpoints(run_dir):
+    has_checkpoints = bool(checkpoint.checkpoints(run_dir))
+    if (run_dir / "summary.json").exists() and not has_checkpoints:  # finished, nothing to continue from
+        raise UserError(f"{run_dir} already holds a run, finished and without checkpoints to continue from; "
+                        "choose another --out")
+    if has_checkpoints:
         raise UserError(f"{run_dir} already holds a run; choose another --out, or continue it with --resume {run_dir}")
     n = 1
     while (run_dir / f"metrics.jsonl.failed-{n}").exists():
