@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from superpose.data import corpus
 from superpose.config import Config, DataConfig, OptimConfig, TrainConfig, TSTConfig
@@ -90,3 +91,13 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "network" in item.keywords:
                 item.add_marker(skip)
+
+
+def random_weights(model, std=0.3, seed=0):
+    """Large random weights (norms too), so a misplaced tensor or a wrong RoPE cannot hide in a
+    parity test."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if p.ndim == 1 else 0.0))
+    return model

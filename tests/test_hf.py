@@ -34,7 +34,7 @@ from superpose.core.model import ModelConfig, build_model  # noqa: E402
 from superpose.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings  # noqa: E402
 from superpose.training import build_trainer  # noqa: E402
 
-from conftest import tiny_config  # noqa: E402
+from conftest import random_weights, tiny_config  # noqa: E402
 
 
 def quiet(_):
@@ -47,15 +47,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run(checkpointed_run):
     return checkpointed_run
-
-
-def random_weights(model, std=0.3, seed=0):
-    """Large random weights (norms too), so a misplaced tensor or a wrong RoPE cannot hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if p.ndim == 1 else 0.0))
-    return model
 
 
 def hf_parity(model_dir, hf_dir, T=40):

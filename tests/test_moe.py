@@ -34,7 +34,7 @@ from superpose.training import build_trainer, run_training  # noqa: E402
 from superpose.training.resume import resume_config  # noqa: E402
 from superpose.training.trainer import superposed_loss  # noqa: E402
 
-from conftest import tiny_config  # noqa: E402
+from conftest import random_weights, tiny_config  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,15 +57,6 @@ def small_moe(**fields) -> ModelConfig:
     base = dict(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, arch="qwen3_moe", n_experts=5, top_k=2,
                 moe_ffn_dim=16, ffn_dim=40, norm_eps=1e-6)
     return ModelConfig(**{**base, **fields})
-
-
-def random_weights(model, std=0.3, seed=0):
-    """Large random weights (norms too), so a misplaced tensor cannot hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if p.ndim == 1 else 0.0))
-    return model
 
 
 # ----------------------------------------------------------------------------- the math against a loop

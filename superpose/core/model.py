@@ -279,11 +279,15 @@ class Transformer(nn.Module):
         assert cfg.vocab_size > 0, "resolve vocab_size from the tokenizer before building the model"
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+
+    def make_block(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        """Block `layer` of the stack: the one thing another architecture (core/moe.py) changes."""
+        return Block(cfg)
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -232,17 +232,8 @@ class MoETransformer(Transformer):
     """The Qwen3-MoE decoder: `Transformer`'s embedding, final norm, LM head, forward contract and
     KV cache, with `MoEBlock`s. forward(..., return_router=True) returns (out, RouterStats)."""
 
-    def __init__(self, cfg: ModelConfig):
-        nn.Module.__init__(self)
-        cfg.resolve()
-        assert cfg.vocab_size > 0, "resolve vocab_size from the tokenizer before building the model"
-        self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(MoEBlock(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
+    def make_block(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        return MoEBlock(cfg, layer)
 
     @torch.no_grad()
     def init_weights(self) -> None:
