@@ -62,7 +62,7 @@ def main() -> int:
         cfg.validate()
         steps = [ln["steps"] for ln in recorded["lengths"]]
         factors = tuple(recorded.get("baseline_factors", [1.0]))
-        new = compare(cfg, a.out, recorded["seeds"], factors=factors, steps=steps if len(steps) > 1 else None,
+        new = compare(cfg, a.out, recorded["seeds"], factors=factors, steps=steps,
                       command=" ".join(sys.argv))
     except (UserError, OSError, json.JSONDecodeError) as e:
         print(f"crossover_guard: {e}", file=sys.stderr)

@@ -85,7 +85,8 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
     one = len(steps_list) == 1
     tsts = {T: build_trainer(_arm_config(cfg, seed, T, s, r), out / ("tst" if one else f"tst-{T}"), ds,
                              log if one else quiet) for T in steps_list}
-    extra = {T: switch_evals(t.schedule.switch_step, cfg.train.eval_every, T) for T, t in tsts.items()}
+    for T, t in tsts.items():  # see the jump at the switch and the recovery after it
+        t.extra_evals = frozenset(switch_evals(t.schedule.switch_step, cfg.train.eval_every, T))
     trunk_steps = lengths[-1]
     trunk = build_trainer(_arm_config(cfg, seed, trunk_steps, 1, 0.0), out / f"baseline-{trunk_steps}", ds, quiet)
     branch_at = {n - round(decay * n): n for n in lengths[:-1]}  # trunk step -> branch length
@@ -112,10 +113,7 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
                 runs.append(_Run(f"baseline-{n}", branch))
             t.step_once()
             done_steps += 1
-            T = t.cfg.train.steps
-            if run.name.startswith("tst") and t.state.step - 1 in extra[T]:
-                _extra_eval(t)
-            if t.state.step == T:
+            if t.state.step == t.cfg.train.steps:
                 t.finish()
                 finished[run.name] = t
                 runs.remove(run)
@@ -127,15 +125,6 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
     # Every length reads its iso-loss point off all the decayed baselines the seed trained, not only
     # its own multiples: they are the same runs.
     return {"by_steps": {str(T): _seed_result(finished, tsts[T], lengths) for T in steps_list}}
-
-
-def _extra_eval(t: Trainer) -> None:
-    """An evaluation after the step just taken, logged like the trainer's own (compare-only)."""
-    st = t.state
-    phase = t.schedule.phase(st.step - 1)
-    t.metrics.write({"type": "eval", "step": st.step - 1, "phase": phase.index, "bag_size": phase.bag_size,
-                     "tokens_seen": st.tokens_seen, "elapsed_s": t.elapsed_s(), "train_time_s": st.train_time_s,
-                     **t.evaluate()})
 
 
 def _records(trainer: Trainer, kind: str) -> list[dict]:

@@ -101,6 +101,7 @@ class Trainer:
     val: Tensor  # (N, L + 1) held-out windows, the same at every evaluation
     token_bytes: Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
     state: RunState = field(default_factory=RunState)
+    extra_evals: frozenset = field(default=frozenset(), init=False)  # 0-based steps evaluated beyond eval_every
     _t0: float | None = field(default=None, init=False, repr=False)  # perf_counter at the run's start, set by begin
     _collapse_warned: set = field(default_factory=set, init=False, repr=False)  # phases with an expert-collapse warning
 
@@ -234,7 +235,8 @@ class Trainer:
                "tokens_per_s": tr.batch_size * cfg.data.seq_len * phase.bag_size / step_time,
                "skipped_steps": st.skipped_steps, **({} if out["finite"] else {"skipped": True})}
         last = st.step == tr.steps - 1
-        evaluating = last or bool(tr.eval_every and (st.step + 1) % tr.eval_every == 0)
+        evaluating = (last or bool(tr.eval_every and (st.step + 1) % tr.eval_every == 0)
+                      or st.step in self.extra_evals)
         if "router" in out:  # a mixture of experts
             self.record_routing(rec, out["router"], phase, full=evaluating)
         self.metrics.write(rec)
