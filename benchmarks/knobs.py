@@ -1,4 +1,5 @@
-"""The knob screen of the crossover study (issue 10): which setting moves TST's gain, and by how much.
+"""The knob screen: which setting moves TST's gain, and by how much (the crossover study's knobs,
+issue 10, and the paper's ablations, issue 13: groups modes, loss, switch, weights8, curriculum).
 
 Every cell is a pair of full runs of the same preset and seed: TST with the cell's overrides, and
 the baseline (r = 0) with the same overrides minus the TST ones. Baselines that coincide (a cell
@@ -11,7 +12,8 @@ seed:
 
 The second is the honest one: a knob that "helps TST" by handicapping the baseline shows up there.
 Each run leaves `runs/NAME/summary.json` and is skipped when rerun, so an interrupted screen
-resumes; several processes may share one --out if they take different --seeds.
+resumes; several processes may share one --out: a run another process is training is skipped (each run is
+locked while it trains), so two processes with overlapping --seeds share the work.
 
     nice -n 19 .venv/bin/python benchmarks/knobs.py --out runs/knobs --seeds 0 --groups init,sr \
         --set data.path=/tmp/spdata-4096 --set train.threads=1
@@ -31,10 +33,14 @@ from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 from superpose.experiments.stats import stats
 from superpose.config import parse_overrides, preset, set_field
 from superpose.errors import UserError
+from superpose.files import lock_dir
 from superpose.training.metrics import environment
 from superpose.experiments.sweep import run_cell
 
-TST_KEYS = ("tst.bag_size", "tst.ratio", "tst.weights")
+def is_tst_key(key: str) -> bool:
+    """Settings of the TST arm only; the paired baseline drops them."""
+    return key.startswith("tst.")
+
 
 # group -> [(cell name, overrides)]; "ref" is the preset as it is.
 GROUPS: dict[str, list[tuple[str, dict]]] = {
@@ -47,6 +53,13 @@ GROUPS: dict[str, list[tuple[str, dict]]] = {
     "wd": [("torch wd-emb", {"model.init": "torch", "optim.decay_embeddings": True})],
     "lr": [("torch lr=6e-3", {"model.init": "torch", "optim.lr": 6e-3}),
            ("torch lr=1.5e-3", {"model.init": "torch", "optim.lr": 1.5e-3})],
+    # The paper's ablations (issue 13), on the preset as --set leaves it (s=4, r=0.3 on cpu-small).
+    "modes": [("full", {}), ("input-only", {"tst.mode": "input"}), ("output-only", {"tst.mode": "output"})],
+    "loss": [("mce_alt", {"tst.loss": "mce_alt"})],
+    "switch": [("reset optimizer", {"tst.reset_optimizer": True}), ("re-init embed+head", {"tst.reinit": "both"})],
+    "weights8": [("s=8 uniform", {"tst.bag_size": 8}), ("s=8 power", {"tst.bag_size": 8, "tst.weights": "power"}),
+                 ("s=8 mi", {"tst.bag_size": 8, "tst.weights": "mi"})],
+    "curriculum": [("curriculum 8:0.1,4:0.1,2:0.1", {"tst.schedule": "8:0.1,4:0.1,2:0.1"})],
 }
 
 
@@ -94,7 +107,7 @@ def main() -> None:
     for group in groups:
         for seed in seeds:
             for name, ov in chosen[group]:
-                base_ov = {k: v for k, v in ov.items() if k not in TST_KEYS}
+                base_ov = {k: v for k, v in ov.items() if not is_tst_key(k)}
                 plan.append({**base_ov, "tst.ratio": 0.0, "tst.bag_size": 1, "_seed": seed})
                 plan.append({**ov, "_seed": seed})
     done = set()
@@ -107,7 +120,15 @@ def main() -> None:
         if a.report_only:
             continue
         cfg = config_for(base, a.preset, item, seed)
-        summary = run_cell(cfg, runs_dir / name, log=print)
+        try:  # beside the run directory, which run_cell may remove and create again
+            lock = lock_dir(runs_dir, "knob run", lock_path=runs_dir / f".{name}.lock")
+        except UserError:
+            print(f"knobs: {name}: another process is training it, skipped", flush=True)
+            continue
+        try:
+            summary = run_cell(cfg, runs_dir / name, log=print)
+        finally:
+            lock.release()
         print(f"knobs: {name}: val_loss {summary['val_loss']:.4f} [{time.time() - t0:.0f}s]", flush=True)
     report(a, base, cells, seeds, runs_dir)
 
@@ -120,7 +141,7 @@ def _loss(runs_dir: Path, overrides: dict, seed: int) -> float | None:
 def report(a, base, cells, seeds, runs_dir: Path) -> None:
     rows, baselines = [], {}
     for name, ov in cells:
-        base_ov = {k: v for k, v in ov.items() if k not in TST_KEYS}
+        base_ov = {k: v for k, v in ov.items() if not is_tst_key(k)}
         b_ov = {**base_ov, "tst.ratio": 0.0, "tst.bag_size": 1}
         pairs = [(k, _loss(runs_dir, b_ov, k), _loss(runs_dir, ov, k)) for k in seeds]
         pairs = [(k, b, t) for k, b, t in pairs if b is not None and t is not None]

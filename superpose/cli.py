@@ -4,6 +4,7 @@
     superpose train --preset NAME --out RUN_DIR [--section.field=value | --section.field value ...]
     superpose train --resume RUN_DIR [--train.device=... ...]
     torchrun --nproc_per_node N -m superpose train ... --parallel.mode ddp|fsdp   (data parallel)
+    superpose mi [--data DATA_DIR]      token-pair mutual information by distance (tst.weights=mi)
     superpose export RUN_DIR_OR_CHECKPOINT --hf OUT_DIR
     superpose generate RUN_DIR_OR_CHECKPOINT --prompt TEXT [--max-new-tokens N --temperature T --top-k K --seed S]
     superpose eval RUN_DIR_OR_CHECKPOINT [--data DATA_DIR] [--tasks PATH.yaml|NAME,...]
@@ -40,6 +41,19 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     prepare(Path(args.out), sources, vocab_size=args.vocab_size,
             tokenizer=Path(args.tokenizer) if args.tokenizer else None,
             val_fraction=args.val_fraction, seed=args.seed, log=_log)
+
+
+def cmd_mi(args: argparse.Namespace) -> None:
+    """Measure a data directory's token-pair mutual information by distance and fit its decay
+    (what tst.weights=mi weighs the bag slots with): DATA_DIR/mi.json and mi.png."""
+    from .data import mutual_info, open_dataset
+    from .data.prepare import ensure_default_corpus
+
+    data = Path(args.data) if args.data else ensure_default_corpus(args.vocab_size, _log)
+    if args.max_distance < 3 or args.max_tokens < 1:
+        raise UserError("--max-distance must be >= 3 and --max-tokens >= 1")
+    record = mutual_info.measure(open_dataset(data), args.max_distance, args.max_tokens, log=_log)
+    mutual_info.save(data, record, log=_log)
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -235,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--tokenizer", metavar="tokenizer.json", help="use this tokenizer instead of training one")
     pp.add_argument("--val-fraction", type=float, default=0.02, help="share of each source held out (default 0.02)")
     pp.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    pm = sub.add_parser("mi", help="token-pair mutual information by distance and its fit, for tst.weights=mi")
+    pm.add_argument("--data", metavar="DATA_DIR", help="prepared data directory (default: the default corpus)")
+    pm.add_argument("--vocab-size", type=int, default=4096, help="the default corpus's tokenizer size (default 4096)")
+    pm.add_argument("--max-distance", type=int, default=16, help="largest distance d measured (default 16)")
+    pm.add_argument("--max-tokens", type=int, default=4_000_000, help="train tokens sampled (default 4M)")
     pt = sub.add_parser("train", help="train with TST: phase 1 (bags) then phase 2 (next token)",
                         epilog="Any config field can be overridden: --tst.bag_size=6 --train.steps 2000 ... "
                         "Data parallel: torchrun --nproc_per_node N -m superpose train ... --parallel.mode ddp|fsdp")
@@ -313,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         elif args.verb == "prepare":
             cmd_prepare(args)
+        elif args.verb == "mi":
+            cmd_mi(args)
         elif args.verb == "export":
             cmd_export(args)
         elif args.verb == "generate":

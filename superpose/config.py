@@ -17,7 +17,8 @@ from typing import Callable
 
 from .core.model import ModelConfig
 from .core.schedule import DECAY_SHAPES
-from .core.superposition import WEIGHT_SCHEMES
+from .core.schedule import MODES, parse_stages
+from .core.superposition import LOSSES, WEIGHT_SCHEMES
 from .errors import UserError
 
 
@@ -43,7 +44,24 @@ class TSTConfig:
     ratio: float = 0.3
     """r: fraction of optimizer steps spent in phase 1 (paper: 0.2-0.4). 0 disables TST."""
     weights: str = "uniform"
-    """Per-slot weights of the multi-hot loss: uniform, power (1/i) or exp (e^-i)."""
+    """Per-slot weights of the multi-hot loss: uniform, power (1/i), exp (e^-i), or mi: fitted to
+    the corpus's token-pair mutual information (`superpose mi`; see `mi_bag_weights`)."""
+    mode: str = "full"
+    """Which side phase 1 bags (paper §5.2): full (the method), input (bagged input, predict the
+    first token of the next bag) or output (ordinary token input, predict the next s tokens)."""
+    loss: str = "mce"
+    """The bag loss: mce (the paper's multi-hot cross-entropy) or mce_alt (-log of the probability
+    mass on the bag, paper App. C.2)."""
+    schedule: str = ""
+    """A bag-size curriculum, "8:0.1,4:0.1,2:0.1": stages of bag size : fraction of the steps, then
+    next-token training. Replaces bag_size and ratio; empty means one stage of bag_size for ratio."""
+    reset_optimizer: bool = False
+    """At the switch to next-token training, drop the optimizer state (AdamW's moments and step
+    count) and start it afresh (the AOMTS ablation: it hurt there)."""
+    reinit: str = "none"
+    """At the switch to next-token training, re-draw these weights from their initial distribution
+    (paper Table 2: it wipes out the gain): none, embeddings, head or both. Their optimizer
+    state is reset too."""
 
 
 @dataclass
@@ -115,6 +133,7 @@ class TrainConfig:
 
 
 ON_NAN = ("stop", "skip")
+REINIT = ("none", "embeddings", "head", "both")
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 MIXED_PRECISION = ("none", "bf16")
 ATTENTION_KERNELS = ("auto", "math", "flash", "efficient", "cudnn")
@@ -189,6 +208,19 @@ class Config:
         need(t.bag_size >= 1, f"tst.bag_size: must be an integer >= 1 (1 disables TST), got {t.bag_size}")
         need(0.0 <= t.ratio <= 1.0, f"tst.ratio: must be in [0, 1] (0 disables TST), got {t.ratio}")
         need(t.weights in WEIGHT_SCHEMES, f"tst.weights: must be one of {', '.join(WEIGHT_SCHEMES)}, got {t.weights!r}")
+        need(t.mode in MODES, f"tst.mode: must be one of {', '.join(MODES)}, got {t.mode!r}")
+        need(t.loss in LOSSES, f"tst.loss: must be one of {', '.join(LOSSES)}, got {t.loss!r}")
+        need(t.reinit in REINIT, f"tst.reinit: must be one of {', '.join(REINIT)}, got {t.reinit!r}")
+        if t.mode == "input":  # one target per position: nothing for slot weights or a bag loss to act on
+            need(t.weights == "uniform", f"tst.weights={t.weights} weighs the slots of a target bag, but tst.mode=input "
+                 "predicts one token per position; drop it or use tst.mode=full/output")
+            need(t.loss == "mce", "tst.loss=mce_alt scores a target bag, but tst.mode=input predicts one token per "
+                 "position (where it equals plain cross-entropy); drop it or use tst.mode=full/output")
+        if t.schedule:
+            try:
+                parse_stages(t.schedule)
+            except ValueError as e:
+                out.append(f"tst.schedule: {e}; write it as BAG:FRACTION,... e.g. 8:0.1,4:0.1,2:0.1")
         need(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
         need(o.warmup_steps >= 0, f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
         need(0.0 <= o.decay_frac <= 1.0, f"optim.decay_frac: must be in [0, 1], got {o.decay_frac}")
@@ -333,15 +365,17 @@ def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
     silently ignored). data.vocab_size sizes only the default corpus's tokenizer: beside
     data.path, whose data brings its own, a value other than that tokenizer's size is ignored."""
     given = dict(parse_overrides(overrides))
+    out = [f"warning: --{key} is ignored: tst.schedule={cfg.tst.schedule!r} sets the bag sizes and their share of "
+           "the steps; drop it" for key in ("tst.bag_size", "tst.ratio") if key in given and cfg.tst.schedule]
     if "data.vocab_size" not in given or not cfg.data.path:
-        return []
+        return out
     try:
         theirs = json.loads((Path(cfg.data.path) / "meta.json").read_text())["vocab_size"]
     except (OSError, ValueError, KeyError, TypeError):
         theirs = None  # an unreadable data directory is reported when it is opened
     if theirs == cfg.data.vocab_size:
-        return []
-    return [f"warning: --data.vocab_size={cfg.data.vocab_size} is ignored: it sizes only the default corpus's "
+        return out
+    return out + [f"warning: --data.vocab_size={cfg.data.vocab_size} is ignored: it sizes only the default corpus's "
             f"tokenizer, and the data in {cfg.data.path} brings its own ({theirs} tokens); drop it, pad the model "
             "with --model.vocab_size, or prepare the data with superpose prepare --vocab-size N"]
 

@@ -326,6 +326,26 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(self.lm_head.weight, std=std)
 
+    def fresh_weights(self, names: list[str], generator: torch.Generator) -> dict[str, Tensor]:
+        """New draws of the input embedding and/or LM head from the distributions `init_weights`
+        uses, as full float32 CPU tensors, from `generator` (so every rank draws the same values).
+
+        names: "embed_tokens.weight" and/or "lm_head.weight" (with tied embeddings the head is the
+        embedding, and only that is drawn)."""
+        cfg = self.config
+        out = {}
+        for name in names:
+            if name == "lm_head.weight" and cfg.tie_embeddings:
+                name = "embed_tokens.weight"
+            V, D = cfg.vocab_size, cfg.dim
+            if name == "lm_head.weight" and cfg.init == "torch":  # nn.Linear's default, U(+-1/sqrt(fan_in))
+                out[name] = (torch.rand(V, D, generator=generator) * 2 - 1) / math.sqrt(D)
+            elif name in ("embed_tokens.weight", "lm_head.weight"):
+                out[name] = torch.randn(V, D, generator=generator) * cfg.init_std
+            else:
+                raise ValueError(f"fresh_weights draws the embedding and the LM head only, not {name}")
+        return out
+
     def embed(self, input_ids: Tensor) -> Tensor:
         """Token embeddings: (B, T) int -> (B, T, D)."""
         return self.embed_tokens(input_ids)

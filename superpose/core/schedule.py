@@ -7,11 +7,12 @@
 
 A TST run is a list of `Phase`s that the trainer asks every step "which phase is step k in?"
 (the shape of modded-nanogpt's training stages). Phase 1 reads bags of `s` raw tokens per
-position; phase 2 is ordinary next-token training. Parameters, optimizer state, the data
-position and the learning-rate schedule carry straight through the switch: the learning rate is a
+position; phase 2 is ordinary next-token training. Parameters, optimizer state, the data position
+and the learning-rate schedule carry straight through every switch: the learning rate is a
 function of the global step only, so it cannot tell the phases apart. The phases are data: a
-curriculum of several bag sizes is another list of phases, and nothing that asks the schedule
-changes.
+bag-size curriculum (tst.schedule = "8:0.1,4:0.1,2:0.1") is several phase-1 stages in a row before
+phase 2, and `Phase.mode` says which side of the model a stage bags; nothing that asks the
+schedule changes.
 """
 
 from __future__ import annotations
@@ -24,35 +25,91 @@ if TYPE_CHECKING:
     from ..config import Config
 
 
+MODES = ("full", "input", "output")
+"""Which side of the model a superposition phase bags (paper §5.2, Fig. 6):
+full   bagged input, next-bag target (the method);
+input  bagged input, one target: the first token of the next bag (the token right after the bag);
+output ordinary token input (rows of L raw tokens, no extra data), each position's target is the
+       next s tokens (the multi-hot loss over a sliding window)."""
+
+
 @dataclass(frozen=True)
 class Phase:
-    """Steps [start, end) trained with bags of `bag_size` raw tokens per position."""
+    """Steps [start, end) trained with bags of `bag_size` raw tokens, on the side(s) `mode` says."""
 
     index: int
-    """1 for superposition, 2 for next-token training (a baseline run is all phase 2)."""
+    """1 for superposition, 2 for next-token training (a baseline run is all phase 2). Every stage
+    of a bag-size curriculum is a phase 1."""
     name: str
     bag_size: int
     start: int
     end: int
+    mode: str = "full"
 
     @property
     def num_steps(self) -> int:
         return self.end - self.start
 
+    @property
+    def input_bag(self) -> int:
+        """Raw tokens averaged into one input position (1: ordinary token input)."""
+        return self.bag_size if self.mode in ("full", "input") else 1
 
-def build_phases(total_steps: int, ratio: float, bag_size: int) -> list[Phase]:
-    """Phase 1 for round(ratio * total_steps) steps with bags of `bag_size`, then phase 2.
+    @property
+    def target_bag(self) -> int:
+        """Targets per position (1: one next token)."""
+        return self.bag_size if self.mode in ("full", "output") else 1
 
-    With ratio = 0, bag_size = 1, or a phase 1 that rounds to zero steps, the run is the plain
-    baseline: a single next-token phase (numbered 2, since it is the recovery-style phase).
-    `round` is Python's (ties to even), applied to ratio * total_steps.
+    def row_tokens(self, seq_len: int) -> int:
+        """Raw input tokens a row of this phase reads: s*L when the input is bagged, else L."""
+        return self.input_bag * seq_len
+
+
+def parse_stages(text: str) -> list[tuple[int, float]]:
+    """A bag-size curriculum "8:0.1,4:0.1,2:0.1" -> [(8, 0.1), (4, 0.1), (2, 0.1)]: bag size and
+    fraction of the run's steps, in training order. Raises ValueError naming what is wrong."""
+    stages = []
+    for part in text.replace(" ", "").split(","):
+        size, sep, frac = part.partition(":")
+        try:
+            s, f = int(size), float(frac)
+        except ValueError:
+            raise ValueError(f"stage {part!r} is not BAG:FRACTION (e.g. 8:0.1)") from None
+        if not sep or s < 2:
+            raise ValueError(f"stage {part!r}: the bag size must be an integer >= 2 (next-token training follows "
+                             "the stages by itself)")
+        if not (0.0 < f <= 1.0 and math.isfinite(f)):
+            raise ValueError(f"stage {part!r}: the fraction must be in (0, 1]")
+        stages.append((s, f))
+    if sum(f for _, f in stages) > 1.0 + 1e-9:
+        raise ValueError(f"the fractions sum to {sum(f for _, f in stages):g}, past 1: the stages cannot take more "
+                         "than the whole run")
+    return stages
+
+
+def build_phases(total_steps: int, ratio: float, bag_size: int, mode: str = "full",
+                 stages: Sequence[tuple[int, float]] | None = None) -> list[Phase]:
+    """Superposition stages, then next-token training, as consecutive phases over the run.
+
+    stages None: one stage, bags of `bag_size` for round(ratio * total_steps) steps (two-phase TST).
+    stages [(s_1, f_1), (s_2, f_2), ...]: a curriculum; stage k ends at round((f_1 + .. + f_k) * T),
+    so the fractions' rounding never adds up to more or less than their sum. A stage that rounds
+    to zero steps is dropped. With no superposition step left (ratio 0, bag_size 1) the run is the
+    plain baseline: a single next-token phase (numbered 2, since it is the recovery-style phase).
+    `round` is Python's (ties to even).
     """
-    switch = round(ratio * total_steps) if bag_size > 1 else 0
-    phases = []
-    if switch > 0:
-        phases.append(Phase(1, "superposition", bag_size, 0, switch))
-    if switch < total_steps:
-        phases.append(Phase(2, "next-token", 1, switch, total_steps))
+    if stages is None:
+        stages = [(bag_size, ratio)] if bag_size > 1 else []
+    phases, start, acc = [], 0, 0.0
+    for s, f in stages:
+        acc += f
+        end = min(round(acc * total_steps), total_steps)
+        if end > start:
+            name = "superposition" + ("" if mode == "full" else f" ({mode} only)")
+            phases.append(Phase(1, name if len(stages) == 1 else f"{name} s={s}", s, start, end, mode))
+            start = end
+    if start < total_steps:
+        phases.append(Phase(2, "next-token", 1, start, total_steps))
     return phases
 
 
@@ -110,16 +167,20 @@ class Schedule:
     decay_shape: str = "linear"
 
     @classmethod
-    def tst(cls, total_steps: int, ratio: float, bag_size: int, **lr) -> "Schedule":
-        """Phase 1 for round(ratio * total_steps) steps with bags of `bag_size`, then phase 2
-        (`build_phases`); `lr` takes the remaining fields (peak_lr, warmup_steps, ...)."""
-        return cls(tuple(build_phases(total_steps, ratio, bag_size)), **lr)
+    def tst(cls, total_steps: int, ratio: float, bag_size: int, mode: str = "full", stages: str = "",
+            **lr) -> "Schedule":
+        """Phase 1 for round(ratio * total_steps) steps with bags of `bag_size` (or the curriculum
+        `stages`, "s:fraction,..." as `parse_stages` reads it), then phase 2 (`build_phases`);
+        `lr` takes the remaining fields (peak_lr, warmup_steps, ...)."""
+        return cls(tuple(build_phases(total_steps, ratio, bag_size, mode, parse_stages(stages) if stages else None)),
+                   **lr)
 
     @classmethod
     def for_run(cls, cfg: "Config") -> "Schedule":
-        o = cfg.optim
-        return cls.tst(cfg.train.steps, cfg.tst.ratio, cfg.tst.bag_size, peak_lr=o.lr, warmup_steps=o.warmup_steps,
-                       decay_frac=o.decay_frac, min_lr_ratio=o.min_lr_ratio, decay_shape=o.decay_shape)
+        o, t = cfg.optim, cfg.tst
+        return cls.tst(cfg.train.steps, t.ratio, t.bag_size, t.mode, t.schedule, peak_lr=o.lr,
+                       warmup_steps=o.warmup_steps, decay_frac=o.decay_frac, min_lr_ratio=o.min_lr_ratio,
+                       decay_shape=o.decay_shape)
 
     @property
     def total_steps(self) -> int:
@@ -140,8 +201,8 @@ class Schedule:
                       self.decay_shape)
 
     def raw_tokens(self, batch_size: int, seq_len: int) -> dict[int, int]:
-        """Raw tokens each phase reads, by phase index: a step reads batch_size * seq_len * s."""
+        """Raw tokens each phase reads, by phase index: a step reads batch_size * row_tokens."""
         out = {1: 0, 2: 0}
         for p in self.phases:
-            out[p.index] += p.num_steps * batch_size * seq_len * p.bag_size
+            out[p.index] += p.num_steps * batch_size * p.row_tokens(seq_len)
         return out

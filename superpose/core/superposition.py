@@ -12,6 +12,11 @@ algorithm. Everything TST adds to a transformer is here; the model itself never 
 
 With `s = 1` all three reduce exactly to an embedding lookup and ordinary cross-entropy.
 Paper references: input side §3.1 and Listing 2, targets Listing 3, loss §3.2 and App. C/D.
+
+The paper's ablations are the same pieces recombined: input-only superposition bags the input
+and predicts one token (`bag_targets(..., mode="input")`), output-only reads ordinary tokens and
+predicts the next s (`next_window_targets`), and MCEAlt (App. C.2, `loss="mce_alt"`) scores the
+probability mass on the bag instead of the mean log-probability of its tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 IGNORE_INDEX = -100
-WEIGHT_SCHEMES = ("uniform", "power", "exp")
+WEIGHT_SCHEMES = ("uniform", "power", "exp", "mi")
+LOSSES = ("mce", "mce_alt")
 
 
 def superpose_embeddings(embeds: Tensor, bag_size: int) -> Tensor:
@@ -90,11 +96,67 @@ def next_bag_targets(labels: Tensor, bag_size: int, ignore_index: int = IGNORE_I
     return shifted.view(B, T // bag_size, bag_size)  # (B, L, s)
 
 
+def next_window_targets(labels: Tensor, window: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Output-only superposition's targets: every position predicts the next `window` tokens.
+
+    labels: (B, L) with labels[t] = token[t+1]  ->  targets (B, L, s), targets[b, t, i] =
+    labels[b, t + i] (token t+1+i), `ignore_index` past the row's end. The input is the ordinary
+    token sequence, so a row reads L + 1 tokens as in next-token training and no extra data;
+    only the last s-1 positions lose targets. With window = 1 these are the next-token labels.
+    """
+    B, L = labels.shape
+    if window == 1:
+        return labels.view(B, L, 1)
+    padded = F.pad(labels, (0, window - 1), value=ignore_index)  # (B, L + s - 1)
+    return padded.unfold(1, window, 1)  # (B, L, s), a strided view: row t is padded[t : t+s]
+
+
+def bag_targets(labels: Tensor, bag_size: int, mode: str = "full", ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """The targets of a superposition phase from its rows' next-token labels.
+
+    full:   labels (B, L*s) -> (B, L, s), the next bag (`next_bag_targets`).
+    input:  labels (B, L*s) -> (B, L, 1), the first token of the next bag: the token right after
+            the bag the position read (slot 0 of the next bag). The paper does not say which
+            token its input-only ablation predicts; this one keeps the prediction "next".
+    output: labels (B, L)   -> (B, L, s), the next s tokens (`next_window_targets`).
+    With bag_size = 1 every mode gives the next-token labels (B, L, 1).
+    """
+    if mode == "output":
+        return next_window_targets(labels, bag_size, ignore_index)
+    targets = next_bag_targets(labels, bag_size, ignore_index)
+    if mode == "input":
+        return targets[..., :1]
+    if mode != "full":
+        raise ValueError(f"unknown superposition mode {mode!r}; use full, input or output")
+    return targets
+
+
+def mi_bag_weights(fit: dict, bag_size: int) -> Tensor:
+    """Bag weights from the mutual-information fit MI(d) = c0 + a * d^k (`data/mutual_info.py`).
+
+    Slot i (1-based) of a position's target bag is i raw tokens after the last token the position
+    read, in full and output-only superposition alike, so it gets the information that token pair
+    carries *because of* its distance: g(i) = a * i^k, the fit without its constant c0. The
+    constant is what any two tokens of the same text share at any distance (and where the
+    plug-in estimator's bias goes), the same for every slot, so adding it would only pull every
+    weighting towards uniform. With k = -1 this is the paper's power law 1/i; a corpus whose
+    information decays faster gets steeper weights. The paper fits this curve (§4.3) but does not
+    say how it derives weights from it.
+    """
+    a, k = float(fit["a"]), float(fit["k"])
+    if not (a > 0 and k < 0 and math.isfinite(a) and math.isfinite(k)):
+        raise ValueError(f"the mutual-information fit (a={a:g}, k={k:g}) does not decay with distance, so it gives "
+                         "no bag weights; use tst.weights=power or uniform")
+    i = torch.arange(1, bag_size + 1, dtype=torch.float64)
+    return (a * i ** k).float()
+
+
 def bag_weights(weights: str | Tensor | None, bag_size: int) -> Tensor:
     """Per-slot weights g(i), i = 1..s, as a float32 tensor of length s (paper §5.2, App. D).
 
     None or "uniform": g = 1.  "power": g = 1/i.  "exp": g = e^-i (modded-nanogpt PR #178).
-    A tensor is taken as given (length s, non-negative, not all zero).
+    A tensor is taken as given (length s, non-negative, not all zero): "mi" weights are one, made
+    from a corpus's fit by `mi_bag_weights`.
     """
     i = torch.arange(1, bag_size + 1, dtype=torch.float32)
     if weights is None or (isinstance(weights, str) and weights == "uniform"):
@@ -104,6 +166,8 @@ def bag_weights(weights: str | Tensor | None, bag_size: int) -> Tensor:
             return 1.0 / i
         if weights == "exp":
             return torch.exp(-i)
+        if weights == "mi":
+            raise ValueError("bag weights 'mi' come from a corpus's fit: pass mi_bag_weights(fit, s)")
         raise ValueError(f"unknown bag weights {weights!r}; use one of {', '.join(WEIGHT_SCHEMES)}")
     w = torch.as_tensor(weights, dtype=torch.float32).flatten()
     if w.numel() != bag_size or bool((w < 0).any()) or float(w.sum()) <= 0:
@@ -117,14 +181,15 @@ def multi_hot_cross_entropy(
     weights: str | Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
     reduction: str = "mean",
+    loss: str = "mce",
 ) -> Tensor:
-    """Multi-hot next-bag cross-entropy (MCE, paper §3.2, App. C.1, Listing 3).
+    """Multi-hot next-bag cross-entropy (MCE, paper §3.2, App. C.1, Listing 3), or MCEAlt.
 
-    logits: (B, L, V); targets: (B, L, s) from `next_bag_targets`.
+    logits: (B, L, V); targets: (B, L, s) from `next_bag_targets` (or `bag_targets`).
 
-    The target is uniform over the bag, so KL(t || softmax(z)) = -(1/s) sum_i log p(y_i) - log s;
-    the constant is dropped and the loss is a weighted mean of s ordinary CE terms against the
-    *same* logits. We compute one log-sum-exp per position and gather the s target logits:
+    loss="mce": the target is uniform over the bag, so KL(t || softmax(z)) = -(1/s) sum_i log p(y_i)
+    - log s; the constant is dropped and the loss is a weighted mean of s ordinary CE terms against
+    the *same* logits. We compute one log-sum-exp per position and gather the s target logits:
 
         nll[b, j, i] = logsumexp(z[b, j]) - z[b, j, y[b, j, i]]           (B, L, s)
 
@@ -139,7 +204,19 @@ def multi_hot_cross_entropy(
         of valid targets; with the paper's padding they differ only through the last position.
     reduction="none" returns the weighted nll (B, L, s), zero where the target is ignored.
 
-    With s = 1 this is exactly `F.cross_entropy` (same kernel, same bits).
+    loss="mce_alt" (paper App. C.2): the probability mass on the bag, one term per position,
+
+        alt[b, j] = -log sum_i g~_i p(y[b, j, i]) = logsumexp(z[b, j]) - logsumexp_i(z[b, j, y_i] + log g~_i)
+
+    over the position's valid slots: the full log-sum-exp once, and a log-sum-exp over the s
+    gathered target logits, so still no copy of the logits. The bag is a multiset, as in MCE: a
+    token that occurs twice in the bag is two slots, so its probability counts twice (the
+    loss can go below 0, down to -log of the largest multiplicity, exactly where MCE's target puts
+    weight 2/s on it). With uniform weights (g~ = 1) this is the paper's -log sum_{y in bag} P(y).
+    "mean" averages alt over positions with a valid target, "sum" sums it (divide by
+    `count_valid_targets(..., loss="mce_alt")`), "none" returns alt (B, L).
+
+    With s = 1 both are exactly `F.cross_entropy` (same kernel, same bits).
     """
     B, L, V = logits.shape
     s = targets.shape[-1]
@@ -152,29 +229,55 @@ def multi_hot_cross_entropy(
         z = logits.float()  # (B, L, V)
         valid = targets != ignore_index  # (B, L, s)
         lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, L, 1)
-        nll = (lse - z.gather(-1, targets.masked_fill(~valid, 0))).masked_fill(~valid, 0.0)  # (B, L, s)
-        g = bag_weights(weights, s).to(nll.device)
-        return nll * (g * (s / g.sum()))
-    coef = target_coefficients(targets, weights, ignore_index, reduction)  # (B, L, s)
-    return _WeightedNLL.apply(logits.reshape(B * L, V), targets.reshape(B * L, s).clamp(min=0), coef.reshape(B * L, s))
+        zy = z.gather(-1, targets.masked_fill(~valid, 0))  # (B, L, s)
+        if loss == "mce_alt":
+            coef, mix = target_coefficients(targets, weights, ignore_index, "sum", loss)  # (B, L, 1), (B, L, s)
+            return ((lse - torch.logsumexp(zy + mix, dim=-1, keepdim=True)) * coef).squeeze(-1)  # (B, L)
+        _check_loss(loss)
+        g = bag_weights(weights, s).to(zy.device)
+        return (lse - zy).masked_fill(~valid, 0.0) * (g * (s / g.sum()))
+    coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
+    return _WeightedNLL.apply(logits.reshape(B * L, V), targets.reshape(B * L, s).clamp(min=0),
+                              coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s))
 
 
-def target_coefficients(targets: Tensor, weights: str | Tensor | None, ignore_index: int, reduction: str) -> Tensor:
-    """c[b, j, i] such that the loss is sum over (b, j, i) of c * nll: 0 for ignored targets.
+def _check_loss(loss: str) -> bool:
+    if loss not in LOSSES:
+        raise ValueError(f"unknown bag loss {loss!r}; use one of {', '.join(LOSSES)}")
+    return True
 
-    "mean": g_i / (valid count of slot i * sum of g over slots that have a valid target).
-    "sum":  g~_i = s * g_i / sum(g).
+
+def target_coefficients(targets: Tensor, weights: str | Tensor | None, ignore_index: int, reduction: str,
+                        loss: str = "mce") -> tuple[Tensor, Tensor | None]:
+    """What the loss kernel weighs each target with -> (coef, mix).
+
+    mce: coef[b, j, i] such that the loss is sum over (b, j, i) of coef * nll, 0 for ignored
+    targets; mix is None.
+        "mean": g_i / (valid count of slot i * sum of g over slots that have a valid target).
+        "sum":  g~_i = s * g_i / sum(g).
+    mce_alt: coef (B, L, 1), the weight of each position's term (1 for "sum", 1/(positions with a
+    valid target) for "mean", 0 for a position without one), and mix (B, L, s) = log g~_i on valid
+    slots, -inf on ignored ones (0 on a position without a valid slot, whose coef is 0).
     """
+    _check_loss(loss)
     s = targets.shape[-1]
-    valid = (targets != ignore_index).float()  # (B, L, s)
+    valid = targets != ignore_index  # (B, L, s)
     g = bag_weights(weights, s).to(targets.device)
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
+    if loss == "mce_alt":
+        g = g * (s / g.sum())
+        live = valid & (g > 0)  # a zero weight takes the slot out of the mixture
+        has = live.any(dim=-1, keepdim=True)  # (B, L, 1)
+        coef = has.float() if reduction == "sum" else has.float() / has.sum().clamp(min=1)
+        mix = torch.where(live, g.log(), -math.inf).masked_fill(~has, 0.0)
+        return coef, mix
+    valid = valid.float()
     if reduction == "mean":
         count = valid.sum(dim=(0, 1))  # (s,)
         g = g * (count > 0)
-        return valid * (g / (count.clamp(min=1) * g.sum()))
-    if reduction == "sum":
-        return valid * (g * (s / g.sum()))
-    raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
+        return valid * (g / (count.clamp(min=1) * g.sum())), None
+    return valid * (g * (s / g.sum())), None
 
 
 # Rows of logits the loss works on at once: on CPU about 4M float32 elements (16 MiB) per
@@ -184,11 +287,16 @@ _ROW_ELEMENTS = 1 << 22
 _ROW_ELEMENTS_GPU = 1 << 28
 
 
-def _nll_rows(z: Tensor, targets: Tensor, coef: Tensor, grad_out: Tensor | None) -> Tensor:
-    """For float32 logits rows z (n, V): returns sum c * (lse(z) - z[y]); when `grad_out` (n, V,
-    float32, may be z itself) is given, also writes the gradient dloss/dz into it:
+def _nll_rows(z: Tensor, targets: Tensor, coef: Tensor, grad_out: Tensor | None, mix: Tensor | None = None) -> Tensor:
+    """For float32 logits rows z (n, V): returns the loss of these rows; when `grad_out` (n, V,
+    float32, may be z itself) is given, also writes the gradient dloss/dz into it.
 
-        dz = softmax(z) * sum_i c_i - sum_i c_i * onehot(y_i)
+    MCE (mix None), coef (n, s):   loss = sum c_i * (lse(z) - z[y_i])
+                                   dz = softmax(z) * sum_i c_i - sum_i c_i * onehot(y_i)
+    MCEAlt, coef (n, 1), mix (n, s) log-weights:
+        a_i = z[y_i] + mix_i,      loss = sum c * (lse(z) - logsumexp_i a_i)
+        q = softmax_i(a)           dz = softmax(z) * c - sum_i c * q_i * onehot(y_i)
+    (the posterior q over the bag's slots takes the place of MCE's fixed slot weights).
 
     One pass builds exp(z - max) in the output buffer, which is then the softmax numerator: no
     separate log-sum-exp temporary, no second exponential.
@@ -198,15 +306,22 @@ def _nll_rows(z: Tensor, targets: Tensor, coef: Tensor, grad_out: Tensor | None)
     e = torch.sub(z, m, out=grad_out) if grad_out is not None else z - m  # (n, V)
     e.exp_()
     total = e.sum(dim=-1, keepdim=True)  # (n, 1)
-    loss = (coef * (total.log() + m - zy)).sum()
+    lse = total.log() + m  # (n, 1)
+    if mix is None:
+        loss = (coef * (lse - zy)).sum()
+        slot, row = coef, coef.sum(-1, keepdim=True)
+    else:
+        a = zy + mix  # (n, s)
+        loss = (coef * (lse - torch.logsumexp(a, dim=-1, keepdim=True))).sum()
+        slot, row = coef * torch.softmax(a, dim=-1), coef
     if grad_out is not None:
-        e.mul_(coef.sum(-1, keepdim=True) / total)
-        e.scatter_add_(-1, targets, -coef)
+        e.mul_(row / total)
+        e.scatter_add_(-1, targets, -slot)
     return loss
 
 
 class _WeightedNLL(torch.autograd.Function):
-    """sum c * nll over the targets of (N, V) logits; the gradient is made in the forward pass.
+    """The bag loss of (N, V) logits (`_nll_rows`); the gradient is made in the forward pass.
 
     The loss is linear in its upstream gradient, so forward writes dloss/dlogits straight into
     one (N, V) buffer in the logits' dtype, and backward only scales it. Nothing else of size
@@ -218,7 +333,7 @@ class _WeightedNLL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, coef: Tensor) -> Tensor:
+    def forward(ctx, logits: Tensor, targets: Tensor, coef: Tensor, mix: Tensor | None) -> Tensor:
         N, V = logits.shape
         need_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(logits) if need_grad else None  # (N, V) in the logits' dtype
@@ -229,7 +344,7 @@ class _WeightedNLL(torch.autograd.Function):
             sl = slice(start, start + rows)
             z = logits[sl].float()  # (n, V): a view for float32 logits, a copy for bf16
             out = grad[sl] if direct else (torch.empty_like(z) if need_grad else None)
-            loss += _nll_rows(z, targets[sl], coef[sl], out)
+            loss += _nll_rows(z, targets[sl], coef[sl], out, None if mix is None else mix[sl])
             if need_grad and not direct:
                 grad[sl] = out  # cast to the logits' dtype
         ctx.grad = grad
@@ -241,7 +356,7 @@ class _WeightedNLL(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("multi_hot_cross_entropy: backward called twice through the same loss; "
                                "compute the loss again for a second backward")
-        return grad.mul_(grad_out.to(grad.dtype)), None, None
+        return grad.mul_(grad_out.to(grad.dtype)), None, None, None
 
 
 def chunked_multi_hot_cross_entropy(
@@ -252,22 +367,23 @@ def chunked_multi_hot_cross_entropy(
     ignore_index: int = IGNORE_INDEX,
     reduction: str = "sum",
     chunk_rows: int = 2048,
+    loss: str = "mce",
 ) -> Tensor:
-    """The LM head and the multi-hot loss fused, `chunk_rows` positions at a time.
+    """The LM head and the bag loss fused, `chunk_rows` positions at a time.
 
     hidden: (B, L, D) final hidden states (after the last norm); weight: (V, D) LM head;
     targets: (B, L, s). Equal to `multi_hot_cross_entropy(hidden @ weight.T, targets, ...)`,
     but the (B*L, V) logits never exist at once: each chunk's logits are made, reduced to its
     loss and to its gradients with respect to `hidden` and `weight`, and dropped. Peak memory is
     chunk_rows x V instead of B*L x V (in float32), independent of the sequence length. With
-    s = 1 it is the ordinary next-token loss. reduction: "mean" or "sum" as in
-    `multi_hot_cross_entropy`.
+    s = 1 it is the ordinary next-token loss. reduction: "mean" or "sum", loss: "mce" or
+    "mce_alt", as in `multi_hot_cross_entropy`.
     """
     B, L, D = hidden.shape
     s = targets.shape[-1]
-    coef = target_coefficients(targets, weights, ignore_index, reduction).reshape(B * L, s)
+    coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
     return _ChunkedLinearNLL.apply(hidden.reshape(B * L, D), weight, targets.reshape(B * L, s).clamp(min=0),
-                                   coef, chunk_rows)
+                                   coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s), chunk_rows)
 
 
 class _ChunkedLinearNLL(torch.autograd.Function):
@@ -275,7 +391,8 @@ class _ChunkedLinearNLL(torch.autograd.Function):
     upstream gradient, so backward only rescales them)."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, w: Tensor, targets: Tensor, coef: Tensor, chunk_rows: int) -> Tensor:
+    def forward(ctx, h: Tensor, w: Tensor, targets: Tensor, coef: Tensor, mix: Tensor | None,
+                chunk_rows: int) -> Tensor:
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros_like(w, dtype=torch.float32)
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -283,7 +400,7 @@ class _ChunkedLinearNLL(torch.autograd.Function):
             sl = slice(start, start + chunk_rows)
             z = F.linear(h[sl], w)  # (n, V) in the matmul dtype (bf16 under autocast)
             zf = z.float()  # z itself when float32: the gradient then overwrites the logits in place
-            loss += _nll_rows(zf, targets[sl], coef[sl], zf)
+            loss += _nll_rows(zf, targets[sl], coef[sl], zf, None if mix is None else mix[sl])
             dz = zf.to(z.dtype)
             if dz.dtype == h.dtype:
                 torch.mm(dz, w.to(dz.dtype), out=grad_h[sl])  # (n, D)
@@ -299,15 +416,19 @@ class _ChunkedLinearNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, None, None, None
+        return grad_h * grad_out, grad_w * grad_out, None, None, None, None
 
 
-def count_valid_targets(targets: Tensor, weights: str | Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def count_valid_targets(targets: Tensor, weights: str | Tensor | None = None, ignore_index: int = IGNORE_INDEX,
+                        loss: str = "mce") -> Tensor:
     """The normaliser for reduction="sum": sum over valid targets of the normalised weight g~_i.
 
     targets (B, L, s) -> a float32 scalar. With uniform weights it is the number of valid target
-    tokens; with s = 1 it is the number of ordinary next-token targets.
+    tokens; with s = 1 it is the number of ordinary next-token targets. For loss="mce_alt",
+    whose terms are per position, the number of positions with a valid target.
     """
+    if loss == "mce_alt" and targets.shape[-1] > 1:
+        return target_coefficients(targets, weights, ignore_index, "sum", loss)[0].sum()
     s = targets.shape[-1]
     g = bag_weights(weights, s).to(targets.device)
     g = g * (s / g.sum())

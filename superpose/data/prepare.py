@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import UserError
 from ..files import disk_error, fsync_path, lock_dir, write_error
 from . import corpus
+from . import mutual_info
 from .shards import DATA_FORMAT_VERSION, ShardWriter, open_dataset, token_dtype
 from .tokenizer import find_eot, load_tokenizer_file, train_tokenizer
 
@@ -103,7 +104,12 @@ def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tok
             splits = _build(out, sources, vocab_size, tokenizer, val_fraction, seed, log)
         finally:  # no litter beside the data (a process waiting on the lock re-checks meta.json)
             _lock_path(out).unlink(missing_ok=True)
-    open_dataset(out)  # read back what was written: a broken shard fails here, not mid-training
+    dataset = open_dataset(out)  # read back what was written: a broken shard fails here, not mid-training
+    # The token-pair mutual information by distance, for tst.weights=mi (seconds; see mutual_info.py).
+    try:
+        mutual_info.save(out, mutual_info.measure(dataset, log=log), log=log)
+    except UserError as e:  # a corpus too small to measure: the data is fine, tst.weights=mi is not
+        log(f"mi: not measured ({e})")
     log(f"prepare: {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} validation tokens "
         f"({splits['train']['bytes'] / max(splits['train']['tokens'], 1):.2f} bytes/token) in {out} "
         f"[{time.time() - t0:.0f}s]")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Config
+from ..core.schedule import Schedule
 from ..data import open_dataset
 from ..errors import UserError
 from ..files import copy_file, lock_dir
@@ -54,6 +55,8 @@ class _Run:
 def _arm_config(cfg: Config, seed: int, steps: int, bag_size: int, ratio: float) -> Config:
     c = copy.deepcopy(cfg)
     c.train.seed, c.train.steps, c.tst.bag_size, c.tst.ratio = seed, steps, bag_size, ratio
+    if ratio == 0 or bag_size == 1:  # the baseline: nothing of TST, curriculum included
+        c.tst = type(c.tst)(bag_size=1, ratio=0.0)
     return c.validate()
 
 
@@ -183,8 +186,9 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
     `steps`: the TST run lengths to measure (default: cfg.train.steps alone). With several, each
     length gets its own report and plots under steps-T/, and the top level reports the gain as a
     function of length with the fitted trend and the crossover length."""
-    if cfg.tst.bag_size < 2 or cfg.tst.ratio <= 0 or round(cfg.tst.ratio * cfg.train.steps) == 0:
-        raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0 (phase 1 must get >= 1 step)")
+    if Schedule.for_run(cfg).switch_step == 0:
+        raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
+                        "must get >= 1 step)")
     steps = list(steps or [cfg.train.steps])
     check_lengths(steps, cfg, factors)
     from .report import write_report

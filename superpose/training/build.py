@@ -137,9 +137,31 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | None = None, lo
         loss_fn=loss_fn, loss_chunk_rows=chunk_rows, fwd=fwd,
         val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens)),  # (N, L + 1)
         token_bytes=torch.from_numpy(token_byte_lengths(tokenizer, cfg.model.vocab_size)))  # (V,)
+    if cfg.tst.weights == "mi":
+        trainer.mi_fit = mi_fit(trainer.schedule, dataset, Path(run_dir), log)
     if state is not None:
         trainer.load_state_dict(state)
     return faults.arm(trainer)
+
+
+def mi_fit(schedule: Schedule, dataset: Dataset, run_dir: Path, log: Callable[[str], None]) -> dict:
+    """tst.weights=mi: the mutual-information fit the run weighs its bags with. A run keeps its own
+    copy (RUN_DIR/mi.json, written by `Trainer.begin`), so a resume uses the same weights whatever
+    the data directory holds by then; a new run takes the data directory's, or measures it."""
+    from ..core.superposition import mi_bag_weights
+    from ..data import mutual_info
+
+    record = mutual_info.load(run_dir) or mutual_info.load(dataset.path)
+    if record is None:
+        log(f"mi: {dataset.path} has no {mutual_info.FILE} (prepared before superpose measured it); measuring now "
+            f"(store it with: superpose mi --data {dataset.path})")
+        record = mutual_info.measure(dataset, log=log)
+    for phase in schedule.phases:
+        try:
+            mi_bag_weights(record["fit"], phase.target_bag)
+        except ValueError as e:
+            raise UserError(f"tst.weights=mi: {e}") from None
+    return record
 
 
 def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print, resume: bool = False,

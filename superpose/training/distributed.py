@@ -175,11 +175,11 @@ class TSTForward(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, rows: Tensor, bag_size: int = 1, weights: str = "uniform", chunk_rows: int = 0,
-                logits: bool = False, router_log: list | None = None) -> Tensor:
+    def forward(self, rows: Tensor, bag_size: int = 1, weights: str | Tensor = "uniform", chunk_rows: int = 0,
+                logits: bool = False, router_log: list | None = None, mode: str = "full", loss: str = "mce") -> Tensor:
         if logits:
             return self.model(rows)  # (b, T, V)
-        return self.loss_fn(self.model, rows, bag_size, weights, chunk_rows, router_log)  # scalar, summed
+        return self.loss_fn(self.model, rows, bag_size, weights, chunk_rows, router_log, mode, loss)  # scalar, summed
 
 
 def _allreduce_sum_hook(state, bucket):
@@ -225,6 +225,17 @@ def grad_sync(fwd: nn.Module, par: Parallel, last: bool):
     if par.mode == "fsdp":
         fwd.set_requires_gradient_sync(last)
     return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def copy_full_(param: Tensor, value: Tensor) -> None:
+    """Write a full tensor (the same on every rank) into a parameter: in place for a plain or DDP
+    parameter, into this rank's shard for an FSDP2 (DTensor) one."""
+    if hasattr(param, "device_mesh"):  # a DTensor
+        from torch.distributed.tensor import distribute_tensor
+
+        value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+    param.copy_(value.to(param.device, param.dtype))
 
 
 def local(t: Tensor) -> Tensor:

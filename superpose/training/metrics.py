@@ -90,9 +90,19 @@ def describe_run(cfg, model, par, schedule, train_tokens: int) -> list[str]:
            if model.num_active_params() != model.num_params() else "")
     lines.append(f"model: {model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding"
                  f"{moe}) on {par.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
+    t = cfg.tst
+    loss = {"mce": "multi-hot", "mce_alt": "bag-mass (MCEAlt)"}[t.loss]
+    weights = f", {t.weights} slot weights" if t.weights != "uniform" else ""
     for p in schedule.phases:
-        what = f"bags of s={p.bag_size}, multi-hot next-bag loss" if p.index == 1 else "next-token loss"
+        what = {"full": f"bags of s={p.bag_size} in, next bag out ({loss} loss{weights})",
+                "input": f"bags of s={p.bag_size} in, the next bag's first token out",
+                "output": f"tokens in, the next s={p.bag_size} tokens out ({loss} loss{weights})"}[p.mode]
+        what = what if p.index == 1 else "next-token loss"
         lines.append(f"phase {p.index} ({p.name}): steps {p.start}-{p.end - 1}, {what}")
+    switch = [w for w, on in (("optimizer state reset", t.reset_optimizer),
+                              (f"{t.reinit} re-initialised", t.reinit != "none")) if on]
+    if switch and schedule.switch_step:
+        lines.append(f"at the switch (step {schedule.switch_step}): {' and '.join(switch)}")
     plan = data_plan(schedule, tr.batch_size, cfg.data.seq_len, train_tokens)
     n = plan["train_tokens"]
     lines.append(f"data: phase 1 reads {plan['phase1_tokens']:,} and phase 2 {plan['phase2_tokens']:,} raw tokens; "

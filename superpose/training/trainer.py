@@ -21,6 +21,7 @@ this same loop on its rows of the global batch, with the collectives of `distrib
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import threading
@@ -35,8 +36,8 @@ from torch import Tensor
 from ..config import Config, save_config
 from ..core.model import Transformer
 from ..core.schedule import Phase, Schedule
-from ..core.superposition import (chunked_multi_hot_cross_entropy, count_valid_targets, multi_hot_cross_entropy,
-                                  next_bag_targets, superpose_token_embeddings)
+from ..core.superposition import (bag_targets, chunked_multi_hot_cross_entropy, count_valid_targets,
+                                  mi_bag_weights, multi_hot_cross_entropy, superpose_token_embeddings)
 from ..data import Dataset, TrainLoader
 from ..errors import Interrupted, UserError
 from ..inference.evaluate import next_token_eval
@@ -49,14 +50,17 @@ from .perf import compute_context
 from .state import RunState, rng_state, set_rng_state
 
 
-def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: str = "uniform",
-                    chunk_rows: int = 0, router_log: list | None = None) -> Tensor:
-    """Summed (multi-hot) next-token loss of one micro-batch; divide by the global target count.
+def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: str | Tensor = "uniform",
+                    chunk_rows: int = 0, router_log: list | None = None, mode: str = "full",
+                    loss: str = "mce") -> Tensor:
+    """Summed bag (or next-token) loss of one micro-batch; divide by the global target count.
 
-    rows: (b, s*L + 1) raw tokens. Inputs are the first s*L, next-token labels the last s*L.
-    With bag_size = 1 this is model(x) and a summed F.cross_entropy, bit for bit.
-    chunk_rows > 0 fuses the LM head into the loss, that many positions at a time, so the
-    (b*L, V) logits never exist at once (`chunked_multi_hot_cross_entropy`).
+    rows: (b, T + 1) raw tokens, T = s*L when `mode` bags the input (full, input), else L.
+    Inputs are the first T, next-token labels the last T (`bag_targets` makes the phase's
+    targets from them). With bag_size = 1 this is model(x) and a summed F.cross_entropy, bit for
+    bit, in every mode. chunk_rows > 0 fuses the LM head into the loss, that many positions at a
+    time, so the (b*L, V) logits never exist at once (`chunked_multi_hot_cross_entropy`).
+    loss: "mce" or "mce_alt" (`multi_hot_cross_entropy`).
 
     A mixture-of-experts model (core/moe.py) also returns its routing: its load-balancing loss
     `aux` (a statistic of this micro-batch, as transformers computes it per forward) is added as
@@ -65,21 +69,23 @@ def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: st
     of the micro-batches' aux). router_log, when given, gets (aux * n, per-layer expert counts (M, E)),
     detached, for the metrics. A dense model returns no routing and this is the plain loss.
     """
-    x, y = rows[:, :-1], rows[:, 1:]  # (b, s*L) each
-    # = superpose_embeddings(model.embed(x), bag_size), with the lookup and bag mean fused
-    h = model.embed(x) if bag_size == 1 else superpose_token_embeddings(x, model.embed_tokens.weight, bag_size)
-    targets = next_bag_targets(y, bag_size)  # (b, L, s)
+    x, y = rows[:, :-1], rows[:, 1:]  # (b, T) each
+    s_in = bag_size if mode != "output" else 1
+    # = superpose_embeddings(model.embed(x), s_in), with the lookup and bag mean fused
+    h = model.embed(x) if s_in == 1 else superpose_token_embeddings(x, model.embed_tokens.weight, s_in)
+    targets = bag_targets(y, bag_size, mode)  # (b, L, s), or (b, L, 1) for input-only
     out, router = model(inputs_embeds=h, return_hidden=bool(chunk_rows), return_router=True)
     if chunk_rows:  # out: hidden states (b, L, D)
-        loss = chunked_multi_hot_cross_entropy(out, model.lm_head.weight, targets, weights, chunk_rows=chunk_rows)
+        total = chunked_multi_hot_cross_entropy(out, model.lm_head.weight, targets, weights, chunk_rows=chunk_rows,
+                                                loss=loss)
     else:  # out: logits (b, L, V)
-        loss = multi_hot_cross_entropy(out, targets, weights, reduction="sum")
+        total = multi_hot_cross_entropy(out, targets, weights, reduction="sum", loss=loss)
     if router is None:
-        return loss
-    aux = router.aux_loss() * count_valid_targets(targets, weights)  # () float32
+        return total
+    aux = router.aux_loss() * count_valid_targets(targets, weights, loss=loss)  # () float32
     if router_log is not None:
         router_log.append((aux.detach(), router.counts))
-    return loss + model.config.router_aux_coef * aux
+    return total + model.config.router_aux_coef * aux
 
 
 @dataclass(eq=False)
@@ -100,6 +106,7 @@ class Trainer:
     fwd: torch.nn.Module | None  # data parallel: what a step calls (DDP, or FSDP2 over `model`); else None
     val: Tensor  # (N, L + 1) held-out windows, the same at every evaluation
     token_bytes: Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
+    mi_fit: dict | None = None  # tst.weights=mi: the corpus's mutual-information fit (data/mutual_info.py)
     state: RunState = field(default_factory=RunState)
     extra_evals: frozenset = field(default=frozenset(), init=False)  # 0-based steps evaluated beyond eval_every
     _t0: float | None = field(default=None, init=False, repr=False)  # perf_counter at the run's start, set by begin
@@ -119,21 +126,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
+    def bag_weights(self, phase: Phase) -> str | Tensor:
+        """tst.weights for this phase's target bag: a scheme's name, or the corpus-fitted tensor (mi)."""
+        if self.cfg.tst.weights != "mi" or phase.target_bag == 1:
+            return self.cfg.tst.weights if phase.target_bag > 1 else "uniform"
+        return mi_bag_weights(self.mi_fit["fit"], phase.target_bag).to(self.device)
+
     def train_step(self, phase: Phase) -> dict:
         cfg = self.cfg
         B, L, s, accum = cfg.train.batch_size, cfg.data.seq_len, phase.bag_size, cfg.train.grad_accum
+        T = phase.row_tokens(L)  # raw input tokens per row: s*L when the input is bagged, else L
+        weights, mode, kind = self.bag_weights(phase), phase.mode, cfg.tst.loss
         lr = self.schedule.lr(self.state.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        # Data parallel: this rank reads only its rows of the global batch, (B/W, s*L + 1).
+        # Data parallel: this rank reads only its rows of the global batch, (B/W, T + 1).
         keep = self.par.rows(B) if self.par.distributed else None
-        rows = torch.from_numpy(self.loader.next_rows(B, s * L, keep)).to(self.device)  # (B, s*L + 1)
+        rows = torch.from_numpy(self.loader.next_rows(B, T, keep)).to(self.device)  # (B, T + 1)
         data_time = time.perf_counter() - t0
         # The normaliser is fixed before any forward pass, over the whole global batch (summed over
         # ranks), so the sum of micro-batch and rank gradients equals the gradient of the
         # full-batch mean exactly.
-        denom = self.par.sum(count_valid_targets(next_bag_targets(rows[:, 1:], s), cfg.tst.weights))
+        denom = self.par.sum(count_valid_targets(bag_targets(rows[:, 1:], s, mode), weights, loss=kind))
         loss_total = torch.zeros((), device=self.device)
         router_log = []  # an MoE model's (aux * targets, expert counts (M, E)) per micro-batch; empty if dense
         micros = rows.chunk(accum)
@@ -141,9 +156,9 @@ class Trainer:
             # Gradients are summed over ranks on the last micro-batch only (DDP no_sync / FSDP).
             with distributed.grad_sync(self.fwd, self.par, last=i == len(micros) - 1):
                 with self.context():
-                    args = (micro, s, cfg.tst.weights, self.loss_chunk_rows)
-                    loss = (self.loss_fn(self.model, *args, router_log=router_log) if self.fwd is None
-                            else self.fwd(*args, router_log=router_log)) / denom
+                    args, kw = (micro, s, weights, self.loss_chunk_rows), {"router_log": router_log, "mode": mode,
+                                                                            "loss": kind}
+                    loss = (self.loss_fn(self.model, *args, **kw) if self.fwd is None else self.fwd(*args, **kw)) / denom
                 loss.backward()
             loss_total += loss.detach()
         # clip_grad_norm_ split in two, so a NaN or Inf is seen before anything touches the weights
@@ -162,7 +177,7 @@ class Trainer:
             bad_grads = [n for n, p in self.model.named_parameters()  # this rank's shards under FSDP
                          if p.grad is not None and not bool(torch.isfinite(distributed.local(p.grad)).all())]
         self.optimizer.zero_grad(set_to_none=True)
-        self.state.tokens_seen += B * L * s  # read either way: a skipped batch is not read again
+        self.state.tokens_seen += B * T  # read either way: a skipped batch is not read again
         out = {"loss": loss, "lr": lr, "grad_norm": norm, "data_time_s": data_time, "finite": finite,
                "bad_grads": bad_grads}
         if router_log:  # a mixture of experts: the step's aux loss and expert load, summed over ranks
@@ -201,6 +216,8 @@ class Trainer:
             tok = self.run_dir / "tokenizer.json"
             if not (tok.is_file() and sha256_file(tok) == sha256_file(self.dataset.tokenizer_path)):
                 files.copy_file(self.dataset.tokenizer_path, tok, fix=fix)
+            if self.mi_fit is not None:  # the run's own copy of its bag weights' source (build.mi_fit)
+                files.write_text(self.run_dir / "mi.json", json.dumps(self.mi_fit, indent=2) + "\n", fix=fix)
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._newest_checkpoint)
         else:
             self.metrics = NoMetrics()
@@ -218,8 +235,10 @@ class Trainer:
         cfg, tr, st = self.cfg, self.cfg.train, self.state
         phase = self.schedule.phase(st.step)
         if st.step > 0 and self.schedule.phase(st.step - 1) is not phase:
-            self.log(f"step {st.step}: switching to phase {phase.index} ({phase.name}); parameters, "
-                     "optimizer state, LR schedule and data position carry over")
+            reset = self.at_switch() if st.step == self.schedule.switch_step else []
+            kept = "parameters, optimizer state" if not reset else f"{', '.join(reset)}; otherwise parameters"
+            self.log(f"step {st.step}: switching to phase {phase.index} ({phase.name}, s={phase.bag_size}); {kept}, "
+                     "LR schedule and data position carry over")
         t0 = time.perf_counter()
         out = self.train_step(phase)
         if not out["finite"]:
@@ -232,7 +251,7 @@ class Trainer:
                "grad_norm": out["grad_norm"] if out["finite"] else None, "tokens_seen": st.tokens_seen,
                "epoch": self.loader.epoch_progress, "elapsed_s": self.elapsed_s(), "train_time_s": st.train_time_s,
                "step_time_s": step_time, "data_time_s": out["data_time_s"],
-               "tokens_per_s": tr.batch_size * cfg.data.seq_len * phase.bag_size / step_time,
+               "tokens_per_s": tr.batch_size * phase.row_tokens(cfg.data.seq_len) / step_time,
                "skipped_steps": st.skipped_steps, **({} if out["finite"] else {"skipped": True})}
         last = st.step == tr.steps - 1
         evaluating = (last or bool(tr.eval_every and (st.step + 1) % tr.eval_every == 0)
@@ -247,6 +266,32 @@ class Trainer:
         self.bar.update(rec, st.last_eval, self.log, force=last or (st.step + 1) % tr.log_every == 0)
         st.step += 1
         return rec
+
+    def at_switch(self) -> list[str]:
+        """The switch-time ablations (tst.reset_optimizer, tst.reinit), applied just before the first
+        next-token step; returns what was done, for the log. Weights are re-drawn from a generator
+        seeded by (train.seed, step), the same on every rank and after a resume, so a run resumed
+        from a checkpoint before the switch re-draws the same weights. A re-drawn tensor's
+        optimizer state goes with it: moments of the old weights mean nothing for the new ones."""
+        t = self.cfg.tst
+        done = []
+        if t.reinit != "none":
+            names = {"embeddings": ["embed_tokens.weight"], "head": ["lm_head.weight"],
+                     "both": ["embed_tokens.weight", "lm_head.weight"]}[t.reinit]
+            gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.state.step)
+            fresh = self.model.fresh_weights(names, gen)  # {name: full tensor on the CPU}
+            params = dict(self.model.named_parameters())
+            for name, value in fresh.items():
+                distributed.copy_full_(params[name], value)
+                self.optimizer.state.pop(params[name], None)
+            done.append(f"re-initialised {', '.join(fresh)} (tst.reinit={t.reinit}) and reset their optimizer state")
+        if t.reset_optimizer:
+            self.optimizer.state.clear()  # AdamW re-creates moments and step count at its next step
+            done.append("optimizer state reset (tst.reset_optimizer)")
+        if done:
+            self.metrics.write({"type": "switch", "step": self.state.step, "reinit": t.reinit,
+                                "reset_optimizer": t.reset_optimizer})
+        return done
 
     def record_routing(self, rec: dict, router: dict, phase: Phase, full: bool) -> None:
         """An MoE step's aux loss and expert-load summary into its metrics line (the whole
