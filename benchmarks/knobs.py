@@ -62,6 +62,21 @@ GROUPS: dict[str, list[tuple[str, dict]]] = {
     "curriculum": [("curriculum 8:0.1,4:0.1,2:0.1", {"tst.schedule": "8:0.1,4:0.1,2:0.1"})],
 }
 
+# Head-to-head comparisons of two TST cells, paired by seed (reported when both were run):
+# (cell A, cell B, the question). Difference = loss(B) - loss(A): positive = A better.
+CONTRASTS = [
+    ("full", "input-only", "is full superposition better than input-only?"),
+    ("full", "output-only", "is full superposition better than output-only?"),
+    ("input-only", "output-only", "input-only vs output-only"),
+    ("mce_alt", "full", "MCEAlt vs MCE"),
+    ("full", "reset optimizer", "does resetting the optimizer at the switch hurt?"),
+    ("full", "re-init embed+head", "does re-initialising embedding and head at the switch hurt?"),
+    ("s=8 power", "s=8 uniform", "power vs uniform weights at s=8"),
+    ("s=8 mi", "s=8 uniform", "fitted-MI vs uniform weights at s=8"),
+    ("s=8 mi", "s=8 power", "fitted-MI vs power weights at s=8"),
+    ("curriculum 8:0.1,4:0.1,2:0.1", "full", "the curriculum vs two-phase s=4, r=0.3 (equal FLOPs)"),
+]
+
 
 def run_name(overrides: dict, seed: int) -> str:
     parts = [f"{k.split('.')[-1]}={v}" for k, v in sorted(overrides.items())]
@@ -171,6 +186,17 @@ def report(a, base, cells, seeds, runs_dir: Path) -> None:
                              "baseline_val_loss": bl, "gain_vs_own_baseline": own, "gain_vs_best_baseline": best})
         lines.append(f"| {r['cell']} | {own['n']} | {tst['mean']:.4f} | {bl['mean']:.4f} | {_ci(own)} | "
                      f"{_ci(best) if best else 'n/a'} |")
+    tst_loss = {r["cell"]: {k: t for k, _, t in r["pairs"]} for r in rows}
+    heads = [(x, y, q) for x, y, q in CONTRASTS if tst_loss.get(x) and tst_loss.get(y)]
+    if heads:
+        lines += ["", "Head to head, paired by seed: difference = loss(B) - loss(A), positive = A better.", "",
+                  "| A | B | question | n | difference |", "|---|---|---|---|---|"]
+    out["contrasts"] = []
+    for x, y, q in heads:
+        both = sorted(set(tst_loss[x]) & set(tst_loss[y]))
+        d = stats([tst_loss[y][k] - tst_loss[x][k] for k in both])
+        out["contrasts"].append({"a": x, "b": y, "question": q, "seeds": both, "difference": d})
+        lines.append(f"| {x} | {y} | {q} | {d['n']} | {_ci(d)} |")
     (a.out / "knobs.json").write_text(json.dumps(out, indent=2) + "\n")
     (a.out / "knobs.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

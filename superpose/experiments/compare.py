@@ -191,7 +191,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
                         "must get >= 1 step)")
     steps = list(steps or [cfg.train.steps])
     check_lengths(steps, cfg, factors)
-    from .report import write_report
+    from .report import tst_label, write_report
 
     # One writer per experiment directory: the arms' run directories, the seeds' results and the
     # reports are written under this lock (an OS lock, dropped by the kernel if we die).
@@ -207,7 +207,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
             shutil.rmtree(seed_dir, ignore_errors=True)  # an interrupted seed restarts from scratch
             lengths = sorted(set().union(*(baseline_lengths(T, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
                                            for T in steps)))
-            log(f"compare: seed {seed}: TST (s={cfg.tst.bag_size}, r={cfg.tst.ratio}) at {', '.join(map(str, steps))} "
+            log(f"compare: seed {seed}: TST ({tst_label(cfg.to_dict()['tst'])}) at {', '.join(map(str, steps))} "
                 f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk), in lock-step")
             per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log), "steps": steps,
                               "factors": list(factors)}

@@ -11,6 +11,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..config import Config  # noqa: E402
+from ..core.schedule import Schedule  # noqa: E402
 from ..files import write_file, write_text  # noqa: E402
 from .stats import speedup_text  # noqa: E402
 
@@ -30,6 +32,14 @@ def save_figure(fig, path: Path) -> None:
 TST_COLOR, BASE_COLOR = "tab:red", "tab:blue"
 
 
+def tst_label(t: dict) -> str:
+    """The TST arm in a few words: "s=4, r=0.3", a curriculum, and any ablation option set."""
+    out = [f"s={t['bag_size']}, r={t['ratio']}" if not t.get("schedule") else f"curriculum {t['schedule']}"]
+    defaults = {"mode": "full", "loss": "mce", "weights": "uniform", "reset_optimizer": False, "reinit": "none"}
+    out += [f"{k}={t[k]}" for k, v in defaults.items() if t.get(k, v) != v]
+    return ", ".join(out)
+
+
 def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
     """loss_vs_time.png, loss_vs_step.png, loss_vs_tokens.png: validation loss of both arms.
 
@@ -38,6 +48,7 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
     baseline's real loss-for-budget curve. The dotted vertical line is TST's phase switch."""
     cfg = report["config"]
     B, L, s = cfg["train"]["batch_size"], cfg["data"]["seq_len"], cfg["tst"]["bag_size"]
+    phase1_tokens = Schedule.for_run(Config.from_dict(cfg)).raw_tokens(B, L)[1]  # modes and curricula included
     axes_spec = {"time": ("train_time_s", "training wall clock (s)"), "step": ("step", "optimizer step"),
                  "tokens": ("tokens_seen", "raw tokens read")}
     paths = []
@@ -48,7 +59,7 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
             r = per_seed[seed]
             x = [e[key] + (1 if key == "step" else 0) for e in r["tst"]["curve"]]
             ax.plot(x, [e["val_loss"] for e in r["tst"]["curve"]], color=TST_COLOR, alpha=0.8, lw=1.2,
-                    label=f"TST s={s}, r={cfg['tst']['ratio']}" if i == 0 else None)
+                    label=f"TST {tst_label(cfg['tst'])}" if i == 0 else None)
             bx = [e[key] + (1 if key == "step" else 0) for e in r["baseline_curve"]]
             ax.plot(bx, [e["val_loss"] for e in r["baseline_curve"]], color=BASE_COLOR, alpha=0.5, lw=1, ls="--",
                     label="baseline at stable LR (not decayed)" if i == 0 else None)
@@ -58,7 +69,7 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
             ax.plot([r["tst"][pts]],
                     [r["tst"]["val_loss"]], color=TST_COLOR, marker="*", ms=10)
             switch_x.append({"time": r["tst"]["switch_time_s"], "step": r["tst"]["switch_step"],
-                             "tokens": r["tst"]["switch_step"] * B * L * s}[name])
+                             "tokens": phase1_tokens}[name])
         ax.axvline(sum(switch_x) / len(switch_x), color="gray", ls=":", lw=1, label="TST phase switch")
         # Both curves whole (the first evaluation is far above the rest, so log y), and an inset
         # zoomed on the final losses, where the arms are told apart.
@@ -142,7 +153,7 @@ def plot_gain_vs_length(report: dict, path: Path) -> None:
     ax.set_xlabel("run length (optimizer steps, log scale)")
     ax.set_ylabel("baseline - TST val loss at equal steps (nats)")
     cfg = report["config"]
-    ax.set_title(f"TST gain vs run length (s={cfg['tst']['bag_size']}, r={cfg['tst']['ratio']}); "
+    ax.set_title(f"TST gain vs run length ({tst_label(cfg['tst'])}); "
                  "above 0: TST better", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -154,7 +165,7 @@ def plot_gain_vs_length(report: dict, path: Path) -> None:
 def write_scan_markdown(rep: dict, path: Path) -> None:
     cfg = rep["config"]
     t, env = cfg["tst"], rep["environment"]
-    lines = [f"# superpose compare: TST (s={t['bag_size']}, r={t['ratio']}) gain vs run length", "",
+    lines = [f"# superpose compare: TST ({tst_label(t)}) gain vs run length", "",
              f"Date {rep['date']}. Seeds {', '.join(map(str, rep['seeds']))}; lengths "
              f"{', '.join(map(str, rep['steps']))} steps. Machine {env['platform']}, {env['cpu_count']} CPUs, "
              f"torch {env['torch']} ({env['threads']} threads).", "",
@@ -191,7 +202,7 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
     m, d, t, o, tr = cfg["model"], cfg["data"], cfg["tst"], cfg["optim"], cfg["train"]
     env = rep["environment"]
     lines = [
-        f"# superpose compare: TST (s={t['bag_size']}, r={t['ratio']}) vs the matched-FLOPs baseline",
+        f"# superpose compare: TST ({tst_label(t)}) vs the matched-FLOPs baseline",
         "",
         f"Date {rep['date']}. Seeds {', '.join(map(str, rep['seeds']))}. Values are mean ± sample std over seeds.",
         "",

@@ -59,7 +59,8 @@ class ModelFiles:
         tst, train = self.config.get("tst", {}), self.config.get("train", {})
         if not tst or not train:
             return 0
-        return Schedule.tst(int(train["steps"]), float(tst["ratio"]), int(tst["bag_size"])).switch_step
+        return Schedule.tst(int(train["steps"]), float(tst["ratio"]), int(tst["bag_size"]), tst.get("mode", "full"),
+                            tst.get("schedule", "")).switch_step
 
     @property
     def is_phase1(self) -> bool:

@@ -202,7 +202,8 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
 def _model_card(src, cfg: ModelConfig) -> str:
     tst, steps = src.config.get("tst", {}), src.config.get("train", {}).get("steps")
     if src.phase1_steps:
-        how = (f"Token Superposition Training (bags of s={tst['bag_size']} for the first {src.phase1_steps} of "
+        bags = f"bags of s={tst['bag_size']}" if not tst.get("schedule") else f"the bag sizes {tst['schedule']}"
+        how = (f"Token Superposition Training ({bags} for the first {src.phase1_steps} of "
                f"{steps} steps, then next-token training)")
     else:
         how = "next-token training (no superposition phase)" if tst else "superpose"

@@ -9,6 +9,10 @@
         steps and next-token training after, in one run: one optimizer, one LR scheduler, one
         token stream that carries on across the switch.
 
+The paper's ablations work here as in `superpose train`: mode="input"|"output", loss="mce_alt",
+bag_weights="power"|"exp"|a tensor|a mutual-information fit, schedule="8:0.1,4:0.1" (a bag-size
+curriculum), reset_optimizer=True and reinit="embeddings"|"head"|"both" at the switch.
+
 Rows follow superpose's own loader: a row of `s*L + 1` raw tokens holds the inputs (the first
 s*L) and the next-token labels (the last s*L). The TST math is `superpose.superposition`'s, so a
 Llama exported from superpose gives the same phase-1 loss here as in superpose (tested).
@@ -24,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.schedule import Schedule
-from ..core.superposition import count_valid_targets, multi_hot_cross_entropy, next_bag_targets, superpose_embeddings
+from ..core.superposition import (bag_targets, count_valid_targets, mi_bag_weights, multi_hot_cross_entropy,
+                                  superpose_embeddings)
 from ..errors import UserError
 from ..inference.evaluate import next_token_eval
 
@@ -73,15 +78,19 @@ def _forward(model, **inputs):
 
 
 def superposition_loss(model, input_ids: Tensor, bag_size: int, weights: str | Tensor | None = None,
-                       reduction: str = "mean") -> Tensor:
+                       reduction: str = "mean", mode: str = "full", loss: str = "mce") -> Tensor:
     """Phase-1 loss of a Hugging Face causal LM on rows of s*L + 1 raw tokens.
 
     input_ids: (B, s*L + 1). The first s*L tokens are the input: each bag of s contiguous token
     embeddings is averaged into one position (fp32 accumulation), and the model runs on the
     (B, L, D) result through `inputs_embeds` with position ids 0..L-1. The last s*L tokens are the
     next-token labels, grouped into next-bag targets; the loss is the multi-hot cross-entropy
-    (reduction "mean": the paper's loss; "sum": divide by `count_valid_targets`).
-    With bag_size = 1 it is ordinary next-token cross-entropy.
+    (reduction "mean": the paper's loss; "sum": divide by `count_valid_targets`), or MCEAlt
+    (loss="mce_alt"). With bag_size = 1 it is ordinary next-token cross-entropy.
+
+    mode="input": the same bagged input, one target per position (the first token of the next
+    bag). mode="output": rows of L + 1 tokens, the model's ordinary input, each position's
+    target the next s tokens (`core.superposition.bag_targets`).
 
     A transformers mixture-of-experts model (Qwen3-MoE, Mixtral, ...) also adds its router
     load-balancing loss times router_aux_loss_coef, as its own forward(labels=...) would (for
@@ -89,19 +98,20 @@ def superposition_loss(model, input_ids: Tensor, bag_size: int, weights: str | T
     In phase 1 its routers route the superposed positions (see README, Mixture of experts).
     """
     emb = _input_embeddings(model)
-    if input_ids.ndim != 2 or (input_ids.shape[1] - 1) % bag_size or input_ids.shape[1] < bag_size + 1:
+    s_in = 1 if mode == "output" else bag_size
+    if input_ids.ndim != 2 or (input_ids.shape[1] - 1) % s_in or input_ids.shape[1] < s_in + 1:
         raise UserError(f"input_ids has shape {tuple(input_ids.shape)}; superposition_loss takes (B, s*L + 1) rows, "
                         f"here s={bag_size}: the first s*L tokens are the input, the last s*L the labels")
-    x, y = input_ids[:, :-1], input_ids[:, 1:]  # (B, s*L) each
-    h = superpose_embeddings(emb(x), bag_size)  # (B, L, D)
+    x, y = input_ids[:, :-1], input_ids[:, 1:]  # (B, s*L) each (B, L) for mode="output"
+    h = superpose_embeddings(emb(x), s_in)  # (B, L, D)
     B, L = h.shape[:2]
     positions = torch.arange(L, device=h.device).expand(B, L)  # (B, L): bag j gets RoPE position j
     logits, aux = _forward(model, inputs_embeds=h, position_ids=positions)  # (B, L, V), MoE: coef * aux
-    targets = next_bag_targets(y, bag_size)  # (B, L, s)
-    loss = multi_hot_cross_entropy(logits, targets, weights, reduction=reduction)
+    targets = bag_targets(y, bag_size, mode)  # (B, L, s), (B, L, 1) for mode="input"
+    total = multi_hot_cross_entropy(logits, targets, weights, reduction=reduction, loss=loss)
     if aux is None or reduction == "none":
-        return loss
-    return loss + (aux if reduction == "mean" else aux * count_valid_targets(targets, weights))
+        return total
+    return total + (aux if reduction == "mean" else aux * count_valid_targets(targets, weights, loss=loss))
 
 
 def next_token_loss(model, input_ids: Tensor) -> Tensor:
@@ -115,7 +125,8 @@ def next_token_loss(model, input_ids: Tensor) -> Tensor:
 
 class TokenRows(torch.utils.data.IterableDataset):
     """Consecutive rows of one token stream: the first `phase1_rows` rows hold bag_size*seq_len + 1
-    tokens, the rest seq_len + 1.
+    tokens, the rest seq_len + 1. `stages` [(rows, s), ...] gives several row lengths in turn
+    instead (a bag-size curriculum: stage k's rows hold s_k*seq_len + 1 tokens), then seq_len + 1.
 
     A row of n + 1 tokens advances the position by n (its last token is only a label), so no token
     is read as an input twice before the stream ends; then it starts over (another epoch), unless
@@ -124,13 +135,15 @@ class TokenRows(torch.utils.data.IterableDataset):
     rows from the start (a resumed Trainer skips the ones it has seen).
     """
 
-    def __init__(self, tokens, seq_len: int, bag_size: int = 1, phase1_rows: int = 0, repeat: bool = True):
+    def __init__(self, tokens, seq_len: int, bag_size: int = 1, phase1_rows: int = 0, repeat: bool = True,
+                 stages: list[tuple[int, int]] | None = None):
         super().__init__()
+        self.stages = stages if stages is not None else ([(phase1_rows, bag_size)] if phase1_rows else [])
         if not isinstance(tokens, (np.ndarray, Tensor)):
             tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.ndim != 1:
             raise UserError(f"tokens must be one 1-D stream of token ids, got shape {tuple(tokens.shape)}")
-        longest = (bag_size if phase1_rows else 1) * seq_len + 1
+        longest = max([s for _, s in self.stages] + [1]) * seq_len + 1
         if len(tokens) < longest:
             raise UserError(f"the token stream has {len(tokens)} tokens, fewer than one row of {longest}; "
                             "give more tokens or a smaller seq_len / bag_size")
@@ -138,8 +151,13 @@ class TokenRows(torch.utils.data.IterableDataset):
             tokens, seq_len, bag_size, phase1_rows, repeat)
 
     def row_tokens(self, row: int) -> int:
-        """Input tokens of row `row` (0-based): s*L in phase 1, L after."""
-        return (self.bag_size if row < self.phase1_rows else 1) * self.seq_len
+        """Input tokens of row `row` (0-based): s*L in a stage that bags its input, L after."""
+        end = 0
+        for rows, s in self.stages:
+            end += rows
+            if row < end:
+                return s * self.seq_len
+        return self.seq_len
 
     def __iter__(self):
         pos, row = 0, 0
@@ -178,8 +196,11 @@ class TSTTrainer(Trainer):
     # (every micro-batch of a phase has the same number of targets, so that is the exact mean).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model=None, args=None, *, train_tokens, seq_len: int, bag_size: int, tst_ratio: float,
-                 bag_weights: str | Tensor | None = None, eval_tokens=None, **kwargs):
+    def __init__(self, model=None, args=None, *, train_tokens, seq_len: int, bag_size: int = 4, tst_ratio: float = 0.3,
+                 bag_weights: str | Tensor | dict | None = None, eval_tokens=None, mode: str = "full", loss: str = "mce",
+                 schedule: str = "", reset_optimizer: bool = False, reinit: str = "none", **kwargs):
+        from ..config import Config, REINIT
+
         if args is None or args.max_steps is None or args.max_steps <= 0:
             raise UserError("TSTTrainer needs TrainingArguments(max_steps=N): phase 1 is a fraction of the steps")
         if args.dataloader_num_workers:
@@ -189,10 +210,20 @@ class TSTTrainer(Trainer):
         for name in ("train_dataset", "eval_dataset", "data_collator"):
             if kwargs.get(name) is not None:
                 raise UserError(f"TSTTrainer builds its own {name} from train_tokens / eval_tokens; do not pass one")
-        self.schedule = Schedule.tst(args.max_steps, tst_ratio, bag_size)  # the LR stays the Trainer's own
-        self.seq_len, self.bag_weights = seq_len, bag_weights
+        # The same checks as superpose's own config (modes, losses, curricula, switch options).
+        cfg = Config()
+        cfg.tst.bag_size, cfg.tst.ratio, cfg.tst.mode, cfg.tst.loss = bag_size, tst_ratio, mode, loss
+        cfg.tst.schedule, cfg.tst.reset_optimizer, cfg.tst.reinit = schedule, reset_optimizer, reinit
+        cfg.tst.weights = bag_weights if isinstance(bag_weights, str) else "uniform"
+        problems = [p for p in cfg.problems() if p.startswith("tst.")]
+        if problems:
+            raise UserError("; ".join(problems))
+        self.schedule = Schedule.tst(args.max_steps, tst_ratio, bag_size, mode, schedule)  # the LR stays the Trainer's
+        self.seq_len, self.bag_weights, self.loss_kind = seq_len, bag_weights, loss
+        self.reset_optimizer, self.reinit, self._switched = reset_optimizer, reinit, False
         rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        train = TokenRows(train_tokens, seq_len, bag_size, self.switch_step * rows_per_step)
+        stages = [(p.num_steps * rows_per_step, p.input_bag) for p in self.schedule.phases if p.index == 1]
+        train = TokenRows(train_tokens, seq_len, stages=stages)
         evaluation = None if eval_tokens is None else TokenRows(eval_tokens, seq_len, repeat=False)
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                          data_collator=collate_rows, **kwargs)
@@ -204,16 +235,55 @@ class TSTTrainer(Trainer):
         return self.schedule.switch_step
 
     def bag_size_at(self, step: int) -> int:
-        """s of optimizer step `step` (0-based): bag_size in phase 1, 1 after."""
-        return self.schedule.phase(min(step, self.schedule.total_steps - 1)).bag_size
+        """s of optimizer step `step` (0-based): bag_size in phase 1 (its stage's, in a curriculum), 1 after."""
+        return self.phase_at(step).bag_size
+
+    def phase_at(self, step: int):
+        return self.schedule.phase(min(step, self.schedule.total_steps - 1))
+
+    def weights_for(self, s: int) -> str | Tensor | None:
+        """The slot weights of bags of s: a scheme's name, the tensor given, or a mutual-information
+        fit ({"a": ..., "k": ...} or superpose's mi.json record) turned into weights for this s."""
+        w = self.bag_weights
+        if isinstance(w, dict):
+            return mi_bag_weights(w.get("fit", w), s)
+        return w
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        rows = inputs["input_ids"]  # (b, s*L + 1)
-        s = self.bag_size_at(self.state.global_step) if model.training else 1
-        assert rows.shape[1] == s * self.seq_len + 1, (
-            f"step {self.state.global_step} expects rows of {s * self.seq_len + 1} tokens, got {rows.shape[1]}")
-        loss = superposition_loss(model, rows, s, self.bag_weights) if s > 1 else next_token_loss(model, rows)
+        rows = inputs["input_ids"]  # (b, T + 1)
+        step = self.state.global_step
+        if model.training and step == self.switch_step > 0 and not self._switched:
+            self._at_switch(model)
+        phase = self.phase_at(step)
+        T = phase.row_tokens(self.seq_len) if model.training else self.seq_len
+        assert rows.shape[1] == T + 1, f"step {step} expects rows of {T + 1} tokens, got {rows.shape[1]}"
+        if phase.bag_size > 1 and model.training:
+            weights = self.weights_for(phase.target_bag) if phase.target_bag > 1 else None
+            loss = superposition_loss(model, rows, phase.bag_size, weights, mode=phase.mode, loss=self.loss_kind)
+        else:
+            loss = next_token_loss(model, rows)
         return (loss, None) if return_outputs else loss
+
+    def _at_switch(self, model) -> None:
+        """reset_optimizer / reinit, once, before the first next-token step's first micro-batch (a
+        Trainer resumed from a later checkpoint has them in its state already). Re-drawn weights
+        are N(0, config.initializer_range), what transformers' `_init_weights` gives embeddings and
+        linear layers, from a generator seeded by (args.seed, step); their optimizer state is
+        dropped with them."""
+        self._switched = True
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the torch optimizer
+        if self.reinit != "none":
+            model = getattr(model, "module", model)
+            modules = {"embeddings": [model.get_input_embeddings()], "head": [model.get_output_embeddings()],
+                       "both": [model.get_input_embeddings(), model.get_output_embeddings()]}[self.reinit]
+            std = getattr(model.config.get_text_config(), "initializer_range", 0.02) or 0.02
+            gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
+            with torch.no_grad():
+                for m in modules:
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
+                    inner.state.pop(m.weight, None)
+        if self.reset_optimizer:
+            inner.state.clear()
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation is next-token loss, in either phase: superpose's own evaluation of the batch's
@@ -223,6 +293,6 @@ class TSTTrainer(Trainer):
         return torch.tensor(out["val_loss"], device=rows.device), None, None
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs:
+        if "loss" in logs:  # the bag size of the step just taken
             logs = {**logs, "bag_size": self.bag_size_at(max(self.state.global_step - 1, 0))}
         super().log(logs, *args, **kwargs)
