@@ -1,6 +1,7 @@
 """The `superpose` command line: thin verbs over the library.
 
-    superpose prepare --out DATA_DIR [--vocab-size N] [--text PATH ...] [--tokenizer tokenizer.json]
+    superpose prepare --out DATA_DIR [--vocab-size N] [--text PATH ... | --hf-dataset NAME | --tokens FILE]
+                      [--tokenizer TOKENIZER] [--text-field NAME] [--eot-token TOKEN]
     superpose train --preset NAME --out RUN_DIR [--section.field=value | --section.field value ...]
     superpose train --resume RUN_DIR [--train.device=... ...]
     torchrun --nproc_per_node N -m superpose train ... --parallel.mode ddp|fsdp   (data parallel)
@@ -30,17 +31,33 @@ def _log(msg: str) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from .data import corpus
-    from .data.prepare import cache_dir, prepare
+    from .data.prepare import cache_dir, prepare, prepare_tokens
 
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before reading gigabytes of text
         raise UserError(f"{args.out} is a file; give --out a directory to create")
+    given = [flag for flag, value in (("--text", args.text), ("--hf-dataset", args.hf_dataset),
+                                      ("--tokens", args.tokens)) if value]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} are different inputs; prepare one data directory from one of them "
+                        "(train on several with --data.mix)")
+    if args.tokens:
+        if not args.tokenizer:
+            raise UserError("--tokens needs --tokenizer: the tokenizer that made the token ids (a tokenizer.json or "
+                            "a folder holding one)")
+        prepare_tokens(Path(args.out), Path(args.tokens), Path(args.tokenizer), args.token_dtype, args.val_fraction,
+                       args.seed, args.eot_token, log=_log)
+        return
     if args.text:
-        sources = corpus.text_sources([Path(p) for p in args.text])
+        sources = corpus.text_sources([Path(p) for p in args.text], args.text_field, args.split)
+    elif args.hf_dataset:
+        sources = [corpus.hub_source(args.hf_dataset, args.hf_config, args.split, args.text_field,
+                                     args.data_files or None)]
     else:
         sources = corpus.default_sources(cache_dir() / "downloads", log=_log)
     prepare(Path(args.out), sources, vocab_size=args.vocab_size,
             tokenizer=Path(args.tokenizer) if args.tokenizer else None,
-            val_fraction=args.val_fraction, seed=args.seed, log=_log)
+            val_fraction=args.val_fraction, seed=args.seed, log=_log, eot_token=args.eot_token,
+            progress=sys.stderr.isatty() or args.progress)
 
 
 def cmd_mi(args: argparse.Namespace) -> None:
@@ -245,8 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("prepare", help="build a tokenized data directory (default corpus or your text)")
     pp.add_argument("--out", required=True, help="data directory to create")
     pp.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default 4096)")
-    pp.add_argument("--text", nargs="+", metavar="PATH", help="your own .txt/.md/.jsonl files or folders")
-    pp.add_argument("--tokenizer", metavar="tokenizer.json", help="use this tokenizer instead of training one")
+    pp.add_argument("--text", nargs="+", metavar="PATH", help="your own text: .txt/.md, .jsonl/.json (also .gz, .zst), "
+                    ".parquet, .arrow files, folders of them, or datasets save_to_disk folders")
+    pp.add_argument("--hf-dataset", metavar="NAME", help="a Hugging Face dataset (datasets.load_dataset, streamed), "
+                    "or a builder such as json/parquet with --data-files")
+    pp.add_argument("--hf-config", metavar="NAME", help="the dataset's configuration (subset)")
+    pp.add_argument("--data-files", nargs="+", metavar="PATH", help="local files for --hf-dataset json/parquet/...")
+    pp.add_argument("--split", default="train", help="the dataset split to read (default train)")
+    pp.add_argument("--text-field", default="text", help="the field/column holding the text (default text)")
+    pp.add_argument("--tokens", metavar="FILE", help="import token ids without re-tokenizing: a nanoGPT .bin or a .npy "
+                    "(with --tokenizer, the tokenizer that made them)")
+    pp.add_argument("--token-dtype", choices=["uint16", "uint32"], help="a raw .bin's token type (default uint16)")
+    pp.add_argument("--tokenizer", metavar="TOKENIZER", help="use this tokenizer (a tokenizer.json, or a folder holding "
+                    "one) instead of training one")
+    pp.add_argument("--eot-token", metavar="TOKEN", help="the end-of-document token (default: <|endoftext|>, "
+                    "<|end_of_text|>, </s>, <eos> or <|eot_id|>, whichever the tokenizer has)")
+    pp.add_argument("--progress", action="store_true", help="a progress bar even when stderr is not a terminal")
     pp.add_argument("--val-fraction", type=float, default=0.02, help="share of each source held out (default 0.02)")
     pp.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     pm = sub.add_parser("mi", help="token-pair mutual information by distance and its fit, for tst.weights=mi")

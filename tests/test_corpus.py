@@ -206,8 +206,9 @@ def test_text_file_with_end_of_text_splits(tmp_path: Path) -> None:
     path.write_text("first doc\nline two\n<|endoftext|>\n\n<|endoftext|>\n"
                     "second <|endoftext|> doc\n")
     [source] = corpus.text_sources([path])
-    assert source == Source("book.txt", "user-provided", str(path),
-                            ["first doc\nline two", "second <|endoftext|> doc"])
+    assert (source.name, source.license, source.credit) == ("book.txt", "user-provided", str(path))
+    assert list(source.iter_documents()) == ["first doc\nline two", "second <|endoftext|> doc"]
+    assert not source.in_memory and source.size_bytes == path.stat().st_size  # streamed, read when asked
 
 
 def test_text_folder_recursive_sorted(tmp_path: Path) -> None:
@@ -221,14 +222,14 @@ def test_text_folder_recursive_sorted(tmp_path: Path) -> None:
     (folder / "notes.csv").write_text("x,y")
     (folder / ".hidden" / "e.txt").write_text("hidden")
     [source] = corpus.text_sources([folder])
-    assert source.name == "texts" and source.documents == ["A", "# B", "C1", "C2"]
+    assert source.name == "texts" and list(source.iter_documents()) == ["A", "# B", "C1", "C2"]
 
 
 def test_one_source_per_path(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("x")
     (tmp_path / "y.jsonl").write_text('{"text": "y"}')
     sources = corpus.text_sources([tmp_path / "x.txt", tmp_path / "y.jsonl"])
-    assert [(s.name, s.documents) for s in sources] == [("x.txt", ["x"]), ("y.jsonl", ["y"])]
+    assert [(s.name, list(s.iter_documents())) for s in sources] == [("x.txt", ["x"]), ("y.jsonl", ["y"])]
 
 
 @pytest.mark.parametrize("name, content, expected", [
@@ -243,7 +244,9 @@ def test_text_errors_name_the_file(tmp_path: Path, name: str, content: bytes,
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(UserError, match=expected) as error:
-        corpus.text_sources([path])
+        for source in corpus.text_sources([path]):  # an error surfaces when the documents are read
+            if not list(source.iter_documents()):
+                raise UserError(f"{path} holds no non-empty document")
     assert name in str(error.value) and "\n" not in str(error.value)
 
 

@@ -294,19 +294,19 @@ def test_a_real_sigkill_of_prepare_is_cleaned_by_the_next_one(tmp_path):
     """Item 7 with a real process: SIGKILL `superpose prepare` once it has started writing."""
     texts = tmp_path / "texts"
     texts.mkdir()
-    for i, doc in enumerate(d for s in tiny_sources() for d in s.documents):
+    for i, doc in enumerate(d for s in tiny_sources() for d in s.iter_documents()):
         (texts / f"{i}.txt").write_text(doc * 20)
     cmd = [sys.executable, "-m", "superpose", "prepare", "--out", str(tmp_path / "d"), "--text", str(texts),
            "--vocab-size", "300"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
-    while not list(tmp_path.glob(".d.tmp-*/tokenizer.json")):
+    while not list(tmp_path.glob(".d.partial/tokenizer.json")):
         assert p.poll() is None and time.time() < deadline, "prepare ended before it could be killed"
         time.sleep(0.05)
     p.kill()
     p.wait()
-    assert list(tmp_path.glob(".d.tmp-*"))
+    assert list(tmp_path.glob(".d.partial")) and not (tmp_path / "d" / "meta.json").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "left by an interrupted prepare" in again.stderr and not list(tmp_path.glob(".d.*"))
@@ -374,16 +374,19 @@ def test_disk_full_during_prepare_is_one_line_and_leaves_nothing(tmp_path, monke
 
     real = shards.ShardWriter.write
 
-    def full(self, tokens):
+    def full(self, tokens, **kw):
         if self.prefix == "val":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, tokens)
+        return real(self, tokens, **kw)
 
     monkeypatch.setattr(shards.ShardWriter, "write", full)
     raises_one_line(lambda: prepare(tmp_path / "d", tiny_sources(), vocab_size=320, log=quiet),
                     f"no space left on device while writing the data directory {tmp_path / 'd'}",
-                    "the partial output was removed", "run superpose prepare again")
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+                    "the finished shards are kept", "run the same superpose prepare again to continue")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.partial"]  # no `d`: nothing looks finished
+    monkeypatch.setattr(shards.ShardWriter, "write", real)  # space freed: the same command finishes the job
+    prepare(tmp_path / "d", tiny_sources(), vocab_size=320, log=quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
 # ----------------------------------------------------------------------------- 10. smaller ones

@@ -26,7 +26,7 @@ import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import UserError
 
@@ -45,7 +45,18 @@ class Source:
     name: str  # "wikipedia-summaries", "gcide", or the user's file/folder name
     license: str  # e.g. "CC BY-SA 4.0", "GPL-3.0-or-later", "user-provided"
     credit: str  # one line: where the text came from
-    documents: list[str]
+    documents: list[str] | Callable[[], Iterator[str]]
+    """A list (small sources, held in memory: the default corpus) or a function returning a fresh
+    iterator over the documents (user files and datasets, streamed: never held whole)."""
+    size_bytes: int | None = None
+    """Bytes of input behind the documents when known (files on disk), for progress and ETA."""
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.documents, list)
+
+    def iter_documents(self) -> Iterator[str]:
+        return iter(self.documents) if self.in_memory else self.documents()
 
 
 class _Unavailable(Exception):
@@ -286,54 +297,259 @@ def default_sources(download_dir: Path, log: Callable[[str], None] = print) -> l
 
 
 # ---------------------------------------------------------------- user text
+#
+# User text streams: a Source over files reads them one document at a time when prepare asks, so
+# a corpus larger than memory is never held whole. What each format yields, one document each:
+#   .txt .md .text (also .gz / .zst)      the file, cut at lines holding only <|endoftext|>
+#   .jsonl .json (also .gz / .zst)        one JSON object per line, its `text_field`
+#   .parquet, .arrow                      each row's `text_field` column (pyarrow, batch by batch)
+#   a `datasets.save_to_disk` folder      each row's `text_field` (datasets.load_from_disk)
+#   a Hugging Face dataset name           `hub_source`: datasets.load_dataset(..., streaming=True)
 
 _END_OF_TEXT = re.compile(r"^[ \t]*<\|endoftext\|>[ \t]*\r?$", re.MULTILINE)
+_PLAIN = (".txt", ".md", ".text")
+_LINES = (".jsonl", ".json")
+_TABLES = (".parquet", ".arrow")
+_COMPRESSED = {".gz": "gzip", ".zst": "zstd"}
+_TOKEN_FILES = (".bin", ".npy")
+_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"PAR1": "parquet", b"\x93NUMPY": "numpy",
+          b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ": "xz"}
 
 
-def _file_documents(path: Path) -> list[str]:
+def _kind(path: Path) -> tuple[str | None, str | None]:
+    """(format, compression) from the file name: ("plain" | "lines" | "table" | None, "gzip" | "zstd" | None)."""
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    compression = _COMPRESSED.get(suffixes[-1]) if suffixes else None
+    inner = suffixes[-2] if compression and len(suffixes) == 2 else (suffixes[-1] if suffixes else "")
+    if inner in _PLAIN:
+        return "plain", compression
+    if inner in _LINES:
+        return "lines", compression
+    if inner in _TABLES and not compression:
+        return "table", None
+    return None, None
+
+
+def _open_text(path: Path, compression: str | None):
+    """A binary file object of the decompressed bytes."""
+    if compression == "gzip":
+        return gzip.open(path, "rb")
+    if compression == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise UserError(f"{path} is zstd-compressed; install zstandard (pip install 'superpose[data]') or "
+                            "decompress it") from None
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")
+
+
+def _sniff(path: Path, compression: str | None) -> None:
+    """Refuse, in one line naming the file, bytes that are not what the name says: compressed
+    data without .gz/.zst, a parquet or numpy file under a text name, or binary (NUL bytes)."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not valid UTF-8 (bad byte at offset {exc.start}); "
-                        "re-save it as UTF-8") from None
+        with open(path, "rb") as f:
+            head = f.read(8192)
     except OSError as exc:
         raise UserError(f"cannot read {path} ({exc.strerror}); check that it is readable") from None
-    if path.suffix.lower() != ".jsonl":
-        documents = _END_OF_TEXT.split(text)
-    else:
-        documents = []
-        for number, line in enumerate(text.splitlines(), start=1):
+    if compression:
+        return
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            hint = {"gzip": "name it .gz", "zstd": "name it .zst", "parquet": "name it .parquet",
+                    "numpy": "import token ids with superpose prepare --tokens FILE --tokenizer TOK"}.get(
+                what, "decompress it first")
+            raise UserError(f"{path} holds {what} data, not text; {hint}")
+    if b"\x00" in head:
+        raise UserError(f"{path} is binary (it has NUL bytes), not UTF-8 text; if it holds token ids (a nanoGPT "
+                        ".bin), import it with superpose prepare --tokens FILE --tokenizer TOK")
+
+
+def _plain_documents(path: Path, compression: str | None) -> Iterator[str]:
+    """Line by line, so memory holds one document, not the file."""
+    doc: list[str] = []
+    with _open_text(path, compression) as raw:
+        try:
+            for line in io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=""):
+                if _END_OF_TEXT.fullmatch(line.rstrip("\n")):
+                    if "".join(doc).strip():
+                        yield "".join(doc).strip()
+                    doc = []
+                else:
+                    doc.append(line)
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path} is not valid UTF-8 (bad byte near offset {exc.start}); "
+                            "re-save it as UTF-8") from None
+    if "".join(doc).strip():
+        yield "".join(doc).strip()
+
+
+def _line_documents(path: Path, compression: str | None, field: str) -> Iterator[str]:
+    with _open_text(path, compression) as raw:
+        for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict"), start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise UserError(f'{path} line {number} is not a JSON object with a string "text" '
-                                'field; write one {"text": "..."} object per line')
-            documents.append(record["text"])
-    return [doc.strip() for doc in documents if doc.strip()]
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path} line {number} is not valid UTF-8; re-save it as UTF-8") from exc
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                keys = f" (it has {', '.join(sorted(record)[:6])})" if isinstance(record, dict) else ""
+                raise UserError(f'{path} line {number} is not a JSON object with a string "{field}" field{keys}; '
+                                f"write one {{\"{field}\": \"...\"}} object per line or name the field with --text-field")
+            if record[field].strip():
+                yield record[field].strip()
 
 
-def text_sources(paths: list[Path]) -> list[Source]:
-    """One Source per given file or folder (folders are walked recursively, sorted)."""
+def _column(table_path: Path, names: list[str], field: str) -> None:
+    if field not in names:
+        raise UserError(f"{table_path} has no column {field!r} (it has {', '.join(names[:8])}); name the text column "
+                        "with --text-field")
+
+
+def _table_documents(path: Path, field: str) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            pf = pq.ParquetFile(path)
+            _column(path, pf.schema_arrow.names, field)
+            batches = pf.iter_batches(batch_size=2048, columns=[field])
+        else:  # .arrow: an IPC stream (what datasets writes) or an IPC file
+            try:
+                reader = pa.ipc.open_stream(pa.memory_map(str(path)))
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(pa.memory_map(str(path)))
+                reader = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            batches = reader
+            first = next(iter(batches), None)
+            if first is None:
+                return
+            _column(path, first.schema.names, field)
+            batches = _chain_first(first, batches)
+        for batch in batches:
+            for text in batch.column(field).to_pylist():
+                if isinstance(text, str) and text.strip():
+                    yield text.strip()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"cannot read {path} as {path.suffix[1:]} ({str(exc).splitlines()[0]}); check the file") from None
+
+
+def _chain_first(first, rest):
+    yield first
+    yield from rest
+
+
+def _datasets_folder(path: Path) -> bool:
+    """A folder written by `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _rows_documents(rows, field: str, where: str) -> Iterator[str]:
+    """Documents from a `datasets` Dataset / IterableDataset, row by row."""
+    names = getattr(rows, "column_names", None)
+    if names is not None and field not in names:
+        raise UserError(f"{where} has no column {field!r} (it has {', '.join(names[:8])}); name the text column "
+                        "with --text-field")
+    for row in rows:
+        text = row.get(field)
+        if not isinstance(text, str):
+            raise UserError(f"{where} has a row whose {field!r} is not a string ({type(text).__name__}); name the text "
+                            "column with --text-field")
+        if text.strip():
+            yield text.strip()
+
+
+def _need_datasets(what: str):
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{what} needs the datasets library: pip install 'superpose[data]'") from None
+    return datasets
+
+
+def _disk_documents(path: Path, field: str, split: str) -> Iterator[str]:
+    datasets = _need_datasets(f"{path} (a datasets folder)")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(f"cannot load the datasets folder {path} ({exc}); save it with save_to_disk") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise UserError(f"{path} has the splits {', '.join(ds)}, not {split!r}; choose one with --split")
+        ds = ds[split]
+    yield from _rows_documents(ds, field, str(path))
+
+
+def _files_of(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    files = sorted(f for f in path.rglob("*") if f.is_file() and _kind(f)[0] is not None
+                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    if not files:
+        raise UserError(f"{path} contains no text files (.txt .md .text .jsonl .json .parquet .arrow, also .gz/.zst), "
+                        "and is not a datasets save_to_disk folder; add some or pass the files themselves")
+    return files
+
+
+def _file_documents(path: Path, field: str) -> Iterator[str]:
+    kind, compression = _kind(path)
+    if kind is None:
+        if path.suffix.lower() in _TOKEN_FILES:
+            raise UserError(f"{path} holds token ids, not text; import it with superpose prepare --tokens {path} "
+                            "--tokenizer TOKENIZER")
+        kind = "plain"  # an unknown name: read it as text, if its bytes are text
+    if kind != "table":
+        _sniff(path, compression)
+    if kind == "plain":
+        yield from _plain_documents(path, compression)
+    elif kind == "lines":
+        yield from _line_documents(path, compression, field)
+    else:
+        yield from _table_documents(path, field)
+
+
+def text_sources(paths: list[Path], text_field: str = "text", split: str = "train") -> list[Source]:
+    """One streaming Source per given file or folder (folders are walked recursively, sorted; a
+    `datasets` save_to_disk folder is read as a dataset)."""
     if not paths:
         raise UserError("no text paths given; pass --text PATH with a text file or folder")
     sources = []
     for path in map(Path, paths):
         if not path.exists():
             raise UserError(f"{path} does not exist; pass an existing text file or folder")
-        files = [path]
-        if path.is_dir():
-            files = sorted(f for f in path.rglob("*") if f.is_file()
-                           and f.suffix.lower() in TEXT_SUFFIXES
-                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
-            if not files:
-                raise UserError(f"{path} contains no {'/'.join(TEXT_SUFFIXES)} files; "
-                                "add some or pass the files themselves")
-        documents = [doc for file in files for doc in _file_documents(file)]
-        if not documents:
-            raise UserError(f"{path} holds no non-empty document; give it some text")
-        sources.append(Source(path.resolve().name, "user-provided", str(path), documents))
+        if path.is_dir() and _datasets_folder(path):
+            docs = (lambda p=path: _disk_documents(p, text_field, split))
+            size = sum(f.stat().st_size for f in path.rglob("*.arrow"))
+        else:
+            files = _files_of(path)
+            for f in files:  # refuse a mislabelled file now, not after hours of the ones before it
+                if _kind(f)[0] not in ("table",):
+                    _sniff(f, _kind(f)[1])
+            docs = (lambda fs=files: (d for f in fs for d in _file_documents(f, text_field)))
+            size = sum(f.stat().st_size for f in files)
+        sources.append(Source(path.resolve().name, "user-provided", str(path), docs, size))
     return sources
+
+
+def hub_source(name: str, config: str | None = None, split: str = "train", text_field: str = "text",
+               data_files: list[str] | None = None, streaming: bool = True) -> Source:
+    """A Hugging Face dataset by name (`datasets.load_dataset`), streamed: rows are read as prepare
+    asks, so a corpus of any size goes through in bounded memory. `name` may also be a builder
+    such as "json" or "parquet" with local `data_files`."""
+    datasets = _need_datasets(f"the dataset {name!r}")
+
+    def docs() -> Iterator[str]:
+        try:
+            rows = datasets.load_dataset(name, config, split=split, data_files=data_files, streaming=streaming)
+        except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
+            first = " ".join(str(exc).split())[:300]
+            raise UserError(f"cannot load the dataset {name!r} ({first}); check the name, --hf-config and --split, "
+                            "and that the hub is reachable") from None
+        yield from _rows_documents(rows, text_field, f"the dataset {name!r}")
+
+    return Source(name, "see the dataset card", f"Hugging Face dataset {name}" + (f" ({config})" if config else ""),
+                  docs, None)

@@ -1,109 +1,219 @@
 """`superpose prepare`: raw text -> held-out split -> tokenizer -> memory-mapped token shards.
 
-The validation split is whole documents held out from every source in proportion to its
-size (in-distribution, not the tail of the stream), written in a fixed shuffled order so the
-first N validation tokens mix the sources. The tokenizer is a byte-level BPE trained on the
-train split only with the `tokenizers` library, unless the user brings a `tokenizer.json`.
+Documents stream through: a source is read one document at a time, each is assigned to the
+train or the validation split, train documents are encoded in batches by the tokenizer's own
+parallel `encode_batch_fast` (every core) and appended to token shards. Memory holds one batch
+and the held-out documents (capped), whatever the corpus size.
+
+The validation split is whole documents, deterministic. For an in-memory source (the default
+corpus) it holds `val_fraction` of the source's characters, as it always has; a streamed source
+holds out each document with probability `val_fraction`, decided by a hash of (seed, source
+number, document index), up to `VAL_MAX_BYTES` per source (never zero documents, never all). The held-out
+documents are written in a fixed shuffled order, so the first N validation tokens mix the sources.
+
+Interrupted (Ctrl-C, a kill, a full disk), a prepare keeps `.NAME.partial/` beside the output:
+its finished shards and a journal of how far each source got. The same command continues from
+there; another command (other inputs, tokenizer, seed) starts over. The output directory only
+appears, by an atomic rename, when everything is written.
+
+Conventions of the tokenizer are kept: each document is encoded with the tokenizer's own special
+tokens (a Llama-style BOS template puts BOS before every document, so the model trains with the
+convention its exported tokenizer applies at inference) and ends with the end-of-text token.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..errors import UserError
-from ..files import disk_error, fsync_path, lock_dir, write_error
+from ..files import disk_error, fsync_path, lock_dir, write_error, write_text
 from . import corpus
 from . import mutual_info
 from .shards import DATA_FORMAT_VERSION, ShardWriter, open_dataset, token_dtype
-from .tokenizer import find_eot, load_tokenizer_file, train_tokenizer
+from .tokenizer import find_eot, load_tokenizer_file, resolve_tokenizer, template_prefix, train_tokenizer
 
 ENCODE_BATCH = 2000  # documents per encode_batch call (the Rust side parallelises within it)
+ENCODE_BYTES = 8 << 20  # ... or this much text, whichever comes first: bounded memory for long documents
+PREPARE_SHARD_TOKENS = 1 << 26  # 128 MiB of uint16 per shard: the granularity an interrupted prepare resumes at
+VAL_MAX_BYTES = 32 << 20  # held-out text per streamed source, at most
+TOKENIZER_TRAIN_BYTES = 1 << 30  # train text a new BPE learns from, at most (the first of the train split)
 
 
-def split_documents(sources: list[corpus.Source], val_fraction: float, seed: int):
-    """-> (train_docs, val_docs, per-source stats). Each source with >= 2 documents gives whole
-    documents to validation until it holds `val_fraction` of that source's characters (at
-    least one document, never all of them)."""
-    train, val, stats = [], [], []
-    for k, src in enumerate(sources):
-        docs = src.documents
-        chars = sum(len(d) for d in docs)
-        order = list(range(len(docs)))
-        random.Random(f"{seed}:{k}:{src.name}").shuffle(order)
-        held, held_chars = set(), 0
-        if len(docs) >= 2 and val_fraction > 0:
-            for i in order[:-1]:
-                if held and held_chars >= val_fraction * chars:
-                    break
-                held.add(i)
-                held_chars += len(docs[i])
-        train += [d for i, d in enumerate(docs) if i not in held]
-        val += [docs[i] for i in sorted(held)]
-        stats.append({"name": src.name, "license": src.license, "credit": src.credit, "documents": len(docs),
-                      "characters": chars, "val_documents": len(held), "val_characters": held_chars})
-    if not val:
-        raise UserError("cannot hold out a validation split: every source has a single document; split your "
-                        "text into documents (one per file, or lines of <|endoftext|>) or add files")
-    random.Random(f"{seed}:val").shuffle(val)
-    return train, val, stats
+# ----------------------------------------------------------------------------- the split
+
+def held_out_in_memory(docs: list[str], val_fraction: float, seed: int, k: int, name: str) -> set[int]:
+    """An in-memory source's held-out documents: whole documents, in a shuffled order, until they
+    hold `val_fraction` of the source's characters (at least one document, never all of them)."""
+    chars = sum(len(d) for d in docs)
+    order = list(range(len(docs)))
+    random.Random(f"{seed}:{k}:{name}").shuffle(order)
+    held, held_chars = set(), 0
+    if len(docs) >= 2 and val_fraction > 0:
+        for i in order[:-1]:
+            if held and held_chars >= val_fraction * chars:
+                break
+            held.add(i)
+            held_chars += len(docs[i])
+    return held
 
 
-def encode_split(tok, docs: list[str], eot_id: int, directory: Path, prefix: str, dtype: np.dtype):
-    """Write documents, each followed by end-of-text, to shards.
-    -> (shard names, doc starts, tokens, UTF-8 bytes)."""
-    writer = ShardWriter(directory, prefix, dtype)
-    starts, n_bytes = [], 0
-    for i in range(0, len(docs), ENCODE_BATCH):
-        batch = docs[i:i + ENCODE_BATCH]
-        encs = tok.encode_batch(batch, add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) + 1 for e in encs), dtype=np.int64, count=len(encs))
-        starts.append(writer.total + np.concatenate([[0], np.cumsum(lengths)[:-1]]))
-        flat = np.fromiter((t for e in encs for t in (*e.ids, eot_id)), dtype=np.int64, count=int(lengths.sum()))
-        writer.write(flat)
-        n_bytes += sum(len(d.encode("utf-8")) for d in batch)
-    paths = writer.close()
-    doc_starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
-    return [p.name for p in paths], doc_starts, writer.total, n_bytes
+def _hash_unit(seed: int, k: int, i: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, source number, document index): the same
+    documents get the same split whatever format or file name they come in."""
+    h = hashlib.blake2b(f"{seed}:{k}:{i}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2 ** 64
+
+
+def split_stream(src: corpus.Source, k: int, val_fraction: float, seed: int,
+                 skip: int = 0) -> Iterator[tuple[int, str, bool]]:
+    """(document index, document, held out?) for every document of source k, from index `skip`."""
+    if src.in_memory:
+        held = held_out_in_memory(src.documents, val_fraction, seed, k, src.name)
+        for i in range(skip, len(src.documents)):
+            yield i, src.documents[i], i in held
+        return
+    # Streamed: each document is held out by its hash, up to VAL_MAX_BYTES. One document of
+    # look-ahead lets the last one go to whichever split is still empty.
+    docs = itertools.islice(src.iter_documents(), skip, None)
+    pending, i, held_bytes, n_val, n_train = None, skip, 0, 0, 0
+    for doc in docs:
+        if pending is not None:
+            j, d = pending
+            held = _hash_unit(seed, k, j) < val_fraction and held_bytes < VAL_MAX_BYTES
+            held_bytes += len(d) if held else 0
+            n_val, n_train = n_val + held, n_train + (not held)
+            yield j, d, held
+        pending, i = (i, doc), i + 1
+    if pending is not None:
+        j, d = pending
+        held = (_hash_unit(seed, k, j) < val_fraction and held_bytes < VAL_MAX_BYTES) or (
+            n_val == 0 and skip == 0 and n_train > 0)
+        held = held and not (n_train == 0 and skip == 0)  # a one-document source trains on it
+        yield j, d, held
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def encode_docs(tok, docs: list[str], eot_id: int, prefix: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """-> (tokens (N,) int64, document lengths (len(docs),)): each document as the tokenizer's
+    prefix special tokens (BOS for a Llama-style template; none for ours), its text, end-of-text."""
+    encs = tok.encode_batch_fast(docs, add_special_tokens=False)
+    lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int64, count=int(lens.sum()))
+    ends = np.cumsum(lens)
+    flat = np.insert(flat, ends, eot_id)  # eot after each document
+    if prefix:
+        starts = np.concatenate([[0], ends[:-1] + np.arange(1, len(ends))])  # each document's start, eot included
+        flat = np.insert(flat, np.repeat(starts, len(prefix)), np.tile(prefix, len(starts)))
+    return flat, lens + 1 + len(prefix)
+
+
+class _Journal:
+    """How far an interrupted prepare got, in `.NAME.partial/journal.json`: written atomically
+    after every finished train shard, so everything it names is complete on disk."""
+
+    def __init__(self, directory: Path, fingerprint: dict):
+        self.path, self.fingerprint = directory / "journal.json", fingerprint
+
+    def load(self) -> dict | None:
+        try:
+            state = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def save(self, state: dict) -> None:
+        write_text(self.path, json.dumps({"fingerprint": self.fingerprint, **state}) + "\n")
+
+
+def _fingerprint(sources: list[corpus.Source], tokenizer: Path | None, vocab_size: int, val_fraction: float,
+                 seed: int, eot_token: str | None) -> dict:
+    from ..files import sha256_file
+
+    return {"sources": [[s.name, s.credit, s.size_bytes] for s in sources], "seed": seed, "val_fraction": val_fraction,
+            "tokenizer": sha256_file(tokenizer) if tokenizer else f"bpe-{vocab_size}", "eot": eot_token,
+            "format": DATA_FORMAT_VERSION}
+
+
+def _progress(total: int | None, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare", disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
 
 
 def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tokenizer: Path | None = None,
-            val_fraction: float = 0.02, seed: int = 0, log: Callable[[str], None] = print, wait: bool = False) -> Path:
-    """Build a data directory at `out` atomically: written beside it, then renamed into place.
-    wait: when another process is preparing `out`, wait for it instead of refusing."""
+            val_fraction: float = 0.02, seed: int = 0, log: Callable[[str], None] = print, wait: bool = False,
+            eot_token: str | None = None, progress: bool = False) -> Path:
+    """Build a data directory at `out`: streamed into `.NAME.partial/` beside it (resumed from
+    there when an earlier identical prepare was interrupted), then renamed into place.
+    tokenizer: a tokenizer.json or a folder holding one (None trains a byte-level BPE of
+    `vocab_size` on the train split). eot_token: the end-of-document token's name (default: the
+    first of tokenizer.EOT_CANDIDATES the tokenizer has). wait: when another process is preparing
+    `out`, wait for it instead of refusing. progress: a progress bar (MB/s, ETA) on stderr."""
     out = Path(out)
+    _check_args(out, vocab_size, tokenizer, val_fraction)
+    tokenizer = resolve_tokenizer(tokenizer) if tokenizer is not None else None
+    with lock_dir(out, "data directory", blocking=wait, lock_path=_lock_path(out)):
+        _check_empty(out, log)
+        partial = out.parent / f".{out.name}.partial"
+        t0 = time.time()
+        try:
+            splits = _build(out, partial, sources, vocab_size, tokenizer, val_fraction, seed, eot_token, log, progress)
+        except UserError:  # bad input: what was written cannot be continued with other input
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        except KeyboardInterrupt:
+            raise UserError(f"prepare of {out} interrupted; the finished shards are kept in {partial}: run the same "
+                            "command again to continue") from None
+        except Exception as e:
+            os_error = disk_error(e)
+            if os_error is None:
+                raise
+            raise write_error(partial, os_error, intact=f"the finished shards are kept in {partial}",
+                              fix="free some space and run the same superpose prepare again to continue",
+                              label=f"the data directory {out}") from None
+        finally:  # no litter beside the data (a process waiting on the lock re-checks meta.json)
+            _lock_path(out).unlink(missing_ok=True)
+    return _finish(out, splits, t0, log)
+
+
+def _check_args(out: Path, vocab_size: int, tokenizer: Path | None, val_fraction: float) -> None:
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if tokenizer is None and vocab_size < 257:
         raise UserError(f"--vocab-size must be >= 257 (256 bytes + end-of-text), got {vocab_size}")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give --out a directory to create")
-    # One prepare per output at a time; with the lock held, any `.NAME.tmp-PID` beside `out` is
-    # the leftover of a killed prepare (gigabytes at real sizes), removed here and said so.
-    with lock_dir(out, "data directory", blocking=wait, lock_path=_lock_path(out)):
-        if (out / "meta.json").exists():
-            raise UserError(f"{out} already holds a prepared data set; remove it or choose another --out")
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out} exists and is not empty; remove it or choose another --out")
-        stale = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
-        if stale:
-            size = sum(f.stat().st_size for p in stale for f in p.rglob("*") if f.is_file())
-            for p in stale:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            log(f"prepare: removed {', '.join(p.name for p in stale)} ({size / 1e6:.1f} MB), left by an interrupted "
-                f"prepare of {out}")
-        t0 = time.time()
-        try:
-            splits = _build(out, sources, vocab_size, tokenizer, val_fraction, seed, log)
-        finally:  # no litter beside the data (a process waiting on the lock re-checks meta.json)
-            _lock_path(out).unlink(missing_ok=True)
+
+
+def _check_empty(out: Path, log: Callable[[str], None]) -> None:
+    """Refuse a finished or non-empty `out`; remove what a killed prepare of an older superpose left."""
+    if (out / "meta.json").exists():
+        raise UserError(f"{out} already holds a prepared data set; remove it or choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; remove it or choose another --out")
+    stale = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp-")]
+    if stale:
+        size = sum(f.stat().st_size for p in stale for f in p.rglob("*") if f.is_file())
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        log(f"prepare: removed {', '.join(p.name for p in stale)} ({size / 1e6:.1f} MB), left by an interrupted "
+            f"prepare of {out}")
+
+
+def _finish(out: Path, splits: dict, t0: float, log: Callable[[str], None]) -> Path:
     dataset = open_dataset(out)  # read back what was written: a broken shard fails here, not mid-training
     # The token-pair mutual information by distance, for tst.weights=mi (seconds; see mutual_info.py).
     try:
@@ -120,52 +230,291 @@ def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
-def _build(out: Path, sources: list[corpus.Source], vocab_size: int, tokenizer: Path | None, val_fraction: float,
-           seed: int, log: Callable[[str], None]) -> dict:
-    """Split, tokenize and write everything into `.NAME.tmp-PID/` beside `out`, fsync it, rename
-    it into place. A full disk or an I/O error removes the temporary and is one line."""
-    train_docs, val_docs, stats = split_documents(sources, val_fraction, seed)
-    log(f"prepare: {len(train_docs)} train and {len(val_docs)} validation documents from "
-        f"{', '.join(s['name'] for s in stats)}")
-    if tokenizer is None:
-        log(f"prepare: training a byte-level BPE tokenizer with {vocab_size} tokens on the train split")
-        tok = train_tokenizer(train_docs, vocab_size)
-    else:
-        tok = load_tokenizer_file(tokenizer)
-    eot_id = find_eot(tok)
+def _tokenizer_for(partial: Path, sources, vocab_size, tokenizer, val_fraction, seed, log):
+    """The tokenizer: the user's, the one an interrupted prepare trained, or a new BPE trained on
+    (the first TOKENIZER_TRAIN_BYTES of) the train split."""
+    if tokenizer is not None:
+        return load_tokenizer_file(tokenizer)
+    if (partial / "tokenizer.json").is_file():
+        return load_tokenizer_file(partial / "tokenizer.json")
+    log(f"prepare: training a byte-level BPE tokenizer with {vocab_size} tokens on the train split")
+    if all(s.in_memory for s in sources):  # the default corpus: every train document, as always
+        docs = [d for k, s in enumerate(sources) for _, d, held in split_stream(s, k, val_fraction, seed) if not held]
+        return train_tokenizer(docs, vocab_size)
+
+    def train_docs() -> Iterator[str]:
+        seen = 0
+        for k, s in enumerate(sources):
+            for _, d, held in split_stream(s, k, val_fraction, seed):
+                if not held:
+                    yield d
+                    seen += len(d)
+                    if seen >= TOKENIZER_TRAIN_BYTES:
+                        return
+    return train_tokenizer(train_docs(), vocab_size)
+
+
+def _build(out: Path, partial: Path, sources: list[corpus.Source], vocab_size: int, tokenizer: Path | None,
+           val_fraction: float, seed: int, eot_token: str | None, log: Callable[[str], None], progress: bool) -> dict:
+    """Stream every source into `partial`, resuming from its journal; then the validation split,
+    meta.json, fsync, and the rename to `out`."""
+    journal = _Journal(partial, _fingerprint(sources, tokenizer, vocab_size, val_fraction, seed, eot_token))
+    state = journal.load() if partial.is_dir() else None
+    if partial.exists() and state is None:
+        shutil.rmtree(partial)  # another prepare's leftovers (other inputs, or killed before its first shard)
+        log(f"prepare: removed {partial.name}, left by an interrupted prepare with nothing to continue from "
+            "(killed before its first shard, or of other inputs); starting over")
+    partial.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer_for(partial, sources, vocab_size, tokenizer, val_fraction, seed, log)
+    eot_id = find_eot(tok, eot_token)
+    prefix = template_prefix(tok)
     vocab = tok.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab)
+    if not (partial / "tokenizer.json").is_file():
+        tok.save(str(partial / "tokenizer.json"))
+    state = state or {"source": 0, "doc": 0, "shards": [], "tokens": 0, "bytes": 0, "docs": 0, "val_bytes": 0,
+                      "stats": [{"name": s.name, "license": s.license, "credit": s.credit, "documents": 0,
+                                 "characters": 0, "val_documents": 0, "val_characters": 0} for s in sources]}
+    if state["shards"] or state["source"] or state["doc"]:
+        log(f"prepare: continuing an interrupted prepare from {partial.name}: {len(state['shards'])} shard(s), "
+            f"{state['tokens']:,} tokens done")
+    # Everything past the journal is from after the last finished shard: drop it.
+    for f in partial.glob("train-*.bin"):
+        if f.name not in state["shards"]:
+            f.unlink()
+    docs_file, val_file = partial / "train.docs.bin", partial / "val.jsonl"
+    for f, size in ((docs_file, state["docs"] * 8), (val_file, state["val_bytes"])):
+        with open(f, "ab") as h:
+            h.truncate(size)
+    writer = ShardWriter(partial, "train", dtype, PREPARE_SHARD_TOKENS, first_index=len(state["shards"]),
+                         total=state["tokens"])
+    total = sum(s.size_bytes or 0 for s in sources) if all(s.size_bytes for s in sources) else None
+    bar = _progress(total, progress)
+    bar.update(state["bytes"])
+    batch: list[str] = []
+    batch_bytes = 0
+    stats = state["stats"]
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    def flush(k: int, next_doc: int) -> None:
+        """Encode and write the batch; after a shard fills, journal everything up to document
+        `next_doc` of source `k`."""
+        nonlocal batch, batch_bytes
+        if batch:
+            flat, lens = encode_docs(tok, batch, eot_id, prefix)
+            starts = writer.total + np.concatenate([[0], np.cumsum(lens)[:-1]])
+            with open(docs_file, "ab") as h:
+                h.write(starts.astype("<i8").tobytes())
+            writer.write(flat, keep_open=True)
+            state["docs"] += len(batch)
+            state["bytes"] += batch_bytes
+            bar.update(batch_bytes)
+            batch, batch_bytes = [], 0
+        if writer.full() or next_doc < 0:
+            writer.end_shard()
+            state.update(source=k, doc=next_doc, shards=[p.name for p in writer.paths], tokens=writer.total,
+                         val_bytes=val_file.stat().st_size if val_file.exists() else 0)
+            for f in (docs_file, val_file, *writer.paths):
+                fsync_path(f)
+            journal.save(state)
+
+    with open(val_file, "a", encoding="utf-8") as val_out:
+        for k in range(state["source"], len(sources)):
+            skip = state["doc"] if k == state["source"] else 0
+            for i, doc, held in split_stream(sources[k], k, val_fraction, seed, skip):
+                st = stats[k]
+                st["documents"] += 1
+                st["characters"] += len(doc)
+                if held:
+                    st["val_documents"] += 1
+                    st["val_characters"] += len(doc)
+                    val_out.write(json.dumps(doc) + "\n")
+                    continue
+                batch.append(doc)
+                batch_bytes += len(doc.encode("utf-8"))
+                if len(batch) >= ENCODE_BATCH or batch_bytes >= ENCODE_BYTES:
+                    val_out.flush()
+                    flush(k, i + 1)
+            if stats[k]["documents"] == 0:
+                raise UserError(f"{sources[k].credit} holds no non-empty document; give it some text")
+            val_out.flush()
+            flush(k + 1, 0)  # the source is done
+        flush(len(sources), -1)
+    bar.close()
+    if not any(st["val_documents"] for st in stats):
+        raise UserError("cannot hold out a validation split: every source has a single document; split your "
+                        "text into documents (one per file, or lines of <|endoftext|>) or add files")
+    if state["tokens"] == 0:
+        raise UserError(f"no training text: the sources ({', '.join(s.name for s in sources)}) hold no document "
+                        "besides the held-out ones; add text")
+    return _write_out(out, partial, tok, eot_id, prefix, vocab, dtype, state, tokenizer, seed, val_fraction,
+                      eot_token)
+
+
+def _write_out(out, partial, tok, eot_id, prefix, vocab, dtype, state, tokenizer, seed, val_fraction, eot_token):
+    """The held-out split (shuffled, encoded), train.docs.npy, meta.json; fsync; rename into place."""
+    val = [json.loads(line) for line in (partial / "val.jsonl").read_text(encoding="utf-8").splitlines()]
+    random.Random(f"{seed}:val").shuffle(val)
+    val_writer = ShardWriter(partial, "val", dtype)
+    val_tokens, val_bytes = 0, 0
+    for i in range(0, len(val), ENCODE_BATCH):
+        flat, _ = encode_docs(tok, val[i:i + ENCODE_BATCH], eot_id, prefix)
+        val_writer.write(flat)
+        val_bytes += sum(len(d.encode("utf-8")) for d in val[i:i + ENCODE_BATCH])
+    val_shards = [p.name for p in val_writer.close()]
+    val_tokens = val_writer.total
+    starts = np.fromfile(partial / "train.docs.bin", dtype="<i8")
+    np.save(partial / "train.docs.npy", starts)
+    (partial / "train.docs.bin").unlink()
+    (partial / "val.jsonl").unlink()
+    (partial / "journal.json").unlink()
+    splits = {"train": {"shards": state["shards"], "documents": int(len(starts)), "tokens": state["tokens"],
+                        "bytes": state["bytes"]},
+              "val": {"shards": val_shards, "documents": len(val), "tokens": val_tokens, "bytes": val_bytes}}
+    meta = {"format_version": DATA_FORMAT_VERSION, "vocab_size": vocab, "eot_id": eot_id,
+            "eot_token": tok.id_to_token(eot_id), "prefix_ids": prefix,
+            "token_bytes": dtype.itemsize, "tokenizer": "tokenizer.json" if tokenizer is None else str(tokenizer),
+            "seed": seed, "val_fraction": val_fraction, "splits": splits, "sources": state["stats"]}
+    (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for f in partial.iterdir():  # on the disk before the rename makes the directory visible
+        fsync_path(f)
+    fsync_path(partial)
+    if out.exists():
+        out.rmdir()  # empty, checked by the caller
+    os.replace(partial, out)
+    fsync_path(out.parent)
+    return splits
+
+
+# ----------------------------------------------------------------------------- pre-tokenized corpora
+
+IMPORT_CHUNK = 1 << 24  # tokens read at a time from a token file
+
+
+def open_token_file(path: Path, dtype: str | None) -> np.ndarray:
+    """A memory map of a token file: .npy (its own dtype), or raw .bin (nanoGPT: uint16 unless
+    `dtype` says uint32)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"token file {path} does not exist; pass a .bin (nanoGPT, raw uint16/uint32) or .npy file")
     try:
-        tmp.mkdir(parents=True)
-        tok.save(str(tmp / "tokenizer.json"))
-        splits = {}
-        for name, docs in (("train", train_docs), ("val", val_docs)):
-            log(f"prepare: tokenizing the {name} split")
-            shards, starts, n_tokens, n_bytes = encode_split(tok, docs, eot_id, tmp, name, dtype)
-            if name == "train":
-                np.save(tmp / "train.docs.npy", starts)
-            splits[name] = {"shards": shards, "documents": len(docs), "tokens": n_tokens, "bytes": n_bytes}
-        meta = {"format_version": DATA_FORMAT_VERSION, "vocab_size": vocab, "eot_id": eot_id,
-                "token_bytes": dtype.itemsize, "tokenizer": "tokenizer.json" if tokenizer is None else str(tokenizer),
-                "seed": seed, "val_fraction": val_fraction, "splits": splits, "sources": stats}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        for f in tmp.iterdir():  # on the disk before the rename makes the directory visible
-            fsync_path(f)
-        fsync_path(tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked by the caller
-        os.replace(tmp, out)
-        fsync_path(out.parent)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os_error = disk_error(e) if isinstance(e, Exception) else None
-        if os_error is None:
-            raise
-        raise write_error(tmp, os_error, intact=f"the partial output was removed, nothing in {out.parent} changed",
-                          fix="free some space and run superpose prepare again",
-                          label=f"the data directory {out}") from None
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, mmap_mode="r")
+        else:
+            dt = np.dtype(dtype or "uint16")
+            if dt not in (np.dtype(np.uint16), np.dtype(np.uint32)):
+                raise UserError(f"--token-dtype must be uint16 or uint32, got {dtype}")
+            if path.stat().st_size % dt.itemsize:
+                raise UserError(f"{path} is {path.stat().st_size} bytes, not a whole number of {dt.name} tokens; "
+                                "pass the right --token-dtype")
+            arr = np.memmap(path, dtype=dt, mode="r")
+    except ValueError as e:
+        raise UserError(f"cannot read {path} as tokens ({e}); pass a .npy array or a raw .bin") from None
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise UserError(f"{path} holds a {arr.ndim}-D {arr.dtype} array; token files are 1-D integer arrays")
+    return arr
+
+
+def prepare_tokens(out: Path, tokens: Path, tokenizer: Path, token_dtype_name: str | None = None,
+                   val_fraction: float = 0.02, seed: int = 0, eot_token: str | None = None,
+                   log: Callable[[str], None] = print) -> Path:
+    """Import an already tokenized corpus (a nanoGPT .bin, a .npy) with the tokenizer that made it,
+    without re-tokenizing: documents are the spans ending at each end-of-text token, whole
+    documents are held out by the same hash rule as streamed text, and the train tokens are
+    copied into superpose's shards a chunk at a time (memory independent of the corpus size)."""
+    out = Path(out)
+    _check_args(out, 4096, tokenizer, val_fraction)
+    tok_path = resolve_tokenizer(tokenizer)
+    tok = load_tokenizer_file(tok_path)
+    eot_id, vocab = find_eot(tok, eot_token), tok.get_vocab_size(with_added_tokens=True)
+    arr = open_token_file(tokens, token_dtype_name)
+    dtype = token_dtype(vocab)
+    with lock_dir(out, "data directory", lock_path=_lock_path(out)):
+        _check_empty(out, log)
+        partial = out.parent / f".{out.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        t0 = time.time()
+        try:
+            state = _import(arr, partial, tok_path, tokens, eot_id, vocab, dtype, val_fraction, seed)
+            tok.save(str(partial / "tokenizer.json"))
+            splits = _write_tokens_out(out, partial, tok, eot_id, vocab, dtype, state, tok_path, seed, val_fraction)
+        except BaseException as e:
+            shutil.rmtree(partial, ignore_errors=True)
+            os_error = disk_error(e) if isinstance(e, Exception) else None
+            if os_error is None:
+                raise
+            raise write_error(partial, os_error, intact=f"the partial output was removed, nothing in {out.parent} "
+                              "changed", fix="free some space and run superpose prepare again",
+                              label=f"the data directory {out}") from None
+        finally:
+            _lock_path(out).unlink(missing_ok=True)
+    return _finish(out, splits, t0, log)
+
+
+def _import(arr, partial, tok_path, tokens, eot_id, vocab, dtype, val_fraction, seed) -> dict:
+    train = ShardWriter(partial, "train", dtype, PREPARE_SHARD_TOKENS)
+    from .tokenizer import token_byte_lengths
+
+    byte_len = token_byte_lengths(load_tokenizer_file(tok_path), vocab)  # (V,) UTF-8 bytes per id
+    starts, val_docs, held_tokens, doc, n, n_bytes = [], [], 0, 0, len(arr), 0
+    carry = np.zeros(0, dtype=np.int64)  # the unfinished document at the end of the last chunk
+    for lo in range(0, n, IMPORT_CHUNK):
+        chunk = np.concatenate([carry, np.asarray(arr[lo:lo + IMPORT_CHUNK], dtype=np.int64)])
+        top = int(chunk.max()) if len(chunk) else 0
+        if top >= vocab or (len(chunk) and int(chunk.min()) < 0):
+            raise UserError(f"{tokens} has token id {top} outside the tokenizer's {vocab} tokens; pass the tokenizer "
+                            "that made it (and --token-dtype if it is uint32)")
+        ends = np.flatnonzero(chunk == eot_id) + 1  # each document ends with its end-of-text token
+        if lo + IMPORT_CHUNK >= n and (not len(ends) or ends[-1] != len(chunk)):
+            ends = np.append(ends, len(chunk))  # the last document may lack its end-of-text
+        begin = 0
+        for end in ends:
+            piece = chunk[begin:end]
+            # The first document is always held out, so the split is never empty.
+            if doc == 0 or (_hash_unit(seed, 0, doc) < val_fraction and held_tokens < VAL_MAX_BYTES // 4):
+                val_docs.append(piece.copy())
+                held_tokens += len(piece)
+            else:
+                starts.append(train.total)
+                train.write(piece)
+                n_bytes += int(byte_len[piece].sum())
+            begin, doc = end, doc + 1
+        carry = chunk[begin:]
+    if doc < 2:
+        raise UserError(f"{tokens} holds {doc} document(s) (end-of-text id {eot_id} occurs {max(doc - 1, 0)} times); "
+                        "pass --eot-token naming the token that separates its documents")
+    return {"train": train, "starts": starts, "val": val_docs, "documents": doc, "bytes": n_bytes}
+
+
+def _write_tokens_out(out, partial, tok, eot_id, vocab, dtype, state, tok_path, seed, val_fraction) -> dict:
+    train: ShardWriter = state["train"]
+    shards = [p.name for p in train.close()]
+    val = state["val"]
+    if not val or not train.total:
+        raise UserError("cannot split the token file into train and validation documents; use a larger "
+                        "--val-fraction or a longer file")
+    random.Random(f"{seed}:val").shuffle(val)
+    val_writer = ShardWriter(partial, "val", dtype)
+    for piece in val:
+        val_writer.write(piece)
+    val_shards = [p.name for p in val_writer.close()]
+    np.save(partial / "train.docs.npy", np.asarray(state["starts"], dtype=np.int64))
+    splits = {"train": {"shards": shards, "documents": len(state["starts"]), "tokens": train.total,
+                        "bytes": state["bytes"]},
+              "val": {"shards": val_shards, "documents": len(val), "tokens": val_writer.total, "bytes": 0}}
+    meta = {"format_version": DATA_FORMAT_VERSION, "vocab_size": vocab, "eot_id": eot_id,
+            "eot_token": tok.id_to_token(eot_id), "prefix_ids": [], "token_bytes": dtype.itemsize,
+            "tokenizer": str(tok_path), "seed": seed, "val_fraction": val_fraction, "splits": splits,
+            "sources": [{"name": "imported tokens", "license": "user-provided", "credit": "pre-tokenized",
+                         "documents": state["documents"]}]}
+    (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for f in partial.iterdir():
+        fsync_path(f)
+    fsync_path(partial)
+    if out.exists():
+        out.rmdir()
+    os.replace(partial, out)
+    fsync_path(out.parent)
     return splits
 
 

@@ -40,10 +40,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
 class ShardWriter:
     """Append tokens to `{prefix}-NNNNN.bin` shards of at most `shard_tokens` tokens each."""
 
-    def __init__(self, directory: Path, prefix: str, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS):
+    def __init__(self, directory: Path, prefix: str, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS,
+                 first_index: int = 0, total: int = 0):
+        """first_index, total: continue after `first_index` finished shards holding `total` tokens
+        (an interrupted prepare resumed); their paths are listed as if written here."""
         self.directory, self.prefix, self.dtype, self.shard_tokens = directory, prefix, dtype, shard_tokens
-        self.paths: list[Path] = []
-        self.total = 0
+        self.paths: list[Path] = [directory / f"{prefix}-{i:05d}.bin" for i in range(first_index)]
+        self.total = total
         self._file = None
         self._count = 0
 
@@ -61,8 +64,17 @@ class ShardWriter:
         self._file.close()
         self._file = None
 
-    def write(self, tokens: np.ndarray) -> None:
+    def write(self, tokens: np.ndarray, keep_open: bool = False) -> None:
+        """Append tokens. keep_open=True writes them all into the current shard, however full
+        (shards then end only where `end_shard` is called: at document boundaries)."""
         tokens = tokens.astype(self.dtype, copy=False)
+        if keep_open:
+            if self._file is None:
+                self._open()
+            self._file.write(tokens.tobytes())
+            self._count += len(tokens)
+            self.total += len(tokens)
+            return
         while len(tokens):
             if self._file is None:
                 self._open()
@@ -73,6 +85,13 @@ class ShardWriter:
             tokens = tokens[take:]
             if self._count == self.shard_tokens:
                 self._close()
+
+    def full(self) -> bool:
+        return self._count >= self.shard_tokens
+
+    def end_shard(self) -> None:
+        if self._file is not None:
+            self._close()
 
     def close(self) -> list[Path]:
         if self._file is not None:

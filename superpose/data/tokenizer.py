@@ -15,8 +15,9 @@ EOT = "<|endoftext|>"
 EOT_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>")
 
 
-def train_tokenizer(docs: list[str], vocab_size: int):
-    """A byte-level BPE (GPT-2 style) with one special token, <|endoftext|>."""
+def train_tokenizer(docs, vocab_size: int):
+    """A byte-level BPE (GPT-2 style) with one special token, <|endoftext|>, learnt from `docs`
+    (a list, or any iterable of strings: it is read once, in a stream)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -24,8 +25,35 @@ def train_tokenizer(docs: list[str], vocab_size: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    tok.train_from_iterator(docs, trainer=trainer, length=len(docs) if isinstance(docs, list) else None)
     return tok
+
+
+def resolve_tokenizer(path: Path) -> Path:
+    """A tokenizer.json, or a folder holding one (as Hugging Face ships tokenizers)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "tokenizer.json").is_file():
+            raise UserError(f"{path} is a folder without tokenizer.json; pass a `tokenizers` tokenizer.json or a folder "
+                            "saved with save_pretrained (a fast tokenizer)")
+        return path / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"tokenizer {path} does not exist; pass a tokenizer.json or a folder holding one")
+    return path
+
+
+def template_prefix(tok) -> list[int]:
+    """The special tokens the tokenizer's post-processor puts before a text (a Llama-style
+    template's BOS; none for superpose's own BPE). Training data carries them at the start of
+    every document and generation and evaluation put them before a prompt, so the model sees at
+    inference exactly what it trained on, also through the exported tokenizer."""
+    probe = "a"
+    plain = tok.encode(probe, add_special_tokens=False).ids
+    full = tok.encode(probe, add_special_tokens=True).ids
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start]
+    return []
 
 
 def load_tokenizer_file(path: Path, fix: str = "pass a tokenizers tokenizer.json"):
@@ -52,14 +80,20 @@ def same_tokenizer(a: Path, b: Path) -> bool:
     return load_tokenizer_file(a).get_vocab() == load_tokenizer_file(b).get_vocab()
 
 
-def find_eot(tok) -> int:
-    """The id of the end-of-text token the data puts after every document."""
-    for name in EOT_CANDIDATES:
+def find_eot(tok, name: str | None = None) -> int:
+    """The id of the end-of-text token the data puts after every document: `name` when given,
+    else the first of EOT_CANDIDATES the tokenizer has."""
+    if name is not None:
         idx = tok.token_to_id(name)
+        if idx is None:
+            raise UserError(f"the tokenizer has no token {name!r}; pass --eot-token with one of its special tokens")
+        return idx
+    for candidate in EOT_CANDIDATES:
+        idx = tok.token_to_id(candidate)
         if idx is not None:
             return idx
     raise UserError(f"the tokenizer has no end-of-text token (looked for {', '.join(EOT_CANDIDATES)}); "
-                    "add one as a special token")
+                    "name its end-of-document token with --eot-token")
 
 
 def token_byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:

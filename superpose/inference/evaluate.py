@@ -169,7 +169,8 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
         if unknown:
             raise UserError(f"unknown task {unknown[0]!r}: give a task yaml file, one of {', '.join(LOCAL_TASKS)}, or "
                             f"an lm-eval task name ({HUB_TASKS_HINT}, ...)")
-        lm = SuperposeLM(load_model(src, device), load_tokenizer(src), max_length=src.seq_len, batch_size=batch_size)
+        lm = SuperposeLM(load_model(src, device), load_tokenizer(src), max_length=src.seq_len, batch_size=batch_size,
+                         src=src)
         quiet = logging.getLogger("lm_eval")  # its per-task INFO and advice lines would drown the result
         level = quiet.level
         quiet.setLevel(logging.ERROR)

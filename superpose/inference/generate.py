@@ -95,7 +95,7 @@ def generate(path: Path | str, prompt: str, max_new_tokens: int = 200, temperatu
     """Sample a continuation of `prompt` from a run directory or checkpoint, streaming it to `out`
     (stdout by default), after the prompt itself with echo_prompt (the CLI). Returns the generated
     text (without the prompt). Arguments and files are checked before anything is written."""
-    from .load import eot_id, load_model, load_tokenizer, locate
+    from .load import load_model, load_tokenizer, locate, special_tokens
 
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
@@ -109,8 +109,10 @@ def generate(path: Path | str, prompt: str, max_new_tokens: int = 200, temperatu
     if src.is_phase1:
         log(f"note: {src.name} is a phase-1 (superposition) checkpoint: it predicts bags, not next tokens, so "
             "its samples are not meaningful text")
-    eot = eot_id(tokenizer)
-    prompt_ids = [eot, *tokenizer.encode(prompt, add_special_tokens=False).ids]
+    special = special_tokens(tokenizer, src)
+    eot = special["eot_id"]
+    # As a document starts in the training data: after an end-of-text, the tokenizer's own prefix (BOS) first.
+    prompt_ids = [eot, *special["prefix_ids"], *tokenizer.encode(prompt, add_special_tokens=False).ids]
     context = src.seq_len
     if max_new_tokens >= context:
         raise UserError(f"--max-new-tokens {max_new_tokens} does not fit the model's context of {context} "

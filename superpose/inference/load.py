@@ -208,8 +208,29 @@ def load_tokenizer(path: Path | str | ModelFiles):
     return load_tokenizer_file(p, fix="replace it with the data directory's tokenizer.json")
 
 
-def eot_id(tokenizer) -> int:
+def eot_id(tokenizer, src: ModelFiles | None = None) -> int:
     """The end-of-text id: the separator the training data put after every document."""
-    from ..data.tokenizer import find_eot
+    return special_tokens(tokenizer, src)["eot_id"]
 
-    return find_eot(tokenizer)
+
+SPECIAL_TOKENS = "special_tokens.json"
+
+
+def special_tokens(tokenizer, src: ModelFiles | None = None) -> dict:
+    """{"eot_id", "prefix_ids"}: the end-of-document token and the special tokens before each
+    document (a BOS template's) that the model trained with, as the data directory recorded them
+    (RUN_DIR/special_tokens.json, or the data's meta.json, next to the tokenizer used); without a
+    record, what the tokenizer itself says (`find_eot`, `template_prefix`)."""
+    from ..data.tokenizer import find_eot, template_prefix
+
+    if src is not None:
+        try:
+            folder = tokenizer_path(src).parent
+        except UserError:
+            folder = None
+        for name in (SPECIAL_TOKENS, "meta.json"):
+            if folder is not None and (folder / name).is_file():
+                d = _read_json(folder / name, "the special-token record")
+                if "eot_id" in d:
+                    return {"eot_id": int(d["eot_id"]), "prefix_ids": [int(i) for i in d.get("prefix_ids", [])]}
+    return {"eot_id": find_eot(tokenizer), "prefix_ids": template_prefix(tokenizer)}

@@ -172,7 +172,7 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
         raise UserError(f"{out} already exists and is not an empty directory; choose another --hf folder")
     tok_file = tokenizer_path(src)
     tokenizer = load_tokenizer(src)
-    eot = eot_id(tokenizer)
+    eot = eot_id(tokenizer, src)
     eot_token = tokenizer.id_to_token(eot)
     model = load_model(src)
     cfg = model.config

@@ -19,15 +19,16 @@ from lm_eval.api.model import LM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from ..inference.generate import generate_ids
-from ..inference.load import eot_id
+from ..inference.load import special_tokens
 
 
 class SuperposeLM(LM):
-    def __init__(self, model, tokenizer, max_length: int, batch_size: int = 16):
+    def __init__(self, model, tokenizer, max_length: int, batch_size: int = 16, src=None):
         super().__init__()
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_length, self.batch_size = max_length, batch_size
-        self.eot = eot_id(tokenizer)
+        special = special_tokens(tokenizer, src)  # src: the located model, whose data recorded them
+        self.eot, self.prefix = special["eot_id"], special["prefix_ids"]
         self._device = next(model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
@@ -38,7 +39,8 @@ class SuperposeLM(LM):
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         whole, ctx = self.encode(context + continuation), self.encode(context)
-        return (ctx or [self.eot]), whole[len(ctx):]
+        # A context starts as a document did in training: with the tokenizer's prefix (BOS), if any.
+        return ((self.prefix + ctx) or [self.eot]), whole[len(ctx):]
 
     @torch.no_grad()
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
