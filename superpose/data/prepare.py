@@ -108,9 +108,9 @@ def split_stream(src: corpus.Source, k: int, val_fraction: float, seed: int,
 def encode_docs(tok, docs: list[str], eot_id: int, prefix: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """-> (tokens (N,) int64, document lengths (len(docs),)): each document as the tokenizer's
     prefix special tokens (BOS for a Llama-style template; none for ours), its text, end-of-text."""
-    encs = tok.encode_batch_fast(docs, add_special_tokens=False)
-    lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-    flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=np.int64, count=int(lens.sum()))
+    ids = [e.ids for e in tok.encode_batch_fast(docs, add_special_tokens=False)]  # each .ids builds a list: once
+    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
     ends = np.cumsum(lens)
     flat = np.insert(flat, ends, eot_id)  # eot after each document
     if prefix:
