@@ -531,3 +531,11 @@ def test_bag_size_or_ratio_beside_a_curriculum_is_said_to_be_ignored(tiny_data):
     warnings = ignored_settings(cfg, ["--tst.schedule=4:0.5", "--tst.bag_size=8", "--tst.ratio", "0.2"])
     assert len(warnings) == 2 and all("tst.schedule='4:0.5' sets the bag sizes" in w for w in warnings)
     assert ignored_settings(config(tiny_data), ["--tst.bag_size=8"]) == []
+
+
+def test_sweep_refuses_a_curriculum_it_would_ignore(tiny_data, tmp_path):
+    from superpose.errors import UserError
+    from superpose.experiments.sweep import sweep
+
+    with pytest.raises(UserError, match="tst.schedule"):
+        sweep(config(tiny_data, tst__schedule="4:0.5"), tmp_path / "s", [2], [0.5], [0], log=quiet)

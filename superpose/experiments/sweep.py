@@ -39,6 +39,9 @@ def run_cell(cfg: Config, cell_dir: Path, log: Callable[[str], None]) -> dict:
 
 def sweep(cfg: Config, out: Path, bag_sizes: list[int], ratios: list[float], seeds: list[int],
           command: str = "", log: Callable[[str], None] = print) -> dict:
+    if cfg.tst.schedule:
+        raise UserError(f"sweep varies tst.bag_size and tst.ratio, which tst.schedule={cfg.tst.schedule!r} replaces; "
+                        "drop --tst.schedule (compare a curriculum with superpose compare)")
     if any(s < 2 for s in bag_sizes) or any(not 0 < r <= 1 for r in ratios):
         raise UserError("sweep needs --bag-sizes >= 2 and --ratios in (0, 1]; the baseline (r = 0) is always run")
     # One writer per sweep directory (an OS lock, dropped by the kernel if we die).
