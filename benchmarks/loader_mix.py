@@ -35,7 +35,8 @@ def phase_shares(metrics: Path) -> dict[int, dict]:
     recs = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["type"] == "train"]
     out = {}
     for phase in sorted({r["phase"] for r in recs}):
-        mine = [r for r in recs if r["phase"] == phase][1:]  # the phase's first step is a warm-up
+        mine = [r for r in recs if r["phase"] == phase]
+        mine = mine[1:] if len(mine) > 1 else mine  # the phase's first step is a warm-up
         step, data = [r["step_time_s"] for r in mine], [r["data_time_s"] for r in mine]
         out[phase] = {"steps": len(mine), "bag_size": mine[0]["bag_size"], "step_s": statistics.median(step),
                       "data_s": statistics.median(data), "share": sum(data) / sum(step)}

@@ -9,6 +9,7 @@ Run: .venv/bin/pytest tests/test_mixture.py
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from conftest import make_documents, tiny_config
 from test_distributed import finish, max_rel, torchrun
 
 STEPS = 12  # r = 0.5: the switch at step 6
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def quiet(msg):
@@ -267,3 +269,15 @@ def test_ddp_over_two_processes_trains_the_single_process_model(sources, tmp_pat
     assert max_rel([r["loss"] for r in want], [r["loss"] for r in got]) < 1e-5
     assert [r["source_epochs"] for r in got] == [r["source_epochs"] for r in want]
     assert out.count("data: a mixture") == 1
+
+
+def test_the_benchmark_runs_on_a_tiny_shape(tmp_path):
+    """benchmarks/loader_mix.py on its default (two synthetic directories), tiny; no timings checked."""
+    tiny = ["model.dim=32", "model.n_layers=1", "model.n_heads=2", "train.batch_size=2", "data.seq_len=16",
+            "data.val_tokens=64", "train.threads=1"]
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "loader_mix.py"), "--steps", "6", "--set",
+                          *tiny], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "SUPERPOSE_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("phase 1 (s=4") == 2 and out.stdout.count("phase 2 (s=1") == 2, out.stdout
+    assert "mixture: data time at most" in out.stdout
