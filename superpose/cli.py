@@ -136,7 +136,8 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     cfg = resolve(args.preset, overrides)
     _warn_ignored(cfg, overrides)
     ds = resolve_data(cfg, _log)
-    cfg.data.path = str(ds.path)
+    if not cfg.data.mix:  # the default corpus, once prepared, by its path (a mixture names its directories)
+        cfg.data.path = str(ds.path)
     cfg = resolve_vocab(cfg, ds)
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")

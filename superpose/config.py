@@ -19,6 +19,7 @@ from .core.model import ModelConfig
 from .core.schedule import DECAY_SHAPES
 from .core.schedule import MODES, parse_stages
 from .core.superposition import LOSSES, WEIGHT_SCHEMES
+from .data.mixture import parse_mix
 from .errors import UserError
 
 
@@ -27,6 +28,11 @@ class DataConfig:
     path: str = ""
     """A prepared data directory (`superpose prepare`); empty means the default corpus, prepared
     on first use into $SUPERPOSE_CACHE (default ~/.cache/superpose)."""
+    mix: str = ""
+    """A weighted mixture of prepared data directories instead of data.path: "DIR_A=0.5,DIR_B=0.5"
+    (weights > 0, normalised to sum 1; at least 2 directories, all with one tokenizer). Each row
+    of training comes from one directory, drawn by weight; validation takes each directory's
+    share of data.val_tokens from its held-out split (superpose/data/mixture.py)."""
     vocab_size: int = 4096
     """Only for the default corpus (path empty): the size of the BPE tokenizer it is prepared with
     on first use. A prepared data directory brings its own tokenizer and ignores this; the
@@ -205,6 +211,15 @@ class Config:
         need(d.seq_len >= 1, f"data.seq_len: must be >= 1, got {d.seq_len}")
         need(d.val_tokens >= d.seq_len, f"data.val_tokens: must be >= data.seq_len ({d.seq_len}), got {d.val_tokens}")
         need(d.vocab_size >= 257, f"data.vocab_size: must be >= 257 (256 bytes + end-of-text), got {d.vocab_size}")
+        if d.mix:
+            try:
+                parse_mix(d.mix)
+            except ValueError as e:
+                out.append(f"data.mix: {e}; write it as DIR=WEIGHT,DIR=WEIGHT,... e.g. data/a=0.5,data/b=0.5")
+            need(not d.path, "data.path: a run reads one data directory (data.path) or a mixture (data.mix), not both; "
+                 "drop --data.path (data.mix names every directory) or --data.mix")
+            need(t.weights != "mi", "tst.weights=mi weighs the bags by one data directory's mutual information, and "
+                 "data.mix mixes several; use another tst.weights, or data.path")
         need(t.bag_size >= 1, f"tst.bag_size: must be an integer >= 1 (1 disables TST), got {t.bag_size}")
         need(0.0 <= t.ratio <= 1.0, f"tst.ratio: must be in [0, 1] (0 disables TST), got {t.ratio}")
         need(t.weights in WEIGHT_SCHEMES, f"tst.weights: must be one of {', '.join(WEIGHT_SCHEMES)}, got {t.weights!r}")
@@ -363,20 +378,22 @@ def resolve(preset_name: str, overrides: list[str]) -> Config:
 def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
     """Warnings for overrides the run will not use (torchtitan's rule: say when a setting is
     silently ignored). data.vocab_size sizes only the default corpus's tokenizer: beside
-    data.path, whose data brings its own, a value other than that tokenizer's size is ignored."""
+    data.path or data.mix, whose data brings its own, a value other than that tokenizer's size
+    is ignored."""
     given = dict(parse_overrides(overrides))
     out = [f"warning: --{key} is ignored: tst.schedule={cfg.tst.schedule!r} sets the bag sizes and their share of "
            "the steps; drop it" for key in ("tst.bag_size", "tst.ratio") if key in given and cfg.tst.schedule]
-    if "data.vocab_size" not in given or not cfg.data.path:
+    own = cfg.data.path or (parse_mix(cfg.data.mix)[0][0] if cfg.data.mix else "")  # a mixture: its tokenizer's
+    if "data.vocab_size" not in given or not own:
         return out
     try:
-        theirs = json.loads((Path(cfg.data.path) / "meta.json").read_text())["vocab_size"]
+        theirs = json.loads((Path(own) / "meta.json").read_text())["vocab_size"]
     except (OSError, ValueError, KeyError, TypeError):
         theirs = None  # an unreadable data directory is reported when it is opened
     if theirs == cfg.data.vocab_size:
         return out
     return out + [f"warning: --data.vocab_size={cfg.data.vocab_size} is ignored: it sizes only the default corpus's "
-            f"tokenizer, and the data in {cfg.data.path} brings its own ({theirs} tokens); drop it, pad the model "
+            f"tokenizer, and the data in {own} brings its own ({theirs} tokens); drop it, pad the model "
             "with --model.vocab_size, or prepare the data with superpose prepare --vocab-size N"]
 
 
@@ -385,7 +402,8 @@ def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
 # other field is fixed by the checkpoint. parallel.mode and the number of processes (which is not
 # in the config) change only the order of floating-point sums: same update to float tolerance.
 # So do the execution choices train.compile, train.attention and optim.fused (kernels, not math);
-# train.keep_freed_memory changes nothing but speed.
+# train.keep_freed_memory changes nothing but speed. data.path may move with its data; data.mix
+# may not change at all: its weights decide which source every later row comes from.
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_every", "train.log_every",
                      "train.on_nan", "checkpoint.every", "checkpoint.every_minutes", "checkpoint.keep", "parallel.mode",
                      "parallel.timeout_s",

@@ -10,10 +10,15 @@ and the position carries across the phase switch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..errors import UserError
 from .shards import Dataset, TokenStream
+
+if TYPE_CHECKING:
+    from .mixture import Mixture
 
 MAX_PIECE = 1 << 16  # longest run of one document kept contiguous by the shuffle
 
@@ -86,7 +91,7 @@ class TrainLoader:
             if picked.start <= r < picked.stop:
                 rows[r - picked.start] = self._read(self.position, row_tokens + 1)
             self.position += row_tokens
-        top = int(rows.max())
+        top = int(rows.max()) if rows.size else -1  # a mixture's rank may read none of a source's rows
         if top >= self.vocab_size:
             raise UserError(f"token id {top} in the train split is outside the model's vocabulary "
                             f"({self.vocab_size}); the data and tokenizer do not match: re-run superpose prepare "
@@ -106,9 +111,12 @@ class TrainLoader:
         self._order_epoch = -1
 
 
-def val_windows(ds: Dataset, seq_len: int, val_tokens: int) -> np.ndarray:
+def val_windows(ds: Dataset | Mixture, seq_len: int, val_tokens: int) -> np.ndarray:
     """The fixed evaluation set: (N, seq_len + 1) consecutive windows from the start of the
-    held-out split, stride seq_len, covering min(val_tokens, what the split has) targets."""
+    held-out split, stride seq_len, covering min(val_tokens, what the split has) targets.
+    A `mixture.Mixture` takes its windows from every source in proportion to the weights."""
+    if not isinstance(ds, Dataset):
+        return ds.val_windows(seq_len, val_tokens)
     n = min(val_tokens, ds.val.num_tokens - 1) // seq_len
     if n < 1:
         raise UserError(f"the validation split has {ds.val.num_tokens} tokens, fewer than one row of "

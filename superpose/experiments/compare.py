@@ -29,10 +29,9 @@ from typing import Callable
 
 from ..config import Config
 from ..core.schedule import Schedule
-from ..data import open_dataset
 from ..errors import UserError
 from ..files import copy_file, lock_dir
-from ..training import Trainer, build_trainer
+from ..training import Trainer, build_trainer, resolve_data
 from ..training.metrics import environment
 from .stats import clear_of_noise, crossover, iso_loss, speedup_text, stats  # noqa: F401 (also imported from here)
 
@@ -83,7 +82,7 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
     s, r, decay = cfg.tst.bag_size, cfg.tst.ratio, cfg.optim.decay_frac
     needs = {T: baseline_lengths(T, factors, decay, cfg.optim.warmup_steps) for T in steps_list}
     lengths = sorted(set().union(*needs.values()))
-    ds = open_dataset(cfg.data.path)
+    ds = resolve_data(cfg)  # a data directory or a mixture (data.mix)
     quiet = lambda m: None  # noqa: E731 - the arms' own lines would interleave unreadably
     one = len(steps_list) == 1
     tsts = {T: build_trainer(_arm_config(cfg, seed, T, s, r), out / ("tst" if one else f"tst-{T}"), ds,

@@ -214,7 +214,8 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
         "",
         f"- model: d={m['dim']}, {m['n_layers']} layers, {m['n_heads']} heads ({m['n_kv_heads']} kv), "
         f"FFN {m['ffn_dim']}, vocab {m['vocab_size']}, tied={m['tie_embeddings']}",
-        f"- data: {d['path'] or 'default corpus'}, L={d['seq_len']}, {d['val_tokens']} validation tokens",
+        f"- data: {d['path'] or d.get('mix') or 'default corpus'}, L={d['seq_len']}, "
+        f"{d['val_tokens']} validation tokens",
         f"- train: {tr['steps']} steps of {tr['batch_size']} rows, AdamW lr {o['lr']} (betas {o['beta1']}, "
         f"{o['beta2']}, wd {o['weight_decay']}), WSD warmup {o['warmup_steps']}, last {o['decay_frac']:.0%} "
         f"decayed ({o['decay_shape']}), dtype {tr['dtype']}",

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Config
-from ..data import open_dataset
 from ..errors import UserError
 from ..files import lock_dir
-from ..training import build_trainer
+from ..training import build_trainer, resolve_data
 from ..training.metrics import environment
 from .stats import stats
 
@@ -33,7 +32,7 @@ def run_cell(cfg: Config, cell_dir: Path, log: Callable[[str], None]) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     shutil.rmtree(cell_dir, ignore_errors=True)  # cut short last time: run it again from the start
-    build_trainer(cfg, cell_dir, open_dataset(cfg.data.path), log=lambda m: None).train(progress=False)
+    build_trainer(cfg, cell_dir, resolve_data(cfg), log=lambda m: None).train(progress=False)
     return json.loads(done.read_text())
 
 

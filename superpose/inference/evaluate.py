@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Dataset, open_dataset, token_byte_lengths, val_windows
+from ..data import Dataset, Mixture, open_dataset, open_mixture, token_byte_lengths, val_windows
 from ..data.tokenizer import load_tokenizer_file, same_tokenizer
 from ..errors import UserError
 
@@ -73,20 +73,24 @@ def next_token_eval(forward: Callable[[Tensor], Tensor], windows: Tensor, batch_
     return out
 
 
-def open_eval_data(src, data: Path | str | None) -> Dataset:
-    """The data directory to evaluate on: `data`, else the run's own; its tokenizer must be the model's."""
+def open_eval_data(src, data: Path | str | None) -> Dataset | Mixture:
+    """The data directory to evaluate on: `data`, else the run's own (a run on data.mix: its
+    mixture, each source's share of the windows); its tokenizer must be the model's."""
     from .load import tokenizer_path
 
-    if data is None:
-        if src.data_path is None:
+    mix = src.config.get("data", {}).get("mix") if data is None else ""
+    if mix:
+        ds = open_mixture(mix)  # a source gone is one line from open_dataset
+    else:
+        if data is None and src.data_path is None:
             raise UserError(f"{src.path} does not record its data directory (no config.json); pass --data DATA_DIR")
-        if not src.data_path.is_dir():
+        if data is None and not src.data_path.is_dir():
             default = not src.config.get("data", {}).get("path")
             what = "the default corpus the run trained on is not prepared in" if default else \
                 "the run's data directory is gone:"
             raise UserError(f"{what} {src.data_path}; pass --data DATA_DIR (prepared with the same tokenizer)"
                             + (" or set SUPERPOSE_CACHE to the cache the run used" if default else ""))
-    ds = open_dataset(Path(data) if data is not None else src.data_path)
+        ds = open_dataset(Path(data) if data is not None else src.data_path)
     model_tok = tokenizer_path(src)
     if not same_tokenizer(ds.tokenizer_path, model_tok):
         raise UserError(f"{ds.path} was tokenized with another tokenizer than the model's ({model_tok}); prepare "
@@ -121,7 +125,8 @@ def evaluate_loss(path: Path | str, data: Path | str | None = None, val_tokens: 
     tokenizer = load_tokenizer_file(ds.tokenizer_path)
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, src.model_config.vocab_size))  # (V,)
     out = next_token_eval(model, windows, batch_size, device, token_bytes, context)
-    return {"model": str(src.path), "step": src.step, "data": str(ds.path), "seq_len": src.seq_len,
+    return {"model": str(src.path), "step": src.step, "data": ds.spec if isinstance(ds, Mixture) else str(ds.path),
+            "seq_len": src.seq_len,
             "val_loss": out["val_loss"], "val_ppl": math.exp(out["val_loss"]), "val_bpb": out["val_bpb"],
             "val_tokens": out["val_tokens"], "val_bytes": out["val_bytes"]}
 

@@ -79,9 +79,11 @@ class ModelFiles:
 
 
 def _data_dir(config: dict) -> Path | None:
-    """The data directory a run trained on: data.path, or for a run on the default corpus (empty
-    data.path) the default corpus in $SUPERPOSE_CACHE at the run's data.vocab_size. None when
-    the run config is unknown."""
+    """The data directory a run trained on: data.path; for a run on a mixture (data.mix) its first
+    directory, whose tokenizer the run took; for a run on the default corpus (both empty) the
+    default corpus in $SUPERPOSE_CACHE at the run's data.vocab_size. None when the run config is
+    unknown."""
+    from ..data.mixture import parse_mix
     from ..data.prepare import default_data_dir
 
     data = config.get("data") if isinstance(config, dict) else None
@@ -89,6 +91,8 @@ def _data_dir(config: dict) -> Path | None:
         return None
     if data.get("path"):
         return Path(data["path"])
+    if data.get("mix"):
+        return Path(parse_mix(data["mix"])[0][0])
     return default_data_dir(int(data.get("vocab_size") or 4096))
 
 

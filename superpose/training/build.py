@@ -21,7 +21,9 @@ import torch
 from ..config import Config
 from ..core.model import build_model, empty_model
 from ..core.schedule import Schedule
-from ..data import Dataset, TrainLoader, open_dataset, token_byte_lengths, val_windows
+from ..data import (Dataset, Mixture, MixtureLoader, TrainLoader, open_dataset, open_mixture, token_byte_lengths,
+                    val_windows)
+from ..data.mixture import absolute_mix
 from ..data.tokenizer import load_tokenizer_file
 from .. import files
 from ..errors import UserError
@@ -41,12 +43,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_data(cfg: Config, log: Callable[[str], None] = print, par: distributed.Parallel | None = None) -> Dataset:
-    """The run's data directory, preparing the default corpus on first use when data.path is empty.
-    Under torchrun rank 0 of each machine goes first while the others wait, so no two processes
-    build the corpus at once."""
+def resolve_data(cfg: Config, log: Callable[[str], None] = print,
+                 par: distributed.Parallel | None = None) -> Dataset | Mixture:
+    """The run's data: the mixture of data.mix, or data.path's directory, or the default corpus
+    (prepared on first use when both are empty). Under torchrun rank 0 of each machine goes first
+    while the others wait, so no two processes build the corpus at once."""
     from ..data.prepare import ensure_default_corpus
 
+    if cfg.data.mix:  # prepared directories only: nothing to build, nothing to wait for
+        return open_mixture(cfg.data.mix)
     waits = par is not None and par.distributed and par.local_rank != 0
     if waits:
         par.barrier()
@@ -56,7 +61,7 @@ def resolve_data(cfg: Config, log: Callable[[str], None] = print, par: distribut
     return ds
 
 
-def resolve_vocab(cfg: Config, dataset: Dataset) -> Config:
+def resolve_vocab(cfg: Config, dataset: Dataset | Mixture) -> Config:
     """A copy of `cfg` whose model.vocab_size 0 ("from the data") is the tokenizer's size."""
     if 0 < cfg.model.vocab_size < dataset.vocab_size:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
@@ -65,15 +70,17 @@ def resolve_vocab(cfg: Config, dataset: Dataset) -> Config:
     cfg.model.vocab_size = cfg.model.vocab_size or dataset.vocab_size
     if cfg.data.path:  # stored absolute, so the run resumes and evaluates from any working directory
         cfg.data.path = str(Path(cfg.data.path).absolute())
+    if cfg.data.mix:
+        cfg.data.mix = absolute_mix(cfg.data.mix)
     return cfg
 
 
-def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | None = None, log: Callable[[str], None] = print, *,
-                  par: distributed.Parallel | None = None, init_from_hf: Path | None = None,
-                  state: dict | None = None) -> Trainer:
+def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None = None,
+                  log: Callable[[str], None] = print, *, par: distributed.Parallel | None = None,
+                  init_from_hf: Path | None = None, state: dict | None = None) -> Trainer:
     """Everything a run needs, built once.
 
-    dataset: the opened data directory (resolved from cfg.data when None).
+    dataset: the opened data directory or mixture (resolved from cfg.data when None).
     par: the process group the caller joined (`run_training`); None joins it here.
     init_from_hf: a Hugging Face Llama folder whose weights start the run (cfg.model must be its
     architecture: see `interop.hf_llama.config_from_hf`).
@@ -130,10 +137,14 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | None = None, lo
     # optimizer is built after it).
     fwd = distributed.wrap(model, par, loss_fn, cfg.parallel.mixed_precision) if par.distributed else None
     tokenizer = load_tokenizer_file(dataset.tokenizer_path)
+    if isinstance(dataset, Mixture):  # each row from one source, drawn by weight
+        loader = MixtureLoader(dataset, seed=tr.seed, vocab_size=cfg.model.vocab_size)
+    else:
+        loader = TrainLoader(dataset.train, dataset.train_docs, seed=tr.seed, vocab_size=cfg.model.vocab_size)
     trainer = Trainer(
         cfg=cfg, run_dir=Path(run_dir), dataset=dataset, log=log, par=par, model=model,
         optimizer=configure_optimizer(model, cfg), schedule=Schedule.for_run(cfg),
-        loader=TrainLoader(dataset.train, dataset.train_docs, seed=tr.seed, vocab_size=cfg.model.vocab_size),
+        loader=loader,
         loss_fn=loss_fn, loss_chunk_rows=chunk_rows, fwd=fwd,
         val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens)),  # (N, L + 1)
         token_bytes=torch.from_numpy(token_byte_lengths(tokenizer, cfg.model.vocab_size)))  # (V,)

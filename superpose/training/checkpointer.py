@@ -20,7 +20,8 @@ import torch
 
 from ..config import RESUME_MAY_CHANGE, Config, differences
 from ..core.model import empty_model
-from ..data import Dataset
+from ..data import Dataset, Mixture
+from ..data.mixture import absolute_mix
 from ..errors import UserError
 from .. import files
 from ..files import WriteError, disk_error, file_record, fsync_path, sha256_file, write_error, write_file
@@ -39,13 +40,20 @@ if TYPE_CHECKING:
 # the loader position, the RNG states), plus what makes the directory explain itself (phase,
 # schedule, data fingerprint, config). What comes out: the same, through `Trainer.load_progress`.
 
-def data_fingerprint(ds: Dataset) -> dict:
-    """What a resumed run checks its data against: the vocabulary and the train split."""
+def data_fingerprint(ds: Dataset | Mixture) -> dict:
+    """What a resumed run checks its data against: the vocabulary and the train split; for a
+    mixture every source's split and weight (in "sources"), the token counts summed over them."""
+    if not isinstance(ds, Mixture):
+        return {"vocab_size": ds.vocab_size, "tokenizer_sha256": sha256_file(ds.tokenizer_path),
+                "train_tokens": ds.train.num_tokens, "val_tokens": ds.val.num_tokens}
+    sources = [{"weight": float(w), "train_tokens": s.train.num_tokens, "val_tokens": s.val.num_tokens}
+               for s, w in zip(ds.sources, ds.weights)]
     return {"vocab_size": ds.vocab_size, "tokenizer_sha256": sha256_file(ds.tokenizer_path),
-            "train_tokens": ds.train.num_tokens, "val_tokens": ds.val.num_tokens}
+            "train_tokens": sum(s["train_tokens"] for s in sources),
+            "val_tokens": sum(s["val_tokens"] for s in sources), "sources": sources}
 
 
-def check_compatible(meta: dict, meta_path: Path, cfg: Config, ds: Dataset) -> None:
+def check_compatible(meta: dict, meta_path: Path, cfg: Config, ds: Dataset | Mixture) -> None:
     """Refuse a checkpoint that does not belong to this run: another model shape, another
     vocabulary or data, or any config field outside RESUME_MAY_CHANGE changed."""
     try:
@@ -53,15 +61,23 @@ def check_compatible(meta: dict, meta_path: Path, cfg: Config, ds: Dataset) -> N
     except UserError as e:
         raise UserError(f"checkpoint {meta_path} holds a config this superpose cannot read ({e})") from None
     fp, here = meta["data"], data_fingerprint(ds)
+    where = f"the mixture {ds.spec}" if isinstance(ds, Mixture) else f"the data in {ds.path}"
     if fp.get("vocab_size") != here["vocab_size"] or fp.get("tokenizer_sha256") != here["tokenizer_sha256"]:
         raise UserError(f"checkpoint {meta_path} was trained with another vocabulary ({fp.get('vocab_size')} tokens, "
-                        f"tokenizer sha256 {str(fp.get('tokenizer_sha256'))[:12]}) than the data in {ds.path} "
+                        f"tokenizer sha256 {str(fp.get('tokenizer_sha256'))[:12]}) than {where} "
                         f"({ds.vocab_size} tokens, {here['tokenizer_sha256'][:12]}); resume on the run's own data")
+    if fp.get("sources") != here.get("sources"):  # a mixture's sources (weights, splits); None for one directory
+        def say(sources):
+            return "one data directory" if sources is None else "sources of " + ", ".join(
+                f"{s['train_tokens']:,} train tokens (weight {s['weight']:.4g})" for s in sources)
+        raise UserError(f"checkpoint {meta_path} was trained on {say(fp.get('sources'))}, {where} has "
+                        f"{say(here.get('sources'))}; resume on the run's own data")
     if fp.get("train_tokens") != here["train_tokens"]:
         raise UserError(f"checkpoint {meta_path} was trained on a train split of {fp.get('train_tokens')} tokens, the "
-                        f"data in {ds.path} has {ds.train.num_tokens}; resume on the run's own data")
+                        f"data in {ds.path} has {here['train_tokens']}; resume on the run's own data")
     changed = [(k, a, b) for k, a, b in differences(saved, cfg) if k not in RESUME_MAY_CHANGE
-               and not (k == "model.vocab_size" and b == 0)]  # 0 = from the data, checked just above
+               and not (k == "model.vocab_size" and b == 0)  # 0 = from the data, checked just above
+               and not (k == "data.mix" and a and b and absolute_mix(a) == absolute_mix(b))]  # relative paths
     shape = [(k, a, b) for k, a, b in changed if k.startswith("model.")]
     if shape:
         what = "vocabulary" if [k for k, _, _ in shape] == ["model.vocab_size"] else "model shape"

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..data import Mixture
 from ..files import AppendLog, write_text
 
 
@@ -69,16 +70,21 @@ def run_summary(trainer) -> dict:
     """summary.json of a finished run: its counters, final evaluation, data plan and environment."""
     t, st = trainer, trainer.state
     plan = data_plan(t.schedule, t.cfg.train.batch_size, t.cfg.data.seq_len, t.loader.tokens_per_epoch)
+    mixture = isinstance(t.dataset, Mixture)  # data.mix: no one data directory
     return {"steps": t.cfg.train.steps, "tokens_seen": st.tokens_seen, "skipped_steps": st.skipped_steps,
             "wall_s": t.elapsed_s(), "train_time_s": st.train_time_s, "parameters": t.model.num_params(),
-            **st.last_eval, "data_dir": str(t.dataset.path),
+            **st.last_eval, **({"data_mix": t.dataset.spec, "source_epochs": t.loader.source_epochs} if mixture
+                               else {"data_dir": str(t.dataset.path)}),
             "parallel": {"mode": t.par.mode, "world_size": t.par.world_size}, "data": plan,
             "environment": environment()}
 
 
-def describe_run(cfg, model, par, schedule, train_tokens: int) -> list[str]:
+def describe_run(cfg, model, par, schedule, train_tokens: int, mixture: Mixture | None = None) -> list[str]:
     """The lines a run logs when it starts: processes, model, phases, and how much of the train
-    split each phase reads, with a warning when the run repeats data."""
+    split each phase reads, with a warning when the run repeats data.
+
+    mixture: data.mix's sources, named with their weights and sizes; train_tokens is then the
+    mixture's tokens per epoch of its most-read source (`MixtureLoader.tokens_per_epoch`)."""
     tr, lines = cfg.train, []
     if par.distributed:
         share = tr.batch_size // par.world_size
@@ -105,15 +111,21 @@ def describe_run(cfg, model, par, schedule, train_tokens: int) -> list[str]:
         lines.append(f"at the switch (step {schedule.switch_step}): {' and '.join(switch)}")
     plan = data_plan(schedule, tr.batch_size, cfg.data.seq_len, train_tokens)
     n = plan["train_tokens"]
+    split, has = "the train split", "the train split has"
+    if mixture is not None:
+        lines.append("data: a mixture, each row drawn from one source by weight: " + "; ".join(
+            f"{s.path} weight {w:.3g} ({s.train.num_tokens:,} train tokens)"
+            for s, w in zip(mixture.sources, mixture.weights)))
+        split, has = "its most-read source", "one epoch of its most-read source is"
     lines.append(f"data: phase 1 reads {plan['phase1_tokens']:,} and phase 2 {plan['phase2_tokens']:,} raw tokens; "
-                 f"the train split has {n:,} ({plan['total_tokens'] / n:.2f} epochs in all)")
+                 f"{has} {n:,} ({plan['total_tokens'] / n:.2f} epochs in all)")
     if plan["phase1_tokens"] > n:
-        lines.append(f"warning: phase 1 alone reads {plan['phase1_tokens'] / n:.2f} epochs of the train split, so it "
+        lines.append(f"warning: phase 1 alone reads {plan['phase1_tokens'] / n:.2f} epochs of {split}, so it "
                      "repeats data. TST trades data for compute: with repeated data its gain can vanish (a "
                      "2M-parameter run lost it on a 3M-token corpus). Use more data, or a smaller tst.ratio or "
                      "tst.bag_size.")
     elif plan["total_tokens"] > n:
-        lines.append(f"warning: the run reads {plan['total_tokens'] / n:.2f} epochs of the train split, so phase 2 "
+        lines.append(f"warning: the run reads {plan['total_tokens'] / n:.2f} epochs of {split}, so phase 2 "
                      "repeats data")
     return lines
 

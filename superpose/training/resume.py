@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from ..config import RESUME_MAY_CHANGE, Config, parse_overrides, set_field
-from ..data import Dataset
+from ..data import Dataset, Mixture
+from ..data.mixture import absolute_mix
 from ..errors import UserError
 from . import checkpoint, checkpointer
 from .metrics import truncate_metrics
@@ -46,6 +47,11 @@ def _same(cfg: Config, key: str, value: str) -> bool:
         set_field(probe, key, value)
     except UserError:
         return False
+    if key == "data.mix" and probe.data.mix and cfg.data.mix:  # stored with absolute paths (resolve_vocab)
+        try:
+            return absolute_mix(probe.data.mix) == absolute_mix(cfg.data.mix)
+        except ValueError:
+            return False
     section, name = key.split(".", 1)
     return getattr(getattr(probe, section), name) == getattr(getattr(cfg, section), name)
 
@@ -58,7 +64,7 @@ def newest_unfinished(run_dir: Path) -> Path:
     return ckpt
 
 
-def check_resumable(ckpt: Path, run_dir: Path, cfg: Config, dataset: Dataset) -> None:
+def check_resumable(ckpt: Path, run_dir: Path, cfg: Config, dataset: Dataset | Mixture) -> None:
     """Refuse a checkpoint that does not fit `cfg` and `dataset`, or the run's own config.json
     (a checkpoint copied in from another run disagrees with it). Its files are verified later,
     when the trainer restores it."""

@@ -38,7 +38,7 @@ from ..core.model import Transformer
 from ..core.schedule import Phase, Schedule
 from ..core.superposition import (bag_targets, chunked_multi_hot_cross_entropy, count_valid_targets,
                                   mi_bag_weights, multi_hot_cross_entropy, superpose_token_embeddings)
-from ..data import Dataset, TrainLoader
+from ..data import Dataset, Mixture, MixtureLoader, TrainLoader
 from ..errors import Interrupted, UserError
 from ..inference.evaluate import next_token_eval
 from .. import files
@@ -94,13 +94,13 @@ class Trainer:
 
     cfg: Config  # the run's config, its vocabulary resolved from the data
     run_dir: Path
-    dataset: Dataset
+    dataset: Dataset | Mixture
     log: Callable[[str], None]
     par: distributed.Parallel
     model: Transformer
     optimizer: torch.optim.Optimizer
     schedule: Schedule
-    loader: TrainLoader
+    loader: TrainLoader | MixtureLoader
     loss_fn: Callable[..., Tensor]  # superposed_loss, or its torch.compile-d version (train.compile)
     loss_chunk_rows: int  # train.loss_chunk_rows with -1 (auto) decided
     fwd: torch.nn.Module | None  # data parallel: what a step calls (DDP, or FSDP2 over `model`); else None
@@ -226,7 +226,8 @@ class Trainer:
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._newest_checkpoint)
         else:
             self.metrics = NoMetrics()
-        for line in describe_run(self.cfg, self.model, self.par, self.schedule, self.loader.tokens_per_epoch):
+        mixture = self.dataset if isinstance(self.dataset, Mixture) else None
+        for line in describe_run(self.cfg, self.model, self.par, self.schedule, self.loader.tokens_per_epoch, mixture):
             self.log(line)
         self.bar = ProgressBar(self.cfg.train.steps, enabled=progress and self.par.is_main, initial=self.state.step)
         self._t0 = time.perf_counter() - self.state.elapsed_s
@@ -258,6 +259,8 @@ class Trainer:
                "step_time_s": step_time, "data_time_s": out["data_time_s"],
                "tokens_per_s": tr.batch_size * phase.row_tokens(cfg.data.seq_len) / step_time,
                "skipped_steps": st.skipped_steps, **({} if out["finite"] else {"skipped": True})}
+        if isinstance(self.loader, MixtureLoader):  # "epoch" is the most-read source's; here each one's
+            rec["source_epochs"] = self.loader.source_epochs
         last = st.step == tr.steps - 1
         evaluating = (last or bool(tr.eval_every and (st.step + 1) % tr.eval_every == 0)
                       or st.step in self.extra_evals)
