@@ -90,6 +90,10 @@ class Mixture:
         return self.sources[0].eot_id
 
     @property
+    def prefix_ids(self) -> list[int]:
+        return self.sources[0].prefix_ids
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.sources[0].tokenizer_path
 
@@ -133,6 +137,10 @@ def open_mixture(text: str) -> Mixture:
                             f"{first.path} ({first.vocab_size} tokens), and a mixture has one vocabulary; prepare "
                             f"it again with: superpose prepare --tokenizer {first.tokenizer_path} --text ... "
                             f"--out {other.path}")
+        if (other.eot_id, other.prefix_ids) != (first.eot_id, first.prefix_ids):
+            raise UserError(f"{other.path} ends documents with token {other.eot_id} and starts them with "
+                            f"{other.prefix_ids}, {first.path} with {first.eot_id} and {first.prefix_ids}; a mixture "
+                            "trains one convention: prepare them with the same --eot-token")
     weights = np.array([w for _, w in items], dtype=np.float64)
     return Mixture(sources, weights / weights.sum())
 

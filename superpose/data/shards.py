@@ -169,6 +169,12 @@ class Dataset:
         return int(self.meta["eot_id"])
 
     @property
+    def prefix_ids(self) -> list[int]:
+        """The special tokens before each document (a BOS template's); [] for data prepared before
+        superpose recorded them, which had none."""
+        return [int(i) for i in self.meta.get("prefix_ids", [])]
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.path / "tokenizer.json"
 

@@ -218,8 +218,7 @@ class Trainer:
                 files.copy_file(self.dataset.tokenizer_path, tok, fix=fix)
             # The token conventions the data trained with (end-of-text, a BOS template's prefix), for
             # generate, eval and export of this run wherever its data directory goes.
-            meta = self.dataset.meta
-            special = {"eot_id": self.dataset.eot_id, "prefix_ids": meta.get("prefix_ids", [])}
+            special = {"eot_id": self.dataset.eot_id, "prefix_ids": self.dataset.prefix_ids}
             files.write_text(self.run_dir / "special_tokens.json", json.dumps(special) + "\n", fix=fix)
             if self.mi_fit is not None:  # the run's own copy of its bag weights' source (build.mi_fit)
                 files.write_text(self.run_dir / "mi.json", json.dumps(self.mi_fit, indent=2) + "\n", fix=fix)
