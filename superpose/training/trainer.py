@@ -242,7 +242,8 @@ class Trainer:
         if st.step > 0 and self.schedule.phase(st.step - 1) is not phase:
             reset = self.at_switch() if st.step == self.schedule.switch_step else []
             kept = "parameters, optimizer state" if not reset else f"{', '.join(reset)}; otherwise parameters"
-            self.log(f"step {st.step}: switching to phase {phase.index} ({phase.name}, s={phase.bag_size}); {kept}, "
+            what = phase.name if "s=" in phase.name else f"{phase.name}, s={phase.bag_size}"
+            self.log(f"step {st.step}: switching to phase {phase.index} ({what}); {kept}, "
                      "LR schedule and data position carry over")
         t0 = time.perf_counter()
         out = self.train_step(phase)
