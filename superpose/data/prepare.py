@@ -31,6 +31,7 @@ import random
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -108,7 +109,12 @@ def split_stream(src: corpus.Source, k: int, val_fraction: float, seed: int,
 def encode_docs(tok, docs: list[str], eot_id: int, prefix: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """-> (tokens (N,) int64, document lengths (len(docs),)): each document as the tokenizer's
     prefix special tokens (BOS for a Llama-style template; none for ours), its text, end-of-text."""
-    ids = [e.ids for e in tok.encode_batch_fast(docs, add_special_tokens=False)]  # each .ids builds a list: once
+    return ids_to_tokens([e.ids for e in tok.encode_batch_fast(docs, add_special_tokens=False)], eot_id, prefix)
+
+
+def ids_to_tokens(ids: list[list[int]], eot_id: int, prefix: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded documents' ids (each `.ids` read once: it builds a list) -> (tokens, lengths) as
+    `encode_docs` returns them."""
     lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
     ends = np.cumsum(lens)
@@ -294,51 +300,72 @@ def _build(out: Path, partial: Path, sources: list[corpus.Source], vocab_size: i
     batch: list[str] = []
     batch_bytes = 0
     stats = state["stats"]
+    # One batch is encoded on a worker thread (the tokenizer's Rust side releases the GIL and uses
+    # every core) while this thread reads the next documents and turns the previous batch's ids
+    # into shards: the Python side hides behind the encoding instead of adding to it.
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = None  # (future of encodings, batch size, its bytes, the state to journal after it)
 
-    def flush(k: int, next_doc: int) -> None:
-        """Encode and write the batch; after a shard fills, journal everything up to document
-        `next_doc` of source `k`."""
-        nonlocal batch, batch_bytes
-        if batch:
-            flat, lens = encode_docs(tok, batch, eot_id, prefix)
+    def drain() -> None:
+        """Write the pending batch; after a shard fills, journal everything up to its end."""
+        nonlocal pending
+        if pending is None:
+            return
+        future, n_docs, n_bytes, after = pending
+        pending = None
+        flat, lens = ids_to_tokens([e.ids for e in future.result()], eot_id, prefix)
+        if n_docs:
             starts = writer.total + np.concatenate([[0], np.cumsum(lens)[:-1]])
             with open(docs_file, "ab") as h:
                 h.write(starts.astype("<i8").tobytes())
             writer.write(flat, keep_open=True)
-            state["docs"] += len(batch)
-            state["bytes"] += batch_bytes
-            bar.update(batch_bytes)
-            batch, batch_bytes = [], 0
-        if writer.full() or next_doc < 0:
+        state["docs"] += n_docs
+        state["bytes"] += n_bytes
+        bar.update(n_bytes)
+        if writer.full() or after["doc"] < 0:
             writer.end_shard()
-            state.update(source=k, doc=next_doc, shards=[p.name for p in writer.paths], tokens=writer.total,
-                         val_bytes=val_file.stat().st_size if val_file.exists() else 0)
+            state.update(after, shards=[p.name for p in writer.paths], tokens=writer.total)
             for f in (docs_file, val_file, *writer.paths):
                 fsync_path(f)
             journal.save(state)
 
-    with open(val_file, "a", encoding="utf-8") as val_out:
-        for k in range(state["source"], len(sources)):
-            skip = state["doc"] if k == state["source"] else 0
-            for i, doc, held in split_stream(sources[k], k, val_fraction, seed, skip):
-                st = stats[k]
-                st["documents"] += 1
-                st["characters"] += len(doc)
-                if held:
-                    st["val_documents"] += 1
-                    st["val_characters"] += len(doc)
-                    val_out.write(json.dumps(doc) + "\n")
-                    continue
-                batch.append(doc)
-                batch_bytes += len(doc.encode("utf-8"))
-                if len(batch) >= ENCODE_BATCH or batch_bytes >= ENCODE_BYTES:
-                    val_out.flush()
-                    flush(k, i + 1)
-            if stats[k]["documents"] == 0:
-                raise UserError(f"{sources[k].credit} holds no non-empty document; give it some text")
-            val_out.flush()
-            flush(k + 1, 0)  # the source is done
-        flush(len(sources), -1)
+    def flush(k: int, next_doc: int, val_out) -> None:
+        """Hand the batch to the encoder, then write the one before it. The journal point after
+        this batch is document `next_doc` of source `k` (-1: the end), with the held-out file and
+        the statistics as they are now."""
+        nonlocal batch, batch_bytes, pending
+        val_out.flush()
+        after = {"source": k, "doc": next_doc, "val_bytes": val_file.stat().st_size,
+                 "stats": json.loads(json.dumps(stats))}
+        future = pool.submit(tok.encode_batch_fast, batch, add_special_tokens=False)
+        drain()  # the batch before this one, while the encoder works on this one
+        pending = (future, len(batch), batch_bytes, after)
+        batch, batch_bytes = [], 0
+
+    try:
+        with open(val_file, "a", encoding="utf-8") as val_out:
+            for k in range(state["source"], len(sources)):
+                skip = state["doc"] if k == state["source"] else 0
+                for i, doc, held in split_stream(sources[k], k, val_fraction, seed, skip):
+                    st = stats[k]
+                    st["documents"] += 1
+                    st["characters"] += len(doc)
+                    if held:
+                        st["val_documents"] += 1
+                        st["val_characters"] += len(doc)
+                        val_out.write(json.dumps(doc) + "\n")
+                        continue
+                    batch.append(doc)
+                    batch_bytes += len(doc.encode("utf-8"))
+                    if len(batch) >= ENCODE_BATCH or batch_bytes >= ENCODE_BYTES:
+                        flush(k, i + 1, val_out)
+                if stats[k]["documents"] == 0:
+                    raise UserError(f"{sources[k].credit} holds no non-empty document; give it some text")
+                flush(k + 1, 0, val_out)  # the source is done
+            flush(len(sources), -1, val_out)
+            drain()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     if not any(st["val_documents"] for st in stats):
         raise UserError("cannot hold out a validation split: every source has a single document; split your "
