@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import sys
 from pathlib import Path
@@ -87,9 +88,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         if args.resume:
             if args.init_from_hf:
                 raise UserError("--resume continues from the run's own checkpoint; drop --init-from-hf")
-            if args.preset or args.out:
+            if args.preset or args.out or args.config:
                 raise UserError("--resume RUN_DIR continues that run with its own config and directory; "
-                                "drop --preset and --out")
+                                "drop --preset, --config and --out")
             run_dir = Path(args.resume)
             if not run_dir.is_dir():
                 resume_config(run_dir, overrides)  # says what is wrong with the path, creating nothing
@@ -97,9 +98,12 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
             with lock_dir(run_dir, "run") if env_rank() == 0 else contextlib.nullcontext():
                 run_training(resume_config(run_dir, overrides), run_dir, log=_log, resume=True)
         else:
-            if not args.preset or not args.out:
-                raise UserError("train needs --preset NAME and --out RUN_DIR (or --resume RUN_DIR)")
-            cfg, hf = resolve(args.preset, overrides), args.init_from_hf
+            if args.print_config:  # the resolved config, nothing trained or written
+                print(json.dumps(resolve(args.preset, overrides, args.config).to_dict(), indent=2))
+                return
+            if not (args.preset or args.config) or not args.out:
+                raise UserError("train needs --preset NAME or --config FILE, and --out RUN_DIR (or --resume RUN_DIR)")
+            cfg, hf = resolve(args.preset, overrides, args.config), args.init_from_hf
             _warn_ignored(cfg, overrides)
             if hf:
                 from .interop.hf_llama import config_from_hf
@@ -133,7 +137,9 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
         overrides = [*overrides, f"--tst.bag_size={args.bag_size}"]
     if args.ratio is not None:
         overrides = [*overrides, f"--tst.ratio={args.ratio}"]
-    cfg = resolve(args.preset, overrides)
+    if not (args.preset or args.config):
+        raise UserError(f"{args.verb} needs --preset NAME or --config FILE")
+    cfg = resolve(args.preset, overrides, args.config)
     _warn_ignored(cfg, overrides)
     ds = resolve_data(cfg, _log)
     if not cfg.data.mix:  # the default corpus, once prepared, by its path (a mixture names its directories)
@@ -290,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="Any config field can be overridden: --tst.bag_size=6 --train.steps 2000 ... "
                         "Data parallel: torchrun --nproc_per_node N -m superpose train ... --parallel.mode ddp|fsdp")
     pt.add_argument("--preset", help="named config: see `superpose presets`")
+    pt.add_argument("--config", metavar="FILE", help="a config file (.toml, .yaml or .json, or a run directory's "
+                    "config.json) over the preset (or the defaults); --section.field overrides go over both")
+    pt.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     pt.add_argument("--out", help="run directory to create")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint, exactly "
                     "(only --data.path, --train.device/threads/eval_every/log_every/on_nan/keep_freed_memory, "
@@ -299,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "weights; the architecture comes from its config.json, the data must use its tokenizer")
     pc = sub.add_parser("compare", help="TST vs the matched-FLOPs baseline over seeds: report.md + plots",
                         epilog="Config overrides (--section.field=value) apply to both arms.")
-    pc.add_argument("--preset", required=True, help="named config: see `superpose presets`")
+    pc.add_argument("--preset", help="named config: see `superpose presets`")
+    pc.add_argument("--config", metavar="FILE", help="a config file over the preset (see train --config)")
     pc.add_argument("--out", required=True, help="directory for the runs, report.md, report.json and plots")
     pc.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     pc.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
@@ -312,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "baseline trunk per seed serves every length")
     ps = sub.add_parser("sweep", help="the r x s grid of final losses, resumable",
                         epilog="Config overrides (--section.field=value) apply to every cell.")
-    ps.add_argument("--preset", required=True)
+    ps.add_argument("--preset", help="named config: see `superpose presets`")
+    ps.add_argument("--config", metavar="FILE", help="a config file over the preset (see train --config)")
     ps.add_argument("--out", required=True, help="directory for the cells, sweep.md, sweep.json, the heat map")
     ps.add_argument("--bag-sizes", default="2,3,4,6,8", help="comma-separated s values (default 2,3,4,6,8)")
     ps.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.6", help="comma-separated r values (default 0.1,...,0.6)")
