@@ -539,3 +539,9 @@ def test_sweep_refuses_a_curriculum_it_would_ignore(tiny_data, tmp_path):
 
     with pytest.raises(UserError, match="tst.schedule"):
         sweep(config(tiny_data, tst__schedule="4:0.5"), tmp_path / "s", [2], [0.5], [0], log=quiet)
+
+
+@pytest.mark.parametrize("overrides", [{"tst__mode": "output", "tst__loss": "mce_alt", "tst__weights": "mi"},
+                                       {"tst__mode": "input"}], ids=["output-alt-mi", "input"])
+def test_modes_and_losses_resume_exactly(tiny_data, tmp_path, overrides):
+    resume_is_exact(config(tiny_data, checkpoint__keep=0, **overrides), tmp_path, stops=[3, 5])
