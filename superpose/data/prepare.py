@@ -42,7 +42,8 @@ from ..files import disk_error, fsync_path, lock_dir, write_error, write_text
 from . import corpus
 from . import mutual_info
 from .shards import DATA_FORMAT_VERSION, ShardWriter, open_dataset, token_dtype
-from .tokenizer import find_eot, load_tokenizer_file, resolve_tokenizer, template_prefix, train_tokenizer
+from .tokenizer import (find_eot, load_tokenizer_file, resolve_tokenizer, template_prefix, token_byte_lengths,
+                        train_tokenizer)
 
 ENCODE_BATCH = 2000  # documents per encode_batch call (the Rust side parallelises within it)
 ENCODE_BYTES = 8 << 20  # ... or this much text, whichever comes first: bounded memory for long documents
@@ -480,8 +481,6 @@ def prepare_tokens(out: Path, tokens: Path, tokenizer: Path, token_dtype_name: s
 
 def _import(arr, partial, tok_path, tokens, eot_id, vocab, dtype, val_fraction, seed) -> dict:
     train = ShardWriter(partial, "train", dtype, PREPARE_SHARD_TOKENS)
-    from .tokenizer import token_byte_lengths
-
     byte_len = token_byte_lengths(load_tokenizer_file(tok_path), vocab)  # (V,) UTF-8 bytes per id
     starts, val_docs, held_tokens, doc, n, n_bytes = [], [], 0, 0, len(arr), 0
     carry = np.zeros(0, dtype=np.int64)  # the unfinished document at the end of the last chunk
@@ -508,8 +507,8 @@ def _import(arr, partial, tok_path, tokens, eot_id, vocab, dtype, val_fraction, 
             begin, doc = end, doc + 1
         carry = chunk[begin:]
     if doc < 2:
-        raise UserError(f"{tokens} holds {doc} document(s) (end-of-text id {eot_id} occurs {max(doc - 1, 0)} times); "
-                        "pass --eot-token naming the token that separates its documents")
+        raise UserError(f"{tokens} holds {doc} document(s) when cut after each end-of-text (id {eot_id}); pass "
+                        "--eot-token naming the token that separates its documents")
     return {"train": train, "starts": starts, "val": val_docs, "documents": doc, "bytes": n_bytes}
 
 
