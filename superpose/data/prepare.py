@@ -390,12 +390,18 @@ def _write_out(out, partial, tok, eot_id, prefix, vocab, dtype, state, tokenizer
         val_bytes += sum(len(d.encode("utf-8")) for d in val[i:i + ENCODE_BATCH])
     val_shards = [p.name for p in val_writer.close()]
     val_tokens = val_writer.total
-    starts = np.fromfile(partial / "train.docs.bin", dtype="<i8")
-    np.save(partial / "train.docs.npy", starts)
+    # The document starts, copied into a .npy a block at a time (13M documents in a 5 GB corpus).
+    raw = np.memmap(partial / "train.docs.bin", dtype="<i8", mode="r")
+    starts = np.lib.format.open_memmap(partial / "train.docs.npy", mode="w+", dtype=np.int64, shape=raw.shape)
+    for lo in range(0, len(raw), 1 << 22):
+        starts[lo:lo + (1 << 22)] = raw[lo:lo + (1 << 22)]
+    starts.flush()
+    n_docs = len(raw)
+    del raw, starts
     (partial / "train.docs.bin").unlink()
     (partial / "val.jsonl").unlink()
     (partial / "journal.json").unlink()
-    splits = {"train": {"shards": state["shards"], "documents": int(len(starts)), "tokens": state["tokens"],
+    splits = {"train": {"shards": state["shards"], "documents": n_docs, "tokens": state["tokens"],
                         "bytes": state["bytes"]},
               "val": {"shards": val_shards, "documents": len(val), "tokens": val_tokens, "bytes": val_bytes}}
     meta = {"format_version": DATA_FORMAT_VERSION, "vocab_size": vocab, "eot_id": eot_id,
