@@ -426,7 +426,7 @@ def test_resume_policy_and_its_errors(stopped_run, tiny_data, tmp_path, capsys):
     assert cli.main(["train", "--resume", str(run), "--preset", "cpu-smoke"]) == 2
     assert cli.main(["train", "--preset", "cpu-smoke"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert "drop --preset and --out" in err[0] and "train needs --preset NAME and --out RUN_DIR" in err[1]
+    assert "drop --preset, --config and --out" in err[0] and "train needs --preset NAME or --config FILE, and --out RUN_DIR" in err[1]
 
 
 def test_new_config_fields_are_validated_together():
