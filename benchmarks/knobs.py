@@ -75,6 +75,8 @@ CONTRASTS = [
     ("s=8 mi", "s=8 uniform", "fitted-MI vs uniform weights at s=8"),
     ("s=8 mi", "s=8 power", "fitted-MI vs power weights at s=8"),
     ("curriculum 8:0.1,4:0.1,2:0.1", "full", "the curriculum vs two-phase s=4, r=0.3 (equal FLOPs)"),
+    ("curriculum 8:0.1,4:0.1,2:0.1", "s=8 uniform", "the curriculum vs two-phase s=8, uniform (equal FLOPs)"),
+    ("curriculum 8:0.1,4:0.1,2:0.1", "s=8 mi", "the curriculum vs the best two-phase setting, s=8 with MI weights"),
 ]
 
 
