@@ -274,3 +274,10 @@ def test_readme_load_example_runs(run):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["logits"].shape == (1, scope["ids"].shape[1], 320)
+
+
+def test_build_cloze_takes_str_paths_as_the_readme_writes_them(tiny_data, tmp_path):
+    from superpose.tasks import build_cloze
+
+    yaml = build_cloze(str(tiny_data), str(tmp_path / "tasks"))
+    assert yaml.is_file() and (tmp_path / "tasks" / "superpose_cloze.jsonl").read_text().count("\n") >= 10

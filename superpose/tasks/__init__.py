@@ -71,8 +71,10 @@ def cloze_items(documents: list[str], n_items: int, seed: int = 0) -> list[dict]
     return items
 
 
-def build_cloze(data_dir: Path, out_dir: Path, n_items: int = 200, seed: int = 0) -> Path:
-    """superpose_cloze.jsonl + superpose_cloze.yaml in out_dir, from data_dir's validation split."""
+def build_cloze(data_dir: Path | str, out_dir: Path | str, n_items: int = 200, seed: int = 0) -> Path:
+    """superpose_cloze.jsonl + superpose_cloze.yaml in out_dir, from data_dir's validation split
+    (paths as str or Path)."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
     items = cloze_items(held_out_documents(Path(data_dir)), n_items, seed)
     if len(items) < 10:
         raise UserError(f"the validation split of {data_dir} gives only {len(items)} cloze items (documents of two "
