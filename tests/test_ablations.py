@@ -20,12 +20,11 @@ from superpose.core.superposition import (bag_targets, bag_weights, chunked_mult
                                           count_valid_targets, mi_bag_weights, multi_hot_cross_entropy,
                                           next_window_targets)
 from superpose.data import mutual_info, open_dataset
-from superpose.training import build_trainer, run_training
-from superpose.training.resume import resume_config
+from superpose.training import build_trainer
 from superpose.training.trainer import superposed_loss
 
 from conftest import tiny_config
-from test_checkpoint import superpose
+from test_checkpoint import resume, start, superpose
 
 IGN = -100
 
@@ -251,14 +250,8 @@ def resume_is_exact(cfg, root, stops):
     want = [r["loss"] for r in records(root / "straight")]
     for stop in stops:
         run = root / f"stop{stop}"
-        t = build_trainer(cfg, run, open_dataset(cfg.data.path), log=quiet)
-        t.begin(progress=False)
-        while t.state.step < stop:
-            t.step_once()
-        t.save_checkpoint()
-        t.step_once()
-        t.metrics.close()
-        run_training(resume_config(run, []), run, log=quiet, resume=True)
+        start(cfg, run, stop)  # a checkpoint after `stop` steps, then one step the resume drops
+        resume(run)
         assert [r["loss"] for r in records(run)] == want, stop
         got = load_file(str(run / "model.safetensors"))
         for name, p in straight.model.state_dict().items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import re
 import shutil
@@ -429,18 +430,13 @@ def _table_documents(path: Path, field: str) -> Iterator[str]:
             if first is None:
                 return
             _column(path, first.schema.names, field)
-            batches = _chain_first(first, batches)
+            batches = itertools.chain([first], batches)
         for batch in batches:
             for text in batch.column(field).to_pylist():
                 if isinstance(text, str) and text.strip():
                     yield text.strip()
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"cannot read {path} as {path.suffix[1:]} ({str(exc).splitlines()[0]}); check the file") from None
-
-
-def _chain_first(first, rest):
-    yield first
-    yield from rest
 
 
 def _datasets_folder(path: Path) -> bool:

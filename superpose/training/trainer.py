@@ -111,6 +111,7 @@ class Trainer:
     extra_evals: frozenset = field(default=frozenset(), init=False)  # 0-based steps evaluated beyond eval_every
     _t0: float | None = field(default=None, init=False, repr=False)  # perf_counter at the run's start, set by begin
     _collapse_warned: set = field(default_factory=set, init=False, repr=False)  # phases with an expert-collapse warning
+    _mi_weights: dict = field(default_factory=dict, init=False, repr=False)  # bag size -> (s,) tst.weights=mi
 
     @property
     def device(self) -> torch.device:
@@ -130,7 +131,9 @@ class Trainer:
         """tst.weights for this phase's target bag: a scheme's name, or the corpus-fitted tensor (mi)."""
         if self.cfg.tst.weights != "mi" or phase.target_bag == 1:
             return self.cfg.tst.weights if phase.target_bag > 1 else "uniform"
-        return mi_bag_weights(self.mi_fit["fit"], phase.target_bag).to(self.device)
+        if phase.target_bag not in self._mi_weights:  # made once per bag size, not every step
+            self._mi_weights[phase.target_bag] = mi_bag_weights(self.mi_fit["fit"], phase.target_bag).to(self.device)
+        return self._mi_weights[phase.target_bag]
 
     def train_step(self, phase: Phase) -> dict:
         cfg = self.cfg
