@@ -131,6 +131,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     """Preset + overrides (+ --bag-size/--ratio), with the data and vocabulary resolved up front
     so every arm and cell reads the same data directory."""
     from .config import resolve
+    from .training import tracking
     from .training.build import resolve_data, resolve_vocab
 
     if args.bag_size is not None:
@@ -141,6 +142,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
         raise UserError(f"{args.verb} needs --preset NAME or --config FILE")
     cfg = resolve(args.preset, overrides, args.config)
     _warn_ignored(cfg, overrides)
+    tracking.check(cfg.log)  # every arm logs to the trackers; a missing library is said before any runs
     ds = resolve_data(cfg, _log)
     if not cfg.data.mix:  # the default corpus, once prepared, by its path (a mixture names its directories)
         cfg.data.path = str(ds.path)

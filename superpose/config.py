@@ -174,6 +174,24 @@ class ParallelConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where a run's numbers go besides RUN_DIR/metrics.jsonl, which is always written and is the
+    source of truth (`superpose plot` and `compare` read it). Trackers get the same fields, plus
+    each phase switch as an event; they never change the training arithmetic, so a resume may
+    turn them on or off."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files into RUN_DIR/tensorboard (`tensorboard --logdir runs`).
+    Needs the tensorboard package: pip install 'superpose[track]'."""
+    wandb: str = ""
+    """Also log to Weights & Biases, into this project ("" = off). WANDB_MODE=offline logs into
+    RUN_DIR/wandb without a network (`wandb sync` uploads it later); WANDB_ENTITY, WANDB_API_KEY
+    and the other WANDB_* variables apply as usual. A resumed run continues the same W&B run.
+    Needs the wandb package: pip install 'superpose[track]'."""
+    wandb_name: str = ""
+    """The W&B run's display name ("" = the run directory's last two path parts)."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -182,6 +200,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -316,6 +335,10 @@ def set_field(cfg: Config, dotted: str, value) -> None:
     types = _field_types(obj)
     if name not in types:
         raise UserError(f"unknown config key {dotted!r}; {section} has: {', '.join(types)}")
+    if value is None:  # a bare --section.field on the command line: a switch for a bool field
+        if types[name] is not bool:
+            raise UserError(f"--{dotted} needs a value: --{dotted}=VALUE or --{dotted} VALUE")
+        value = True
     setattr(obj, name, _convert(dotted, value, types[name]))
 
 
@@ -348,8 +371,10 @@ def _convert(key: str, value, typ: type):
         raise UserError(f"{key}: expected {typ.__name__}, got {value!r}") from None
 
 
-def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
-    """`--a.b=1 --c.d 2` -> [("a.b", "1"), ("c.d", "2")]."""
+def parse_overrides(args: list[str]) -> list[tuple[str, str | None]]:
+    """`--a.b=1 --c.d 2 --e.f` -> [("a.b", "1"), ("c.d", "2"), ("e.f", None)]. A bare flag (last,
+    or followed by another --flag) has no value: `set_field` reads it as true for a bool field
+    (`--log.tensorboard`) and refuses it for any other."""
     out, i = [], 0
     while i < len(args):
         arg = args[i]
@@ -358,9 +383,10 @@ def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
             i += 1
+        elif i + 1 >= len(args) or args[i + 1].startswith("--"):
+            key, value = arg[2:], None
+            i += 1
         else:
-            if i + 1 >= len(args):
-                raise UserError(f"{arg} needs a value: {arg}=VALUE or {arg} VALUE")
             key, value = arg[2:], args[i + 1]
             i += 2
         out.append((key, value))
@@ -468,7 +494,8 @@ def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
 RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_every", "train.log_every",
                      "train.on_nan", "checkpoint.every", "checkpoint.every_minutes", "checkpoint.keep", "parallel.mode",
                      "parallel.timeout_s",
-                     "train.compile", "train.attention", "train.keep_freed_memory", "optim.fused")
+                     "train.compile", "train.attention", "train.keep_freed_memory", "optim.fused",
+                     "log.tensorboard", "log.wandb", "log.wandb_name")
 
 
 def differences(a: Config, b: Config) -> list[tuple[str, object, object]]:

@@ -300,8 +300,8 @@ def test_switch_reset_and_reinit_do_what_they_say_and_resume_exactly(tiny_data, 
     run = train(cfg, tmp_path / "run", log=logs.append)
     assert any("re-initialised embed_tokens.weight, lm_head.weight" in m and "optimizer state reset" in m
                for m in logs)
-    assert records(tmp_path / "run", "switch") == [{"type": "switch", "step": 4, "reinit": "both",
-                                                    "reset_optimizer": True}]
+    assert records(tmp_path / "run", "switch") == [{"type": "switch", "step": 4, "phase": 2, "bag_size": 1,
+                                                    "next_token": True, "reinit": "both", "reset_optimizer": True}]
     assert all(int(s["step"]) == 4 for s in run.optimizer.state.values())  # 8 steps, 4 since the reset
     resume_is_exact(cfg, tmp_path, stops=[3, 4, 5])
 

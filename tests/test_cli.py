@@ -67,7 +67,8 @@ def tiny_args(data, out):
 def test_train_on_prepared_data(data_copy, tmp_path):
     proc = superpose(*tiny_args(data_copy, tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
-    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3  # 2 steps + 1 eval
+    kinds = [json.loads(line)["type"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert kinds == ["train", "switch", "train", "eval"]  # step 0 (s=4), the switch, step 1, the final eval
 
 
 @pytest.mark.parametrize("extra,needle", [

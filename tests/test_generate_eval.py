@@ -281,3 +281,55 @@ def test_build_cloze_takes_str_paths_as_the_readme_writes_them(tiny_data, tmp_pa
 
     yaml = build_cloze(str(tiny_data), str(tmp_path / "tasks"))
     assert yaml.is_file() and (tmp_path / "tasks" / "superpose_cloze.jsonl").read_text().count("\n") >= 10
+
+
+def test_lm_eval_by_name_through_its_own_cli_and_python_api(run, tmp_path):
+    """`superpose-lm-eval --model superpose --model_args path=RUN` (lm-eval's CLI, with the model
+    registered) and `lm_eval.simple_evaluate(model="superpose")` score the local cloze task as
+    `superpose eval` does, and no stray git message reaches the terminal."""
+    import lm_eval
+
+    from superpose.tasks import build_cloze
+
+    tasks = build_cloze(json.loads((run / "config.json").read_text())["data"]["path"], tmp_path / "tasks").parent
+    cli_out = tmp_path / "cli"
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "superpose-lm-eval"), "--model", "superpose",
+                           "--model_args", f"path={run}", "--tasks", "superpose_cloze", "--include_path", str(tasks),
+                           "--limit", "12", "--device", "cpu", "--output_path", str(cli_out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "fatal:" not in proc.stderr and "superpose_cloze" in proc.stdout
+    (result,) = cli_out.rglob("results_*.json")
+    acc = json.loads(result.read_text())["results"]["superpose_cloze"]["acc,none"]
+    import superpose.lm_eval_adapter  # noqa: F401  (registers "superpose" with lm-eval)
+    from lm_eval.tasks import TaskManager
+
+    py = lm_eval.simple_evaluate(model="superpose", model_args=f"path={run}", tasks=["superpose_cloze"], limit=12,
+                                 task_manager=TaskManager(include_path=str(tasks), include_defaults=False))
+    assert py["results"]["superpose_cloze"]["acc,none"] == acc
+    native = cli.main(["eval", str(run), "--tasks", str(tasks / "superpose_cloze.yaml"), "--limit", "12",
+                       "--json", str(tmp_path / "n.json")])
+    assert native == 0 and json.loads((tmp_path / "n.json").read_text())["tasks"]["superpose_cloze"]["acc"] == acc
+    # A wrong path or model_arg: one line, exit 2.
+    for args, needle in ((f"path={tmp_path / 'missing'}", "missing"), (f"path={run},temperature=1", "unknown")):
+        bad = subprocess.run([os.path.join(os.path.dirname(sys.executable), "superpose-lm-eval"), "--model",
+                              "superpose", "--model_args", args, "--tasks", "superpose_cloze", "--include_path",
+                              str(tasks), "--limit", "1"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        assert bad.stderr.strip().splitlines()[-1].startswith("superpose-lm-eval: ") and needle in bad.stderr
+
+
+def test_an_exported_model_offers_lm_eval_room_and_keeps_its_trained_context(run, tmp_path):
+    from lm_eval.models.utils import resolve_max_length
+    from transformers import AutoConfig, AutoTokenizer
+
+    from superpose.interop.hf_llama import config_from_hf, export_hf
+
+    out = export_hf(run, tmp_path / "hf", log=quiet)
+    hf = AutoConfig.from_pretrained(out)
+    assert resolve_max_length(hf) == 2048  # > lm-eval's max_gen_toks (256): generation tasks run
+    trained = json.loads((run / "config.json").read_text())["model"]["max_seq_len"]
+    assert hf.superpose_max_seq_len == trained == AutoTokenizer.from_pretrained(out).model_max_length
+    from superpose.config import Config
+
+    assert config_from_hf(Config(), out, []).model.max_seq_len == trained  # the round trip keeps the architecture

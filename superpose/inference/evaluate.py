@@ -150,7 +150,7 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
         from lm_eval.utils import make_table
     except ImportError as e:
         raise UserError(f"--tasks needs lm-eval ({e}); install it with: pip install 'superpose[hf]'") from None
-    from ..interop.lm_eval_adapter import SuperposeLM
+    from ..interop.lm_eval_adapter import SuperposeLM, quiet_git
     from .load import load_model, load_tokenizer, locate
     from ..tasks import LOCAL_TASKS, build_task
 
@@ -176,6 +176,7 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
                             f"an lm-eval task name ({HUB_TASKS_HINT}, ...)")
         lm = SuperposeLM(load_model(src, device), load_tokenizer(src), max_length=src.seq_len, batch_size=batch_size,
                          src=src)
+        quiet_git()
         quiet = logging.getLogger("lm_eval")  # its per-task INFO and advice lines would drown the result
         level = quiet.level
         quiet.setLevel(logging.ERROR)

@@ -112,6 +112,9 @@ def from_hf_name(name: str, arch: str = "llama") -> str | None:
 
 # ----------------------------------------------------------------------------- export
 
+MIN_EXPORTED_POSITIONS = 2048
+
+
 def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
     """config.json of the equivalent `LlamaForCausalLM` or `Qwen3MoeForCausalLM`. The RoPE base is
     written both as transformers 4.x reads it (rope_theta) and as 5.x does (rope_parameters)."""
@@ -133,7 +136,14 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
         "num_key_value_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_seq_len,
+        # RoPE has no table of positions, so the model runs at any length; the context it trained
+        # at is often shorter than what evaluation harnesses need (lm-eval generates up to 256
+        # tokens, and asserts when a continuation or max_gen_toks outgrows max_length). So the
+        # config offers at least 2048 positions, lm-eval's own default when a model names none;
+        # the trained context stays in superpose_max_seq_len (read back by `config_from_hf`) and in
+        # the tokenizer's model_max_length (what truncation=True cuts to).
+        "max_position_embeddings": max(cfg.max_seq_len, MIN_EXPORTED_POSITIONS),
+        "superpose_max_seq_len": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
@@ -265,7 +275,7 @@ def read_hf_config(hf_dir: Path | str) -> ModelConfig:
     cfg = ModelConfig(vocab_size=c["vocab_size"], dim=dim, n_layers=c["num_hidden_layers"], n_heads=heads,
                       n_kv_heads=c.get("num_key_value_heads") or heads, ffn_dim=c["intermediate_size"],
                       rope_theta=float(theta), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-                      max_seq_len=c.get("max_position_embeddings", 2048),
+                      max_seq_len=c.get("superpose_max_seq_len") or c.get("max_position_embeddings", 2048),
                       tie_embeddings=bool(c.get("tie_word_embeddings", False)),
                       init_std=float(c.get("initializer_range", 0.02)))
     if c["model_type"] == "qwen3_moe":  # transformers' Qwen3MoeConfig defaults where a field is absent

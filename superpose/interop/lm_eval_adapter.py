@@ -1,5 +1,9 @@
 """A superpose model as an lm-evaluation-harness `LM`, so any lm-eval task can score it.
 
+    superpose-lm-eval --model superpose --model_args path=RUN --tasks ...
+                           lm-eval's own command line with this model registered (below)
+    lm_eval.simple_evaluate(model="superpose", model_args="path=RUN", ...)
+                           in Python, once this module is imported (`import superpose.lm_eval_adapter`)
     SuperposeLM(model, tokenizer, max_length, batch_size)
         loglikelihood          log P(continuation | context), and whether greedy decoding gives it
         loglikelihood_rolling  log P(text) over windows of max_length (perplexity tasks)
@@ -9,19 +13,35 @@ Tokenisation follows lm-eval's Hugging Face model: the context's trailing spaces
 continuation, the continuation's tokens are those of (context + continuation) after the
 context's, and an empty context is the end-of-text token (where every training document starts).
 Inputs longer than max_length keep their last max_length tokens.
+
+Registration: lm-eval 0.4.x finds models only in its own registry and reads no plugin entry
+points (lm-evaluation-harness issues #1621 and #3282), so plain `lm_eval` cannot see an
+out-of-tree model. Importing this module registers "superpose" there, and the
+`superpose-lm-eval` console script (`main`) is lm-eval's CLI after that import: every lm_eval
+flag works the same. model_args: path (a run directory, checkpoint or exported folder; required),
+max_length (default: the context the model trained at); --device and --batch_size as lm-eval
+passes them.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import LM
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 
+from ..errors import UserError
 from ..inference.generate import generate_ids
 from ..inference.load import special_tokens
 
+MODEL_ARGS = ("path", "max_length", "batch_size", "device", "max_batch_size")
 
+
+@register_model("superpose")
 class SuperposeLM(LM):
     def __init__(self, model, tokenizer, max_length: int, batch_size: int = 16, src=None):
         super().__init__()
@@ -30,6 +50,34 @@ class SuperposeLM(LM):
         special = special_tokens(tokenizer, src)  # src: the located model, whose data recorded them
         self.eot, self.prefix = special["eot_id"], special["prefix_ids"]
         self._device = next(model.parameters()).device
+
+    @classmethod
+    def from_path(cls, path=None, max_length: int | None = None, batch_size=16, device: str | None = None,
+                  max_batch_size=None, **unknown) -> "SuperposeLM":
+        """The model of a run directory, checkpoint or exported folder, as lm-eval's `--model_args
+        path=RUN` names it (lm-eval adds batch_size, max_batch_size and device)."""
+        from ..inference.load import load_model, load_tokenizer, locate
+
+        if unknown:
+            raise UserError(f"unknown superpose model_args {', '.join(sorted(unknown))}; it takes "
+                            "path=RUN_DIR (required), max_length=N, and lm-eval's --device and --batch_size")
+        if not path:
+            raise UserError("--model superpose needs --model_args path=RUN_DIR (a run, checkpoint or exported folder)")
+        src = locate(path)
+        # lm-eval's "auto" batch size probes GPU memory; these models are small: 16 rows per batch.
+        batch = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else 16
+        return cls(load_model(src, device or "cpu"), load_tokenizer(src), max_length=int(max_length or src.seq_len),
+                   batch_size=batch, src=src)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "SuperposeLM":
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls.from_path(**{**simple_parse_args_string(arg_string), **extra})
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "SuperposeLM":
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls.from_path(**{**arg_dict, **extra})
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -109,3 +157,37 @@ class SuperposeLM(LM):
             self.cache_hook.add_partial("generate_until", r.args, text)
             out.append(text)
         return out
+
+
+# ----------------------------------------------------------------------------- lm-eval's CLI
+
+
+def _git_hash_quietly():
+    """lm-eval records the git commit of the working directory by running `git describe`, whose
+    "fatal: not a git repository" outside a repository lands in the user's terminal; the same
+    question, with git's complaints discarded."""
+    try:
+        out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def quiet_git() -> None:
+    import lm_eval.evaluator
+
+    if hasattr(lm_eval.evaluator, "get_git_commit_hash"):
+        lm_eval.evaluator.get_git_commit_hash = _git_hash_quietly
+
+
+def main() -> None:
+    """`superpose-lm-eval`: lm-eval's own command line (`lm_eval ...`, every flag as documented
+    there) with `--model superpose` registered. A user error is one line and exit code 2."""
+    from lm_eval.__main__ import cli_evaluate
+
+    quiet_git()
+    try:
+        cli_evaluate()
+    except UserError as e:
+        print(f"superpose-lm-eval: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

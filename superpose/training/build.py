@@ -27,7 +27,7 @@ from ..data.mixture import absolute_mix
 from ..data.tokenizer import load_tokenizer_file
 from .. import files
 from ..errors import UserError
-from . import checkpoint, distributed, faults
+from . import checkpoint, distributed, faults, tracking
 from .metrics import quiet
 from .optimizer import configure_optimizer
 from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
@@ -88,6 +88,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
     built without initialisation, since the state's weights replace it.
     """
     tr, d = cfg.train, cfg.data
+    tracking.check(cfg.log)  # a missing tracker library, said before anything is built or written
     if tr.threads:
         torch.set_num_threads(tr.threads)
     # Under torchrun: join the job (rank, world size, cuda:LOCAL_RANK); otherwise one process.
@@ -186,6 +187,7 @@ def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print,
     torchrun ends the other ranks.
     """
     run_dir = Path(run_dir)
+    tracking.check(cfg.log)  # before the run directory is created or locked
     par = distributed.setup(cfg.parallel.mode, resolve_device(cfg.train.device), cfg.parallel.timeout_s,
                             cfg.parallel.mixed_precision)
     log = log if par.is_main else quiet

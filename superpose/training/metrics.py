@@ -26,17 +26,22 @@ class MetricsLog:
     cannot be written (a full disk) is cut off again, so the file keeps every earlier line whole,
     and the run stops with one line saying so (`files.AppendLog`)."""
 
-    def __init__(self, path: Path, newest_checkpoint: Callable[[], str] = lambda: ""):
+    def __init__(self, path: Path, newest_checkpoint: Callable[[], str] = lambda: "", trackers=None):
         run_dir = Path(path).parent
+        self.trackers = trackers  # `tracking.Fanout`: TensorBoard, W&B; each record goes there after the file
         self._log = AppendLog(path, intact=lambda: f"{Path(path).name} keeps every line written before; "
                               f"{newest_checkpoint() or 'no checkpoint was written yet'}",
                               fix=f"free some space and resume with: superpose train --resume {run_dir}")
 
     def write(self, record: dict) -> None:
         self._log.write_line(json.dumps(record))
+        if self.trackers is not None:
+            self.trackers.write(record)
 
     def close(self) -> None:
         self._log.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 class NoMetrics:

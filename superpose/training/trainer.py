@@ -44,6 +44,7 @@ from ..inference.evaluate import next_token_eval
 from .. import files
 from ..files import sha256_file
 from . import checkpoint, checkpointer, distributed
+from .tracking import Fanout, open_trackers
 from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapsed_layers, describe_run, router_metrics,
                       run_summary)
 from .perf import compute_context
@@ -225,7 +226,8 @@ class Trainer:
             files.write_text(self.run_dir / "special_tokens.json", json.dumps(special) + "\n", fix=fix)
             if self.mi_fit is not None:  # the run's own copy of its bag weights' source (build.mi_fit)
                 files.write_text(self.run_dir / "mi.json", json.dumps(self.mi_fit, indent=2) + "\n", fix=fix)
-            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._newest_checkpoint)
+            trackers = Fanout(open_trackers(self.cfg, self.run_dir, self.state.step), self.log)
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._newest_checkpoint, trackers)
         else:
             self.metrics = NoMetrics()
         mixture = self.dataset if isinstance(self.dataset, Mixture) else None
@@ -248,6 +250,13 @@ class Trainer:
             what = phase.name if "s=" in phase.name else f"{phase.name}, s={phase.bag_size}"
             self.log(f"step {st.step}: switching to phase {phase.index} ({what}); {kept}, "
                      "LR schedule and data position carry over")
+            # Every phase boundary is an event in metrics.jsonl (and so in the trackers and plots);
+            # the one into next-token training also says what the switch-time ablations did.
+            event = {"type": "switch", "step": st.step, "phase": phase.index, "bag_size": phase.bag_size,
+                     "next_token": st.step == self.schedule.switch_step}
+            if event["next_token"]:
+                event.update(reinit=cfg.tst.reinit, reset_optimizer=cfg.tst.reset_optimizer)
+            self.metrics.write(event)
         t0 = time.perf_counter()
         out = self.train_step(phase)
         if not out["finite"]:
@@ -299,9 +308,6 @@ class Trainer:
         if t.reset_optimizer:
             self.optimizer.state.clear()  # AdamW re-creates moments and step count at its next step
             done.append("optimizer state reset (tst.reset_optimizer)")
-        if done:
-            self.metrics.write({"type": "switch", "step": self.state.step, "reinit": t.reinit,
-                                "reset_optimizer": t.reset_optimizer})
         return done
 
     def record_routing(self, rec: dict, router: dict, phase: Phase, full: bool) -> None:
