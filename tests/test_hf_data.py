@@ -29,8 +29,8 @@ transformers = pytest.importorskip("transformers")
 
 from superpose.data import TrainLoader, open_dataset, val_windows  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
-from superpose.hf import TSTTrainer  # noqa: E402
-from superpose.interop.hf_data import DataError, ShuffledRows, token_source  # noqa: E402
+from superpose.hf import DataError, TSTTrainer  # noqa: E402
+from superpose.interop.hf_data import ShuffledRows, token_source  # noqa: E402
 
 from conftest import make_documents  # noqa: E402
 
