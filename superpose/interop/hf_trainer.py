@@ -4,10 +4,10 @@
                                                      embeddings and `inputs_embeds`, positions 0..L-1
     next_token_loss(model, input_ids)                phase 2: the model's ordinary forward and CE
     TokenRows(tokens, seq_len, bag_size, phase1_rows)  rows of s*L + 1 tokens, then of L + 1
-    TSTTrainer(model=..., args=..., train_tokens=..., seq_len=L, bag_size=s, tst_ratio=r)
+    TSTTrainer(model=..., args=..., train_dataset=..., seq_len=L, bag_size=s, tst_ratio=r)
         a `transformers.Trainer` that runs phase 1 for the first round(r * max_steps) optimizer
         steps and next-token training after, in one run: one optimizer, one LR scheduler, one
-        token stream that carries on across the switch.
+        shuffled token stream that carries on across the switch (the data side: `hf_data`).
 
 The paper's ablations work here as in `superpose train`: mode="input"|"output", loss="mce_alt",
 bag_weights="power"|"exp"|a tensor|a mutual-information fit, schedule="8:0.1,4:0.1" (a bag-size
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import inspect
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,9 +31,10 @@ from ..core.superposition import (bag_targets, count_valid_targets, mi_bag_weigh
                                   superpose_embeddings)
 from ..errors import UserError
 from ..inference.evaluate import next_token_eval
+from .hf_data import DataError, ShuffledRows, TokenRows, token_source
 
 try:
-    from transformers import Trainer
+    from transformers import Trainer, TrainerCallback
 except ImportError as e:  # accelerate missing surfaces here too
     raise ImportError(f"superpose.hf needs transformers and accelerate ({e}): pip install 'superpose[hf]'") from e
 
@@ -123,83 +123,75 @@ def next_token_loss(model, input_ids: Tensor) -> Tensor:
     return loss if aux is None else loss + aux
 
 
-class TokenRows(torch.utils.data.IterableDataset):
-    """Consecutive rows of one token stream: the first `phase1_rows` rows hold bag_size*seq_len + 1
-    tokens, the rest seq_len + 1. `stages` [(rows, s), ...] gives several row lengths in turn
-    instead (a bag-size curriculum: stage k's rows hold s_k*seq_len + 1 tokens), then seq_len + 1.
-
-    A row of n + 1 tokens advances the position by n (its last token is only a label), so no token
-    is read as an input twice before the stream ends; then it starts over (another epoch), unless
-    `repeat=False`. The row lengths depend only on how many rows came before, never on timing, so
-    a data loader that fetches ahead gets the right rows, and every iteration yields the same
-    rows from the start (a resumed Trainer skips the ones it has seen).
-    """
-
-    def __init__(self, tokens, seq_len: int, bag_size: int = 1, phase1_rows: int = 0, repeat: bool = True,
-                 stages: list[tuple[int, int]] | None = None):
-        super().__init__()
-        self.stages = stages if stages is not None else ([(phase1_rows, bag_size)] if phase1_rows else [])
-        if not isinstance(tokens, (np.ndarray, Tensor)):
-            tokens = np.asarray(tokens, dtype=np.int64)
-        if tokens.ndim != 1:
-            raise UserError(f"tokens must be one 1-D stream of token ids, got shape {tuple(tokens.shape)}")
-        longest = max([s for _, s in self.stages] + [1]) * seq_len + 1
-        if len(tokens) < longest:
-            raise UserError(f"the token stream has {len(tokens)} tokens, fewer than one row of {longest}; "
-                            "give more tokens or a smaller seq_len / bag_size")
-        self.tokens, self.seq_len, self.bag_size, self.phase1_rows, self.repeat = (
-            tokens, seq_len, bag_size, phase1_rows, repeat)
-
-    def row_tokens(self, row: int) -> int:
-        """Input tokens of row `row` (0-based): s*L in a stage that bags its input, L after."""
-        end = 0
-        for rows, s in self.stages:
-            end += rows
-            if row < end:
-                return s * self.seq_len
-        return self.seq_len
-
-    def __iter__(self):
-        pos, row = 0, 0
-        while True:
-            n = self.row_tokens(row)
-            if pos + n + 1 > len(self.tokens):
-                if not self.repeat:
-                    return
-                pos = 0
-            yield {"input_ids": torch.as_tensor(np.asarray(self.tokens[pos:pos + n + 1]), dtype=torch.long)}
-            pos += n
-            row += 1
-
-
 def collate_rows(rows: list[dict]) -> dict:
     """Stack equal-length rows into {"input_ids": (B, n + 1)}."""
     return {"input_ids": torch.stack([r["input_ids"] for r in rows])}
+
+
+def eos_token_id(tokenizer, model) -> int | None:
+    """The end-of-text id that joins documents: the tokenizer's eos, else the model config's (the
+    first, if it lists several), else None."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        cfg = getattr(model, "config", None)
+        eos = getattr(cfg.get_text_config(), "eos_token_id", None) if cfg is not None else None
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return eos
+
+
+class _TextEpoch(TrainerCallback):
+    """Sets `state.epoch` after every optimizer step to the text consumed (TSTTrainer.epoch_at),
+    where the Trainer would put steps / max_steps (its rows are an endless stream to it). Logs,
+    checkpoints' trainer_state.json and later callbacks all see it."""
+
+    def __init__(self, trainer: "TSTTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        state.epoch = self.trainer.epoch_at(state.global_step)
 
 
 class TSTTrainer(Trainer):
     """`transformers.Trainer` with Token Superposition Training.
 
         trainer = TSTTrainer(model=model, args=TrainingArguments(max_steps=1000, ...),
-                             train_tokens=ids, seq_len=512, bag_size=4, tst_ratio=0.3)
+                             train_dataset=ds, eval_dataset=held_out, processing_class=tokenizer,
+                             seq_len=512, bag_size=4, tst_ratio=0.3)
         trainer.train()
 
     The first round(tst_ratio * max_steps) optimizer steps are phase 1: each row holds
-    bag_size*seq_len + 1 tokens of `train_tokens` (a 1-D array of token ids, e.g. tokenized
-    documents joined by an end-of-text token) and the loss is `superposition_loss`. After that,
-    rows hold seq_len + 1 tokens and the loss is `next_token_loss`. The optimizer, the LR scheduler
-    (over all max_steps) and the position in the token stream carry across the switch. Evaluation
-    (`eval_tokens`) is next-token loss in both phases. Logs carry `bag_size`.
+    bag_size*seq_len + 1 tokens and the loss is `superposition_loss`. After that, rows hold
+    seq_len + 1 tokens and the loss is `next_token_loss`. The optimizer, the LR scheduler (over
+    all max_steps) and the position in the text carry across the switch: phase 2 reads on where
+    phase 1 stopped. Evaluation is next-token loss on rows of seq_len + 1, in both phases.
+
+    train_dataset / eval_dataset: a `datasets.Dataset` with a column of token-id lists
+    (`input_ids`, or `dataset_column=`) or a text column (`text`) that `processing_class` (a
+    tokenizer) tokenizes; a list of documents (id lists, or texts with a tokenizer); a 1-D array
+    or tensor of ids; or `superpose.data.open_dataset(path)` (its train / val split) or its
+    `.train`. Documents are joined with the eos token (the tokenizer's, else the model config's)
+    and cut into rows. Training rows follow superpose's own loader: the documents in a new
+    permutation every epoch, seeded by `args.data_seed` (else `args.seed`), a pure function of
+    (seed, row), so `train(resume_from_checkpoint=...)` continues with the same rows. The logged
+    `epoch` is the text consumed over the text available (`epoch_at`). Evaluation rows are the
+    eval data in order.
+
+    train_tokens / eval_tokens (the older form): one 1-D stream of ids read in its own order,
+    from token 0, unshuffled. Logs carry `bag_size`. Wrong data is one `DataError` line (a
+    ValueError and a TypeError).
     """
 
     # compute_loss returns a per-micro-batch mean: the Trainer divides it by the accumulation steps
     # (every micro-batch of a phase has the same number of targets, so that is the exact mean).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model=None, args=None, *, train_tokens, seq_len: int, bag_size: int = 4, tst_ratio: float = 0.3,
-                 bag_weights: str | Tensor | dict | None = None, eval_tokens=None, mode: str = "full", loss: str = "mce",
-                 schedule: str = "", reset_optimizer: bool = False, reinit: str = "none", **kwargs):
-        from ..config import Config, REINIT
+    def __init__(self, model=None, args=None, *, train_dataset=None, eval_dataset=None, seq_len: int,
+                 bag_size: int = 4, tst_ratio: float = 0.3, processing_class=None, dataset_column: str | None = None,
+                 train_tokens=None, eval_tokens=None, bag_weights: str | Tensor | dict | None = None,
+                 mode: str = "full", loss: str = "mce", schedule: str = "", reset_optimizer: bool = False,
+                 reinit: str = "none", **kwargs):
+        from ..config import Config
 
         if args is None or args.max_steps is None or args.max_steps <= 0:
             raise UserError("TSTTrainer needs TrainingArguments(max_steps=N): phase 1 is a fraction of the steps")
@@ -207,9 +199,20 @@ class TSTTrainer(Trainer):
             raise UserError("TSTTrainer reads its token rows in the main process: set dataloader_num_workers=0")
         if bag_size < 1 or not 0.0 <= tst_ratio <= 1.0:
             raise UserError(f"bag_size must be >= 1 and tst_ratio in [0, 1], got {bag_size} and {tst_ratio}")
-        for name in ("train_dataset", "eval_dataset", "data_collator"):
-            if kwargs.get(name) is not None:
-                raise UserError(f"TSTTrainer builds its own {name} from train_tokens / eval_tokens; do not pass one")
+        if kwargs.get("data_collator") is not None:
+            raise UserError("TSTTrainer packs its own rows and collates them itself; do not pass data_collator")
+        if "tokenizer" in kwargs:  # the name transformers < 4.46 used for processing_class
+            if processing_class is not None:
+                raise DataError("both tokenizer= and processing_class= given; pass the tokenizer once, as "
+                                "processing_class=")
+            processing_class = kwargs.pop("tokenizer")
+        for old, new, a, b in (("train_tokens", "train_dataset", train_tokens, train_dataset),
+                               ("eval_tokens", "eval_dataset", eval_tokens, eval_dataset)):
+            if a is not None and b is not None:
+                raise DataError(f"both {old}= and {new}= given; pass the data once ({new}= takes a 1-D array too)")
+        if train_tokens is None and train_dataset is None:
+            raise DataError("TSTTrainer needs training data: pass train_dataset= (a datasets.Dataset, a list of "
+                            "token-id lists, or a 1-D array of ids)")
         # The same checks as superpose's own config (modes, losses, curricula, switch options).
         cfg = Config()
         cfg.tst.bag_size, cfg.tst.ratio, cfg.tst.mode, cfg.tst.loss = bag_size, tst_ratio, mode, loss
@@ -221,14 +224,33 @@ class TSTTrainer(Trainer):
         self.schedule = Schedule.tst(args.max_steps, tst_ratio, bag_size, mode, schedule)  # the LR stays the Trainer's
         self.seq_len, self.bag_weights, self.loss_kind = seq_len, bag_weights, loss
         self.reset_optimizer, self.reinit, self._switched = reset_optimizer, reinit, False
-        rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        stages = [(p.num_steps * rows_per_step, p.input_bag) for p in self.schedule.phases if p.index == 1]
-        train = TokenRows(train_tokens, seq_len, stages=stages)
-        evaluation = None if eval_tokens is None else TokenRows(eval_tokens, seq_len, repeat=False)
+        self.rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        stages = [(p.num_steps * self.rows_per_step, p.input_bag) for p in self.schedule.phases if p.index == 1]
+
+        vocab = _input_embeddings(model).num_embeddings  # ids must index the model's embedding
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        source = dict(tokenizer=processing_class, column=dataset_column, eos=eos_token_id(processing_class, model),
+                      vocab_size=vocab)
+        if train_tokens is not None:
+            train = TokenRows(train_tokens, seq_len, stages=stages, vocab_size=vocab, what="train_tokens")
+        else:
+            stream, starts = token_source(train_dataset, what="train_dataset", **source)
+            train = ShuffledRows(stream, seq_len, seed=seed, doc_starts=starts, stages=stages, vocab_size=vocab)
+        evaluation = None
+        if eval_tokens is not None:
+            evaluation = TokenRows(eval_tokens, seq_len, repeat=False, vocab_size=vocab, what="eval_tokens")
+        elif eval_dataset is not None:
+            stream, _ = token_source(eval_dataset, what="eval_dataset", split="val", **source)
+            evaluation = TokenRows(stream, seq_len, repeat=False, vocab_size=vocab, what="eval_dataset")
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
-                         data_collator=collate_rows, **kwargs)
-        _input_embeddings(self.model)
+                         data_collator=collate_rows, processing_class=processing_class, **kwargs)
+        self.add_callback(_TextEpoch(self))
         self.model_accepts_loss_kwargs = False  # transformers 4.x: divide by the accumulation steps
+
+    def epoch_at(self, step: int) -> float:
+        """Epochs of training text consumed by the first `step` optimizer steps: whole passes plus
+        the position in the current one over the tokens available (phase-1 rows count s*L tokens)."""
+        return self.train_dataset.epoch_at(step * self.rows_per_step)
 
     @property
     def switch_step(self) -> int:
