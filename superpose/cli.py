@@ -9,6 +9,7 @@
     superpose export RUN_DIR_OR_CHECKPOINT --hf OUT_DIR
     superpose generate RUN_DIR_OR_CHECKPOINT --prompt TEXT [--max-new-tokens N --temperature T --top-k K --seed S]
     superpose eval RUN_DIR_OR_CHECKPOINT [--data DATA_DIR] [--tasks PATH.yaml|NAME,...]
+    superpose plot RUN_DIR [RUN_DIR ...] [--out PNG] [--x step|tokens|time] [--watch [--every SECONDS]]
     superpose presets
 
 Every mistake a user can make ends in one line on stderr and exit status 2, no traceback.
@@ -24,6 +25,8 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+
+WATCH_EVERY = 10.0  # plot --watch's default seconds between looks at metrics.jsonl
 
 
 def _log(msg: str) -> None:
@@ -191,6 +194,26 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
           command=" ".join(["superpose", *sys.argv[1:]]), log=_log)
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    """Train loss, val loss, LR and grad norm of one or more runs in one PNG; --watch redraws it
+    while they train and returns when all have finished (Ctrl-C: exit 0, the last image kept)."""
+    from .experiments.plot import AXES, check_out, check_run, default_out, plot_runs, watch
+
+    if args.x not in AXES:
+        raise UserError(f"--x must be one of {', '.join(AXES)}, got {args.x!r}")
+    if not (args.every > 0 and math.isfinite(args.every)):
+        raise UserError(f"--every takes a positive number of seconds between looks, got {args.every:g}")
+    for run in args.runs:
+        check_run(Path(run), empty_ok=args.watch)  # --watch waits for a run's first step
+    out = default_out(args.runs, args.out)
+    check_out(out)
+    runs = [Path(r) for r in args.runs]
+    if not args.watch:
+        _log(f"wrote {plot_runs(runs, out, args.x)}")
+    else:
+        watch(runs, out, args.x, args.every, _log)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .interop.hf_llama import export_hf
 
@@ -331,6 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.6", help="comma-separated r values (default 0.1,...,0.6)")
     ps.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
     ps.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
+    pl = sub.add_parser("plot", help="draw runs from their metrics.jsonl: train/val loss, LR, grad norm; --watch "
+                        "redraws while they train")
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each has a metrics.jsonl)")
+    pl.add_argument("--out", metavar="PNG", help="the image to write (default: RUN_DIR/plot.png for one run; "
+                    "required for several)")
+    pl.add_argument("--x", default="step", metavar="step|tokens|time", help="x axis: optimizer steps, raw tokens "
+                    "read, or wall clock since the run started (default step)")
+    pl.add_argument("--watch", action="store_true", help="redraw whenever a metrics.jsonl grows, until every run "
+                    "has finished (its summary.json) or Ctrl-C")
+    pl.add_argument("--every", type=float, default=WATCH_EVERY, metavar="SECONDS",
+                    help=f"--watch: seconds between looks at the metrics (default {WATCH_EVERY:g})")
     pe = sub.add_parser("export", help="write a run's model as a Hugging Face folder (LlamaForCausalLM or "
                         "Qwen3MoeForCausalLM)")
     pe.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
@@ -385,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_generate(args)
         elif args.verb == "eval":
             cmd_eval(args)
+        elif args.verb == "plot":
+            cmd_plot(args)
         else:
             cmd_presets(args)
     except UserError as e:

@@ -24,10 +24,11 @@ def write_report(path: Path, text: str) -> None:
     write_text(path, text, intact="the runs' results are kept", fix=REPORT_FIX)
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path, intact: str = "the runs' results are kept", fix: str = REPORT_FIX) -> None:
+    """A figure file, renamed into place whole (`files.write_file`): a viewer never sees half an image."""
     # The temporary's name has no .png suffix, so the format is given.
     write_file(path, lambda p: fig.savefig(p, dpi=120, format=path.suffix.lstrip(".") or "png"),
-               intact="the runs' results are kept", fix=REPORT_FIX)
+               intact=intact, fix=fix)
 
 TST_COLOR, BASE_COLOR = "tab:red", "tab:blue"
 
