@@ -6,9 +6,10 @@
     watch([run_dir, ...], out, "step", 10, log)  # redraw while metrics.jsonl grows, until summary.json
 
 metrics.jsonl is the source of truth: `train` lines carry loss, lr, grad_norm, phase, bag_size,
-tokens_seen and elapsed_s; `eval` lines val_loss; a `switch` line marks a switch that reset or
-re-drew something. A phase boundary is where (phase, bag_size) changes from one step to the next,
-so every stage of a curriculum gets its line, with or without a `switch` record.
+tokens_seen and elapsed_s; `eval` lines val_loss; a `switch` line marks each phase boundary
+(older files have one only where the switch reset or re-drew something). A phase boundary is
+where (phase, bag_size) changes from one step to the next, so every stage of a curriculum gets
+its line, with or without a `switch` record.
 
 Every x is "after the step": step k's line is drawn at k + 1 steps done, its tokens_seen and
 elapsed_s are counted after the step, and a boundary before step S is drawn where step S - 1 ended.
