@@ -139,9 +139,9 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
         # RoPE has no table of positions, so the model runs at any length; the context it trained
         # at is often shorter than what evaluation harnesses need (lm-eval generates up to 256
         # tokens, and asserts when a continuation or max_gen_toks outgrows max_length). So the
-        # config offers at least 2048 positions, lm-eval's own default when a model names none;
-        # the trained context stays in superpose_max_seq_len (read back by `config_from_hf`) and in
-        # the tokenizer's model_max_length (what truncation=True cuts to).
+        # config (and the tokenizer's model_max_length, whose excess transformers warns about)
+        # offers at least 2048 positions, lm-eval's own default when a model names none; the
+        # trained context stays in superpose_max_seq_len (read back by `config_from_hf`).
         "max_position_embeddings": max(cfg.max_seq_len, MIN_EXPORTED_POSITIONS),
         "superpose_max_seq_len": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
@@ -199,7 +199,7 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
     # special tokens: documents are separated by end-of-text, so a prompt may start with it).
     _write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eot_token, "eos_token": eot_token,
-        "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False}, intact=intact, fix=fix)
+        "model_max_length": max(cfg.max_seq_len, MIN_EXPORTED_POSITIONS), "clean_up_tokenization_spaces": False}, intact=intact, fix=fix)
     write_text(out / "README.md", _model_card(src, cfg), intact=intact, fix=fix)
     # What `--init-from-hf` verifies before it trusts the folder (transformers ignores the file).
     _write_json(out / MANIFEST, {"exported_from": str(src.path), "step": src.step, "files": {
