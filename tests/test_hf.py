@@ -58,6 +58,14 @@ def hf_parity(model_dir, hf_dir, T=40):
     return diff, theirs
 
 
+def batch_shapes(trainer) -> list[tuple[int, ...]]:
+    """The shape of every batch `trainer` computes a loss on, filled in as it trains."""
+    shapes, compute = [], trainer.compute_loss
+    trainer.compute_loss = lambda m, inputs, **kw: (shapes.append(tuple(inputs["input_ids"].shape)),
+                                                    compute(m, inputs, **kw))[1]
+    return shapes
+
+
 # ----------------------------------------------------------------------------- export
 
 def test_name_map_round_trips_every_tensor():
@@ -263,10 +271,7 @@ def test_tst_trainer_crosses_the_switch_in_one_run(tmp_path):
     held_out = torch.randint(0, V, (200,), generator=torch.Generator().manual_seed(4))
     trainer = TSTTrainer(model=model, args=args, train_tokens=tokens, seq_len=L, bag_size=S, tst_ratio=0.5,
                          eval_tokens=held_out)
-    shapes = []
-    compute = trainer.compute_loss
-    trainer.compute_loss = lambda m, inputs, **kw: (shapes.append(tuple(inputs["input_ids"].shape)),
-                                                   compute(m, inputs, **kw))[1]
+    shapes = batch_shapes(trainer)
     trainer.train()
     assert shapes == [(2, S * L + 1)] * 6 + [(2, L + 1)] * 6
     logs = [h for h in trainer.state.log_history if "loss" in h]

@@ -33,6 +33,7 @@ from superpose.hf import DataError, TSTTrainer  # noqa: E402
 from superpose.interop.hf_data import ShuffledRows, token_source  # noqa: E402
 
 from conftest import make_documents  # noqa: E402
+from test_hf import batch_shapes  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,10 +81,7 @@ def test_dataset_trains_through_the_switch_and_resumes(tmp_path):
     ds = datasets.Dataset.from_dict({"input_ids": random_docs(30)})
     first = TSTTrainer(model=tiny_llama(), args=train_args(tmp_path / "a", save_strategy="steps", save_steps=5),
                        train_dataset=ds, seq_len=L, bag_size=S, tst_ratio=0.5)
-    shapes = []
-    compute = first.compute_loss
-    first.compute_loss = lambda m, inputs, **kw: (shapes.append(tuple(inputs["input_ids"].shape)),
-                                                 compute(m, inputs, **kw))[1]
+    shapes = batch_shapes(first)
     first.train()
     assert shapes == [(2, S * L + 1)] * 10 + [(2, L + 1)] * 10
     logs = [h for h in first.state.log_history if "loss" in h]
