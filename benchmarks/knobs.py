@@ -50,6 +50,14 @@ GROUPS: dict[str, list[tuple[str, dict]]] = {
            ("torch s=3", {"model.init": "torch", "tst.bag_size": 3}),
            ("torch r=0.1", {"model.init": "torch", "tst.ratio": 0.1}),
            ("torch r=0.2", {"model.init": "torch", "tst.ratio": 0.2})],
+    # Issue 21's screen of the long, small regime (preset cpu-long): the three inits at the preset's
+    # s=4, r=0.3, lr 3e-3; then s, r and the LR around the best of them.
+    "long-init": [("normal", {"model.init": "normal"}), ("torch", {"model.init": "torch"}),
+                  ("titan", {"model.init": "titan"})],
+    "long-sr": [(f"{init} {name}", {"model.init": init, **ov}) for init in ("normal", "torch", "titan")
+                for name, ov in (("s=2", {"tst.bag_size": 2}), ("r=0.1", {"tst.ratio": 0.1}),
+                                 ("s=2 r=0.1", {"tst.bag_size": 2, "tst.ratio": 0.1}),
+                                 ("lr=6e-3", {"optim.lr": 6e-3}))],
     "wd": [("torch wd-emb", {"model.init": "torch", "optim.decay_embeddings": True})],
     "lr": [("torch lr=6e-3", {"model.init": "torch", "optim.lr": 6e-3}),
            ("torch lr=1.5e-3", {"model.init": "torch", "optim.lr": 1.5e-3})],

@@ -166,7 +166,9 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .experiments.compare import compare
+    from .experiments.compare import compare, parse_baselines
+
+    variants = parse_baselines(args.baselines)
 
     cfg, seeds = _experiment_config(args, overrides)
     factors = tuple(_floats(args.baseline_lengths, "--baseline-lengths"))
@@ -179,7 +181,7 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
             raise UserError(f"--steps takes positive whole step counts, e.g. 300,600,1200; got {args.steps!r}")
         steps = [int(n) for n in lengths]
     compare(cfg, Path(args.out), seeds, factors, command=" ".join(["superpose", *sys.argv[1:]]), log=_log,
-            steps=steps)
+            steps=steps, baselines=variants)
 
 
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -345,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--steps", help="TST run lengths to scan, e.g. 300,600,1200 (default: the preset's "
                     "train.steps): the gain at each, its trend with length and the predicted crossover; one "
                     "baseline trunk per seed serves every length")
+    pc.add_argument("--baselines", metavar="VARIANTS", help="more baselines to beat, e.g. \"model.init=normal;"
+                    "model.init=titan;optim.lr=6e-3,model.init=normal\" (';' between variants, ',' between the fields "
+                    "of one): each is one more baseline trunk per seed in the same lock-step, and each length also "
+                    "reports TST's gain against the best baseline (the lowest mean final loss there)")
     ps = sub.add_parser("sweep", help="the r x s grid of final losses, resumable",
                         epilog="Config overrides (--section.field=value) apply to every cell.")
     ps.add_argument("--preset", help="named config: see `superpose presets`")

@@ -34,6 +34,21 @@ def _cpu_small() -> Config:
     )
 
 
+def _cpu_long() -> Config:
+    """Tens of minutes on 2 CPU cores: the long, small regime (issue 21). cpu-smoke's body (~0.1M
+    non-embedding parameters) for 6000 steps of 16 rows of 64 positions: ~58 training tokens per
+    non-embedding parameter, where data per parameter is large enough for TST to pay off. Scored on
+    64k validation tokens, so gains of a few hundredths of a nat are resolvable (benchmarks/records/
+    long_small_*/ holds the screen that chose these values and the fresh-seed confirmation)."""
+    return Config(
+        model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, init="torch"),
+        data=DataConfig(seq_len=64, val_tokens=65536),
+        tst=TSTConfig(bag_size=4, ratio=0.3),
+        optim=OptimConfig(lr=3e-3, warmup_steps=100),
+        train=TrainConfig(steps=6000, batch_size=16, eval_every=500, log_every=100),
+    )
+
+
 def _gpu_30m() -> Config:
     """One GPU, minutes: the crossover study's GPU rung between cpu-small and 270m
     (benchmarks/gpu_compare.sh). A 31M-parameter Llama (d=512, 8 layers; 27M non-embedding at the
@@ -106,6 +121,7 @@ def _paper_moe() -> Config:
 PRESETS: dict[str, Callable[[], Config]] = {
     "cpu-smoke": _cpu_smoke,
     "cpu-small": _cpu_small,
+    "cpu-long": _cpu_long,
     "gpu-30m": _gpu_30m,
     # SmolLM2-135M shape, untied (the paper's "270M"), lr from the paper's sweep.
     "270m": lambda: _paper(576, 30, 9, 3, 1536, 2e-3),

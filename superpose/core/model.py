@@ -27,10 +27,34 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-INIT_SCHEMES = ("normal", "torch", "torch-attn", "torch-mlp")
+INIT_SCHEMES = ("normal", "torch", "torch-attn", "torch-mlp", "titan")
 ARCHITECTURES = ("llama", "qwen3_moe")
 MOE_FIELDS = ("n_experts", "top_k", "moe_ffn_dim", "norm_topk_prob", "router_aux_coef", "decoder_sparse_step",
               "mlp_only_layers")  # ModelConfig fields only qwen3_moe uses
+
+
+# ---------------------------------------------------------------- TorchTitan's Llama 3 init
+# As torchtitan 0.3.0 draws it (models/llama3/__init__.py, models/common/param_init.py): matrices
+# truncated normal cut at +-2 (absolute, so ~100 std at 0.02: in effect a plain normal); the
+# projections that write into the residual stream, and the MLP's up projection (titan's w3),
+# scaled per layer by 1/sqrt(2 (layer + 1)), not by the model's depth; embeddings N(0, 1); the
+# head truncated normal with std dim^-0.5 cut at +-3 std. `init_std` stands for titan's 0.02.
+
+
+def titan_layer_std(cfg: "ModelConfig", layer: int) -> float:
+    """The std of layer `layer`'s (0-based) depth-scaled matrices under init=titan."""
+    return cfg.init_std / math.sqrt(2 * (layer + 1))
+
+
+def titan_normal_(weight: Tensor, std: float) -> Tensor:
+    """torchtitan's matrix init: trunc_normal_ with its default absolute cut at +-2."""
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2.0, b=2.0)
+
+
+def titan_head_(weight: Tensor, dim: int, generator: torch.Generator | None = None) -> Tensor:
+    """torchtitan's output-head init: truncated normal, std dim^-0.5, cut at +-3 std."""
+    std = dim ** -0.5
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-3 * std, b=3 * std, generator=generator)
 
 
 @dataclass
@@ -65,8 +89,10 @@ class ModelConfig:
     """How the linear layers start (see `Transformer.init_weights`): normal (GPT-2: N(0, init_std),
     residual output projections / sqrt(2 n_layers)), torch (PyTorch's nn.Linear default,
     U(+-1/sqrt(fan_in)), for every linear layer and the LM head), or torch-attn / torch-mlp (the
-    torch init for the attention or the MLP projections only, normal elsewhere). TST is sensitive
-    to it at small scale: benchmarks/records/crossover_*/."""
+    torch init for the attention or the MLP projections only, normal elsewhere), or titan
+    (TorchTitan's Llama 3 init, which the paper most likely trained with: embeddings N(0, 1), a
+    per-layer depth scaling, the head at dim^-0.5; see `init_titan`). TST is sensitive to it at
+    small scale: benchmarks/records/crossover_*/ and long_small_*/."""
     arch: str = "llama"
     """llama (this file: dense SwiGLU blocks) or qwen3_moe (core/moe.py: Qwen3-MoE blocks, with
     QK-norm and a routed mixture of SwiGLU experts; exported as Qwen3MoeForCausalLM). The fields
@@ -300,9 +326,11 @@ class Transformer(nn.Module):
         fan_in 128), for the attention, the MLP and the LM head; no depth scaling. At d=128 a block
         then writes roughly an order of magnitude more into the residual stream at init.
         torch-attn / torch-mlp: the torch init for that sub-block only, normal for the rest.
-        Embeddings are N(0, init_std) and norms 1 under every scheme."""
+        Embeddings are N(0, init_std) and norms 1 under every scheme but titan (`init_titan`)."""
         cfg = self.config
         std, scheme = cfg.init_std, cfg.init
+        if scheme == "titan":
+            return self.init_titan()
         nn.init.normal_(self.embed_tokens.weight, std=std)
         for block in self.layers:
             attn, mlp = block.self_attn, block.mlp
@@ -326,6 +354,24 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(self.lm_head.weight, std=std)
 
+    def init_titan(self) -> None:
+        """init=titan: TorchTitan's Llama 3 init (see `titan_layer_std`). Embeddings N(0, 1); in
+        layer i, q, k, v and the MLP's gate (titan's w1) N(0, init_std), o, up and down (wo, w3,
+        w2) N(0, init_std / sqrt(2 (i + 1))); norms 1; the head truncated normal, std dim^-0.5."""
+        cfg = self.config
+        nn.init.normal_(self.embed_tokens.weight, std=1.0)
+        for i, block in enumerate(self.layers):
+            attn, mlp = block.self_attn, block.mlp
+            for lin in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj):
+                titan_normal_(lin.weight, cfg.init_std)
+            for lin in (attn.o_proj, mlp.up_proj, mlp.down_proj):
+                titan_normal_(lin.weight, titan_layer_std(cfg, i))
+            block.input_layernorm.weight.fill_(1.0)
+            block.post_attention_layernorm.weight.fill_(1.0)
+        self.norm.weight.fill_(1.0)
+        if not cfg.tie_embeddings:
+            titan_head_(self.lm_head.weight, cfg.dim)
+
     def fresh_weights(self, names: list[str], generator: torch.Generator) -> dict[str, Tensor]:
         """New draws of the input embedding and/or LM head from the distributions `init_weights`
         uses, as full float32 CPU tensors, from `generator` (so every rank draws the same values).
@@ -340,6 +386,10 @@ class Transformer(nn.Module):
             V, D = cfg.vocab_size, cfg.dim
             if name == "lm_head.weight" and cfg.init == "torch":  # nn.Linear's default, U(+-1/sqrt(fan_in))
                 out[name] = (torch.rand(V, D, generator=generator) * 2 - 1) / math.sqrt(D)
+            elif name == "lm_head.weight" and cfg.init == "titan":
+                out[name] = titan_head_(torch.empty(V, D), D, generator)
+            elif name == "embed_tokens.weight" and cfg.init == "titan":
+                out[name] = torch.randn(V, D, generator=generator)
             elif name in ("embed_tokens.weight", "lm_head.weight"):
                 out[name] = torch.randn(V, D, generator=generator) * cfg.init_std
             else:

@@ -34,7 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .model import Attention, FeedForward, KVCache, LayerCache, ModelConfig, RMSNorm, Transformer, rope_cos_sin
+from .model import (Attention, FeedForward, KVCache, LayerCache, ModelConfig, RMSNorm, Transformer, rope_cos_sin,
+                    titan_layer_std, titan_normal_, titan_head_)
 
 
 def moe_problems(cfg: ModelConfig) -> list[str]:
@@ -243,6 +244,8 @@ class MoETransformer(Transformer):
         N(0, init_std / sqrt(2 n_layers)); torch / torch-mlp give U(+-1/sqrt(fan_in)) per expert."""
         cfg = self.config
         std, scheme = cfg.init_std, cfg.init
+        if scheme == "titan":
+            return self.init_titan()
         torch_init = {"attn": scheme in ("torch", "torch-attn"), "mlp": scheme in ("torch", "torch-mlp")}
         out_std = std / math.sqrt(2 * cfg.n_layers)
         nn.init.normal_(self.embed_tokens.weight, std=std)
@@ -270,6 +273,33 @@ class MoETransformer(Transformer):
         self.norm.weight.fill_(1.0)
         if not cfg.tie_embeddings:
             self.lm_head.reset_parameters() if scheme == "torch" else nn.init.normal_(self.lm_head.weight, std=std)
+
+    def init_titan(self) -> None:
+        """init=titan as `Transformer.init_titan`, with torchtitan's MoE rule: the router and each
+        expert's up and down projections (w3, w2) at the layer's depth-scaled std, the experts'
+        gate (w1) at init_std."""
+        cfg = self.config
+        nn.init.normal_(self.embed_tokens.weight, std=1.0)
+        for i, block in enumerate(self.layers):
+            attn, mlp, layer_std = block.self_attn, block.mlp, titan_layer_std(cfg, i)
+            for lin in (attn.q_proj, attn.k_proj, attn.v_proj):
+                titan_normal_(lin.weight, cfg.init_std)
+            titan_normal_(attn.o_proj.weight, layer_std)
+            if block.sparse:
+                titan_normal_(mlp.gate.weight, layer_std)
+                Fe = cfg.moe_ffn_dim
+                titan_normal_(mlp.experts.gate_up_proj[:, :Fe], cfg.init_std)  # gate rows (w1)
+                titan_normal_(mlp.experts.gate_up_proj[:, Fe:], layer_std)  # up rows (w3)
+                titan_normal_(mlp.experts.down_proj, layer_std)
+            else:
+                titan_normal_(mlp.gate_proj.weight, cfg.init_std)
+                for lin in (mlp.up_proj, mlp.down_proj):
+                    titan_normal_(lin.weight, layer_std)
+            for norm in (block.input_layernorm, block.post_attention_layernorm, attn.q_norm, attn.k_norm):
+                norm.weight.fill_(1.0)
+        self.norm.weight.fill_(1.0)
+        if not cfg.tie_embeddings:
+            titan_head_(self.lm_head.weight, cfg.dim)
 
     def forward(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
                 cache: KVCache | None = None, return_hidden: bool = False, return_router: bool = False):

@@ -5,7 +5,8 @@ finds it decays like MI(d) = c0 + a * d^k (c0 ~ 3.63, a ~ 1.35, k ~ -1.25), and 
 slots of the next-bag loss by the fitted curve. We do the same on the train split of a prepared
 data directory:
 
-    record = measure(dataset)        MI(d) for d = 1..16 and the fit {c0, a, k}
+    record = measure(dataset)        MI(d) for d = 1..16 and the fit {c0, a, k}, and the train
+                                     split's unigram entropy (the plateau a TST phase 1 can sit on)
     save(data_dir, record)           DATA_DIR/mi.json and the plot DATA_DIR/mi.png
     load(data_dir)                   the record, or None
 
@@ -80,6 +81,29 @@ def fit_decay(distances: np.ndarray, mi: np.ndarray) -> dict:
     return {"c0": c0, "a": a, "k": k, "rmse": math.sqrt(sse / len(d))}
 
 
+def token_entropy(dataset, chunk: int = 1 << 24) -> float:
+    """The unigram entropy H(p) in nats of the train split's token frequencies p: the multi-hot
+    next-bag loss of a model that knows no context (it can do no better than predict p for every
+    slot), so a TST phase 1 stuck there learned token frequencies only. All tokens, read in chunks."""
+    counts = np.zeros(dataset.vocab_size, dtype=np.int64)
+    total = dataset.train.num_tokens
+    for start in range(0, total, chunk):
+        counts += np.bincount(dataset.train.read(start, min(chunk, total - start)), minlength=dataset.vocab_size)
+    p = counts[counts > 0] / total
+    return float(-(p * np.log(p)).sum())
+
+
+def unigram_entropy(data_dir: Path) -> float:
+    """The train split's unigram entropy (nats): from mi.json when prepare or `superpose mi`
+    recorded it, else measured now (seconds) without writing anything."""
+    record = load(data_dir)
+    if record is not None and "unigram_entropy" in record:
+        return float(record["unigram_entropy"])
+    from .shards import open_dataset
+
+    return token_entropy(open_dataset(data_dir))
+
+
 def measure(dataset, max_distance: int = MAX_DISTANCE, max_tokens: int = MAX_TOKENS,
             log: Callable[[str], None] = print) -> dict:
     """MI at distances 1..max_distance on up to `max_tokens` train tokens, and its fit."""
@@ -100,7 +124,8 @@ def measure(dataset, max_distance: int = MAX_DISTANCE, max_tokens: int = MAX_TOK
     log(f"mi: MI(1) {mi[0]:.3f}, MI({max_distance}) {mi[-1]:.3f} nats; fit c0 {fit['c0']:.3f} + a {fit['a']:.3f} * "
         f"d^{fit['k']:.3f} (rmse {fit['rmse']:.4f}) on {per * n_blocks:,} tokens [{time.time() - t0:.0f}s]")
     return {"format_version": 1, "estimator": "plug-in with Miller-Madow correction, nats", "distances": distances,
-            "mi": mi, "fit": fit, "tokens": per * n_blocks, "blocks": n_blocks, "vocab_size": dataset.vocab_size}
+            "mi": mi, "fit": fit, "tokens": per * n_blocks, "blocks": n_blocks, "vocab_size": dataset.vocab_size,
+            "unigram_entropy": token_entropy(dataset)}
 
 
 def save(data_dir: Path, record: dict, log: Callable[[str], None] = print) -> Path:

@@ -51,6 +51,79 @@ class _Run:
     trainer: Trainer
 
 
+OWN = "own"
+"""The name of the baseline with the compare's own config (the TST arm's, without TST)."""
+
+# Fields a baseline variant may not change: they fix what the arms are compared on (the data and
+# its evaluation, the run length and seed, the FLOPs of a step) or they are TST's own.
+FIXED_FIELDS = ("train.steps", "train.seed", "train.batch_size", "train.grad_accum", "model.dim", "model.n_layers",
+                "model.n_heads", "model.n_kv_heads", "model.ffn_dim", "model.vocab_size", "model.max_seq_len",
+                "model.arch", "model.n_experts", "model.top_k", "model.moe_ffn_dim")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One more baseline of a compare: the compare's config with `overrides` on top (never TST)."""
+
+    name: str  # "model.init=normal", "optim.lr=6e-3,model.init=normal": its overrides as given
+    overrides: tuple[tuple[str, str], ...]
+
+    @property
+    def slug(self) -> str:
+        """Its part of a run directory's name: baseline-<slug>-<steps>."""
+        return self.name.replace("/", "_").replace(",", "+")
+
+
+def parse_baselines(text: str | None) -> list[Variant]:
+    """--baselines "model.init=normal;model.init=titan;optim.lr=6e-3,model.init=normal": variants
+    separated by ';', the fields of one variant by ','. Each field is checked like a --a.b override
+    later (`apply_variant`); here only the form and the fields a baseline may not change."""
+    if not text:
+        return []
+    out: list[Variant] = []
+    for i, part in enumerate((p.strip() for p in text.split(";")), 1):
+        if not part:
+            continue
+        pairs = []
+        for item in (x.strip() for x in part.split(",")):
+            key, eq, value = item.partition("=")
+            key = key.strip().removeprefix("--")
+            if not eq or not key or "." not in key or not value.strip():
+                raise UserError(f"--baselines variant {i} ({part!r}): each field is section.field=value, e.g. "
+                                "--baselines \"model.init=normal;optim.lr=6e-3\"")
+            if key.startswith(("tst.", "data.")) or key in FIXED_FIELDS:
+                raise UserError(f"--baselines variant {i}: {key} is fixed for every arm (it sets TST, the data and "
+                                "its evaluation, the run length, the seed or the FLOPs of a step); vary options "
+                                "such as model.init or optim.lr")
+            pairs.append((key, value.strip()))
+        name = ",".join(f"{k}={v}" for k, v in pairs)
+        if name in {v.name for v in out}:
+            raise UserError(f"--baselines names {name} twice; give each variant once")
+        out.append(Variant(name, tuple(pairs)))
+    return out
+
+
+def apply_variant(cfg: Config, variant: Variant | None) -> Config:
+    """`cfg` with the variant's overrides (a copy; None: `cfg` itself). A bad value is one UserError."""
+    if variant is None:
+        return cfg
+    from ..config import set_field
+
+    c = copy.deepcopy(cfg)
+    try:
+        for key, value in variant.overrides:
+            set_field(c, key, value)
+        return c.validate()
+    except UserError as e:
+        raise UserError(f"--baselines {variant.name}: {e}") from None
+
+
+def baseline_name(variant: Variant | None, steps: int) -> str:
+    """The run directory (and run name) of a baseline of `steps` steps: baseline-T for the
+    compare's own config, baseline-<variant>-T for a variant."""
+    return f"baseline-{steps}" if variant is None else f"baseline-{variant.slug}-{steps}"
+
+
 def _arm_config(cfg: Config, seed: int, steps: int, bag_size: int, ratio: float) -> Config:
     c = copy.deepcopy(cfg)
     c.train.seed, c.train.steps, c.tst.bag_size, c.tst.ratio = seed, steps, bag_size, ratio
@@ -73,12 +146,13 @@ def switch_evals(switch: int, eval_every: int, steps: int) -> set[int]:
 
 
 def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: tuple[float, ...],
-             log: Callable[[str], None]) -> dict:
-    """Train the TST arm of every length and one baseline trunk + decay branches, all in lock-step.
+             log: Callable[[str], None], variants: list[Variant] = ()) -> dict:
+    """Train the TST arm of every length and, for the compare's own config and each baseline
+    variant, one baseline trunk + decay branches, all in lock-step.
 
-    The trunk runs at the stable LR as far as the longest baseline length any TST length needs;
-    each shorter baseline length branches off it where its own decay starts, so every baseline
-    length costs only its decay steps. -> {"by_steps": {str(T): result of length T}}."""
+    A trunk runs at the stable LR as far as the longest baseline length any TST length needs; each
+    shorter baseline length branches off it where its own decay starts, so every baseline length
+    costs only its decay steps. -> {"by_steps": {str(T): result of length T}}."""
     s, r, decay = cfg.tst.bag_size, cfg.tst.ratio, cfg.optim.decay_frac
     needs = {T: baseline_lengths(T, factors, decay, cfg.optim.warmup_steps) for T in steps_list}
     lengths = sorted(set().union(*needs.values()))
@@ -90,29 +164,35 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
     for T, t in tsts.items():  # see the jump at the switch and the recovery after it
         t.extra_evals = frozenset(switch_evals(t.schedule.switch_step, cfg.train.eval_every, T))
     trunk_steps = lengths[-1]
-    trunk = build_trainer(_arm_config(cfg, seed, trunk_steps, 1, 0.0), out / f"baseline-{trunk_steps}", ds, quiet)
-    branch_at = {n - round(decay * n): n for n in lengths[:-1]}  # trunk step -> branch length
-    runs = [_Run(f"tst-{T}", t) for T, t in tsts.items()] + [_Run(f"baseline-{trunk_steps}", trunk)]
+    runs = [_Run(f"tst-{T}", t) for T, t in tsts.items()]
+    # One trunk per baseline (None: the compare's own config), each with its decay branches.
+    trunks: dict[Trainer, tuple[Variant | None, dict[int, int]]] = {}
+    for v in [None, *variants]:
+        vcfg = apply_variant(_arm_config(cfg, seed, trunk_steps, 1, 0.0), v)
+        trunk = build_trainer(vcfg, out / baseline_name(v, trunk_steps), ds, quiet)
+        trunks[trunk] = (v, {n - round(decay * n): n for n in lengths[:-1]})  # trunk step -> branch length
+        runs.append(_Run(baseline_name(v, trunk_steps), trunk))
     for run in runs:
         run.trainer.begin(progress=False)
     finished: dict[str, Trainer] = {}
     t0 = time.time()
-    total_steps = sum(steps_list) + trunk_steps + sum(round(decay * n) for n in lengths[:-1])
+    total_steps = sum(steps_list) + len(trunks) * (trunk_steps + sum(round(decay * n) for n in lengths[:-1]))
     done_steps, last_log = 0, time.time()
     while runs:
         for run in list(runs):
             t = run.trainer
-            if t is trunk and t.state.step in branch_at:
+            if t in trunks and t.state.step in trunks[t][1]:
+                v, branch_at = trunks[t]
                 n = branch_at.pop(t.state.step)
                 # The trunk's whole state (weights, optimizer, run state, data position, RNG), copied.
-                branch = build_trainer(_arm_config(cfg, seed, n, 1, 0.0), out / f"baseline-{n}", ds, quiet,
-                                       state=copy.deepcopy(trunk.state_dict()))
+                bcfg = apply_variant(_arm_config(cfg, seed, n, 1, 0.0), v)
+                branch = build_trainer(bcfg, out / baseline_name(v, n), ds, quiet, state=copy.deepcopy(t.state_dict()))
                 branch.run_dir.mkdir(parents=True, exist_ok=True)
                 # The branch's log starts with the trunk's history: it is the full run of that length.
-                copy_file(trunk.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl",
+                copy_file(t.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl",
                           fix="free some space and run the same command again: finished seeds are kept")
                 branch.begin(progress=False)
-                runs.append(_Run(f"baseline-{n}", branch))
+                runs.append(_Run(baseline_name(v, n), branch))
             t.step_once()
             done_steps += 1
             if t.state.step == t.cfg.train.steps:
@@ -126,7 +206,8 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
                 f"eta {eta:.0f}s")
     # Every length reads its iso-loss point off all the decayed baselines the seed trained, not only
     # its own multiples: they are the same runs.
-    return {"by_steps": {str(T): _seed_result(finished, tsts[T], lengths) for T in steps_list}}
+    return {"by_steps": {str(T): _seed_result(finished, tsts[T], lengths, variants) for T in steps_list},
+            "baselines": [v.name for v in variants]}
 
 
 def _records(trainer: Trainer, kind: str) -> list[dict]:
@@ -134,26 +215,47 @@ def _records(trainer: Trainer, kind: str) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["type"] == kind]
 
 
-def _seed_result(finished: dict[str, Trainer], tst: Trainer, lengths: list[int]) -> dict:
+PHASE1_TAIL = 50
+"""Phase-1 training steps averaged for the loss at the switch (one step's loss is noisy)."""
+
+
+def _arm_facts(t: Trainer) -> dict:
+    """What a finished arm read: raw tokens, epochs of the corpus, tokens per parameter."""
+    train = _records(t, "train")
+    n_all, n_body = t.model.num_params(), t.model.num_params(non_embedding=True)
+    return {"tokens_seen": t.state.tokens_seen, "epochs": train[-1].get("epoch") if train else None,
+            "params": n_all, "params_non_embedding": n_body, "tokens_per_param": t.state.tokens_seen / n_all,
+            "tokens_per_param_non_embedding": t.state.tokens_seen / n_body}
+
+
+def _baseline_entry(t: Trainer, n: int) -> dict:
+    return {"steps": n, "val_loss": t.state.last_eval["val_loss"], "val_bpb": t.state.last_eval["val_bpb"],
+            "train_time_s": t.state.train_time_s, **_arm_facts(t)}
+
+
+def _seed_result(finished: dict[str, Trainer], tst: Trainer, lengths: list[int], variants: list[Variant] = ()) -> dict:
     T = tst.cfg.train.steps
     switch_step = tst.schedule.switch_step
     tst_curve = _records(tst, "eval")
-    switch_time = next(e["train_time_s"] for e in _records(tst, "train") if e["step"] == switch_step - 1)
-    base = []
-    for n in lengths:
-        t = finished[f"baseline-{n}"]
-        base.append({"steps": n, "val_loss": t.state.last_eval["val_loss"], "val_bpb": t.state.last_eval["val_bpb"],
-                     "train_time_s": t.state.train_time_s, "tokens_seen": t.state.tokens_seen})
+    train = _records(tst, "train")
+    switch_time = next(e["train_time_s"] for e in train if e["step"] == switch_step - 1)
+    phase1 = [e["loss"] for e in train if e["step"] < switch_step][-PHASE1_TAIL:]
+    base = [_baseline_entry(finished[baseline_name(None, n)], n) for n in lengths]
     tst_loss, tst_time = tst.state.last_eval["val_loss"], tst.state.train_time_s
     equal = next(b for b in base if b["steps"] == T)
     t_iso, kind = iso_loss(tst_loss, [(b["train_time_s"], b["val_loss"]) for b in base])
     s_iso, _ = iso_loss(tst_loss, [(b["steps"], b["val_loss"]) for b in base])
+    others = {}
+    for v in variants:
+        b = _baseline_entry(finished[baseline_name(v, T)], T)
+        others[v.name] = {**b, "equal_steps_loss_gain": b["val_loss"] - tst_loss}
     return {
         "tst": {"steps": T, "val_loss": tst_loss, "val_bpb": tst.state.last_eval["val_bpb"], "train_time_s": tst_time,
-                "tokens_seen": tst.state.tokens_seen, "switch_step": switch_step, "switch_time_s": switch_time,
-                "curve": tst_curve},
+                "switch_step": switch_step, "switch_time_s": switch_time, "curve": tst_curve,
+                "phase1_loss_at_switch": sum(phase1) / len(phase1), **_arm_facts(tst)},
         "baseline": base,
-        "baseline_curve": _records(finished[f"baseline-{lengths[-1]}"], "eval"),
+        "baseline_curve": _records(finished[baseline_name(None, lengths[-1])], "eval"),
+        "variants": others,
         "equal_steps_loss_gain": equal["val_loss"] - tst_loss,
         "equal_steps_time_ratio": equal["train_time_s"] / tst_time,
         "iso_loss_speedup": t_iso / tst_time,
@@ -179,12 +281,19 @@ def check_lengths(steps: list[int], cfg: Config, factors: tuple[float, ...]) -> 
 
 
 def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...] = DEFAULT_LENGTHS,
-            command: str = "", log: Callable[[str], None] = print, steps: list[int] | None = None) -> dict:
+            command: str = "", log: Callable[[str], None] = print, steps: list[int] | None = None,
+            baselines: list[Variant] = ()) -> dict:
     """Run (or finish) every seed, then write report.json, report.md and the plots.
 
     `steps`: the TST run lengths to measure (default: cfg.train.steps alone). With several, each
     length gets its own report and plots under steps-T/, and the top level reports the gain as a
-    function of length with the fitted trend and the crossover length."""
+    function of length with the fitted trend and the crossover length.
+    `baselines`: more baselines (`parse_baselines`), each one more trunk per seed in the same
+    lock-step. Each length then also reports TST's gain against the best baseline: the one with
+    the lowest mean final loss there, the compare's own config included."""
+    baselines = list(baselines)
+    for v in baselines:  # a bad value fails now, in one line, not after the first seed
+        apply_variant(cfg, v)
     if Schedule.for_run(cfg).switch_step == 0:
         raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
                         "must get >= 1 step)")
@@ -200,26 +309,28 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
             seed_dir = out / f"seed-{seed}"
             done = seed_dir / "result.json"
             if done.is_file():
-                per_seed[seed] = _reuse(done, seed, steps, factors)
+                per_seed[seed] = _reuse(done, seed, steps, factors, baselines)
                 log(f"compare: seed {seed} already done, reusing {done}")
                 continue
             shutil.rmtree(seed_dir, ignore_errors=True)  # an interrupted seed restarts from scratch
             lengths = sorted(set().union(*(baseline_lengths(T, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
                                            for T in steps)))
+            extra = f" and {len(baselines)} more baseline(s) ({'; '.join(v.name for v in baselines)})" if baselines else ""
             log(f"compare: seed {seed}: TST ({tst_label(cfg.to_dict()['tst'])}) at {', '.join(map(str, steps))} "
-                f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk), in lock-step")
-            per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log), "steps": steps,
+                f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk){extra}, in lock-step")
+            per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log, baselines), "steps": steps,
                               "factors": list(factors)}
             write_report(done, json.dumps(per_seed[seed], indent=1) + "\n")
         from .report import plot_compare, plot_gain_vs_length, write_compare_markdown, write_scan_markdown
 
+        entropy = data_unigram_entropy(cfg)
         subs = []
         for T in steps:
             cfg_T = copy.deepcopy(cfg)
             cfg_T.train.steps = T
             by_seed = {k: per_seed[k]["by_steps"][str(T)] for k in seeds}
             lengths = sorted({b["steps"] for k in seeds for b in by_seed[k]["baseline"]})
-            sub = summarize(cfg_T, by_seed, lengths, command)
+            sub = summarize(cfg_T, by_seed, lengths, command, entropy)
             where = out if len(steps) == 1 else out / f"steps-{T}"
             where.mkdir(exist_ok=True)
             plot_compare(sub, by_seed, where)
@@ -241,7 +352,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
         return report
 
 
-def _reuse(done: Path, seed: int, steps: list[int], factors: tuple[float, ...]) -> dict:
+def _reuse(done: Path, seed: int, steps: list[int], factors: tuple[float, ...], baselines: list[Variant] = ()) -> dict:
     """A finished seed's results, if it measured every requested length with the same baselines."""
     data = json.loads(done.read_text())
     if "by_steps" not in data:  # written by a one-length compare before length scans existed
@@ -251,7 +362,21 @@ def _reuse(done: Path, seed: int, steps: list[int], factors: tuple[float, ...]) 
         raise UserError(f"seed {seed} in {done.parent.parent} was run with --steps {','.join(map(str, have))} and "
                         f"--baseline-lengths {','.join(map(str, data.get('factors', [])))}; rerun with those, or "
                         "use a new --out for other lengths")
+    had = data.get("baselines", [])
+    if had != [v.name for v in baselines]:
+        raise UserError(f"seed {seed} in {done.parent.parent} was run with --baselines "
+                        f"{';'.join(had) or '(none)'!r}; rerun with that, or use a new --out for other baselines")
     return data
+
+
+def data_unigram_entropy(cfg: Config) -> float | None:
+    """The unigram entropy (nats) of the run's data directory, which the multi-hot loss of a model
+    that learned no context sits at (measured by prepare, or now); None for a mixture."""
+    if cfg.data.mix or not cfg.data.path:
+        return None
+    from ..data.mutual_info import unigram_entropy
+
+    return unigram_entropy(Path(cfg.data.path))
 
 
 STAT_KEYS = ("equal_steps_loss_gain", "iso_loss_speedup", "iso_loss_step_ratio", "equal_steps_time_ratio")
@@ -262,6 +387,9 @@ def _length_summary(sub: dict) -> dict:
     return {"steps": sub["config"]["train"]["steps"], **{k: sub[k] for k in STAT_KEYS},
             "iso_loss_kinds": sub["iso_loss_kinds"], "tst_val_loss": sub["arms"]["tst"]["val_loss"],
             "baseline_val_loss": sub["arms"]["baseline"][str(sub["config"]["train"]["steps"])]["val_loss"],
+            "best_baseline": sub["best_baseline"], "best_baseline_gain": sub["best_baseline_gain"],
+            "baselines_val_loss": sub["baselines_val_loss"], "phase1_loss_at_switch": sub["phase1_loss_at_switch"],
+            "unigram_entropy": sub["unigram_entropy"], "data_per_arm": sub["data_per_arm"],
             "verdicts": sub["verdicts"]}
 
 
@@ -282,6 +410,10 @@ def scan_verdicts(rep: dict) -> list[str]:
     for ln in rep["lengths"]:
         g = ln["equal_steps_loss_gain"]
         lines.append(f"{ln['steps']} steps: gain {g['mean']:+.4f} nats ({clear_of_noise(g, 0.0)})")
+        if len(ln.get("baselines_val_loss", {})) > 1:
+            b = ln["best_baseline_gain"]
+            lines.append(f"{ln['steps']} steps: gain against the best baseline ({ln['best_baseline']}) "
+                         f"{b['mean']:+.4f} nats ({clear_of_noise(b, 0.0)})")
     c = rep["crossover"]
     longest = rep["steps"][-1]
     slope = f"{c['b_per_decade']:+.3f} nats per 10x length"
@@ -305,7 +437,23 @@ def scan_verdicts(rep: dict) -> list[str]:
     return lines
 
 
-def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str) -> dict:
+def best_baseline(per_seed: dict) -> dict:
+    """Of the compare's own baseline and its variants at a length, the one with the lowest mean
+    final loss over the seeds, and TST's gain against it, paired by seed.
+    per_seed: {seed: the seed's result at that length}."""
+    res = [per_seed[k] for k in sorted(per_seed)]
+    T = res[0]["tst"]["steps"]
+    losses = {OWN: [next(b for b in r["baseline"] if b["steps"] == T)["val_loss"] for r in res]}
+    for name in res[0].get("variants", {}):
+        losses[name] = [r["variants"][name]["val_loss"] for r in res]
+    best = min(losses, key=lambda k: sum(losses[k]))
+    return {"best_baseline": best,
+            "best_baseline_gain": stats([b - r["tst"]["val_loss"] for b, r in zip(losses[best], res)]),
+            "baselines_val_loss": {k: stats(v) for k, v in losses.items()}}
+
+
+def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str, unigram_entropy: float | None = None
+              ) -> dict:
     seeds = sorted(per_seed)
     res = [per_seed[k] for k in seeds]
     arms = {
@@ -331,11 +479,41 @@ def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str) -> 
             "per seed both arms start from the same initial weights and the same data order and are scored on the "
             "same validation tokens; all runs of a seed advance in lock-step (one optimizer step each in turn, one "
             "process), so machine noise hits every arm alike; wall clock is each run's own training-step time"),
+        **best_baseline(per_seed),
+        "phase1_loss_at_switch": stats([r["tst"]["phase1_loss_at_switch"] for r in res]),
+        "unigram_entropy": unigram_entropy,
+        "data_per_arm": _data_per_arm(res),
         "environment": environment(),
         "date": time.strftime("%Y-%m-%d"),
     }
     out["verdicts"] = verdicts(out)
     return out
+
+
+def _data_per_arm(res: list[dict]) -> dict:
+    """Tokens per parameter (all, non-embedding) and epochs of the corpus of each arm at this length
+    (means over seeds: the counts are the same in every seed up to the loader's document order)."""
+    T = res[0]["tst"]["steps"]
+    arms = {"tst": [r["tst"] for r in res], OWN: [next(b for b in r["baseline"] if b["steps"] == T) for r in res]}
+    for name in res[0].get("variants", {}):
+        arms[name] = [r["variants"][name] for r in res]
+    keys = ("tokens_seen", "epochs", "tokens_per_param", "tokens_per_param_non_embedding")
+    return {arm: {k: sum(e[k] for e in entries) / len(entries) for k in keys if all(e.get(k) is not None for e in entries)}
+            for arm, entries in arms.items()}
+
+
+PLATEAU_BAND = 0.1
+"""Nats around the unigram entropy that count as sitting on the plateau (a phase-1 loss's noise
+over its last steps is a few hundredths on the default corpus)."""
+
+
+def plateau_verdict(phase1_loss: float, entropy: float) -> str:
+    """Where phase 1 ended relative to the unigram plateau (see `data.mutual_info.token_entropy`)."""
+    if phase1_loss < entropy - PLATEAU_BAND:
+        return "below the plateau, so phase 1 learned context"
+    if phase1_loss <= entropy + PLATEAU_BAND:
+        return "on the unigram plateau: phase 1 learned token frequencies only and has little to hand over"
+    return "above the plateau: phase 1 ended before it had learned even the token frequencies"
 
 
 def verdicts(rep: dict) -> list[str]:
@@ -352,6 +530,22 @@ def verdicts(rep: dict) -> list[str]:
         f"{', '.join(f'{v:.2f}' for v in sp['values'])}): " + (clear_of_noise(sp, 1.0) if not bounds else "a bound, see below"),
         f"iso-loss ratio in steps: {speedup_text(st, kinds)} (std {st['std']:.2f})",
     ]
+    if len(rep.get("baselines_val_loss", {})) > 1:
+        b = rep["best_baseline_gain"]
+        lines.append(f"against the best baseline ({rep['best_baseline']}, lowest mean final loss of "
+                     f"{len(rep['baselines_val_loss'])} baselines): {b['mean']:+.4f} nats "
+                     f"({'TST better' if b['mean'] > 0 else 'TST worse'}; per seed "
+                     f"{', '.join(f'{v:+.4f}' for v in b['values'])}): {clear_of_noise(b, 0.0)}")
+    p1, h = rep.get("phase1_loss_at_switch"), rep.get("unigram_entropy")
+    if p1 is not None:
+        vs = "" if h is None else f" vs the data's unigram entropy {h:.3f}: " + plateau_verdict(p1["mean"], h)
+        lines.append(f"phase 1 ended at multi-hot loss {p1['mean']:.3f} (training loss, last {PHASE1_TAIL} steps){vs}")
+    data = rep.get("data_per_arm", {})
+    if data:
+        lines.append("data: " + "; ".join(
+            f"{arm} {d['tokens_per_param_non_embedding']:.1f} tokens per non-embedding parameter "
+            f"({d['tokens_per_param']:.2f} per parameter), {d.get('epochs', float('nan')):.2f} epochs"
+            for arm, d in data.items()))
     if bounds:
         lines.append("some seeds fell outside the baseline lengths run (" + ", ".join(bounds) + "): the speedup "
                      "there is a bound, not a measurement (lower_bound: even the longest baseline did not reach "

@@ -69,6 +69,9 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
                     marker="o", ms=4, lw=1.2, label="baseline after decay, per length" if i == 0 else None)
             ax.plot([r["tst"][pts]],
                     [r["tst"]["val_loss"]], color=TST_COLOR, marker="*", ms=10)
+            for j, v in enumerate(r.get("variants", {}).values()):  # --baselines: their final losses
+                ax.plot([v[pts]], [v["val_loss"]], color="black", marker="s", ms=4, ls="none",
+                        label="other baselines, final" if i == 0 and j == 0 else None)
             switch_x.append({"time": r["tst"]["switch_time_s"], "step": r["tst"]["switch_step"],
                              "tokens": phase1_tokens}[name])
         ax.axvline(sum(switch_x) / len(switch_x), color="gray", ls=":", lw=1, label="TST phase switch")
@@ -76,7 +79,8 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
         # zoomed on the final losses, where the arms are told apart.
         curves = [e["val_loss"] for k in per_seed for e in per_seed[k]["tst"]["curve"] + per_seed[k]["baseline_curve"]]
         finals = [v for k in per_seed for v in [per_seed[k]["tst"]["val_loss"]]
-                  + [b["val_loss"] for b in per_seed[k]["baseline"]]]
+                  + [b["val_loss"] for b in per_seed[k]["baseline"]]
+                  + [b["val_loss"] for b in per_seed[k].get("variants", {}).values()]]
         ax.set_yscale("log")
         ax.set_ylim(min(curves + finals) * 0.98, max(curves + finals) * 1.02)
         ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -85,8 +89,11 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
         ax.set_xlabel(label)
         ax.set_ylabel("validation loss (nats/token)")
         g, sp = report["equal_steps_loss_gain"], report["iso_loss_speedup"]
+        best = (f"; vs the best baseline ({report['best_baseline']}) {report['best_baseline_gain']['mean']:+.3f}"
+                if len(report.get("baselines_val_loss", {})) > 1 else "")
         ax.set_title(f"TST vs baseline, {cfg['train']['steps']} steps, {g['n']} seed(s)\ngain {g['mean']:+.3f} "
-                     f"nats at equal steps, iso-loss speedup {speedup_text(sp, report['iso_loss_kinds'])}", fontsize=9)
+                     f"nats at equal steps{best}, iso-loss speedup {speedup_text(sp, report['iso_loss_kinds'])}",
+                     fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
         fig.tight_layout()
@@ -139,7 +146,13 @@ def plot_gain_vs_length(report: dict, path: Path) -> None:
     ci = [0 if math.isnan(ln["equal_steps_loss_gain"]["ci95"]) else ln["equal_steps_loss_gain"]["ci95"]
           for ln in report["lengths"]]
     ax.errorbar(steps, means, yerr=ci, color=TST_COLOR, marker="o", capsize=4, lw=1.5,
-                label=f"mean gain, 95% interval ({report['lengths'][0]['equal_steps_loss_gain']['n']} seeds)")
+                label=f"vs own baseline: mean, 95% interval ({report['lengths'][0]['equal_steps_loss_gain']['n']} seeds)")
+    if len(report["lengths"][0].get("baselines_val_loss", {})) > 1:  # --baselines: the gain a user would see
+        best = [ln["best_baseline_gain"] for ln in report["lengths"]]
+        ax.errorbar(steps, [b["mean"] for b in best], yerr=[0 if math.isnan(b["ci95"]) else b["ci95"] for b in best],
+                    color="black", marker="s", capsize=4, lw=1.2, ls="-.",
+                    label="vs the best baseline (" + ", ".join(sorted({ln["best_baseline"] for ln in report["lengths"]}))
+                    + ")")
     c = report["crossover"]
     hi_x = max(steps[-1] * 4, c["estimate_steps"] * 1.3 if c["estimate_steps"] else 0)
     hi_x = min(hi_x, c["search_range_steps"][1])
@@ -172,24 +185,36 @@ def write_scan_markdown(rep: dict, path: Path) -> None:
              f"torch {env['torch']} ({env['threads']} threads).", "",
              f"Command: `{rep['command']}`" if rep["command"] else "", "", "## Verdict", "",
              *[f"- {v}" for v in rep["verdicts"]], "", "## Per length", "",
-             "| steps | TST val loss | baseline val loss | gain (nats) | 95% interval | iso-loss speedup (wall) | "
-             "iso-loss speedup (steps) | per-seed gains | details |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| steps | TST val loss | baseline val loss | gain (nats) | 95% interval | best baseline | "
+             "gain vs best (nats) | its 95% interval | iso-loss speedup (wall) | iso-loss speedup (steps) | "
+             "per-seed gains | details |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ln in rep["lengths"]:
-        g = ln["equal_steps_loss_gain"]
-        ci = "n/a" if math.isnan(g["ci95"]) else f"{g['mean'] - g['ci95']:+.4f} to {g['mean'] + g['ci95']:+.4f}"
+        g, b = ln["equal_steps_loss_gain"], ln["best_baseline_gain"]
         lines.append(f"| {ln['steps']} | {_fmt(ln['tst_val_loss'])} | {_fmt(ln['baseline_val_loss'])} | "
-                     f"{_fmt(g, 4)} | {ci} | {speedup_text(ln['iso_loss_speedup'], ln['iso_loss_kinds'])} | "
+                     f"{_fmt(g, 4)} | {interval(g)} | {ln['best_baseline']} | {_fmt(b, 4)} | {interval(b)} | "
+                     f"{speedup_text(ln['iso_loss_speedup'], ln['iso_loss_kinds'])} | "
                      f"{speedup_text(ln['iso_loss_step_ratio'], ln['iso_loss_kinds'])} | "
                      f"{', '.join(f'{v:+.4f}' for v in g['values'])} | [report](steps-{ln['steps']}/report.md) |")
     c = rep["crossover"]
+    one_seed = c["seeds"] < 2
     lines += ["", "## Trend", "", f"Fit: {c['model']}: a = {c['a']:+.4f}, b = {c['b_per_decade']:+.4f} nats per 10x "
-              "steps. What it predicts beyond the longest length (mean, 95% band):", ""]
+              "steps. What it predicts beyond the longest length (mean" + ("; one seed, so no band):" if one_seed
+                                                                          else ", 95% band):"), ""]
     for T, p in c["predicted_gain"].items():
-        lines.append(f"- {int(float(T)):,} steps: {p['mean']:+.3f} ({p['lo']:+.3f} to {p['hi']:+.3f})")
+        band = "" if one_seed else f" ({p['lo']:+.3f} to {p['hi']:+.3f})"
+        lines.append(f"- {int(float(T)):,} steps: {p['mean']:+.3f}{band}")
     lines += ["", "A line in log(steps) is a description of the measured lengths, not a law: trust the "
               "extrapolation only as far as the band is narrow.", "", "![gain vs length](gain_vs_length.png)", ""]
     write_report(path, "\n".join(lines))
+
+
+def interval(st: dict, digits: int = 4, signed: bool = True) -> str:
+    """A statistic's 95% interval over seeds, "n/a" with one seed (never a zero-width band)."""
+    if st["n"] < 2 or math.isnan(st["ci95"]):
+        return "n/a (one seed)"
+    f = f"{'+' if signed else ''}.{digits}f"
+    return f"{st['mean'] - st['ci95']:{f}} to {st['mean'] + st['ci95']:{f}}"
 
 
 def _fmt(st: dict, digits: int = 4, suffix: str = "") -> str:
@@ -239,17 +264,24 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
         mark = " (equal steps)" if n == tr["steps"] else ""
         lines.append(f"| baseline{mark} | {n} | {_fmt(b['val_loss'])} | {_fmt(b['val_bpb'])} | "
                      f"{_fmt(b['train_time_s'], 1)} | {b['tokens_seen']['mean']:,.0f} |")
+    for name, st in rep.get("baselines_val_loss", {}).items():
+        if name != "own":
+            lines.append(f"| baseline {name} | {tr['steps']} | {_fmt(st)} | | | |")
     lines += [
         "",
         "| measure | mean ± std | 95% interval | per seed |",
         "|---|---|---|---|",
     ]
+    if len(rep.get("baselines_val_loss", {})) > 1:
+        b = rep["best_baseline_gain"]
+        lines.append(f"| gain vs the best baseline ({rep['best_baseline']}) (nats) | {_fmt(b, 4)} | {interval(b)} | "
+                     f"{', '.join(f'{v:+.4f}' for v in b['values'])} |")
     for key, label, digits in (("equal_steps_loss_gain", "equal-steps loss gain (nats)", 4),
                                ("iso_loss_speedup", "iso-loss speedup, wall clock (x)", 3),
                                ("iso_loss_step_ratio", "iso-loss speedup, steps (x)", 3),
                                ("equal_steps_time_ratio", "baseline / TST time at equal steps", 3)):
         st = rep[key]
-        ci = "n/a" if math.isnan(st["ci95"]) else f"{st['mean'] - st['ci95']:.{digits}f} to {st['mean'] + st['ci95']:.{digits}f}"
+        ci = interval(st, digits, signed=key == "equal_steps_loss_gain")
         bound = {"upper_bound": "<= ", "lower_bound": ">= "}
         kinds = set(rep["iso_loss_kinds"])
         if key.startswith("iso_loss") and kinds != {"interpolated"}:  # a bound is not a measurement: say so
