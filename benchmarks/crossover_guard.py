@@ -23,23 +23,28 @@ from pathlib import Path
 
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
-from superpose.experiments.compare import compare
+from superpose.experiments.compare import compare, parse_baselines
 from superpose.config import Config
 from superpose.errors import UserError
 from superpose.training import resolve_data
 
 
+GAINS = {"equal_steps_loss_gain": "gain", "best_baseline_gain": "gain vs the best baseline"}
+
+
 def regressions(recorded: dict, new: dict) -> list[str]:
-    """One line per length whose new gain interval lies wholly below the recorded one."""
-    old = {ln["steps"]: ln["equal_steps_loss_gain"] for ln in recorded["lengths"]}
+    """One line per length and gain (against the own baseline, and against the best baseline when
+    the record has --baselines) whose new interval lies wholly below the recorded one."""
     out = []
-    for ln in new["lengths"]:
-        o, n = old.get(ln["steps"]), ln["equal_steps_loss_gain"]
-        if o is None:
-            continue
-        if n["mean"] + n["ci95"] < o["mean"] - o["ci95"]:
-            out.append(f"{ln['steps']} steps: gain {n['mean']:+.4f} ± {n['ci95']:.4f} now, {o['mean']:+.4f} ± "
-                       f"{o['ci95']:.4f} recorded")
+    for key, label in GAINS.items():
+        old = {ln["steps"]: ln[key] for ln in recorded["lengths"] if key in ln}
+        for ln in new["lengths"]:
+            o, n = old.get(ln["steps"]), ln.get(key)
+            if o is None or n is None:
+                continue
+            if n["mean"] + n["ci95"] < o["mean"] - o["ci95"]:
+                out.append(f"{ln['steps']} steps: {label} {n['mean']:+.4f} ± {n['ci95']:.4f} now, "
+                           f"{o['mean']:+.4f} ± {o['ci95']:.4f} recorded")
     return out
 
 
@@ -62,15 +67,17 @@ def main() -> int:
         cfg.validate()
         steps = [ln["steps"] for ln in recorded["lengths"]]
         factors = tuple(recorded.get("baseline_factors", [1.0]))
-        new = compare(cfg, a.out, recorded["seeds"], factors=factors, steps=steps,
-                      command=" ".join(sys.argv))
+        new = compare(cfg, a.out, recorded["seeds"], factors=factors, steps=steps, command=" ".join(sys.argv),
+                      baselines=parse_baselines(";".join(recorded.get("baselines", []))))
     except (UserError, OSError, json.JSONDecodeError) as e:
         print(f"crossover_guard: {e}", file=sys.stderr)
         return 2
     bad = regressions(recorded, new)
     for ln in new["lengths"]:
-        g = ln["equal_steps_loss_gain"]
-        print(f"crossover_guard: {ln['steps']} steps: gain {g['mean']:+.4f} ± {g['ci95']:.4f} (95%)")
+        for key, label in GAINS.items():
+            if ln.get(key) and len(ln.get("baselines_val_loss", {"own": 0})) > (key != "equal_steps_loss_gain"):
+                g = ln[key]
+                print(f"crossover_guard: {ln['steps']} steps: {label} {g['mean']:+.4f} ± {g['ci95']:.4f} (95%)")
     if bad:
         print("crossover_guard: REGRESSION: " + "; ".join(bad))
         return 1

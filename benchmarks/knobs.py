@@ -45,7 +45,8 @@ def is_tst_key(key: str) -> bool:
 # group -> [(cell name, overrides)]; "ref" is the preset as it is.
 GROUPS: dict[str, list[tuple[str, dict]]] = {
     "init": [("ref", {}), ("init=torch", {"model.init": "torch"}),
-             ("init=torch-attn", {"model.init": "torch-attn"}), ("init=torch-mlp", {"model.init": "torch-mlp"})],
+             ("init=torch-attn", {"model.init": "torch-attn"}), ("init=torch-mlp", {"model.init": "torch-mlp"}),
+             ("init=titan", {"model.init": "titan"})],
     "sr": [("torch s=2", {"model.init": "torch", "tst.bag_size": 2}),
            ("torch s=3", {"model.init": "torch", "tst.bag_size": 3}),
            ("torch r=0.1", {"model.init": "torch", "tst.ratio": 0.1}),

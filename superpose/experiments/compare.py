@@ -344,6 +344,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
             plot_gain_vs_length(report, out / "gain_vs_length.png")
             write_scan_markdown(report, out / "report.md")
         report["baseline_factors"] = list(factors)
+        report["baselines"] = [v.name for v in baselines]
         write_report(out / "report.json", json.dumps(report, indent=2) + "\n")
         for line in report["verdicts"]:
             log(f"compare: {line}")
