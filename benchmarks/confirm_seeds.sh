@@ -9,14 +9,16 @@
 # e.g. (issue 21's fresh-seed confirmation):
 #   bash benchmarks/confirm_seeds.sh runs/confirm 100 5 -- --preset cpu-long --steps 3000,6000 \
 #       --baseline-lengths 1 --baselines "model.init=normal"
-# Each seed's compare log is OUT/parts/seed-K.log; the report is OUT/all/report.md.
+# Each seed's compare log is OUT/parts/seed-K.log; the report is OUT/all/report.md. CONFIRM_CORES
+# lists the cores to use, in the order the queues take them (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: confirm_seeds.sh OUT SEED0 NSEEDS -- COMPARE_ARGS...}; seed0=${2:?}; n=${3:?}
 shift 3; [ "${1:-}" = "--" ] && shift
 args=("$@")  # compare's own arguments
 mkdir -p "$out/parts" "$out/all"
-cores=$(nproc)
+core_ids=(${CONFIRM_CORES:-$(seq 0 $(($(nproc) - 1)))})  # e.g. CONFIRM_CORES="1 0": the first seed on core 1
+cores=${#core_ids[@]}
 seeds=($(seq "$seed0" $((seed0 + n - 1))))
 run_seed() {  # one seed's compare, pinned to core $2, copied into all/ when it finished
   local k=$1 core=$2
@@ -26,9 +28,9 @@ run_seed() {  # one seed's compare, pinned to core $2, copied into all/ when it 
   cp -r "$out/parts/seed-$k/seed-$k" "$out/all/"
 }
 # One queue per core, each running its seeds one after another: two runs never share a core.
-for core in $(seq 0 $((cores - 1))); do
+for q in $(seq 0 $((cores - 1))); do
   (for i in "${!seeds[@]}"; do
-     [ $((i % cores)) -eq "$core" ] && run_seed "${seeds[$i]}" "$core" || true
+     [ $((i % cores)) -eq "$q" ] && run_seed "${seeds[$i]}" "${core_ids[$q]}" || true
    done) &
 done
 wait
