@@ -85,9 +85,12 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from .files import lock_dir
     from .training import run_training
     from .training.distributed import env_rank
+    from .training.ownership import check_train_dir
     from .training.resume import resume_config
 
     try:
+        if args.resume or args.out:  # before anything is read, created or locked
+            check_train_dir(Path(args.resume or args.out), resume=bool(args.resume))
         if args.resume:
             if args.init_from_hf:
                 raise UserError("--resume continues from the run's own checkpoint; drop --init-from-hf")

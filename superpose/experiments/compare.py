@@ -33,9 +33,13 @@ from ..errors import UserError
 from ..files import copy_file, lock_dir
 from ..training import Trainer, build_trainer, resolve_data
 from ..training.metrics import environment
+from ..training.ownership import mark_experiment
+from .fingerprint import check_same_config
 from .stats import clear_of_noise, crossover, iso_loss, speedup_text, stats  # noqa: F401 (also imported from here)
 
 DEFAULT_LENGTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+_NEW_OUT = "use a new --out for other settings (finished seeds are reused only with the settings they were run with)"
+
 def baseline_lengths(steps: int, factors: tuple[float, ...], decay_frac: float, warmup: int) -> list[int]:
     lengths = sorted({round(f * steps) for f in factors} | {steps})
     for n in lengths:
@@ -304,12 +308,16 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
     # One writer per experiment directory: the arms' run directories, the seeds' results and the
     # reports are written under this lock (an OS lock, dropped by the kernel if we die).
     with lock_dir(out, "compare directory"):
+        mark_experiment(out, "compare", command)  # `train` keeps out of the whole tree from now on
         per_seed = {}
         for seed in seeds:
             seed_dir = out / f"seed-{seed}"
             done = seed_dir / "result.json"
             if done.is_file():
                 per_seed[seed] = _reuse(done, seed, steps, factors, baselines)
+                # Steps are checked by _reuse, and each seed sets its own train.seed.
+                check_same_config(per_seed[seed].get("config"), cfg, f"seed {seed}", done, _NEW_OUT,
+                                  ignore=("train.steps", "train.seed"))
                 log(f"compare: seed {seed} already done, reusing {done}")
                 continue
             shutil.rmtree(seed_dir, ignore_errors=True)  # an interrupted seed restarts from scratch
@@ -319,7 +327,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
             log(f"compare: seed {seed}: TST ({tst_label(cfg.to_dict()['tst'])}) at {', '.join(map(str, steps))} "
                 f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk){extra}, in lock-step")
             per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log, baselines), "steps": steps,
-                              "factors": list(factors)}
+                              "factors": list(factors), "config": cfg.to_dict()}  # checked when it is reused
             write_report(done, json.dumps(per_seed[seed], indent=1) + "\n")
         from .report import plot_compare, plot_gain_vs_length, write_compare_markdown, write_scan_markdown
 

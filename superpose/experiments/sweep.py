@@ -20,11 +20,21 @@ from ..errors import UserError
 from ..files import lock_dir
 from ..training import build_trainer, resolve_data
 from ..training.metrics import environment
+from ..training.ownership import mark_experiment
+from .fingerprint import check_same_config
 from .stats import stats
 
 
 def cell_name(bag_size: int, ratio: float, seed: int) -> str:
     return f"baseline-seed{seed}" if ratio == 0 or bag_size == 1 else f"s{bag_size}-r{ratio:g}-seed{seed}"
+
+
+def _read_config(cell_dir: Path) -> dict | None:
+    """The config a cell's run recorded (config.json, checksummed in its summary.json), or None."""
+    try:
+        return json.loads((cell_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def run_cell(cfg: Config, cell_dir: Path, log: Callable[[str], None]) -> dict:
@@ -45,6 +55,7 @@ def sweep(cfg: Config, out: Path, bag_sizes: list[int], ratios: list[float], see
         raise UserError("sweep needs --bag-sizes >= 2 and --ratios in (0, 1]; the baseline (r = 0) is always run")
     # One writer per sweep directory (an OS lock, dropped by the kernel if we die).
     with lock_dir(out, "sweep directory"):
+        mark_experiment(out, "sweep", command)  # `train` keeps out of the whole tree from now on
         plan = [(1, 0.0, k) for k in seeds] + [(s, r, k) for k in seeds for r in ratios for s in bag_sizes]
         t0 = time.time()
         results = {}
@@ -54,6 +65,9 @@ def sweep(cfg: Config, out: Path, bag_sizes: list[int], ratios: list[float], see
             c.tst.bag_size, c.tst.ratio, c.train.seed = s, r, k
             c.validate()
             fresh = not (out / "cells" / name / "summary.json").is_file()
+            if not fresh:  # a finished cell is reused only if it was run with these settings
+                check_same_config(_read_config(out / "cells" / name), c, f"cell {name}",
+                                  out / "cells" / name / "config.json", "use a new --out for other settings")
             results[(s, r, k)] = run_cell(c, out / "cells" / name, log)
             log(f"sweep: {i + 1}/{len(plan)} {name}: val_loss {results[(s, r, k)]['val_loss']:.4f}"
                 f"{'' if fresh else ' (done before)'} [{time.time() - t0:.0f}s]")

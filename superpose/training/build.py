@@ -30,6 +30,7 @@ from ..errors import UserError
 from . import checkpoint, distributed, faults, tracking
 from .metrics import quiet
 from .optimizer import configure_optimizer
+from .ownership import check_train_dir
 from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
 from .resume import check_resumable, continue_from, newest_unfinished
 from .trainer import Trainer, superposed_loss
@@ -188,6 +189,7 @@ def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print,
     """
     run_dir = Path(run_dir)
     tracking.check(cfg.log)  # before the run directory is created or locked
+    check_train_dir(run_dir, resume)  # not an exported model, a data directory or an experiment's arm
     par = distributed.setup(cfg.parallel.mode, resolve_device(cfg.train.device), cfg.parallel.timeout_s,
                             cfg.parallel.mixed_precision)
     log = log if par.is_main else quiet
