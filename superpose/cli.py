@@ -24,6 +24,7 @@ import math
 import sys
 from pathlib import Path
 
+from .checks import check_seed
 from .errors import UserError
 
 WATCH_EVERY = 10.0  # plot --watch's default seconds between looks at metrics.jsonl
@@ -39,6 +40,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before reading gigabytes of text
         raise UserError(f"{args.out} is a file; give --out a directory to create")
+    check_seed(args.seed, "--seed")
     given = [flag for flag, value in (("--text", args.text), ("--hf-dataset", args.hf_dataset),
                                       ("--tokens", args.tokens)) if value]
     if len(given) > 1:
@@ -152,6 +154,8 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     cfg = resolve_vocab(cfg, ds)
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    check_seed(args.seed0, "--seed0")
+    check_seed(args.seed0 + args.seeds - 1, "--seed0 + --seeds - 1 (the last seed)")
     return cfg, list(range(args.seed0, args.seed0 + args.seeds))
 
 

@@ -441,6 +441,8 @@ def open_token_file(path: Path, dtype: str | None) -> np.ndarray:
                 raise UserError(f"{path} is {path.stat().st_size} bytes, not a whole number of {dt.name} tokens; "
                                 "pass the right --token-dtype")
             arr = np.memmap(path, dtype=dt, mode="r")
+    except UserError:  # a ValueError too: already the one line
+        raise
     except ValueError as e:
         raise UserError(f"cannot read {path} as tokens ({e}); pass a .npy array or a raw .bin") from None
     if arr.ndim != 1 or arr.dtype.kind not in "iu":

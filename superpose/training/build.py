@@ -26,6 +26,7 @@ from ..data import (Dataset, Mixture, MixtureLoader, TrainLoader, open_dataset, 
 from ..data.mixture import absolute_mix
 from ..data.tokenizer import load_tokenizer_file
 from .. import files
+from ..checks import check_model_memory, count_params
 from ..errors import UserError
 from . import checkpoint, distributed, faults, tracking
 from .metrics import quiet
@@ -36,11 +37,9 @@ from .trainer import Trainer, superposed_loss
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={name} but no CUDA GPU is available; use --train.device=cpu")
-    return torch.device(name)
+    from ..checks import device
+
+    return device(name, "--train.device")
 
 
 def resolve_data(cfg: Config, log: Callable[[str], None] = print,
@@ -113,6 +112,9 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
 
         check_hf_tokenizer(init_from_hf, dataset)
     cfg = resolve_vocab(cfg, dataset)
+    check_model_memory(count_params(cfg.model.resolve()), device, training=True, what="the model",
+                       shards=par.world_size if cfg.parallel.mode == "fsdp" else 1,
+                       fix="lower --model.dim / --model.n_layers, or train on a device with more memory")
     if state is None:
         torch.manual_seed(tr.seed)  # the same seed gives the same initial weights in every arm
         model = build_model(cfg.model, device)
