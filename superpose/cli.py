@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def cmd_mi(args: argparse.Namespace) -> None:
     data = Path(args.data) if args.data else ensure_default_corpus(args.vocab_size, _log)
     if args.max_distance < 3 or args.max_tokens < 1:
         raise UserError("--max-distance must be >= 3 and --max-tokens >= 1")
+    if data.is_dir() and not os.access(data, os.W_OK):  # said before the measurement, not after it
+        raise UserError(f"{data} is read-only, and superpose mi writes mi.json and mi.png into the data directory; "
+                        "make it writable, or copy it (cp -r) to a writable place and measure the copy")
     record = mutual_info.measure(open_dataset(data), args.max_distance, args.max_tokens, log=_log)
     mutual_info.save(data, record, log=_log)
 

@@ -149,7 +149,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
         optimizer=configure_optimizer(model, cfg), schedule=Schedule.for_run(cfg),
         loader=loader,
         loss_fn=loss_fn, loss_chunk_rows=chunk_rows, fwd=fwd,
-        val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens)),  # (N, L + 1)
+        val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens, cfg.model.vocab_size)),  # (N, L + 1)
         token_bytes=torch.from_numpy(token_byte_lengths(tokenizer, cfg.model.vocab_size)))  # (V,)
     if cfg.tst.weights == "mi":
         trainer.mi_fit = mi_fit(trainer.schedule, dataset, Path(run_dir), log)
