@@ -11,11 +11,23 @@
 (or `python -m superpose`). ARCHITECTURE.md draws the data flow, file by file.
 """
 
-from .core.model import ModelConfig, Transformer, build_model
-from .core.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings
+from importlib import import_module
+
 from .errors import UserError
-from .inference.load import load_model, load_tokenizer
 
 __version__ = "0.1.0"
-__all__ = ["ModelConfig", "Transformer", "UserError", "build_model", "load_model", "load_tokenizer",
-           "multi_hot_cross_entropy", "next_bag_targets", "superpose_embeddings"]
+
+# Imported on first use (PEP 562), not here: importing the package must not import torch, so the
+# CLI (`superpose.cli`, whose import runs this file first) starts inside its own error handling,
+# and a Ctrl-C during the seconds torch takes to import is one line, not a traceback.
+_LAZY = {"ModelConfig": ".core.model", "Transformer": ".core.model", "build_model": ".core.model",
+         "multi_hot_cross_entropy": ".core.superposition", "next_bag_targets": ".core.superposition",
+         "superpose_embeddings": ".core.superposition", "load_model": ".inference.load",
+         "load_tokenizer": ".inference.load"}
+__all__ = ["UserError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,9 +21,11 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
+from .checks import check_seed
 from .errors import UserError
 
 WATCH_EVERY = 10.0  # plot --watch's default seconds between looks at metrics.jsonl
@@ -39,6 +41,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before reading gigabytes of text
         raise UserError(f"{args.out} is a file; give --out a directory to create")
+    check_seed(args.seed, "--seed")
     given = [flag for flag, value in (("--text", args.text), ("--hf-dataset", args.hf_dataset),
                                       ("--tokens", args.tokens)) if value]
     if len(given) > 1:
@@ -73,6 +76,9 @@ def cmd_mi(args: argparse.Namespace) -> None:
     data = Path(args.data) if args.data else ensure_default_corpus(args.vocab_size, _log)
     if args.max_distance < 3 or args.max_tokens < 1:
         raise UserError("--max-distance must be >= 3 and --max-tokens >= 1")
+    if data.is_dir() and not os.access(data, os.W_OK):  # said before the measurement, not after it
+        raise UserError(f"{data} is read-only, and superpose mi writes mi.json and mi.png into the data directory; "
+                        "make it writable, or copy it (cp -r) to a writable place and measure the copy")
     record = mutual_info.measure(open_dataset(data), args.max_distance, args.max_tokens, log=_log)
     mutual_info.save(data, record, log=_log)
 
@@ -155,6 +161,8 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     cfg = resolve_vocab(cfg, ds)
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    check_seed(args.seed0, "--seed0")
+    check_seed(args.seed0 + args.seeds - 1, "--seed0 + --seeds - 1 (the last seed)")
     return cfg, list(range(args.seed0, args.seed0 + args.seeds))
 
 

@@ -20,7 +20,10 @@ from .core.schedule import DECAY_SHAPES
 from .core.schedule import MODES, parse_stages
 from .core.superposition import LOSSES, WEIGHT_SCHEMES
 from .data.mixture import parse_mix
+from .checks import seed_problem
 from .errors import UserError
+
+INT_MAX = 2**63 - 1  # the largest integer torch and numpy hold (int64)
 
 
 @dataclass
@@ -220,6 +223,11 @@ class Config:
         out = [f"{section.name}.{f.name}: must be a finite number, got {value}"
                for section in dataclasses.fields(self) for f in dataclasses.fields(getattr(self, section.name))
                if isinstance(value := getattr(getattr(self, section.name), f.name), float) and not math.isfinite(value)]
+        # Likewise every count is stored and computed on as a 64-bit integer (torch, numpy, the
+        # checkpoint's meta); a larger one (--train.steps=1e23 as digits) is never a real request.
+        out += [f"{section.name}.{f.name}: must be at most {INT_MAX:,}, got {value}"
+                for section in dataclasses.fields(self) for f in dataclasses.fields(getattr(self, section.name))
+                if isinstance(value := getattr(getattr(self, section.name), f.name), int) and abs(value) > INT_MAX]
         out += self.model.problems()
         d, t, o, tr, ck = self.data, self.tst, self.optim, self.train, self.checkpoint
 
@@ -267,6 +275,8 @@ class Config:
         need(tr.steps >= 1, f"train.steps: must be >= 1, got {tr.steps}")
         need(tr.batch_size >= 1, f"train.batch_size: must be >= 1, got {tr.batch_size}")
         need(tr.grad_accum >= 1, f"train.grad_accum: must be >= 1, got {tr.grad_accum}")
+        seed = seed_problem(tr.seed, "train.seed")
+        need(seed is None, f"train.seed: {seed and seed.removeprefix('train.seed ')}")
         if tr.batch_size >= 1 and tr.grad_accum >= 1:
             need(tr.batch_size % tr.grad_accum == 0,
                  f"train.grad_accum: must divide train.batch_size={tr.batch_size}, got {tr.grad_accum}")

@@ -6,8 +6,12 @@ traceback. Internal invariants use `assert`; anything else that escapes is a bug
 """
 
 
-class UserError(Exception):
-    """A problem the user can fix. The message names the problem and the fix, on one line."""
+class UserError(ValueError):
+    """A problem the user can fix. The message names the problem and the fix, on one line.
+
+    A ValueError, so Python callers of the library (`TSTTrainer`, `load_model`, ...) can catch
+    a bad argument the way they catch one from any other library. Code that catches ValueError
+    around a call that may raise a UserError must let it through (`except UserError: raise`)."""
 
 
 class Interrupted(KeyboardInterrupt):

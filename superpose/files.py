@@ -108,7 +108,30 @@ def write_error(path: Path, e: OSError, intact: str | Callable[[], str], fix: st
         what = f"no space left on device while writing {label} ({space})"
     else:
         what = f"cannot write {label} ({e.strerror or e})"
+        if e.errno in PLACE_ERRORS:  # freeing space cannot help a read-only or mistyped place
+            fix = f"give a path where files can be written (here: {place_problem(Path(path), e)})"
     return WriteError(f"{what}; {_text(intact)}; {_text(fix)}", Path(path), full)
+
+
+# Errors that say the place is wrong (read-only, not a folder, not allowed), not that it is full.
+PLACE_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR, errno.ENOENT)
+
+
+def place_problem(path: Path, e: OSError) -> str:
+    """What is wrong with the place `path` was to be written, in a few words."""
+    reasons = {errno.EROFS: "the file system is read-only", errno.EISDIR: f"{path} is a directory",
+               errno.ENOTDIR: f"a parent of {path} is a file", errno.ENOENT: f"the folder of {path} does not exist"}
+    return reasons.get(e.errno, f"no permission to write in {path.parent}")
+
+
+def make_dir(path: Path, what: str) -> Path:
+    """mkdir -p `path`, or one UserError naming it, why it cannot be made, and the fix."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the {what} {path} ({e.strerror or e}); give a path where folders can be "
+                        "created") from None
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------- the write path
@@ -146,7 +169,10 @@ def write_file(path: Path, produce: Callable[[Path], None], *, intact: str | Cal
             os.replace(target, path)
             fsync_path(path.parent)
     except BaseException as e:
-        target.unlink(missing_ok=True)
+        try:
+            target.unlink(missing_ok=True)
+        except OSError:  # a read-only place: nothing was written there to remove
+            pass
         os_error = disk_error(e) if isinstance(e, Exception) else None
         if os_error is None:
             raise

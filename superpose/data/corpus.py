@@ -14,6 +14,7 @@ lists of document strings; tokenization and sharding happen elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -25,6 +26,7 @@ import sys
 import tarfile
 import unicodedata
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -331,18 +333,32 @@ def _kind(path: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _open_text(path: Path, compression: str | None):
-    """A binary file object of the decompressed bytes."""
+@contextlib.contextmanager
+def _open_text(path: Path, compression: str | None) -> Iterator:
+    """A binary file object of the decompressed bytes. A read that fails inside the block (a
+    truncated .gz, a corrupt .zst, an I/O error) is one UserError naming the file: the
+    decompressors raise EOFError, zlib.error, gzip.BadGzipFile or zstandard.ZstdError, mid-stream."""
+    errors: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error)
     if compression == "gzip":
-        return gzip.open(path, "rb")
-    if compression == "zstd":
+        f = gzip.open(path, "rb")
+    elif compression == "zstd":
         try:
             import zstandard
         except ImportError:
             raise UserError(f"{path} is zstd-compressed; install zstandard (pip install 'superpose[data]') or "
                             "decompress it") from None
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return open(path, "rb")
+        errors += (zstandard.ZstdError,)
+        f = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    else:
+        f = open(path, "rb")
+    try:
+        with f:
+            yield f
+    except errors as exc:
+        what = f"{compression} data is truncated or corrupt" if compression else "it cannot be read"
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read {path}: {what} ({detail}); re-download or re-create the file, or leave it "
+                        "out") from None
 
 
 def _sniff(path: Path, compression: str | None) -> None:

@@ -154,6 +154,8 @@ def load(data_dir: Path) -> dict | None:
 
 
 def plot(record: dict, path: Path) -> None:
+    from ..files import write_file
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,8 +173,8 @@ def plot(record: dict, path: Path) -> None:
     ax.set_title(f"Token-pair mutual information ({record['tokens']:,} tokens)")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:  # through the one write path: a full disk or a read-only folder is one line
+        write_file(Path(path), lambda p: fig.savefig(p, format="png", dpi=110),
+                   intact=f"{FILE} is written", fix="free some space and run superpose mi again")
+    finally:
+        plt.close(fig)

@@ -196,11 +196,22 @@ def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tok
     return _finish(out, splits, t0, log)
 
 
+# The largest --vocab-size prepare trains. The tokenizers library's BPE trainer reserves about 70
+# bytes per requested token up front and aborts the whole process (SIGABRT, no exception) when
+# that allocation fails, so an absurd size must be refused before it is called; 2^21 is 8x the
+# largest released vocabularies and reserves ~150 MB.
+MAX_VOCAB_SIZE = 1 << 21
+
+
 def _check_args(out: Path, vocab_size: int, tokenizer: Path | None, val_fraction: float) -> None:
     if not 0 < val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if tokenizer is None and vocab_size < 257:
         raise UserError(f"--vocab-size must be >= 257 (256 bytes + end-of-text), got {vocab_size}")
+    if tokenizer is None and vocab_size > MAX_VOCAB_SIZE:
+        raise UserError(f"--vocab-size {vocab_size:,} is more than superpose trains ({MAX_VOCAB_SIZE:,}; the largest "
+                        "released tokenizers have about 256k tokens, and a corpus rarely supplies that many merges); "
+                        "use a smaller --vocab-size")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give --out a directory to create")
 
@@ -441,6 +452,8 @@ def open_token_file(path: Path, dtype: str | None) -> np.ndarray:
                 raise UserError(f"{path} is {path.stat().st_size} bytes, not a whole number of {dt.name} tokens; "
                                 "pass the right --token-dtype")
             arr = np.memmap(path, dtype=dt, mode="r")
+    except UserError:  # a ValueError too: already the one line
+        raise
     except ValueError as e:
         raise UserError(f"cannot read {path} as tokens ({e}); pass a .npy array or a raw .bin") from None
     if arr.ndim != 1 or arr.dtype.kind not in "iu":

@@ -63,18 +63,43 @@ class RunSeries:
         return self.steps[-1] if self.steps else -1
 
 
+DAMAGED = ("the file is damaged (edited, or not written by superpose train); plot the other runs, or restore it "
+           "from a copy")
+
+
 def read_metrics(run: Path) -> list[dict]:
-    """The records of RUN/metrics.jsonl. A line that does not parse is skipped: a trainer may be
-    halfway through writing the last one."""
+    """The records of RUN/metrics.jsonl. A last line without its newline is skipped: a trainer
+    may be halfway through writing it. Any other line that is not a JSON object is one UserError
+    naming the line: the file is damaged, and drawing around it would hide that."""
+    path = Path(run) / "metrics.jsonl"
+    data = path.read_bytes()
+    lines = data.split(b"\n")
     out = []
-    for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
-        if isinstance(rec, dict):
-            out.append(rec)
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError is one
+            if number == len(lines) and line.startswith(b"{"):  # the line being written
+                continue
+            raise UserError(f"{path} line {number} is not a JSON record ({str(e).splitlines()[0][:80]}); "
+                            f"{DAMAGED}") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path} line {number} is not a JSON object; {DAMAGED}")
+        out.append(rec)
     return out
+
+
+def _numbers(r: dict, name: str, keys: tuple[str, ...], nullable: tuple[str, ...] = ()) -> None:
+    """Refuse a record whose fields are missing or not numbers (a mistyped metrics.jsonl)."""
+    for key in keys:
+        v = r.get(key)
+        if v is None and key in nullable and key in r:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            got = "no " + key if key not in r else f"{key}={v!r}"
+            raise UserError(f"{name}: a {r.get('type')} line of its metrics.jsonl has {got}, not a number; {DAMAGED}")
 
 
 def check_run(run: Path, empty_ok: bool = False) -> None:
@@ -99,9 +124,15 @@ def run_series(records: list[dict], x: str, name: str = "run") -> RunSeries:
     for r in records:
         if r.get("type") not in ("train", "eval"):
             continue
+        if r["type"] == "eval":
+            _numbers(r, name, ("step", "val_loss"))
+        else:
+            _numbers(r, name, ("step", "lr", "phase", "bag_size", "loss", "grad_norm"), nullable=("loss", "grad_norm"))
         if key is not None and key not in r:
             raise UserError(f"{name}: its metrics.jsonl lines have no {key} (written by an older superpose), so "
                             f"--x {x} cannot be drawn; use --x step" + (" or --x tokens" if x == "time" else ""))
+        if key is not None:
+            _numbers(r, name, (key,))
         at = r["step"] + 1 if key is None else r[key]
         if r["type"] == "eval":
             s.eval_x.append(at)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..core.model import KVCache, Transformer
+from ..checks import check_seed
 from ..errors import UserError
 
 
@@ -103,6 +104,14 @@ def generate(path: Path | str, prompt: str, max_new_tokens: int = 200, temperatu
         raise UserError(f"--temperature must be >= 0 and finite (0 = greedy), got {temperature}")
     if top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 = no limit), got {top_k}")
+    if seed is not None:
+        check_seed(seed, "--seed")
+    try:  # a terminal in another encoding passes undecodable bytes as lone surrogates
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start:e.end].encode("utf-8", "surrogateescape")  # the bytes as the shell gave them
+        raise UserError(f"--prompt is not valid UTF-8 text (bytes {bad!r} at character {e.start}); "
+                        "pass the prompt as UTF-8 (check the terminal's or the file's encoding)") from None
     src = locate(path)
     tokenizer = load_tokenizer(src)
     model = load_model(src, device)

@@ -182,9 +182,13 @@ def load_model(path: Path | str | ModelFiles, device: str | torch.device = "cpu"
 
     `forward(input_ids)` takes (B, T) token ids and returns logits (B, T, V).
     """
+    from ..checks import check_model_memory, count_params, device as check_device
     from ..training.checkpoint import load_weights
 
+    device = check_device(device)  # before the files are read: one line for cuda on a CPU-only install
     src = path if isinstance(path, ModelFiles) else locate(path)
+    check_model_memory(count_params(src.model_config), device, training=False, what=f"the model of {src.path}",
+                       fix="use a machine (or --device) with more memory")
     model = empty_model(src.model_config, device)
     load_weights(src.path, model)
     return model.eval()

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..core.model import ModelConfig
 from ..errors import UserError
-from ..files import copy_file, file_record, sha256_file, write_file, write_text
+from ..files import copy_file, file_record, make_dir, sha256_file, write_file, write_text
 
 # superpose name -> Hugging Face LlamaForCausalLM name; {i} is the layer index.
 HF_NAME_MAP = {
@@ -187,7 +187,7 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
     model = load_model(src)
     cfg = model.config
     state = {name: tensor.to(DTYPES[dtype]).contiguous() for name, tensor in hf_state(model).items()}
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--hf folder")
     intact = f"the run {src.path} is untouched"
     fix = f"free some space, remove {out} and export again"
     write_file(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}),

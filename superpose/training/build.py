@@ -26,6 +26,7 @@ from ..data import (Dataset, Mixture, MixtureLoader, TrainLoader, open_dataset, 
 from ..data.mixture import absolute_mix
 from ..data.tokenizer import load_tokenizer_file
 from .. import files
+from ..checks import check_model_memory, count_params
 from ..errors import UserError
 from . import checkpoint, distributed, faults, tracking
 from .metrics import quiet
@@ -37,11 +38,9 @@ from .trainer import Trainer, superposed_loss
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={name} but no CUDA GPU is available; use --train.device=cpu")
-    return torch.device(name)
+    from ..checks import device
+
+    return device(name, "--train.device")
 
 
 def resolve_data(cfg: Config, log: Callable[[str], None] = print,
@@ -114,6 +113,9 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
 
         check_hf_tokenizer(init_from_hf, dataset)
     cfg = resolve_vocab(cfg, dataset)
+    check_model_memory(count_params(cfg.model.resolve()), device, training=True, what="the model",
+                       shards=par.world_size if cfg.parallel.mode == "fsdp" else 1,
+                       fix="lower --model.dim / --model.n_layers, or train on a device with more memory")
     if state is None:
         torch.manual_seed(tr.seed)  # the same seed gives the same initial weights in every arm
         model = build_model(cfg.model, device)
@@ -148,7 +150,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
         optimizer=configure_optimizer(model, cfg), schedule=Schedule.for_run(cfg),
         loader=loader,
         loss_fn=loss_fn, loss_chunk_rows=chunk_rows, fwd=fwd,
-        val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens)),  # (N, L + 1)
+        val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens, cfg.model.vocab_size)),  # (N, L + 1)
         token_bytes=torch.from_numpy(token_byte_lengths(tokenizer, cfg.model.vocab_size)))  # (V,)
     if cfg.tst.weights == "mi":
         trainer.mi_fit = mi_fit(trainer.schedule, dataset, Path(run_dir), log)
