@@ -1,0 +1,22 @@
+"""TST inside torchtitan: `--module superpose.titan` (the optional extra `superpose[titan]`).
+
+    torchrun --nproc-per-node 8 -m torchtitan.train --module superpose.titan --config tst_llama3_270m
+    python -m superpose.titan.train --module superpose.titan --config tst_llama3_debug   # also on a CPU
+
+torchtitan's config manager imports `superpose.titan.config_registry` and calls the named
+function, which returns a `TSTTrainer.Config`: torchtitan's own `Trainer.Config` with a `tst`
+section (s, r, bag weights, mode, loss, curriculum). The run is then torchtitan's trainer,
+parallelisms and DCP checkpoints, with TST's two changes, both taken from superpose's core:
+
+    arch.py             superpose architecture -> torchtitan model (one dict, `TITAN_MODELS`)
+    trainer.py          TSTTrainer: rows of s*L tokens in phase 1, the bag-mean hook on the
+                        embedding, the switch inside the run, the refusals (CP, TP, PP)
+    loss.py             MultiHotLoss: superpose's multi-hot next-bag loss as a torchtitan loss,
+                        chunked through torchtitan's ChunkedLossWrapper
+    config_registry.py  the configs (debug, the paper's 270M, the 10B-A1B MoE)
+    compat.py           running torchtitan 0.3.0 on a CPU (gloo) and on stable torch
+    export.py           a TST checkpoint -> a Hugging Face folder
+    train.py            `python -m superpose.titan.train`: torchtitan.train with compat applied
+
+Nothing here is imported by `import superpose`; importing this package needs torchtitan.
+"""

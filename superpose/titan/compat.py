@@ -1,0 +1,80 @@
+"""What torchtitan 0.3.0 needs to run on a CPU with gloo, and on stable torch 2.13.
+
+torchtitan picks its device type once, at import (`torchtitan.tools.utils.device_type`): the
+available accelerator, else "cuda", so on a machine without one its stock Trainer tries to use
+CUDA. `use_cpu()` sets it to "cpu", with a small stand-in for `torch.cuda`'s device functions
+(names, memory statistics) that the trainer's memory monitor and barriers call. A few torchtitan
+modules copy the two names at import; they are patched too, so the order of imports does not
+matter. Everything else (gloo as the process-group backend, DTensor/FSDP2 on CPU meshes) is
+torchtitan's and torch's own code.
+
+torchtitan 0.3.0 also calls `torch.distributed.set_timeout`, which stable torch 2.13 spells
+`distributed_c10d._set_pg_timeout`; `ensure_torch_api()` adds the alias. Both are no-ops where
+nothing is missing, and neither changes any arithmetic.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import torch
+
+# Modules that bind `device_type` / `device_module` by name at import (torchtitan 0.3.0).
+_BOUND = ("torchtitan.tools.utils", "torchtitan.components.metrics", "torchtitan.distributed.utils",
+          "torchtitan.distributed.parallel_dims", "torchtitan.models.common.token_dispatcher",
+          "torchtitan.tools.profiler")
+
+
+def _cpu_device_module() -> types.ModuleType:
+    """`torch.cpu` plus the `torch.cuda`-style calls torchtitan makes on its device module."""
+    m = types.ModuleType("superpose_titan_cpu")
+    for name in dir(torch.cpu):
+        if not name.startswith("__"):
+            setattr(m, name, getattr(torch.cpu, name))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    m.get_device_name = lambda *a, **k: "cpu"
+    m.current_device = lambda: 0
+    m.device_count = lambda: 1
+    m.set_device = lambda *a, **k: None
+    m.synchronize = lambda *a, **k: None
+    m.empty_cache = lambda: None
+    m.reset_peak_memory_stats = lambda *a, **k: None
+    m.memory_stats = lambda *a, **k: {}  # the monitor reports -1 for what it cannot read
+    m.get_device_properties = lambda *a, **k: types.SimpleNamespace(name="cpu", total_memory=memory)
+    return m
+
+
+def ensure_torch_api() -> None:
+    """Alias the torch-nightly names torchtitan 0.3.0 calls onto their stable-torch spelling."""
+    import torch.distributed as dist
+
+    if not hasattr(dist, "set_timeout") and hasattr(dist.distributed_c10d, "_set_pg_timeout"):
+        dist.set_timeout = dist.distributed_c10d._set_pg_timeout
+
+
+def accelerator_present() -> bool:
+    from torch._utils import _get_available_device_type
+
+    return _get_available_device_type() is not None
+
+
+def use_cpu() -> None:
+    """Make torchtitan train on the CPU (gloo). Call before building a Trainer."""
+    import importlib
+
+    importlib.import_module("torchtitan.tools.utils")
+    module = _cpu_device_module()
+    for name in _BOUND:
+        mod = sys.modules.get(name)
+        if mod is not None:
+            mod.device_type, mod.device_module = "cpu", module
+    ensure_torch_api()
+
+
+def device_type() -> str:
+    """The device type torchtitan will use now."""
+    from torchtitan.tools import utils
+
+    return utils.device_type

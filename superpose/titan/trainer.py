@@ -1,0 +1,229 @@
+"""TSTTrainer: torchtitan's Trainer with Token Superposition Training, phase 1 then phase 2 in one run.
+
+    step k (torchtitan counts 1..T)    phase = superpose's Schedule.phase(k - 1)
+    phase 1 (bags of s, mode full):
+        loader batches of (b, L) tokens, s of them in stream order    (s*b, L)
+            -> regrouped into b contiguous rows of s*L tokens          (b, s*L)
+        labels (b, s*L) -> bag_targets                                  (b, L, s)
+        tok_embeddings(tokens) (b, s*L, D) -> forward hook: superpose_embeddings -> (b, L, D)
+        unchanged decoder, RoPE positions 0..L-1 -> hidden (b, L, D)
+        MultiHotLoss (chunked by ChunkedLossWrapper) / global weighted target count
+    phase 2: torchtitan's own step, the same loss reducing to F.cross_entropy
+
+Why regroup loader batches: torchtitan's dataloader yields rows of a fixed `training.seq_len`
+and cannot change it mid-run. Its text dataset packs one continuous token stream per data-parallel
+rank, so s consecutive rows of L tokens are one row of s*L tokens. Drawing s loader batches per
+phase-1 micro-batch and reshaping gives superpose's phase-1 rows exactly, keeps b rows per
+micro-batch (so the optimizer sees the same number of rows per step in both phases, as in
+superpose), and leaves the loader's state alone: the data position carries across the switch
+and DCP resumes it on either side, because the regrouping holds nothing between steps (a step
+draws all its micro-batches inside `train_step`).
+
+The switch carries everything: the model, the optimizer, the LR scheduler (a function of the
+step) and the loader are torchtitan's, built once; only the phase looked up per step changes.
+
+Refused with a one-line error: context parallelism (it splits each row's positions across ranks
+after the loader, with a load-balancing permutation, while phase 1's bags and next-bag targets
+must stay whole and aligned), tensor parallelism (the embedding's output and the logits become
+DTensors that the bag mean and the multi-hot loss do not take), pipeline parallelism (untested:
+the first stage would bag and the last score, with per-phase microbatch shapes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torchtitan.components.loss import ChunkedLossWrapper
+from torchtitan.distributed import utils as dist_utils
+from torchtitan.models.common.attention import ScaledDotProductAttention
+from torchtitan.tools.logging import logger
+from torchtitan.trainer import Trainer
+
+from ..core.schedule import MODES, Phase, build_phases, lookup, parse_stages
+from ..core.superposition import LOSSES, bag_targets, count_valid_targets, superpose_embeddings
+from .compat import ensure_torch_api
+from .loss import MultiHotLoss
+
+WEIGHTS = ("uniform", "power", "exp")  # "mi" needs a corpus fit superpose's prepare makes
+
+
+@dataclass(kw_only=True, slots=True)
+class TSTConfig:
+    """Token Superposition Training, as `--tst.<field>` on torchtitan's command line."""
+
+    bag_size: int = 6
+    """s: raw tokens averaged into one position in phase 1. 1 disables TST."""
+    ratio: float = 0.3
+    """r: fraction of training.steps in phase 1. 0 disables TST."""
+    weights: str = "uniform"
+    """Bag slot weights of the multi-hot loss: uniform, power (1/i) or exp (e^-i)."""
+    mode: str = "full"
+    """full (the method), input (bagged input, one target) or output (token input, s targets)."""
+    loss: str = "mce"
+    """mce (the paper's multi-hot cross-entropy) or mce_alt (paper App. C.2)."""
+    schedule: str = ""
+    """A bag-size curriculum "8:0.1,4:0.1": replaces bag_size and ratio (superpose's tst.schedule)."""
+
+    def phases(self, steps: int) -> list[Phase]:
+        """superpose's phases over `steps` optimizer steps (0-based)."""
+        stages = parse_stages(self.schedule) if self.schedule else None
+        return build_phases(steps, self.ratio, self.bag_size, self.mode, stages)
+
+
+def _problems(cfg: "TSTTrainer.Config") -> list[str]:
+    """Every reason this TST run cannot go, as one-line messages."""
+    t, p, out = cfg.tst, cfg.parallelism, []
+    if t.bag_size < 1:
+        out.append(f"tst.bag_size must be >= 1, got {t.bag_size}")
+    if not 0.0 <= t.ratio <= 1.0:
+        out.append(f"tst.ratio must be in [0, 1], got {t.ratio}")
+    if t.weights not in WEIGHTS:
+        out.append(f"tst.weights must be one of {', '.join(WEIGHTS)} in torchtitan, got {t.weights!r}")
+    if t.mode not in MODES:
+        out.append(f"tst.mode must be one of {', '.join(MODES)}, got {t.mode!r}")
+    if t.loss not in LOSSES:
+        out.append(f"tst.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
+    if t.schedule:
+        try:
+            parse_stages(t.schedule)
+        except ValueError as e:
+            out.append(f"tst.schedule: {e}")
+    inner = cfg.loss.loss_fn if isinstance(cfg.loss, ChunkedLossWrapper.Config) else cfg.loss
+    if not isinstance(inner, MultiHotLoss.Config):
+        out.append(f"loss must be superpose.titan.loss.MultiHotLoss (optionally inside ChunkedLossWrapper), got "
+                   f"{type(inner).__qualname__}: phase 1's next-bag targets need the multi-hot loss")
+    if not cfg.training.disable_cuda_graphs:
+        out.append("TST needs --training.disable_cuda_graphs: a CUDA graph replays one input shape, and phase 1's "
+                   "rows are s times longer than phase 2's")
+    if p.context_parallel_degree > 1:
+        out.append("context parallelism is refused under TST: it splits each row's positions across ranks, while "
+                   "phase 1's bags of s tokens and their next-bag targets must stay whole; use FSDP/HSDP (and EP)")
+    if p.tensor_parallel_degree > 1:
+        out.append("tensor parallelism is refused under TST: the bag mean and the multi-hot loss take plain tensors, "
+                   "not TP's DTensor activations and loss-parallel logits; use FSDP/HSDP (and EP)")
+    if p.pipeline_parallel_degree > 1:
+        out.append("pipeline parallelism is refused under TST (untested: phase 1 changes every stage's microbatch "
+                   "shape); use FSDP/HSDP (and EP)")
+    return out
+
+
+class TSTTrainer(Trainer):
+    """torchtitan's Trainer, with TST's phase 1 before its ordinary next-token training."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(Trainer.Config):
+        tst: TSTConfig = field(default_factory=TSTConfig)
+
+        def __post_init__(self):
+            Trainer.Config.__post_init__(self)
+            problems = _problems(self)
+            if problems:
+                raise ValueError("; ".join(problems))
+            # One source of truth: the loss reads the bag weights and kind from the tst section.
+            inner = self.loss.loss_fn if isinstance(self.loss, ChunkedLossWrapper.Config) else self.loss
+            inner.weights, inner.loss = self.tst.weights, self.tst.loss
+
+    config: Config
+
+    def __init__(self, config: Config):
+        ensure_torch_api()
+        super().__init__(config)
+        self.phases = config.tst.phases(config.training.steps)
+        self._input_bag = 1  # bag size the embedding hook applies; > 1 only inside a phase-1 forward
+        self._maskless = any(config.model_spec.model.traverse(ScaledDotProductAttention.Config))
+        self._count = (0, torch.zeros((), dtype=torch.float32))  # (step, this rank's weighted target count)
+        self._raw_tokens = 0  # raw tokens one micro-batch of the current step reads
+        self.model_parts[0].tok_embeddings.register_forward_hook(self._bag_hook)
+        switch = next((p.start for p in self.phases if p.bag_size == 1), config.training.steps)
+        logger.info("TST: " + ", ".join(f"{p.name} steps {p.start + 1}-{p.end} (s={p.bag_size})" for p in self.phases)
+                    + f"; the switch to next-token training is at step {switch + 1}")
+
+    def phase(self, step: int | None = None) -> Phase:
+        """The phase of torchtitan's 1-based `step` (default: the current one)."""
+        return lookup(self.phases, (self.step if step is None else step) - 1)
+
+    def _bag_hook(self, module: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        # (b, s*L, D) token embeddings -> (b, L, D) bag means, accumulated in float32 (superpose's function)
+        return superpose_embeddings(out, self._input_bag) if self._input_bag > 1 else None
+
+    def _weights(self, phase: Phase) -> str:
+        return self.config.tst.weights if phase.target_bag > 1 else "uniform"
+
+    def _loss_kind(self, phase: Phase) -> str:
+        return self.config.tst.loss if phase.target_bag > 1 else "mce"
+
+    def tst_batch(self, batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]], phase: Phase
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One micro-batch of `phase` from `phase.input_bag` consecutive loader batches of (b, L).
+
+        -> inputs {"input": (b, input_bag * L)[, "positions": (b, L)]}, labels (b, L) or the
+        phase's targets (b, L, target_bag) from superpose's `bag_targets`.
+        """
+        s_in = phase.input_bag
+        b, L = batches[0][1].shape
+        tokens = torch.cat([d["input"] for d, _ in batches]).reshape(b, s_in * L)  # rows i*s..i*s+s-1 of (s*b, L)
+        labels = torch.cat([y for _, y in batches]).reshape(b, s_in * L)
+        inputs: dict[str, torch.Tensor] = {"input": tokens}
+        if not self._maskless and "positions" in batches[0][0]:
+            # per-document positions are the loader's; a row of bags is one causal block 0..L-1
+            inputs["positions"] = (batches[0][0]["positions"] if s_in == 1 and phase.bag_size == 1
+                                   else torch.arange(L).expand(b, L).contiguous())
+        if phase.bag_size > 1:
+            labels = bag_targets(labels, phase.bag_size, phase.mode)  # (b, L, s) or (b, L, 1)
+        return inputs, labels
+
+    def batch_generator(self, data_iterable: Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]
+                        ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """torchtitan's generator, drawing `input_bag` loader batches per micro-batch in phase 1."""
+        data_iterator = iter(data_iterable)
+        while True:
+            phase = self.phase()
+            t0 = time.perf_counter()
+            try:
+                batches = [next(data_iterator) for _ in range(phase.input_bag)]
+            except StopIteration as ex:
+                from torchtitan.components.dataloader import DataloaderExhaustedError
+
+                raise DataloaderExhaustedError() from ex
+            inputs, labels = self.tst_batch(batches, phase)
+            self._raw_tokens = inputs["input"].numel()
+            if self._count[0] != self.step:
+                self._count = (self.step, torch.zeros((), dtype=torch.float32))
+            targets = labels if labels.dim() == 3 else labels.unsqueeze(-1)
+            self._count[1].add_(count_valid_targets(targets, self._weights(phase), loss=self._loss_kind(phase)))
+            self.metrics_processor.ntokens_since_last_log += self._raw_tokens
+            self.metrics_processor.data_loading_times.append(time.perf_counter() - t0)
+            yield inputs, labels
+
+    def post_dataloading_process(self, input_dict: dict[str, torch.Tensor], labels: torch.Tensor
+                                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        before = self.ntokens_seen
+        inputs, labels, extra = super().post_dataloading_process(input_dict, labels)
+        self.ntokens_seen = before + self._raw_tokens  # raw tokens read, not target slots
+        return inputs, labels, extra
+
+    def forward_backward_step(self, *, input_dict, labels, global_valid_tokens: torch.Tensor) -> torch.Tensor:
+        phase = self.phase()
+        if self._weights(phase) != "uniform" or self._loss_kind(phase) != "mce":
+            # torchtitan counts labels != ignore; the weighted (or per-position, MCEAlt) count is
+            # superpose's count_valid_targets, summed over the step's micro-batches and the ranks
+            local = self._count[1].to(self.device)
+            global_valid_tokens = (dist_utils.dist_sum_tensor(local, self.parallel_dims.get_mesh("batch"))
+                                   if self.parallel_dims.dp_enabled else local)
+        self._input_bag = phase.input_bag
+        try:
+            return super().forward_backward_step(input_dict=input_dict, labels=labels,
+                                                 global_valid_tokens=global_valid_tokens)
+        finally:
+            self._input_bag = 1
+
+    def train_step(self, data_iterator):
+        phase, previous = self.phase(), self.phase(self.step - 1) if self.step > 1 else None
+        if previous is not None and previous != phase:
+            logger.info(f"TST: step {self.step} switches from {previous.name} (s={previous.bag_size}) to "
+                        f"{phase.name} (s={phase.bag_size}); parameters, optimizer, LR schedule and data carry on")
+        return super().train_step(data_iterator)
