@@ -236,6 +236,32 @@ def test_run_through_switch_and_resume_on_either_side(assets, single_process, tm
         assert sorted(resumed) == list(range(load + 1, 7))
         for k, v in resumed.items():
             assert v == straight[k], f"resume from step {load}: step {k} loss {v} != {straight[k]}"
+    check_export(assets, tmp_path / "run" / "checkpoint", tmp_path / "hf", cfg.model_spec.superpose_model)
+
+
+def check_export(assets: Path, ckpt: Path, out: Path, model_cfg: ModelConfig) -> None:
+    """The final (phase-2) checkpoint as a HF folder: transformers' logits == torchtitan's."""
+    from transformers import AutoModelForCausalLM
+
+    from superpose.titan.export import export_hf, load_model_state
+
+    with pytest.raises(ValueError, match="phase-1 checkpoint predicts bags"):
+        export_hf(ckpt / "step-3", model_cfg, out, switch_step=3)
+    export_hf(ckpt / "step-6", model_cfg, out, switch_step=3, tokenizer_dir=assets)
+    state, step = load_model_state(ckpt / "step-6", model_cfg)
+    assert step == 6
+    spec = titan_model_spec(model_cfg, "check")
+    with torch.device("meta"):
+        titan = spec.model.build()
+    titan.to_empty(device="cpu")
+    titan.load_state_dict(state)
+    tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = titan(tokens)  # (2, 16, V): causal SDPA, RoPE positions 0..15
+        hf = AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+        got = hf(tokens).logits
+    print(f"export: max |logits diff| torchtitan vs transformers = {float((got - want).abs().max()):.2e}")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_weighted_mce_alt_curriculum_runs(assets, single_process, tmp_path):
