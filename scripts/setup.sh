@@ -3,6 +3,8 @@
 # package with its test extras. Safe to re-run; it installs only what is missing.
 #   SUPERPOSE_PYTHON       interpreter to build the venv from (default: python3)
 #   SUPERPOSE_TORCH_INDEX  a pip index URL to take torch from (e.g. PyTorch's CPU-only index)
+#   SUPERPOSE_TITAN=1      also install the torchtitan extra (superpose[titan], ~1 GB with triton),
+#                          keeping the torch already installed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${SUPERPOSE_PYTHON:-python3}
@@ -25,4 +27,9 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   fi
 fi
 pip install -e ".[test]"
+if [ "${SUPERPOSE_TITAN:-0}" = 1 ]; then
+  # Pin the torch already here, so torchtitan's dependencies never swap in another build.
+  have=$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')
+  pip install -e ".[titan]" "torch==$have"
+fi
 .venv/bin/python -c 'import torch, superpose; print(f"setup: superpose {superpose.__version__}, torch {torch.__version__}", flush=True)' >&2

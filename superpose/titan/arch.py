@@ -104,4 +104,5 @@ def titan_model_spec(cfg: ModelConfig, flavor: str, attention: str = "sdpa") -> 
     spec = TITAN_MODELS[cfg.arch](cfg.resolve(), flavor)
     if attention == "sdpa":
         _use_sdpa(spec.model)
+    spec.superpose_model = cfg  # the shape it was built from, for export (ModelSpec is a plain dataclass)
     return spec

@@ -78,3 +78,17 @@ def device_type() -> str:
     from torchtitan.tools import utils
 
     return utils.device_type
+
+
+def gloo_sum_reductions(model: torch.nn.Module) -> None:
+    """FSDP2 on gloo: reduce-scatter with a plain SUM.
+
+    torchtitan sets FSDP's gradient divide factor to 1 (its loss is already divided by the global
+    target count), which FSDP2 carries out as ReduceOp.PREMUL_SUM; gloo has no PREMUL_SUM. A
+    factor of 1 makes it a plain sum, so forcing SUM is the same arithmetic.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_force_sum_reduction_for_comms(True)

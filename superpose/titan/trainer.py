@@ -45,7 +45,7 @@ from torchtitan.trainer import Trainer
 
 from ..core.schedule import MODES, Phase, build_phases, lookup, parse_stages
 from ..core.superposition import LOSSES, bag_targets, count_valid_targets, superpose_embeddings
-from .compat import ensure_torch_api
+from .compat import ensure_torch_api, gloo_sum_reductions
 from .loss import MultiHotLoss
 
 WEIGHTS = ("uniform", "power", "exp")  # "mi" needs a corpus fit superpose's prepare makes
@@ -133,11 +133,17 @@ class TSTTrainer(Trainer):
         ensure_torch_api()
         super().__init__(config)
         self.phases = config.tst.phases(config.training.steps)
+        if self.device.type == "cpu":
+            for part in self.model_parts:
+                gloo_sum_reductions(part)
         self._input_bag = 1  # bag size the embedding hook applies; > 1 only inside a phase-1 forward
         self._maskless = any(config.model_spec.model.traverse(ScaledDotProductAttention.Config))
         self._count = (0, torch.zeros((), dtype=torch.float32))  # (step, this rank's weighted target count)
         self._raw_tokens = 0  # raw tokens one micro-batch of the current step reads
         self.model_parts[0].tok_embeddings.register_forward_hook(self._bag_hook)
+        # torchtitan's MFU is FLOPs per token x tokens/s; tokens here are raw tokens (s per position
+        # in phase 1), so each phase divides the per-position FLOPs by the tokens a position reads.
+        self._flops_per_position = self.metrics_processor.num_flops_per_token
         switch = next((p.start for p in self.phases if p.bag_size == 1), config.training.steps)
         logger.info("TST: " + ", ".join(f"{p.name} steps {p.start + 1}-{p.end} (s={p.bag_size})" for p in self.phases)
                     + f"; the switch to next-token training is at step {switch + 1}")
@@ -226,4 +232,5 @@ class TSTTrainer(Trainer):
         if previous is not None and previous != phase:
             logger.info(f"TST: step {self.step} switches from {previous.name} (s={previous.bag_size}) to "
                         f"{phase.name} (s={phase.bag_size}); parameters, optimizer, LR schedule and data carry on")
+        self.metrics_processor.num_flops_per_token = self._flops_per_position / phase.input_bag
         return super().train_step(data_iterator)

@@ -1,0 +1,96 @@
+"""A torchtitan TST checkpoint (DCP, `step-N/`) -> a Hugging Face folder, through torchtitan's own
+state-dict adapter (Llama3StateDictAdapter: names, and the q/k permutation from torchtitan's
+interleaved RoPE to HF's rotate-half) and superpose's config.json (`interop.hf_llama.hf_config`).
+
+    python -m superpose.titan.export CHECKPOINT_STEP_DIR OUT_DIR --config tst_llama3_270m [--tokenizer DIR]
+
+Only a phase-2 checkpoint is a next-token model: a checkpoint at or before the switch holds a
+bag predictor (its LM head scores bags), so `export_hf` refuses it when it knows the switch step.
+Llama only: torchtitan's Qwen3 adapter keeps experts in its own grouped layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..core.model import ModelConfig
+from ..interop.hf_llama import hf_config
+from .arch import titan_model_spec
+
+
+def load_model_state(step_dir: Path | str, model: ModelConfig) -> tuple[dict[str, torch.Tensor], int]:
+    """The model weights (torchtitan names, float32, CPU) and the step of a DCP checkpoint folder."""
+    import torch.distributed.checkpoint as dcp
+
+    spec = titan_model_spec(model, "export")
+    with torch.device("meta"):
+        module = spec.model.build()
+    state = {k: torch.empty(v.shape, dtype=torch.float32) for k, v in module.state_dict().items()}
+    train = {"train_state": {"step": 0, "ntokens_seen": 0}}
+    dcp.load({**state, **train}, checkpoint_id=str(step_dir))
+    return state, int(train["train_state"]["step"])
+
+
+def export_hf(step_dir: Path | str, model: ModelConfig, out_dir: Path | str, switch_step: int | None = None,
+              tokenizer_dir: Path | str | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write `step_dir`'s model as a LlamaForCausalLM folder (model.safetensors + config.json)."""
+    from safetensors.torch import save_file
+
+    if model.arch != "llama":
+        raise ValueError(f"export covers the llama architecture; {model.arch!r} checkpoints are not exported yet")
+    state, step = load_model_state(step_dir, model)
+    if switch_step is not None and step <= switch_step:
+        raise ValueError(f"{step_dir} is step {step}, at or before the switch (step {switch_step}): a phase-1 "
+                         "checkpoint predicts bags, not next tokens; export a later one")
+    spec = titan_model_spec(model, "export")
+    hf = spec.state_dict_adapter(spec.model, None).to_hf(state)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(dtype).contiguous() for k, v in hf.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    eos = 0
+    if tokenizer_dir is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if (Path(tokenizer_dir) / name).exists():
+                shutil.copy(Path(tokenizer_dir) / name, out / name)
+        from tokenizers import Tokenizer
+
+        tok_cfg = Path(tokenizer_dir) / "tokenizer_config.json"
+        eos_token = json.loads(tok_cfg.read_text()).get("eos_token") if tok_cfg.exists() else None
+        if isinstance(eos_token, str):
+            eos = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json")).token_to_id(eos_token) or 0
+    config = hf_config(model.resolve(), eos, str(dtype).removeprefix("torch."))
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def main() -> None:
+    from . import config_registry
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", help="a DCP checkpoint folder, e.g. outputs/checkpoint/step-20000")
+    ap.add_argument("out", help="the Hugging Face folder to write")
+    ap.add_argument("--config", required=True, help="the superpose.titan config the run used")
+    ap.add_argument("--tokenizer", help="a folder with tokenizer.json (the run's hf_assets_path)")
+    args = ap.parse_args()
+    cfg = getattr(config_registry, args.config, None)
+    if cfg is None:
+        raise SystemExit(f"superpose.titan.export: no config {args.config!r} in superpose.titan.config_registry")
+    run = cfg()
+    switch = next((p.start for p in run.tst.phases(run.training.steps) if p.bag_size == 1), run.training.steps)
+    model = model_config(run)
+    print(export_hf(args.checkpoint, model, args.out, switch, args.tokenizer or run.hf_assets_path))
+
+
+def model_config(run) -> ModelConfig:
+    """The superpose ModelConfig a superpose.titan config was built from (kept on its ModelSpec)."""
+    return run.model_spec.superpose_model
+
+
+if __name__ == "__main__":
+    main()
