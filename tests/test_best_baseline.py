@@ -95,6 +95,9 @@ def test_scan_reports_best_baseline_per_length_and_one_seed_has_no_band(tiny_dat
                   baselines=parse_baselines("model.init=titan"))
     assert [ln["steps"] for ln in rep["lengths"]] == [8, 12]
     assert all(ln["best_baseline"] in ("own", "model.init=titan") for ln in rep["lengths"])
+    # The trend and crossover of the gain against the best baseline, fitted like the own one.
+    assert rep["best_crossover"]["lengths"] == [8, 12]
+    assert any(v.startswith("trend: the gain against the best baseline") for v in rep["verdicts"])
     text = (tmp_path / "scan" / "report.md").read_text()
     assert "one seed, so no band" in text and "n/a (one seed)" in text
     # No zero-width band such as "(+0.094 to +0.094)" anywhere.

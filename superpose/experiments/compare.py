@@ -410,6 +410,10 @@ def summarize_scan(cfg: Config, subs: list[dict], per_seed: dict, command: str) 
     rep = {"config": cfg.to_dict(), "command": command, "seeds": seeds, "steps": [ln["steps"] for ln in lengths],
            "lengths": lengths, "crossover": crossover(gains), "environment": environment(),
            "date": time.strftime("%Y-%m-%d")}
+    if len(lengths[0]["baselines_val_loss"]) > 1:  # --baselines: the trend of the gain a user would see
+        # best_baseline_gain's values are in sorted seed order, as `seeds`.
+        best = {k: [(ln["steps"], ln["best_baseline_gain"]["values"][i]) for ln in lengths] for i, k in enumerate(seeds)}
+        rep["best_crossover"] = crossover(best)
     rep["verdicts"] = scan_verdicts(rep)
     return rep
 
@@ -423,15 +427,21 @@ def scan_verdicts(rep: dict) -> list[str]:
             b = ln["best_baseline_gain"]
             lines.append(f"{ln['steps']} steps: gain against the best baseline ({ln['best_baseline']}) "
                          f"{b['mean']:+.4f} nats ({clear_of_noise(b, 0.0)})")
-    c = rep["crossover"]
-    longest = rep["steps"][-1]
+    lines += trend_lines(rep["crossover"], rep["steps"][-1], "")
+    if rep.get("best_crossover"):
+        lines += trend_lines(rep["best_crossover"], rep["steps"][-1], " against the best baseline")
+    return lines
+
+
+def trend_lines(c: dict, longest: int, against: str) -> list[str]:
+    """The fitted trend of a gain with length, and where it crosses zero, as verdict lines."""
     slope = f"{c['b_per_decade']:+.3f} nats per 10x length"
     if not math.isnan(c["b_ci95"]):
         slope += f" (95% interval {c['b_per_decade'] - c['b_ci95']:+.3f} to {c['b_per_decade'] + c['b_ci95']:+.3f})"
-    lines.append(f"trend: the gain changes by {slope}")
+    lines = [f"trend: the gain{against} changes by {slope}"]
     if c["estimate_steps"] is None:
         turns = f" (it crosses zero downward at ~{10 ** (-c['a'] / c['b_per_decade']):,.0f} steps)" if c["b_per_decade"] < 0 else ""
-        lines.append("crossover: none predicted: the fitted gain does not grow with run length" + turns)
+        lines.append(f"crossover{against}: none predicted: the fitted gain does not grow with run length" + turns)
     else:
         ci = c["ci95_steps"]
         if ci is None:
@@ -442,7 +452,7 @@ def scan_verdicts(rep: dict) -> list[str]:
             where = f"95% interval {lo} to {hi} steps"
         est = c["estimate_steps"]
         reach = "inside the measured lengths" if est <= longest else f"{est / longest:.1f}x the longest length run"
-        lines.append(f"crossover (gain = 0) predicted at {est:,.0f} steps ({reach}); {where}")
+        lines.append(f"crossover{against} (gain = 0) predicted at {est:,.0f} steps ({reach}); {where}")
     return lines
 
 

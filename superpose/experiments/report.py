@@ -196,15 +196,21 @@ def write_scan_markdown(rep: dict, path: Path) -> None:
                      f"{speedup_text(ln['iso_loss_speedup'], ln['iso_loss_kinds'])} | "
                      f"{speedup_text(ln['iso_loss_step_ratio'], ln['iso_loss_kinds'])} | "
                      f"{', '.join(f'{v:+.4f}' for v in g['values'])} | [report](steps-{ln['steps']}/report.md) |")
-    c = rep["crossover"]
-    one_seed = c["seeds"] < 2
-    lines += ["", "## Trend", "", f"Fit: {c['model']}: a = {c['a']:+.4f}, b = {c['b_per_decade']:+.4f} nats per 10x "
-              "steps. What it predicts beyond the longest length (mean" + ("; one seed, so no band):" if one_seed
-                                                                          else ", 95% band):"), ""]
-    for T, p in c["predicted_gain"].items():
-        band = "" if one_seed else f" ({p['lo']:+.3f} to {p['hi']:+.3f})"
-        lines.append(f"- {int(float(T)):,} steps: {p['mean']:+.3f}{band}")
-    lines += ["", "A line in log(steps) is a description of the measured lengths, not a law: trust the "
+    lines += ["", "## Trend", ""]
+    for key, against in (("crossover", "the gain against the own baseline"),
+                         ("best_crossover", "the gain against the best baseline")):
+        c = rep.get(key)
+        if not c:
+            continue
+        one_seed = c["seeds"] < 2
+        lines += [f"Fit of {against}: {c['model']}: a = {c['a']:+.4f}, b = {c['b_per_decade']:+.4f} nats per 10x "
+                  "steps. What it predicts beyond the longest length (mean" + ("; one seed, so no band):" if one_seed
+                                                                              else ", 95% band):"), ""]
+        for T, p in c["predicted_gain"].items():
+            band = "" if one_seed else f" ({p['lo']:+.3f} to {p['hi']:+.3f})"
+            lines.append(f"- {int(float(T)):,} steps: {p['mean']:+.3f}{band}")
+        lines.append("")
+    lines += ["A line in log(steps) is a description of the measured lengths, not a law: trust the "
               "extrapolation only as far as the band is narrow.", "", "![gain vs length](gain_vs_length.png)", ""]
     write_report(path, "\n".join(lines))
 
