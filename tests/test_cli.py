@@ -5,6 +5,7 @@ SUPERPOSE_OFFLINE=1 skips it).
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -48,7 +49,11 @@ def test_cpu_smoke_end_to_end_on_the_default_corpus(tmp_path_factory):
     train = [r for r in recs if r["type"] == "train"]
     assert len(train) == 40 and {r["phase"] for r in train} == {1, 2}
     evals = [r for r in recs if r["type"] == "eval"]
-    assert evals[-1]["val_loss"] < evals[0]["val_loss"] + 0.5 and evals[-1]["val_bpb"] > 0
+    # Measured (2026-12-03, AMD EPYC): val_loss 6.646 at step 19 and 6.598 at step 39; a uniform
+    # guess over the 4,096 tokens scores ln 4096 = 8.32. The run must have learned, and still be
+    # learning in phase 2.
+    assert evals[-1]["val_loss"] < math.log(4096) - 1.5, evals
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.02 and evals[-1]["val_bpb"] > 0, evals
     assert json.loads((run / "config.json").read_text())["data"]["path"] == ""
 
 

@@ -1,0 +1,145 @@
+"""Finding and loading a trained model (inference/load.py): what `locate` says about a path, and
+what it refuses.
+
+What this adds to test_generate_eval.py (a run, a checkpoint and a run with only checkpoints
+load; a missing path, a file, a foreign folder, an HF folder and a run without a model refused;
+no tokenizer anywhere) and test_reliability.py (damaged or NaN weights refused by every verb):
+- `locate` describes each path right: kind, step, the run's config, the training context, and
+  whether the weights are a phase-1 bag predictor, exactly up to and including the switch step;
+- RUN_DIR/checkpoints itself means the newest checkpoint;
+- the loaded model is the saved weights, float32, in eval mode, bit for bit;
+- it refuses a model.json that does not describe a valid model, unreadable JSON, and a
+  tokenizer in the data directory that is not the one the checkpoint recorded, each in one line;
+- a run finished before checksums came in (no summary.json records) still loads;
+- the special tokens come from the run's own record.
+
+Run: .venv/bin/pytest tests/test_load.py
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from superpose.errors import UserError
+from superpose.inference.load import load_model, load_tokenizer, locate, special_tokens
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(checkpointed_run):
+    """An 8-step TST run of tiny_config (switch at step 4), checkpoints at 2, 4, 6, 8. Read only."""
+    return checkpointed_run
+
+
+def one_line(fn, *needles):
+    with pytest.raises(UserError) as e:
+        fn()
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for needle in needles:
+        assert needle in msg, msg
+
+
+@pytest.mark.parametrize("where,kind,step,phase1", [
+    ("checkpoints/step-000002", "checkpoint", 2, True),
+    ("checkpoints/step-000004", "checkpoint", 4, True),  # taken at the switch: every step was phase 1
+    ("checkpoints/step-000006", "checkpoint", 6, False),
+    ("", "run", 8, False),
+])
+def test_locate_describes_each_path(run, where, kind, step, phase1):
+    src = locate(run / where)
+    config = json.loads((run / "config.json").read_text())
+    assert (src.kind, src.step, src.is_phase1, src.phase1_steps) == (kind, step, phase1, 4)
+    assert src.path == (run / where if where else run) and src.config == config
+    assert src.model_config.to_dict() == config["model"]
+    assert src.seq_len == config["data"]["seq_len"] == 16
+    assert str(src.data_path) == config["data"]["path"]
+
+
+def test_the_checkpoints_folder_means_the_newest_and_loads_the_saved_weights(run):
+    assert locate(run / "checkpoints").name == "step-000008"
+    for where in ("", "checkpoints/step-000006"):
+        model = load_model(run / where)
+        saved = load_file(str(run / where / "model.safetensors"))
+        assert not model.training and saved.keys() == model.state_dict().keys()
+        for k, v in model.state_dict().items():
+            assert v.dtype == torch.float32 and torch.equal(v, saved[k]), (where, k)
+
+
+def test_a_baseline_run_is_never_phase1(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["tst"]["ratio"] = 0.0
+    (copy / "config.json").write_text(json.dumps(config))
+    src = locate(copy)
+    assert src.phase1_steps == 0 and not src.is_phase1
+    # A run without its config (an older layout): nothing known about steps or phases.
+    (copy / "config.json").unlink()
+    src = locate(copy)
+    assert (src.step, src.phase1_steps, src.is_phase1, src.data_path) == (None, 0, False, None)
+
+
+@pytest.fixture
+def final(run, tmp_path):
+    """A copy of the run's final model without its checkpoints or summary (a run finished before
+    superpose recorded checksums), to edit."""
+    d = tmp_path / "final"
+    d.mkdir()
+    for name in ("model.safetensors", "model.json", "config.json", "tokenizer.json", "special_tokens.json"):
+        shutil.copy(run / name, d / name)
+    return d
+
+
+def test_a_run_without_checksum_records_loads(final, run):
+    x = torch.randint(0, 320, (1, 8))
+    assert torch.equal(load_model(final)(x), load_model(run)(x))
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: m.update(dim=30), "describes an invalid model"),  # 30 is not a multiple of 4 heads
+    (lambda m: m.update(vocab_size=0), "describes an invalid model"),
+    (lambda m: m.update(n_wings=2), "does not describe a superpose model"),
+])
+def test_a_model_json_that_is_not_a_valid_model_is_refused(final, edit, needle):
+    m = json.loads((final / "model.json").read_text())
+    edit(m)
+    (final / "model.json").write_text(json.dumps(m))
+    one_line(lambda: load_model(final), str(final / "model.json"), needle)
+
+
+@pytest.mark.parametrize("name,what", [("model.json", "model architecture"), ("config.json", "run config")])
+def test_unreadable_json_is_one_line(final, name, what):
+    (final / name).write_text("{not json")
+    one_line(lambda: locate(final), f"cannot read {what} {final / name}", "damaged")
+
+
+def test_a_checkpoint_refuses_a_tokenizer_it_was_not_trained_with(run, tmp_path, tiny_data):
+    """A checkpoint copied away from its run falls back on its data directory's tokenizer, which
+    must be the one its meta.json recorded."""
+    ck = tmp_path / "elsewhere" / "checkpoints" / "step-000006"
+    shutil.copytree(run / "checkpoints" / "step-000006", ck)
+    assert load_tokenizer(ck).get_vocab() == load_tokenizer(run).get_vocab()  # the data's, recorded one
+    data = json.loads((ck / "meta.json").read_text())["config"]["data"]["path"]
+    assert data == str(tiny_data)
+    other = tmp_path / "other-tokenizer.json"
+    tok = json.loads((tiny_data / "tokenizer.json").read_text())
+    tok["added_tokens"][0]["content"] = "<|other|>"
+    other.write_text(json.dumps(tok))
+    (ck / "tokenizer.json").write_text(other.read_text())  # in the checkpoint itself: trusted as given
+    assert "<|other|>" in load_tokenizer(ck).get_vocab()
+    (ck / "tokenizer.json").unlink()
+    (ck.parent.parent / "tokenizer.json").write_text(other.read_text())  # the run directory's: checked
+    one_line(lambda: load_tokenizer(ck), "is not the tokenizer", "sha256 differs")
+
+
+def test_special_tokens_come_from_the_runs_record(run, final):
+    src = locate(run)
+    assert special_tokens(load_tokenizer(src), src) == {"eot_id": 0, "prefix_ids": []}
+    (final / "special_tokens.json").write_text(json.dumps({"eot_id": 5, "prefix_ids": [1]}))
+    src = locate(final)
+    assert special_tokens(load_tokenizer(src), src) == {"eot_id": 5, "prefix_ids": [1]}
