@@ -92,9 +92,10 @@ class WriteError(UserError):
     """A file could not be written (full disk, I/O error). The message is the one line a user
     sees; `disk_full` says whether space ran out (the trainer's final save falls back on it)."""
 
-    def __init__(self, message: str, path: Path, disk_full: bool):
+    def __init__(self, message: str, path: Path, disk_full: bool, what: str = ""):
         super().__init__(message)
-        self.path, self.disk_full = path, disk_full
+        # `what` failed, without the advice: a caller that knows better advice (compare, sweep) rewords it.
+        self.path, self.disk_full, self.what = path, disk_full, what or message
 
 
 def write_error(path: Path, e: OSError, intact: str | Callable[[], str], fix: str | Callable[[], str],
@@ -108,7 +109,7 @@ def write_error(path: Path, e: OSError, intact: str | Callable[[], str], fix: st
         what = f"no space left on device while writing {label} ({space})"
     else:
         what = f"cannot write {label} ({e.strerror or e})"
-    return WriteError(f"{what}; {_text(intact)}; {_text(fix)}", Path(path), full)
+    return WriteError(f"{what}; {_text(intact)}; {_text(fix)}", Path(path), full, what)
 
 
 # ----------------------------------------------------------------------------- the write path
