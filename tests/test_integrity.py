@@ -374,3 +374,115 @@ def test_compare_on_a_full_disk_advises_rerunning_the_compare(tiny_data, tmp_pat
     logs = []  # the advice, followed: seed 0 is reused, seed 1 restarts
     compare(tiny_config(tiny_data), cmp, seeds=[0, 1], factors=(1.0,), log=logs.append, command="superpose compare Z")
     assert any("seed 0 already done" in line for line in logs) and (cmp / "report.json").is_file()
+
+
+# ----------------------------------------------------------------------------- item 8: a live run can be read
+
+@pytest.fixture
+def unfinished_run(finished_run):
+    """The finished run without its final model: readers take its newest checkpoint, as of a run
+    still training."""
+    for name in ("model.safetensors", "summary.json"):
+        (finished_run / name).unlink()
+    return finished_run
+
+
+def test_a_checkpoint_being_read_is_not_pruned_until_the_reader_is_done(unfinished_run):
+    """Item 8: the writer's prune skips a checkpoint a reader holds and takes it at a later save."""
+    import gc
+
+    from superpose.inference.load import locate
+    from superpose.training import checkpoint
+
+    src = locate(unfinished_run / "checkpoints" / "step-000002")
+    checkpoint.prune(unfinished_run, 1)
+    assert [s for s, _ in checkpoint.checkpoints(unfinished_run)] == [2, 8]
+    del src
+    gc.collect()
+    checkpoint.prune(unfinished_run, 1)
+    assert [s for s, _ in checkpoint.checkpoints(unfinished_run)] == [8]
+
+
+def test_a_reader_whose_newest_checkpoint_is_pruned_takes_the_next_newest(unfinished_run, monkeypatch, cli_run):
+    """Item 8: pruned between the listing and the read, the newest checkpoint is not reported as
+    damaged (with advice to train again): the reader reads the listing again."""
+    from superpose.training import checkpoint
+
+    real = checkpoint.read_meta
+
+    def pruned_first(path):
+        if Path(path).name == "step-000008" and Path(path).is_dir():
+            shutil.rmtree(path)  # what the live run's writer does, at the worst moment
+        return real(path)
+    monkeypatch.setattr(checkpoint, "read_meta", pruned_first)
+    proc = cli_run("eval", unfinished_run)
+    assert proc.returncode == 0, proc.stderr
+    assert "step 6" in proc.stdout
+
+
+def test_eval_and_export_of_a_run_that_is_training(tiny_data, tmp_path, cli_run):
+    """Item 8, as reported: eval and export of a live run (a checkpoint every step, keep=2) all
+    succeed; none says the run is lost."""
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "live"
+    cmd = [sys.executable, "-m", "superpose", *map(str, train_args(tiny_data, run, "--preset", "cpu-smoke")),
+           "--train.steps=100000", "--checkpoint.every=1", "--checkpoint.keep=2", "--train.eval_every=0"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    trainer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 600  # a busy machine starts torch slowly
+        while not (run / "checkpoints" / "latest").is_file():
+            assert trainer.poll() is None and time.time() < deadline, trainer.stderr.read() if trainer.poll() else ""
+            time.sleep(0.2)
+        for i in range(3):
+            proc = cli_run("eval", run, "--val-tokens", "64")
+            assert proc.returncode == 0, proc.stderr
+            proc = cli_run("export", run, "--hf", tmp_path / f"hf{i}")
+            assert proc.returncode == 0, proc.stderr
+        assert trainer.poll() is None  # the run went on meanwhile
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
+# ----------------------------------------------------------------------------- item 5: a data directory is tied together
+
+@pytest.fixture
+def data_copy(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    return data
+
+
+def test_prepare_records_the_tokenizer_and_every_data_file(data_copy):
+    """Item 5: meta.json records the tokenizer's sha256 and each shard's and train.docs.npy's size
+    and sha256."""
+    from superpose.files import file_record, sha256_file
+
+    meta = json.loads((data_copy / "meta.json").read_text())
+    assert meta["tokenizer_sha256"] == sha256_file(data_copy / "tokenizer.json")
+    names = [*meta["splits"]["train"]["shards"], *meta["splits"]["val"]["shards"], "train.docs.npy"]
+    assert meta["files"] == {n: file_record(data_copy / n) for n in names}
+
+
+def test_a_swapped_tokenizer_is_refused_before_training(data_copy, tmp_path, cli_run):
+    """Item 5: another tokenizer.json trained without complaint (val_bpb 2.0 instead of 0.8)."""
+    tok = json.loads((data_copy / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = list(vocab)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # the same tokens, two ids swapped
+    (data_copy / "tokenizer.json").write_text(json.dumps(tok))
+    one_line(cli_run(*train_args(data_copy, tmp_path / "run", "--preset", "cpu-smoke")),
+             f"{data_copy / 'tokenizer.json'} is not the tokenizer this data's tokens were made with")
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("name", ["train.docs.npy", "train-00000.bin", "val-00000.bin"])
+def test_a_damaged_data_file_of_the_same_size_is_refused(data_copy, tmp_path, cli_run, name):
+    """Item 5: a flipped byte in train.docs.npy (or a shard) was not detected."""
+    flip_byte(data_copy / name, -3)
+    one_line(cli_run(*train_args(data_copy, tmp_path / "run", "--preset", "cpu-smoke")),
+             f"{data_copy / name} is corrupt (sha256 differs from meta.json)", "re-run superpose prepare")
