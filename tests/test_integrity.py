@@ -68,37 +68,29 @@ def train_args(data: Path, out: Path, *extra) -> list[str]:
 
 # ----------------------------------------------------------------------------- item 1: foreign folders
 
-@pytest.mark.parametrize("content", ["hf_export", "data_dir", "own_config"])
-def test_train_out_refuses_a_folder_that_is_not_a_run_and_touches_nothing(tiny_data, tmp_path, cli_run, content):
-    """Item 1: an exported model, a data directory or a user's config.json are not overwritten."""
-    folder = tmp_path / "folder"
-    if content == "data_dir":
-        shutil.copytree(tiny_data, folder)
-    else:
+def test_train_out_refuses_a_folder_that_is_not_a_run_and_touches_nothing(tiny_data, tmp_path, cli_run):
+    """Item 1: an exported model, a data directory or a user's config.json are not overwritten;
+    the advice (an empty folder) works, and a run that stopped before its first checkpoint still
+    restarts in its own directory."""
+    export, data, own = tmp_path / "hf_export", tmp_path / "data_dir", tmp_path / "own_config"
+    shutil.copytree(tiny_data, data)
+    for folder in (export, own):
         folder.mkdir()
         (folder / "config.json").write_text('{"mine": true}\n')
-        if content == "hf_export":
-            (folder / "model.safetensors").write_bytes(b"weights")
-            (folder / "tokenizer.json").write_text("{}")
-    before = snapshot(folder)
-    proc = cli_run(*train_args(tiny_data, folder, "--preset", "cpu-smoke"))
-    one_line(proc, str(folder), "not a superpose run directory", "new or empty --out")
-    assert snapshot(folder) == before and sorted(p.name for p in folder.iterdir()) == sorted(before)
-
-
-def test_train_out_accepts_an_empty_folder_and_its_own_run_directory(tiny_data, tmp_path, cli_run):
-    """Item 1: an empty folder is fine, and so is a run directory that stopped before its first
-    checkpoint (it restarts in place)."""
-    out = tmp_path / "empty"
-    out.mkdir()
-    assert cli_run(*train_args(tiny_data, out, "--preset", "cpu-smoke")).returncode == 0
-    assert (out / "summary.json").is_file()
-    again = tmp_path / "failed"
-    again.mkdir()
-    (again / ".superpose.lock").write_text("1\n")
-    (again / "metrics.jsonl").write_text("")
-    (again / "config.json").write_text("{}")
-    assert cli_run(*train_args(tiny_data, again, "--preset", "cpu-smoke")).returncode == 0
+    (export / "model.safetensors").write_bytes(b"weights")
+    (export / "tokenizer.json").write_text("{}")
+    for folder in (export, data, own):
+        before = snapshot(folder)
+        proc = cli_run(*train_args(tiny_data, folder, "--preset", "cpu-smoke"))
+        one_line(proc, str(folder), "not a superpose run directory", "new or empty --out")
+        assert snapshot(folder) == before and sorted(p.name for p in folder.iterdir()) == sorted(before)
+    (own / "config.json").unlink()  # the advice, followed
+    assert cli_run(*train_args(tiny_data, own, "--preset", "cpu-smoke")).returncode == 0
+    failed = tmp_path / "failed"  # a run that stopped before its first checkpoint: its own directory
+    failed.mkdir()
+    for name, text in ((".superpose.lock", "1\n"), ("metrics.jsonl", ""), ("config.json", "{}")):
+        (failed / name).write_text(text)
+    assert cli_run(*train_args(tiny_data, failed, "--preset", "cpu-smoke")).returncode == 0
 
 
 # ----------------------------------------------------------------------------- item 2: experiments own their tree
@@ -240,7 +232,7 @@ def test_nan_negative_or_all_zero_bag_weights_are_refused(weights):
     from superpose.core.superposition import chunked_multi_hot_cross_entropy, multi_hot_cross_entropy
 
     logits, targets = torch.randn(1, 2, 8), torch.randint(0, 8, (1, 2, 4))
-    with pytest.raises(ValueError, match="bag weights must be 4 finite non-negative"):
+    with pytest.raises(ValueError, match="bag weights must be 4 non-negative finite"):
         multi_hot_cross_entropy(logits, targets, torch.tensor(weights))
     with pytest.raises(ValueError, match="bag weights"):
         chunked_multi_hot_cross_entropy(torch.randn(1, 2, 4), torch.randn(8, 4), targets, torch.tensor(weights))
@@ -274,7 +266,7 @@ def test_an_mi_fit_that_overflows_is_refused_for_a_run(tiny_data, tmp_path, cli_
     record = {"fit": {"a": 1e300, "k": -1.0, "c0": 0.0}, "distances": [1, 2, 3], "mi": [1.0, 0.5, 0.3]}
     (data / "mi.json").write_text(json.dumps(record))
     proc = cli_run(*train_args(data, tmp_path / "run", "--preset", "cpu-smoke", "--tst.weights=mi"))
-    one_line(proc, "tst.weights=mi", "finite")
+    one_line(proc, "tst.weights=mi", "non-negative finite")
 
 
 # ----------------------------------------------------------------------------- item 7: smaller silent ones

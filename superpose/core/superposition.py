@@ -174,7 +174,7 @@ def bag_weights(weights: str | Tensor | None, bag_size: int) -> Tensor:
     w = torch.as_tensor(weights, dtype=torch.float32).flatten()
     # NaN passes `w < 0` and `sum <= 0` alike and turns every parameter NaN: finiteness first.
     if w.numel() != bag_size or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
-        raise ValueError(f"bag weights must be {bag_size} finite non-negative numbers, not all zero; got "
+        raise ValueError(f"bag weights must be {bag_size} non-negative finite numbers, not all zero; got "
                          f"{w.tolist()}")
     return w
 
