@@ -92,9 +92,10 @@ class WriteError(UserError):
     """A file could not be written (full disk, I/O error). The message is the one line a user
     sees; `disk_full` says whether space ran out (the trainer's final save falls back on it)."""
 
-    def __init__(self, message: str, path: Path, disk_full: bool):
+    def __init__(self, message: str, path: Path, disk_full: bool, what: str = ""):
         super().__init__(message)
-        self.path, self.disk_full = path, disk_full
+        # `what` failed, without the advice: a caller that knows better advice (compare, sweep) rewords it.
+        self.path, self.disk_full, self.what = path, disk_full, what or message
 
 
 def write_error(path: Path, e: OSError, intact: str | Callable[[], str], fix: str | Callable[[], str],
@@ -110,7 +111,7 @@ def write_error(path: Path, e: OSError, intact: str | Callable[[], str], fix: st
         what = f"cannot write {label} ({e.strerror or e})"
         if e.errno in PLACE_ERRORS:  # freeing space cannot help a read-only or mistyped place
             fix = f"give a path where files can be written (here: {place_problem(Path(path), e)})"
-    return WriteError(f"{what}; {_text(intact)}; {_text(fix)}", Path(path), full)
+    return WriteError(f"{what}; {_text(intact)}; {_text(fix)}", Path(path), full, what)
 
 
 # Errors that say the place is wrong (read-only, not a folder, not allowed), not that it is full.

@@ -347,7 +347,9 @@ def test_corrupt_tokenizer_in_a_data_folder_or_a_run_folder(tiny_data, run, tmp_
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     (data / "tokenizer.json").write_bytes((data / "tokenizer.json").read_bytes()[:500])
-    one_line(cli_run(*tiny_args(data, tmp_path / "r", "--train.steps=1")), f"cannot load tokenizer {data}")
+    # A data directory records its tokenizer's sha256 (issue 22), so the damage is caught on open.
+    one_line(cli_run(*tiny_args(data, tmp_path / "r", "--train.steps=1")),
+             f"{data / 'tokenizer.json'} is not the tokenizer this data's tokens were made with")
     (run / "tokenizer.json").write_bytes(b"\xff\xfe not json")
     one_line(cli_run("eval", run), f"{run / 'tokenizer.json'} is truncated or corrupt",
              f"copy the tokenizer.json of the data directory the run trained on ({tiny_data})")

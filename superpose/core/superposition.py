@@ -44,6 +44,8 @@ def superpose_embeddings(embeds: Tensor, bag_size: int) -> Tensor:
     """
     if bag_size < 1:
         raise ValueError(f"bag_size must be >= 1, got {bag_size}")
+    if not embeds.is_floating_point():  # a mean of integers would be floored silently
+        raise TypeError(f"embeds must be floating-point embeddings, got {embeds.dtype}")
     if bag_size == 1:
         return embeds
     B, T, D = embeds.shape
@@ -148,7 +150,7 @@ def mi_bag_weights(fit: dict, bag_size: int) -> Tensor:
         raise ValueError(f"the mutual-information fit (a={a:g}, k={k:g}) does not decay with distance, so it gives "
                          "no bag weights; use tst.weights=power or uniform")
     i = torch.arange(1, bag_size + 1, dtype=torch.float64)
-    return (a * i ** k).float()
+    return bag_weights((a * i ** k).float(), bag_size)  # an extreme a over- or underflows float32: refused
 
 
 def bag_weights(weights: str | Tensor | None, bag_size: int) -> Tensor:
@@ -170,8 +172,10 @@ def bag_weights(weights: str | Tensor | None, bag_size: int) -> Tensor:
             raise ValueError("bag weights 'mi' come from a corpus's fit: pass mi_bag_weights(fit, s)")
         raise ValueError(f"unknown bag weights {weights!r}; use one of {', '.join(WEIGHT_SCHEMES)}")
     w = torch.as_tensor(weights, dtype=torch.float32).flatten()
-    if w.numel() != bag_size or bool((w < 0).any()) or float(w.sum()) <= 0:
-        raise ValueError(f"bag weights must be {bag_size} non-negative numbers, not all zero")
+    # NaN passes `w < 0` and `sum <= 0` alike and turns every parameter NaN: finiteness first.
+    if w.numel() != bag_size or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(f"bag weights must be {bag_size} non-negative finite numbers, not all zero; got "
+                         f"{w.tolist()}")
     return w
 
 
@@ -221,6 +225,7 @@ def multi_hot_cross_entropy(
     B, L, V = logits.shape
     s = targets.shape[-1]
     assert targets.shape == (B, L, s), f"targets {tuple(targets.shape)} vs logits {tuple(logits.shape)}"
+    _check_target_ids(targets, ignore_index)
     if s == 1 and reduction in ("mean", "sum"):
         return F.cross_entropy(
             logits.reshape(B * L, V).float(), targets.reshape(B * L), ignore_index=ignore_index, reduction=reduction
@@ -239,6 +244,18 @@ def multi_hot_cross_entropy(
     coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
     return _WeightedNLL.apply(logits.reshape(B * L, V), targets.reshape(B * L, s).clamp(min=0),
                               coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s))
+
+
+def _check_target_ids(targets: Tensor, ignore_index: int) -> None:
+    """Refuse a negative target id other than `ignore_index`: the gathers below would clamp or wrap
+    it into some other token's loss without a word. (Skipped inside torch.compile's graph: the
+    trainer's targets come from data checked against the vocabulary when it is loaded.)"""
+    if torch.compiler.is_compiling():
+        return
+    bad = (targets < 0) & (targets != ignore_index)
+    if bool(bad.any()):
+        raise ValueError(f"targets hold the negative id {int(targets[bad][0])}; token ids are >= 0, and only "
+                         f"ignore_index ({ignore_index}) marks a slot without a target")
 
 
 def _check_loss(loss: str) -> bool:
@@ -381,6 +398,7 @@ def chunked_multi_hot_cross_entropy(
     """
     B, L, D = hidden.shape
     s = targets.shape[-1]
+    _check_target_ids(targets, ignore_index)
     coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
     return _ChunkedLinearNLL.apply(hidden.reshape(B * L, D), weight, targets.reshape(B * L, s).clamp(min=0),
                                    coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s), chunk_rows)

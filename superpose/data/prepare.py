@@ -41,7 +41,7 @@ from ..errors import UserError
 from ..files import disk_error, fsync_path, lock_dir, write_error, write_text
 from . import corpus
 from . import mutual_info
-from .shards import DATA_FORMAT_VERSION, ShardWriter, open_dataset, token_dtype
+from .shards import DATA_FORMAT_VERSION, ShardWriter, integrity_record, open_dataset, token_dtype
 from .tokenizer import (find_eot, load_tokenizer_file, resolve_tokenizer, template_prefix, token_byte_lengths,
                         train_tokenizer)
 
@@ -418,7 +418,8 @@ def _write_out(out, partial, tok, eot_id, prefix, vocab, dtype, state, tokenizer
     meta = {"format_version": DATA_FORMAT_VERSION, "vocab_size": vocab, "eot_id": eot_id,
             "eot_token": tok.id_to_token(eot_id), "prefix_ids": prefix,
             "token_bytes": dtype.itemsize, "tokenizer": "tokenizer.json" if tokenizer is None else str(tokenizer),
-            "seed": seed, "val_fraction": val_fraction, "splits": splits, "sources": state["stats"]}
+            "seed": seed, "val_fraction": val_fraction, "splits": splits, "sources": state["stats"],
+            **integrity_record(partial, splits)}  # checked on every open: tokenizer, shards, docs tied together
     (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     for f in partial.iterdir():  # on the disk before the rename makes the directory visible
         fsync_path(f)
@@ -551,7 +552,7 @@ def _write_tokens_out(out, partial, tok, eot_id, vocab, dtype, state, tok_path, 
             "eot_token": tok.id_to_token(eot_id), "prefix_ids": [], "token_bytes": dtype.itemsize,
             "tokenizer": str(tok_path), "seed": seed, "val_fraction": val_fraction, "splits": splits,
             "sources": [{"name": "imported tokens", "license": "user-provided", "credit": "pre-tokenized",
-                         "documents": state["documents"]}]}
+                         "documents": state["documents"]}], **integrity_record(partial, splits)}
     (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     for f in partial.iterdir():
         fsync_path(f)

@@ -179,6 +179,50 @@ class Dataset:
         return self.path / "tokenizer.json"
 
 
+VERIFY_SHARD_BYTES = 1 << 30  # shards up to this size in all are sha256-checked on every open (about a second)
+
+
+def integrity_record(directory: Path, splits: dict) -> dict:
+    """What prepare records in meta.json to tie a data directory together: the tokenizer's sha256
+    (its ids are only meaningful with that tokenizer) and each shard's and train.docs.npy's size
+    and sha256."""
+    from ..files import file_record, sha256_file
+
+    names = [*splits["train"]["shards"], *splits["val"]["shards"], "train.docs.npy"]
+    return {"tokenizer_sha256": sha256_file(directory / "tokenizer.json"),
+            "files": {name: file_record(directory / name) for name in names}}
+
+
+def verify_data(path: Path, meta: dict) -> None:
+    """Check a data directory against prepare's record, cheaply: the tokenizer's and
+    train.docs.npy's sha256 and every shard's size on each open, the shards' sha256 too while they
+    total at most VERIFY_SHARD_BYTES (a multi-gigabyte corpus would pay seconds per open).
+    Directories prepared before the record existed have none to check."""
+    from ..files import sha256_file
+
+    again = "re-run superpose prepare"
+    want = meta.get("tokenizer_sha256")
+    if want is not None and sha256_file(path / "tokenizer.json") != want:
+        raise UserError(f"{path / 'tokenizer.json'} is not the tokenizer this data's tokens were made with (its sha256 "
+                        f"differs from meta.json's record); put the original back, or {again}")
+    records = meta.get("files")
+    if records is None:
+        return
+    if not isinstance(records, dict):
+        raise UserError(f"{path / 'meta.json'} has files={json.dumps(records)[:30]}, not its record of the data "
+                        f"files: corrupt; {again}")
+    shard_bytes = sum(r.get("bytes", 0) for n, r in records.items() if n.endswith(".bin") and isinstance(r, dict))
+    for name, rec in records.items():
+        f = path / name
+        if not (isinstance(rec, dict) and f.is_file()):
+            raise UserError(f"data file {f} is missing; the data directory is damaged: {again}")
+        if f.stat().st_size != rec.get("bytes"):
+            raise UserError(f"data file {f} is truncated or corrupt ({f.stat().st_size} bytes, meta.json records "
+                            f"{rec.get('bytes')}); {again}")
+        if (name.endswith(".npy") or shard_bytes <= VERIFY_SHARD_BYTES) and sha256_file(f) != rec.get("sha256"):
+            raise UserError(f"data file {f} is corrupt (sha256 differs from meta.json); {again}")
+
+
 def open_dataset(path: Path | str) -> Dataset:
     path = Path(path)
     meta_path = path / "meta.json"
@@ -198,6 +242,7 @@ def open_dataset(path: Path | str) -> Dataset:
                         "re-run superpose prepare")
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path} has no tokenizer.json; re-run superpose prepare")
+    verify_data(path, meta)
     train = TokenStream([path / name for name in splits["train"]["shards"]])
     val = TokenStream([path / name for name in splits["val"]["shards"]])
     docs_path = path / "train.docs.npy"

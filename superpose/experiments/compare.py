@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..files import copy_file, lock_dir
 from ..training import Trainer, build_trainer, resolve_data
 from ..training.metrics import environment
-from ..training.ownership import mark_experiment
+from ..training.ownership import experiment_advice, mark_experiment
 from .fingerprint import check_same_config
 from .stats import clear_of_noise, crossover, iso_loss, speedup_text, stats  # noqa: F401 (also imported from here)
 
@@ -307,7 +307,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
 
     # One writer per experiment directory: the arms' run directories, the seeds' results and the
     # reports are written under this lock (an OS lock, dropped by the kernel if we die).
-    with lock_dir(out, "compare directory"):
+    with lock_dir(out, "compare directory"), experiment_advice("compare", out, command):
         mark_experiment(out, "compare", command)  # `train` keeps out of the whole tree from now on
         per_seed = {}
         for seed in seeds:

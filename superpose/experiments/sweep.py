@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..files import lock_dir
 from ..training import build_trainer, resolve_data
 from ..training.metrics import environment
-from ..training.ownership import mark_experiment
+from ..training.ownership import experiment_advice, mark_experiment
 from .fingerprint import check_same_config
 from .stats import stats
 
@@ -54,7 +54,7 @@ def sweep(cfg: Config, out: Path, bag_sizes: list[int], ratios: list[float], see
     if any(s < 2 for s in bag_sizes) or any(not 0 < r <= 1 for r in ratios):
         raise UserError("sweep needs --bag-sizes >= 2 and --ratios in (0, 1]; the baseline (r = 0) is always run")
     # One writer per sweep directory (an OS lock, dropped by the kernel if we die).
-    with lock_dir(out, "sweep directory"):
+    with lock_dir(out, "sweep directory"), experiment_advice("sweep", out, command):
         mark_experiment(out, "sweep", command)  # `train` keeps out of the whole tree from now on
         plan = [(1, 0.0, k) for k in seeds] + [(s, r, k) for k in seeds for r in ratios for s in bag_sizes]
         t0 = time.time()

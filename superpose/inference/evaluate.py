@@ -111,8 +111,9 @@ def evaluate_loss(path: Path | str, data: Path | str | None = None, val_tokens: 
     src = locate(path)
     ds = open_eval_data(src, data)
     cfg_data, cfg_train = src.config.get("data", {}), src.config.get("train", {})
-    val_tokens = val_tokens or int(cfg_data.get("val_tokens") or 1 << 16)
-    batch_size = batch_size or int(cfg_train.get("batch_size") or 16)
+    # None means "the run's own"; 0 is a mistake, said below, not the default.
+    val_tokens = val_tokens if val_tokens is not None else int(cfg_data.get("val_tokens") or 1 << 16)
+    batch_size = batch_size if batch_size is not None else int(cfg_train.get("batch_size") or 16)
     if val_tokens < 1 or batch_size < 1:
         raise UserError(f"--val-tokens and --batch-size must be >= 1, got {val_tokens} and {batch_size}")
     model = load_model(src, device)

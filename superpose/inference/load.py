@@ -17,7 +17,7 @@ recorded in the checkpoint, when there is one).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +44,9 @@ class ModelFiles:
     """Optimizer steps the weights have taken (None when the run config is unknown)."""
     tokenizer_candidates: list[Path]
     tokenizer_sha256: str | None = None
+    hold: object = field(default=None, repr=False, compare=False)
+    """A checkpoint's read hold (`checkpoint.hold`): a live run's writer does not prune it while
+    this object is alive."""
 
     @property
     def weights(self) -> Path:
@@ -135,6 +138,8 @@ def locate(path: Path | str) -> ModelFiles:
     if not path.is_dir():
         raise UserError(f"{path} is a file; give its directory: a run directory or a checkpoint directory")
     if (path / "meta.json").is_file():
+        # Held first, so a live run's writer cannot prune it while it is verified and read.
+        held = checkpoint.hold(path)
         # The weights are verified against meta.json on every read, as --resume does, not only
         # when training continues: a flipped byte must not be exported or evaluated.
         meta = checkpoint.read_meta(path)
@@ -144,28 +149,30 @@ def locate(path: Path | str) -> ModelFiles:
         data = _data_dir(config)
         candidates = [path / "tokenizer.json", run_dir / "tokenizer.json"] + ([data / "tokenizer.json"] if data else [])
         return ModelFiles(path, "checkpoint", _model_config(config["model"], path / "meta.json"), config,
-                          int(meta["step"]), candidates, meta.get("data", {}).get("tokenizer_sha256"))
-    if (path / "model.safetensors").is_file() and (path / "model.json").is_file():
+                          int(meta["step"]), candidates, meta.get("data", {}).get("tokenizer_sha256"), held)
+    # A finished run (summary.json): its final model, verified, or a refusal naming what to use.
+    records = checkpoint.verify_final(path) if (path / "summary.json").is_file() else None
+    if (path / "model.safetensors").is_file() and (path / "model.json").is_file() and (
+            (path / "summary.json").is_file() or not checkpoint.checkpoints(path)):  # else unfinished: a checkpoint
         config = _read_json(path / "config.json", "run config") if (path / "config.json").is_file() else {}
-        summary = _read_json(path / "summary.json", "run summary") if (path / "summary.json").is_file() else {}
-        steps = config.get("train", {}).get("steps")
+        steps = config.get("train", {}).get("steps") if isinstance(config, dict) else None
         data = _data_dir(config)
-        # Runs finished before checksums came in have none to check.
-        if isinstance(summary, dict) and isinstance(summary.get("files"), dict):
-            checkpoint.verify_files(path, summary["files"], ("model.safetensors", "model.json"), "model file",
-                                    "summary.json")
-            checkpoint.verify_files(path, summary["files"], ("tokenizer.json",), "model file", "summary.json",
+        if records is not None:
+            # The run config decides the context, the data and the evaluation tokens (recorded since issue 22).
+            checkpoint.verify_files(path, records, ("config.json",) if "config.json" in records else (), "run file",
+                                    "summary.json", fix="put back the config the run trained with (each checkpoint's "
+                                    "meta.json holds it too); evaluate on other data or tokens with eval --data and "
+                                    "--val-tokens, not by editing it")
+            checkpoint.verify_files(path, records, ("tokenizer.json",), "model file", "summary.json",
                                     fix=f"copy the tokenizer.json of the data directory the run trained on "
                                     f"({data or 'DATA_DIR'}) into {path}")
         candidates = [path / "tokenizer.json"] + ([data / "tokenizer.json"] if data else [])
         return ModelFiles(path, "run", _model_config(_read_json(path / "model.json", "model architecture"),
                                                      path / "model.json"),
                           config, int(steps) if steps is not None else None, candidates)
-    found = checkpoint.checkpoints(path)
-    if not found and path.name == checkpoint.DIRNAME:  # RUN_DIR/checkpoints itself
-        found = checkpoint.checkpoints(path.parent)
-    if found:
-        return locate(found[-1][1])
+    run_dir = path.parent if path.name == checkpoint.DIRNAME and not checkpoint.checkpoints(path) else path
+    if checkpoint.checkpoints(run_dir):  # RUN_DIR/checkpoints itself is taken for its run
+        return _newest_checkpoint(run_dir)
     if _looks_like_hf(path):
         raise UserError(f"{path} is a Hugging Face model folder, not a superpose run: load it with "
                         "transformers.AutoModelForCausalLM.from_pretrained, or continue training it with "
@@ -175,6 +182,24 @@ def locate(path: Path | str) -> ModelFiles:
                         "yet: let it finish, or train with --checkpoint.every N")
     raise UserError(f"{path} is not a superpose run directory (no model.safetensors + model.json) nor a checkpoint "
                     "(no meta.json); give the --out directory of superpose train or one of its checkpoints/step-N")
+
+
+def _newest_checkpoint(run_dir: Path) -> ModelFiles:
+    """The newest checkpoint of a run, held. A live run's writer may prune the newest one between
+    the listing and the hold: then the listing is read again, so a reader never mistakes a
+    checkpoint pruned by a healthy run for a lost one."""
+    from ..training import checkpoint
+
+    for _ in range(20):
+        found = checkpoint.checkpoints(run_dir)
+        if not found:
+            break
+        try:
+            return locate(found[-1][1])
+        except UserError:
+            if found[-1][1].is_dir():  # still there: really damaged
+                raise
+    return locate(checkpoint.newest(run_dir))
 
 
 def load_model(path: Path | str | ModelFiles, device: str | torch.device = "cpu") -> Transformer:

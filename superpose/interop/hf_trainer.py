@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.schedule import Schedule
+from ..core.superposition import bag_weights as bag_weights_of
 from ..core.superposition import (bag_targets, count_valid_targets, mi_bag_weights, multi_hot_cross_entropy,
                                   superpose_embeddings)
 from ..errors import UserError
@@ -223,6 +224,12 @@ class TSTTrainer(Trainer):
             raise UserError("; ".join(problems))
         self.schedule = Schedule.tst(args.max_steps, tst_ratio, bag_size, mode, schedule)  # the LR stays the Trainer's
         self.seq_len, self.bag_weights, self.loss_kind = seq_len, bag_weights, loss
+        for phase in self.schedule.phases:  # NaN, negative or all-zero weights: refused now, not NaN weights later
+            if phase.target_bag > 1:
+                try:
+                    bag_weights_of(self.weights_for(phase.target_bag), phase.target_bag)
+                except ValueError as e:
+                    raise ValueError(f"bag_weights: {e}") from None
         self.reset_optimizer, self.reinit, self._switched = reset_optimizer, reinit, False
         self.rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         stages = [(p.num_steps * self.rows_per_step, p.input_bag) for p in self.schedule.phases if p.index == 1]

@@ -64,6 +64,9 @@ class SuperposeLM(LM):
         if not path:
             raise UserError("--model superpose needs --model_args path=RUN_DIR (a run, checkpoint or exported folder)")
         src = locate(path)
+        max_length = int(max_length or src.seq_len)
+        if max_length < 1:
+            raise UserError(f"max_length must be a positive number of tokens, got {max_length}")
         # lm-eval's --device defaults to cuda; like its own HF model, fall back to the CPU without one.
         device = str(device or "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -72,7 +75,7 @@ class SuperposeLM(LM):
             device = "cpu"
         # lm-eval's "auto" batch size probes GPU memory; these models are small: 16 rows per batch.
         batch = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else 16
-        return cls(load_model(src, device), load_tokenizer(src), max_length=int(max_length or src.seq_len),
+        return cls(load_model(src, device), load_tokenizer(src), max_length=max_length,
                    batch_size=batch, src=src)
 
     @classmethod

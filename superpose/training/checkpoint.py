@@ -94,6 +94,39 @@ def newest(run_dir: Path) -> Path:
     return found[-1][1]
 
 
+def checkpoint_advice(run_dir: Path) -> str:
+    """How a stopped run goes on: a resume when it has a checkpoint; without one there is nothing
+    to resume (a resume would refuse), so the command that started it, which restarts it in place."""
+    if checkpoints(run_dir):
+        return f"resume with: superpose train --resume {run_dir}"
+    return (f"start it again with the command that started it (superpose train ... --out {run_dir}): it saved no "
+            "checkpoint yet, so it restarts from step 0 in place")
+
+
+def verify_final(run_dir: Path) -> dict:
+    """A finished run's final model, checked against the file records of its summary.json, which
+    are returned. It fails closed: a summary without records (null, missing, damaged) verifies
+    nothing, so it is refused like a checkpoint's damaged meta.json; a final model that is
+    missing is refused too, naming the checkpoint to use instead, never silently replaced."""
+    from ..training.checkpointer import FINAL_FILES
+
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"run summary {path} is not readable JSON ({e}): damaged; {_fix(run_dir)}") from None
+    records = summary.get("files") if isinstance(summary, dict) else None
+    if not isinstance(records, dict) or not all(isinstance(records.get(n), dict) for n in FINAL_FILES):
+        raise UserError(f"run summary {path} records no checksums of the final model (its files entry is "
+                        f"{json.dumps(records)[:30]}), so the model cannot be verified: the summary is damaged; "
+                        f"{_fix(run_dir)}")
+    missing = [n for n in ("model.safetensors", "model.json") if not (Path(run_dir) / n).is_file()]
+    if missing:
+        raise UserError(f"run {run_dir} finished, but its final {' and '.join(missing)} is missing; {_fix(run_dir)}")
+    verify_files(Path(run_dir), records, ("model.safetensors", "model.json"), "model file", "summary.json")
+    return records
+
+
 def _fix(path: Path) -> str:
     """What to tell a user whose checkpoint (or final model, `path` = the run directory) is unusable:
     the newest older checkpoint that verifies, else how to get going again."""
@@ -101,28 +134,88 @@ def _fix(path: Path) -> str:
     m = _STEP_DIR.match(path.name)
     run_dir = path.parent.parent if m else path
     older = [p for s, p in checkpoints(run_dir) if not m or s < int(m.group(1))]
-    for p in reversed(older):
-        if not _looks_complete(p):
+    for p in reversed(older):  # the newest that verifies: advice naming a damaged one sends the user in circles
+        if not intact(p):
             continue
         if m:
             return f"delete {path} to resume from {p.name}, the previous checkpoint"
-        return (f"its checkpoint {p} is intact: use it (superpose eval/generate/export {p}), or delete "
-                f"{run_dir / 'model.safetensors'} and {run_dir / 'summary.json'} and resume with superpose train "
-                f"--resume {run_dir} to redo the last steps and write the final model again")
+        return (f"its checkpoint {p} is intact: use it (superpose eval/generate/export {p}), or write the final "
+                f"model again from it with superpose train --resume {run_dir}")
     if m:
-        return "no older checkpoint is complete, so the run must be trained again (superpose train --out NEW_DIR)"
-    return "no checkpoint of the run is complete, so it must be trained again (superpose train --out a new directory)"
+        return ("no older checkpoint is intact (each was verified), so the run must be trained again (superpose "
+                "train --out NEW_DIR)")
+    return ("no checkpoint of the run is intact (each was verified), so it must be trained again (superpose train "
+            "--out a new directory)")
 
 
-def _looks_complete(path: Path) -> bool:
-    """A cheap check for advice: meta.json parses and every file has its recorded size (the
-    sha256 is checked when the checkpoint is used; hashing gigabytes to word a message is not)."""
+def intact(path: Path) -> bool:
+    """Whether a checkpoint verifies (meta.json's checksum, each file's size and sha256), without
+    raising: what advice and fallbacks check before they name a checkpoint."""
     try:
         meta = json.loads((path / "meta.json").read_text())
-        return all((path / n).stat().st_size == f["bytes"] for n, f in meta["files"].items()) and \
-            set(FILES) <= set(meta["files"])
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("checksum", meta_checksum(meta)) != \
+                meta_checksum(meta) or not all(isinstance(meta.get(k), t) for k, t in _META_TYPES.items()):
+            return False
+        records = meta["files"]
+        return all(isinstance(records.get(n), dict) and (path / n).stat().st_size == records[n].get("bytes")
+                   and sha256_file(path / n) == records[n].get("sha256") for n in FILES)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+class ReadHold:
+    """A shared flock on a checkpoint's meta.json, held while a reader (eval, generate, export)
+    uses the checkpoint: the run's writer does not prune a held checkpoint (`prune` skips it and
+    takes it at a later save). Released when the hold is closed or garbage-collected."""
+
+    def __init__(self, fd: int):
+        self._fd: int | None = fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def hold(path: Path) -> ReadHold | None:
+    """Hold checkpoint `path` for reading; None when it is gone (pruned by a live run's writer).
+    The lock is taken on the open meta.json, then the directory is checked to still be there: a
+    prune that renamed it away just before leaves a held file that is no longer the checkpoint."""
+    import fcntl
+
+    meta = Path(path) / "meta.json"
+    try:
+        fd = os.open(meta, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a prune holds its exclusive lock only for a rename
+        if os.fstat(fd).st_ino == os.stat(meta).st_ino:
+            return ReadHold(fd)
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _take_for_prune(path: Path) -> int | None:
+    """An exclusive flock on a prune victim's meta.json (-1 when it has none: damaged, nobody can
+    read it), or None when a reader holds it."""
+    import fcntl
+
+    try:
+        fd = os.open(path / "meta.json", os.O_RDONLY)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def meta_checksum(meta: dict) -> str:
@@ -284,12 +377,16 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
         freed = sum(size(p) for _, p in older)
         # What this save's files already written take is freed when its temporary is removed.
         short = needed - (files.free_bytes(root) or 0) - size(tmp)
+        go_on = checkpoint_advice(run_dir)
+        if short <= 0:  # bytes are free, yet the disk said full: it ran out of inodes (files), or a quota
+            return (f"the disk has {files.mb(files.free_bytes(root))} free but no room for more files (out of inodes "
+                    f"or over a quota: see df -i): delete some files on it, then {go_on}")
         if older and freed >= short:
             return (f"resume with superpose train --resume {run_dir} --checkpoint.keep=1 (it deletes the {len(older)} "
                     f"older checkpoint(s), {files.mb(freed)}, before each save), or free {files.mb(short)} and "
                     "resume without it")
         also = f" (or {files.mb(short - freed)} with --checkpoint.keep=1)" if older else ""
-        return f"free at least {files.mb(short)}{also} and resume with: superpose train --resume {run_dir}"
+        return f"free at least {files.mb(short)}{also} and {go_on}"
 
     def write(name: str, produce) -> dict:
         f = tmp / name
@@ -346,19 +443,27 @@ def _bytes_needed(run_dir: Path, model: torch.nn.Module) -> int:
 
 
 def prune(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` (>= 1) checkpoints. Each victim is renamed to `.del-*` first,
-    so an interrupted delete leaves no half `step-N`."""
+    """Delete all but the newest `keep` (>= 1) checkpoints, except those a reader holds (`hold`).
+    Each victim is renamed to `.del-*` first, so an interrupted delete leaves no half `step-N`.
+    Returns the checkpoints deleted."""
     assert keep >= 1
-    victims = checkpoints(run_dir)[:-keep]
+    victims, gone = checkpoints(run_dir)[:-keep], []
     for step, p in victims:
+        fd = _take_for_prune(p)
+        if fd is None:  # eval/generate/export is reading it: pruned at a later save instead
+            continue
         doomed = p.with_name(f".del-{p.name}")
         try:
             os.rename(p, doomed)
+            gone.append(p)
             faults.kill_point(step, "prune")
             shutil.rmtree(doomed)
         except OSError:  # what is left is removed on resume; never fail a run over a delete
             continue
-    return [p for _, p in victims]
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return gone
 
 
 def remove_leftovers(run_dir: Path) -> list[str]:

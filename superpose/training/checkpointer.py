@@ -29,7 +29,7 @@ from . import distributed, faults
 from .optimizer import configure_optimizer
 from .state import RunState
 
-from .checkpoint import DIRNAME, checkpoints, load_torch, load_weights, read_meta, save, step_name, verify
+from .checkpoint import DIRNAME, checkpoint_advice, checkpoints, load_torch, load_weights, read_meta, save, step_name, verify
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -182,7 +182,9 @@ def save_final(trainer: Trainer, summary: dict) -> None:
     if not t.par.is_main:
         return
     run = t.run_dir
-    fix = f"free some space and resume with: superpose train --resume {run}"
+    def fix() -> str:
+        return f"free some space and {checkpoint_advice(run)}"
+
     try:
         # summary.json goes last: a run without it is unfinished, and a resume completes it.
         architecture = json.dumps(t.cfg.model.to_dict(), indent=2) + "\n"
@@ -190,7 +192,8 @@ def save_final(trainer: Trainer, summary: dict) -> None:
                               ("model.json", lambda p: p.write_text(architecture)),
                               ("tokenizer.json", lambda p: shutil.copyfile(t.dataset.tokenizer_path, p))):
             write_file(run / name, produce, intact="the final model is not written yet", fix=fix)
-        summary["files"] = {name: file_record(run / name) for name in FINAL_FILES}
+        # config.json too: it decides what eval measures (context, data, evaluation tokens).
+        summary["files"] = {name: file_record(run / name) for name in (*FINAL_FILES, "config.json")}
         text = json.dumps(summary, indent=2) + "\n"
         write_file(run / "summary.json", lambda p: p.write_text(text), intact="the final model is written", fix=fix)
     except WriteError as e:
@@ -198,7 +201,7 @@ def save_final(trainer: Trainer, summary: dict) -> None:
             raise
         for name in FINAL_FILES:  # a partial final model would be read as the run's result
             (run / name).unlink(missing_ok=True)
-        raise WriteError(f"{e}; {_final_fallback(t)}", e.path, True) from None
+        raise WriteError(f"{e}; {_final_fallback(t)}", e.path, True, e.what) from None
 
 
 def _final_fallback(t: Trainer) -> str:

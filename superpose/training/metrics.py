@@ -21,6 +21,12 @@ from ..data import Mixture
 from ..files import AppendLog, write_text
 
 
+def _go_on(run_dir: Path) -> str:
+    from .checkpoint import checkpoint_advice  # checkpoint imports this module's neighbours: import late
+
+    return checkpoint_advice(run_dir)
+
+
 class MetricsLog:
     """Append-only JSONL sink, flushed every line so a crash loses nothing logged. A line that
     cannot be written (a full disk) is cut off again, so the file keeps every earlier line whole,
@@ -31,7 +37,7 @@ class MetricsLog:
         self.trackers = trackers  # `tracking.Fanout`: TensorBoard, W&B; each record goes there after the file
         self._log = AppendLog(path, intact=lambda: f"{Path(path).name} keeps every line written before; "
                               f"{newest_checkpoint() or 'no checkpoint was written yet'}",
-                              fix=f"free some space and resume with: superpose train --resume {run_dir}")
+                              fix=lambda: f"free some space and {_go_on(run_dir)}")
 
     def write(self, record: dict) -> None:
         self._log.write_line(json.dumps(record))

@@ -16,11 +16,13 @@ files), so the tree is refused to `train` whether the experiment is running or n
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import UserError
-from ..files import LOCK_NAME, write_text
+from ..files import LOCK_NAME, WriteError, is_temp, write_text
 
 EXPERIMENT_MARK = ".superpose-experiment.json"
 # What only a superpose run directory holds: the lock `train` takes first, then its metrics log.
@@ -64,8 +66,22 @@ def check_train_dir(run_dir: Path, resume: bool = False) -> None:
     if resume or not run_dir.is_dir():
         return
     names = {p.name for p in run_dir.iterdir()}
-    if names and not names & set(_RUN_MARKS):
+    # A killed writer's `.NAME.tmp-PID` is superpose's too (the run removes it when it starts).
+    if names and not (names & set(_RUN_MARKS) or any(is_temp(n) for n in names)):
         shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
         raise UserError(f"{run_dir} is not empty and not a superpose run directory (it holds {shown}); train "
                         "writes config.json, tokenizer.json and model.safetensors there, so choose a new or empty "
                         "--out")
+
+
+@contextlib.contextmanager
+def experiment_advice(kind: str, out: Path, command: str) -> Iterator[None]:
+    """Reword a failed write inside a compare or sweep (a full disk): its arms are continued by
+    the experiment, never by `train --resume` on an arm, which the arm's own message advises."""
+    try:
+        yield
+    except WriteError as e:
+        rerun = command or f"the same superpose {kind} command"
+        raise WriteError(f"{e.what}; what the {kind} finished before is kept in {out}; free some space and run "
+                         f"{rerun} again: it reuses the finished {'seeds' if kind == 'compare' else 'cells'} and "
+                         "restarts the interrupted one", e.path, e.disk_full, e.what) from None

@@ -57,11 +57,20 @@ def _same(cfg: Config, key: str, value: str) -> bool:
 
 
 def newest_unfinished(run_dir: Path) -> Path:
-    """The checkpoint a resume continues from: the run's newest; a finished run is refused."""
-    ckpt = checkpoint.newest(run_dir)
+    """The checkpoint a resume continues from: the run's newest. A finished run is refused, unless
+    its final model is missing or damaged: the resume then writes it again from the newest
+    checkpoint (redoing the steps after it, bit for bit)."""
     if (run_dir / "summary.json").exists():
-        raise UserError(f"{run_dir} is a finished run (it has summary.json); nothing to resume")
-    return ckpt
+        try:
+            checkpoint.verify_final(run_dir)
+        except UserError as e:
+            if not checkpoint.checkpoints(run_dir):
+                raise UserError(f"{str(e).split(';')[0]}; the run saved no checkpoint to write it again from, so it "
+                                "must be trained again (superpose train --out a new directory)") from None
+        else:
+            raise UserError(f"{run_dir} is a finished run (it has summary.json and its final model); nothing to "
+                            "resume")
+    return checkpoint.newest(run_dir)
 
 
 def check_resumable(ckpt: Path, run_dir: Path, cfg: Config, dataset: Dataset | Mixture) -> None:
