@@ -243,6 +243,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from .inference.evaluate import evaluate_loss, run_tasks
 
+    if args.json and Path(args.json).is_dir():  # said before the evaluation, not after it
+        raise UserError(f"--json {args.json} is a directory; give a file path for the results, e.g. "
+                        f"{Path(args.json) / 'eval.json'}")
     if args.tasks:
         names = [t.strip() for t in args.tasks.split(",") if t.strip()]
         out = run_tasks(args.path, names, data=args.data, limit=args.limit, num_fewshot=args.num_fewshot,
