@@ -133,6 +133,16 @@ def two_sigterms(tmp: Path, mp) -> None:
     mp.setattr(Trainer, "step_once", step)
 
 
+def allocator_refuses(tmp: Path, mp) -> None:
+    """What torch's CPU allocator raises when an allocation fails past the memory check
+    (activations, which it does not count)."""
+    def build_model(*_a, **_k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
+
+    mp.setattr("superpose.training.build.build_model", build_model)
+
+
 def no_cuda(tmp: Path, _mp=None) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the case is about a CPU-only install")
@@ -182,6 +192,7 @@ CASES = [
     Case("generate-seed-huge", ["generate", "{run}", "--prompt", "hi", "--seed", str(10**23)],
          "--seed must be a whole number"),
     Case("model-too-large", tiny_train("{tmp}/r", "--model.dim=262144"), "parameters: its weights, gradients"),
+    Case("allocator-refuses", tiny_train("{tmp}/r"), "out of memory", setup=allocator_refuses),
     Case("prepare-vocab-size-huge", ["prepare", "--out", "{tmp}/p", "--text", "{tmp}/t.txt", "--vocab-size",
                                      "1000000000"], "--vocab-size 1,000,000,000 is more than", setup=text_file,
          how="process"),  # main aborted inside the tokenizers library (SIGABRT): only a process shows it
