@@ -164,6 +164,17 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
     Each entry of `tasks` is a task yaml file, a local task superpose builds from held-out text
     (superpose_cloze), or an lm-eval task or group name.
     """
+    # The arguments first: importing lm-eval takes seconds.
+    tasks = [t.strip() for t in tasks if t.strip()]
+    if not tasks:
+        raise UserError(f"--tasks names no task; give task yaml files or names, comma-separated, e.g. "
+                        f"superpose_cloze")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1 (examples scored per task; leave it out for all), got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -174,16 +185,6 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
     from .load import load_model, load_tokenizer, locate
     from ..tasks import LOCAL_TASKS, build_task
 
-    tasks = [t.strip() for t in tasks if t.strip()]
-    if not tasks:
-        raise UserError(f"--tasks names no task; give task yaml files or names, comma-separated, e.g. "
-                        f"{', '.join(LOCAL_TASKS)}")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be >= 1 (examples scored per task; leave it out for all), got {limit}")
-    if num_fewshot is not None and num_fewshot < 0:
-        raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     src = locate(path)
     with tempfile.TemporaryDirectory(prefix="superpose-tasks-") as tmp:
         specs, hub = [], []
