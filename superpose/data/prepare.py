@@ -188,7 +188,8 @@ def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tok
             if os_error is None:
                 raise
             raise write_error(partial, os_error, intact=_kept(partial, fix=False),
-                              fix="free some space and run the same superpose prepare again",
+                              fix="free some space and run the same superpose prepare again"
+                              + (" to continue" if _kept(partial, fix=False).startswith("the") else ""),
                               label=f"the data directory {out}") from None
         finally:  # no litter beside the data (a process waiting on the lock re-checks meta.json)
             _lock_path(out).unlink(missing_ok=True)
@@ -225,7 +226,7 @@ def _kept(partial: Path, fix: bool = True) -> str:
         shards, tokens = 0, 0
     if not shards:
         return "no shard was finished, so nothing is kept" + ("; run the same command again to start over" if fix else "")
-    return (f"{shards} finished shard(s) ({tokens:,} tokens) are kept in {partial}"
+    return (f"the finished shards are kept in {partial} ({shards} shard(s), {tokens:,} tokens)"
             + ("; run the same command again to continue from them" if fix else ""))
 
 
