@@ -248,6 +248,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from .inference.evaluate import evaluate_loss, run_tasks
 
+    if args.json and Path(args.json).is_dir():  # said before the evaluation, not after it
+        raise UserError(f"--json {args.json} is a directory; give a file path for the results, e.g. "
+                        f"{Path(args.json) / 'eval.json'}")
     if args.tasks:
         names = [t.strip() for t in args.tasks.split(",") if t.strip()]
         out = run_tasks(args.path, names, data=args.data, limit=args.limit, num_fewshot=args.num_fewshot,
@@ -414,6 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed: MemoryError (numpy's ArrayMemoryError too),
+    torch's OutOfMemoryError (CUDA), or the RuntimeError torch's CPU allocator raises."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", ()) if torch is not None else ()
+    return isinstance(e, (MemoryError, *([oom] if oom else []))) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -448,15 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("superpose: interrupted", file=sys.stderr)
         return 130
-    except MemoryError as e:  # numpy's ArrayMemoryError too: a batch or context too large for this machine
-        from .training.distributed import rank_tag
-
-        what = str(e).splitlines()[0] if str(e) else "an allocation failed"
-        print(f"superpose: error: {rank_tag()}out of memory ({what}); lower --train.batch_size or --data.seq_len "
-              "(checkpoints already written are untouched)", file=sys.stderr)
-        return 2
     except Exception as e:
         from .training.distributed import describe_lost_peer, rank_tag
+
+        if _out_of_memory(e):  # a batch or context too large for this machine
+            what = str(e).splitlines()[0] if str(e) else "an allocation failed"
+            print(f"superpose: error: {rank_tag()}out of memory ({what[:200]}); lower --train.batch_size or "
+                  "--data.seq_len (checkpoints already written are untouched)", file=sys.stderr)
+            return 2
 
         line = describe_lost_peer(e)  # another rank failed first: say so in one line, not a traceback
         if line is None:

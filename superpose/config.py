@@ -423,6 +423,9 @@ def read_config_file(path: Path) -> dict:
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():
         path = path / "config.json"
+    if path.is_dir():
+        raise UserError(f"config file {path} is a directory without config.json (not a run directory); pass a .toml, "
+                        ".yaml or .json file, or the --out directory of a run")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass a .toml, .yaml or .json file, or a run directory")
     suffix = path.suffix.lower()

@@ -32,6 +32,43 @@ WEIGHT_SCHEMES = ("uniform", "power", "exp", "mi")
 LOSSES = ("mce", "mce_alt")
 
 
+# ----------------------------------------------------------------------------- argument checks
+# The public functions check what they are given and raise ValueError (wrong shape or value) or
+# TypeError (wrong type or dtype) naming the argument, instead of an AssertionError, "not enough
+# values to unpack" or an error from deep inside torch.
+
+def _tensor(t: object, name: str, shape: str, kind: str | None = None) -> Tensor:
+    """`t` as a Tensor with len(shape.split(",")) dimensions and, kind "ids", an integer dtype or,
+    kind "float", a floating dtype."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(t).__name__}")
+    ndim = len(shape.strip("()").split(","))
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if kind == "ids" and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
+        raise TypeError(f"{name} must hold integer token ids (torch.long), got {t.dtype}")
+    if kind == "float" and not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must be floating point (an integer mean would be floored), got {t.dtype}")
+    return t
+
+
+def _size(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _targets_for(logits_shape: tuple[int, ...], targets: object, name: str = "targets") -> Tensor:
+    """targets (B, L, s) of integer ids whose (B, L) match the logits' or hidden states'."""
+    _tensor(targets, name, "(B, L, s)", "ids")
+    if tuple(targets.shape[:2]) != tuple(logits_shape[:2]):
+        raise ValueError(f"{name} has shape {tuple(targets.shape)}, but (B, L) must match the logits' "
+                         f"{tuple(logits_shape[:2])}")
+    return targets
+
+
 def superpose_embeddings(embeds: Tensor, bag_size: int) -> Tensor:
     """Average each bag of `bag_size` contiguous token embeddings into one position.
 
@@ -42,11 +79,8 @@ def superpose_embeddings(embeds: Tensor, bag_size: int) -> Tensor:
     bf16 embeddings lose no precision to the accumulation. With s = 1 the input is returned
     unchanged.
     """
-    if bag_size < 1:
-        raise ValueError(f"bag_size must be >= 1, got {bag_size}")
-    if not embeds.is_floating_point():  # a mean of integers would be floored silently
-        raise TypeError(f"embeds must be floating-point embeddings, got {embeds.dtype}")
-    if bag_size == 1:
+    _tensor(embeds, "embeds", "(B, L*s, D)", "float")
+    if _size(bag_size, "bag_size") == 1:
         return embeds
     B, T, D = embeds.shape
     if T % bag_size:
@@ -66,7 +100,9 @@ def superpose_token_embeddings(input_ids: Tensor, weight: Tensor, bag_size: int)
     float32 table (the trainer's master weights) the result is the same float32 mean; other
     dtypes take the unfused path, which accumulates in float32.
     """
-    if bag_size == 1:
+    _tensor(input_ids, "input_ids", "(B, L*s)", "ids")
+    _tensor(weight, "weight", "(V, D)", "float")
+    if _size(bag_size, "bag_size") == 1:
         return F.embedding(input_ids, weight)
     if weight.dtype != torch.float32:
         return superpose_embeddings(F.embedding(input_ids, weight), bag_size)
@@ -87,8 +123,8 @@ def next_bag_targets(labels: Tensor, bag_size: int, ignore_index: int = IGNORE_I
     tokens (j+1)*s .. (j+1)*s+s-1. That keeps the prediction causal. Only the last position's
     slot 0 reaches the one extra label token; its slots 1..s-1 are `ignore_index`.
     """
-    if bag_size < 1:
-        raise ValueError(f"bag_size must be >= 1, got {bag_size}")
+    _tensor(labels, "labels", "(B, L*s)", "ids")
+    _size(bag_size, "bag_size")
     B, T = labels.shape
     if T % bag_size:
         raise ValueError(f"label length {T} is not a multiple of bag_size {bag_size}")
@@ -106,6 +142,8 @@ def next_window_targets(labels: Tensor, window: int, ignore_index: int = IGNORE_
     token sequence, so a row reads L + 1 tokens as in next-token training and no extra data;
     only the last s-1 positions lose targets. With window = 1 these are the next-token labels.
     """
+    _tensor(labels, "labels", "(B, L)", "ids")
+    _size(window, "window")
     B, L = labels.shape
     if window == 1:
         return labels.view(B, L, 1)
@@ -222,9 +260,8 @@ def multi_hot_cross_entropy(
 
     With s = 1 both are exactly `F.cross_entropy` (same kernel, same bits).
     """
-    B, L, V = logits.shape
-    s = targets.shape[-1]
-    assert targets.shape == (B, L, s), f"targets {tuple(targets.shape)} vs logits {tuple(logits.shape)}"
+    B, L, V = _tensor(logits, "logits", "(B, L, V)", "float").shape
+    s = _targets_for(logits.shape, targets).shape[-1]
     _check_target_ids(targets, ignore_index)
     if s == 1 and reduction in ("mean", "sum"):
         return F.cross_entropy(
@@ -396,8 +433,11 @@ def chunked_multi_hot_cross_entropy(
     s = 1 it is the ordinary next-token loss. reduction: "mean" or "sum", loss: "mce" or
     "mce_alt", as in `multi_hot_cross_entropy`.
     """
-    B, L, D = hidden.shape
-    s = targets.shape[-1]
+    B, L, D = _tensor(hidden, "hidden", "(B, L, D)", "float").shape
+    if _tensor(weight, "weight", "(V, D)", "float").shape[1] != D:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}, but its D must match hidden's {D}")
+    s = _targets_for(hidden.shape, targets).shape[-1]
+    _size(chunk_rows, "chunk_rows")
     _check_target_ids(targets, ignore_index)
     coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
     return _ChunkedLinearNLL.apply(hidden.reshape(B * L, D), weight, targets.reshape(B * L, s).clamp(min=0),
@@ -445,6 +485,7 @@ def count_valid_targets(targets: Tensor, weights: str | Tensor | None = None, ig
     tokens; with s = 1 it is the number of ordinary next-token targets. For loss="mce_alt",
     whose terms are per position, the number of positions with a valid target.
     """
+    _tensor(targets, "targets", "(B, L, s)", "ids")
     if loss == "mce_alt" and targets.shape[-1] > 1:
         return target_coefficients(targets, weights, ignore_index, "sum", loss)[0].sum()
     s = targets.shape[-1]

@@ -182,14 +182,14 @@ def prepare(out: Path, sources: list[corpus.Source], vocab_size: int = 4096, tok
             shutil.rmtree(partial, ignore_errors=True)
             raise
         except KeyboardInterrupt:
-            raise UserError(f"prepare of {out} interrupted; the finished shards are kept in {partial}: run the same "
-                            "command again to continue") from None
+            raise UserError(f"prepare of {out} interrupted; {_kept(partial)}") from None
         except Exception as e:
             os_error = disk_error(e)
             if os_error is None:
                 raise
-            raise write_error(partial, os_error, intact=f"the finished shards are kept in {partial}",
-                              fix="free some space and run the same superpose prepare again to continue",
+            raise write_error(partial, os_error, intact=_kept(partial, fix=False),
+                              fix="free some space and run the same superpose prepare again"
+                              + (" to continue" if _kept(partial, fix=False).startswith("the") else ""),
                               label=f"the data directory {out}") from None
         finally:  # no litter beside the data (a process waiting on the lock re-checks meta.json)
             _lock_path(out).unlink(missing_ok=True)
@@ -214,6 +214,20 @@ def _check_args(out: Path, vocab_size: int, tokenizer: Path | None, val_fraction
                         "use a smaller --vocab-size")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give --out a directory to create")
+
+
+def _kept(partial: Path, fix: bool = True) -> str:
+    """What an interrupted prepare leaves to continue from, as its journal records it: the
+    finished shards, or nothing (before the first shard the next prepare starts over)."""
+    try:
+        state = json.loads((partial / "journal.json").read_text())
+        shards, tokens = len(state["shards"]), int(state["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        shards, tokens = 0, 0
+    if not shards:
+        return "no shard was finished, so nothing is kept" + ("; run the same command again to start over" if fix else "")
+    return (f"the finished shards are kept in {partial} ({shards} shard(s), {tokens:,} tokens)"
+            + ("; run the same command again to continue from them" if fix else ""))
 
 
 def _check_empty(out: Path, log: Callable[[str], None]) -> None:
@@ -506,10 +520,11 @@ def _import(arr, partial, tok_path, tokens, eot_id, vocab, dtype, val_fraction, 
     carry = np.zeros(0, dtype=np.int64)  # the unfinished document at the end of the last chunk
     for lo in range(0, n, IMPORT_CHUNK):
         chunk = np.concatenate([carry, np.asarray(arr[lo:lo + IMPORT_CHUNK], dtype=np.int64)])
-        top = int(chunk.max()) if len(chunk) else 0
-        if top >= vocab or (len(chunk) and int(chunk.min()) < 0):
-            raise UserError(f"{tokens} has token id {top} outside the tokenizer's {vocab} tokens; pass the tokenizer "
-                            "that made it (and --token-dtype if it is uint32)")
+        top, low = (int(chunk.max()), int(chunk.min())) if len(chunk) else (0, 0)
+        if top >= vocab or low < 0:
+            bad = low if low < 0 else top  # name the id that is wrong, not the largest
+            raise UserError(f"{tokens} has token id {bad} outside the tokenizer's {vocab} tokens (0 to {vocab - 1}); "
+                            "pass the tokenizer that made it (and --token-dtype if it is uint32)")
         ends = np.flatnonzero(chunk == eot_id) + 1  # each document ends with its end-of-text token
         if lo + IMPORT_CHUNK >= n and (not len(ends) or ends[-1] != len(chunk)):
             ends = np.append(ends, len(chunk))  # the last document may lack its end-of-text

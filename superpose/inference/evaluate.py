@@ -137,6 +137,26 @@ def evaluate_loss(path: Path | str, data: Path | str | None = None, val_tokens: 
 HUB_TASKS_HINT = "hellaswag, arc_easy, arc_challenge, mmlu"
 
 
+def check_task_file(path: Path) -> None:
+    """Refuse, in one line, a task yaml that does not parse or names no task, before lm-eval
+    (which raises from deep inside its task index) sees it. lm-eval's own tags (!function, ...)
+    are accepted without being run: only the YAML itself is checked here."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 (tags are ignored)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = " ".join(str(e).split())[:160]
+        raise UserError(f"task file {path} is not valid YAML ({first}); fix it (lm-eval's task format: "
+                        "task: NAME, dataset_path: ..., ...)") from None
+    if not isinstance(doc, dict) or not (doc.get("task") or doc.get("group")):
+        raise UserError(f"task file {path} names no task (no `task: NAME` entry); write it in lm-eval's task format")
+
+
 def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None, limit: int | None = None,
               num_fewshot: int | None = None, batch_size: int = 16, device: str = "cpu",
               log: Callable[[str], None] = print) -> dict:
@@ -145,6 +165,17 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
     Each entry of `tasks` is a task yaml file, a local task superpose builds from held-out text
     (superpose_cloze), or an lm-eval task or group name.
     """
+    # The arguments first: importing lm-eval takes seconds.
+    tasks = [t.strip() for t in tasks if t.strip()]
+    if not tasks:
+        raise UserError(f"--tasks names no task; give task yaml files or names, comma-separated, e.g. "
+                        f"superpose_cloze")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1 (examples scored per task; leave it out for all), got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -162,6 +193,7 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
             if name.endswith((".yaml", ".yml")):
                 if not Path(name).is_file():
                     raise UserError(f"task file {name} does not exist")
+                check_task_file(Path(name))
                 specs.append(str(Path(name).resolve()))
             elif name in LOCAL_TASKS:
                 ds = open_eval_data(src, data)

@@ -202,7 +202,7 @@ def export_hf(path: Path | str, out_dir: Path | str, dtype: str = "float32", log
         "model_max_length": max(cfg.max_seq_len, MIN_EXPORTED_POSITIONS), "clean_up_tokenization_spaces": False}, intact=intact, fix=fix)
     write_text(out / "README.md", _model_card(src, cfg), intact=intact, fix=fix)
     # What `--init-from-hf` verifies before it trusts the folder (transformers ignores the file).
-    _write_json(out / MANIFEST, {"exported_from": str(src.path), "step": src.step, "files": {
+    _write_json(out / MANIFEST, {"exported_from": str(src.path), "step": src.step, "seq_len": src.seq_len, "files": {
         name: file_record(out / name) for name in ("model.safetensors", "config.json", "tokenizer.json")}},
         intact=intact, fix=fix)
     log(f"exported {src.path} ({src.kind}, {model.num_params():,} parameters, {dtype}) to {out}")

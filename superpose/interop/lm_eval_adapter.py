@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 
 from ..errors import UserError
+from .hf_llama import MANIFEST as EXPORT_MANIFEST
 from ..inference.generate import generate_ids
 from ..inference.load import special_tokens
 
@@ -63,10 +65,7 @@ class SuperposeLM(LM):
                             "path=RUN_DIR (required), max_length=N, and lm-eval's --device and --batch_size")
         if not path:
             raise UserError("--model superpose needs --model_args path=RUN_DIR (a run, checkpoint or exported folder)")
-        src = locate(path)
-        max_length = int(max_length or src.seq_len)
-        if max_length < 1:
-            raise UserError(f"max_length must be a positive number of tokens, got {max_length}")
+        length = _positive(max_length, "max_length") if max_length is not None else None
         # lm-eval's --device defaults to cuda; like its own HF model, fall back to the CPU without one.
         device = str(device or "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -75,7 +74,11 @@ class SuperposeLM(LM):
             device = "cpu"
         # lm-eval's "auto" batch size probes GPU memory; these models are small: 16 rows per batch.
         batch = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else 16
-        return cls(load_model(src, device), load_tokenizer(src), max_length=max_length,
+        if (Path(path) / EXPORT_MANIFEST).is_file():  # a folder `superpose export` wrote
+            model, tokenizer, trained = _load_export(Path(path), device)
+            return cls(model, tokenizer, max_length=length or trained, batch_size=batch)
+        src = locate(path)
+        return cls(load_model(src, device), load_tokenizer(src), max_length=length or src.seq_len,
                    batch_size=batch, src=src)
 
     @classmethod
@@ -166,6 +169,40 @@ class SuperposeLM(LM):
             self.cache_hook.add_partial("generate_until", r.args, text)
             out.append(text)
         return out
+
+
+def _load_export(folder: Path, device: str):
+    """(model, tokenizer, trained context) of a folder `superpose export` wrote: its config.json
+    read back into a superpose model, its weights verified against the export's checksums
+    (`init_from_hf`), the context from the checksum file (older exports: the model's positions)."""
+    import json
+
+    from ..checks import device as check_device
+    from ..core.model import empty_model
+    from ..data.tokenizer import load_tokenizer_file
+    from .hf_llama import init_from_hf, read_hf_config
+
+    cfg = read_hf_config(folder)
+    model = empty_model(cfg, check_device(device))
+    init_from_hf(model, folder)
+    tokenizer = load_tokenizer_file(folder / "tokenizer.json", fix="export the model again")
+    try:
+        trained = int(json.loads((folder / EXPORT_MANIFEST).read_text()).get("seq_len") or cfg.max_seq_len)
+    except (OSError, ValueError, TypeError, AttributeError):  # init_from_hf verified the file's records already
+        trained = cfg.max_seq_len
+    return model.eval(), tokenizer, trained
+
+
+def _positive(value, name: str) -> int:
+    """A model_args value that must be a whole number >= 1 (lm-eval passes it as text, or as the
+    number its parser made of it)."""
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = 0
+    if n < 1 or (isinstance(value, float) and value != n):
+        raise UserError(f"model_args {name}={value} must be a whole number >= 1")
+    return n
 
 
 # ----------------------------------------------------------------------------- lm-eval's CLI

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import platform
 import re
 import shutil
@@ -88,7 +89,8 @@ def newest(run_dir: Path) -> Path:
                         f"resume; start it again in place with the command that started it (superpose train --preset "
                         f"... --out {run_dir}: its old log is kept), after fixing what stopped it")
     if not found:
-        what = "does not exist" if not Path(run_dir).is_dir() else f"has no checkpoints (no {DIRNAME}/step-N)"
+        what = ("is a file, not a run directory" if Path(run_dir).is_file() else "does not exist"
+                if not Path(run_dir).is_dir() else f"has no checkpoints (no {DIRNAME}/step-N)")
         raise UserError(f"cannot resume: {run_dir} {what}; give a run directory written with "
                         "--checkpoint.every N, or one stopped by SIGINT/SIGTERM")
     return found[-1][1]
@@ -330,6 +332,9 @@ def load_torch(path: Path, name: str, device: torch.device | str = "cpu"):
     f = Path(path) / name
     try:
         return torch.load(f, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never for a file that may run code
+        raise UserError(f"checkpoint file {f} holds Python objects besides tensors, which superpose never loads "
+                        f"(unpickling them could run code); it was not written by superpose: {_fix(Path(path))}") from None
     except Exception as e:  # torch raises many kinds for a damaged zip
         raise UserError(f"checkpoint file {f} does not load ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); {_fix(Path(path))}") from None

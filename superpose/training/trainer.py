@@ -345,7 +345,7 @@ class Trainer:
         minutes = self.cfg.checkpoint.every_minutes
         self.begin(progress)
         last_save = _clock()
-        with _StopSignals(abort_on_repeat=not self.par.distributed) as stop:
+        with _StopSignals(abort_on_repeat=not self.par.distributed, on_repeat=self._stopped_at_once) as stop:
             try:
                 while self.state.step < steps:
                     self.step_once()
@@ -373,6 +373,16 @@ class Trainer:
                 self.metrics.close()
                 raise
             return self.finish()
+
+    def _stopped_at_once(self, signum: int) -> str:
+        """What a second SIGINT/SIGTERM (which stops without saving) leaves, and how to go on."""
+        name = signal.Signals(signum).name
+        saved = checkpoint.checkpoints(self.run_dir)
+        if saved:
+            return (f"stopped at once by a second {name} during step {self.state.step}, without saving; the newest "
+                    f"checkpoint {saved[-1][1].name} is intact; continue with: superpose train --resume {self.run_dir}")
+        return (f"stopped at once by a second {name} during step {self.state.step}, before any checkpoint was saved; "
+                f"start it again in place with the command that started it (superpose train ... --out {self.run_dir})")
 
     # ------------------------------------------------------------------ state
 
@@ -438,15 +448,15 @@ _clock = time.monotonic  # the wall clock of checkpoint.every_minutes (a test re
 
 class _StopSignals:
     """Within the block, SIGINT and SIGTERM only set `signum` (the loop saves and stops after the
-    current step); a second one raises KeyboardInterrupt at once. The previous handlers come back
+    current step); a second one raises `Interrupted` at once (`on_repeat` words its message). The previous handlers come back
     on exit. Outside the main thread signals cannot be caught, and nothing is installed.
 
     abort_on_repeat=False (under torchrun) ignores repeats: a rank gets the scheduler's signal
     and torchrun's forwarded one, and must still save; torchrun's SIGKILL after its
     --shutdown-timeout is the hard stop there."""
 
-    def __init__(self, abort_on_repeat: bool = True):
-        self.abort_on_repeat = abort_on_repeat
+    def __init__(self, abort_on_repeat: bool = True, on_repeat: Callable[[int], str] | None = None):
+        self.abort_on_repeat, self.on_repeat = abort_on_repeat, on_repeat
 
     def __enter__(self) -> "_StopSignals":
         self.signum, self.previous = None, {}
@@ -457,8 +467,9 @@ class _StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            if self.abort_on_repeat:
-                raise KeyboardInterrupt
+            if self.abort_on_repeat:  # exit 128 + this signal's number, as the first one would give
+                raise Interrupted(signum, self.on_repeat(signum) if self.on_repeat else
+                                  f"stopped at once by a second {signal.Signals(signum).name}, without saving")
             return
         self.signum = signum  # no printing here: the handler may interrupt a print on the same stream
 
