@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -113,7 +112,7 @@ def main() -> None:
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     ratio = med(prep) / med(enc)
     lines += ["## Throughput (existing tokenizer)", "",
-              f"| corpus | encode_batch MB/s (ceiling) | prepare MB/s | ratio (goal >= 0.8) |", "|---|---|---|---|",
+              "| corpus | encode_batch MB/s (ceiling) | prepare MB/s | ratio (goal >= 0.8) |", "|---|---|---|---|",
               f"| {a.speed_mb} MB .jsonl | {med(enc):.2f} ({', '.join(f'{x:.2f}' for x in enc)}) | "
               f"{med(prep):.2f} ({', '.join(f'{x:.2f}' for x in prep)}) | {ratio:.2f} |", ""]
     print("\n".join(lines[-5:]), flush=True)

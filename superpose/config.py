@@ -13,7 +13,6 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .core.model import ModelConfig
 from .core.schedule import DECAY_SHAPES
@@ -209,7 +208,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict) -> Config:
         cfg = cls()
         for section, values in d.items():
             for key, value in values.items():
@@ -301,7 +300,7 @@ class Config:
         need(pa.timeout_s >= 1, f"parallel.timeout_s: must be >= 1, got {pa.timeout_s}")
         return out
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         self.model.resolve()
         problems = self.problems()
         if problems:

@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import UserError
 
@@ -256,7 +256,7 @@ class DirLock:
             _HELD.pop(_key(self.lock_path), None)
             os.close(self._fd)  # closing the descriptor drops the flock
 
-    def __enter__(self) -> "DirLock":
+    def __enter__(self) -> DirLock:
         return self
 
     def __exit__(self, *exc) -> None:

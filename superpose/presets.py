@@ -6,7 +6,7 @@ which we chose. The CLI applies `--section.field=value` overrides on top (config
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .config import CheckpointConfig, Config, DataConfig, OptimConfig, TrainConfig, TSTConfig
 from .core.model import ModelConfig

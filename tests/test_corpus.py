@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from superpose.data import corpus
-from superpose.data.corpus import Source
 from superpose.errors import UserError
 
 DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

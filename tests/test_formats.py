@@ -6,11 +6,9 @@ tokenizer; and every bad input is one line naming the file and the fix.
 
 import gzip
 import json
-import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from superpose.data import corpus, open_dataset
 from superpose.data import prepare as prep

@@ -22,7 +22,6 @@ from safetensors.torch import load_file, save_file
 
 from superpose import cli, files
 from superpose.config import Config, resolve
-from superpose.data import open_dataset
 from superpose.data.prepare import prepare
 from superpose.errors import UserError
 from superpose.inference.load import load_model

@@ -41,7 +41,7 @@ MOE_FIELDS = ("n_experts", "top_k", "moe_ffn_dim", "norm_topk_prob", "router_aux
 # head truncated normal with std dim^-0.5 cut at +-3 std. `init_std` stands for titan's 0.02.
 
 
-def titan_layer_std(cfg: "ModelConfig", layer: int) -> float:
+def titan_layer_std(cfg: ModelConfig, layer: int) -> float:
     """The std of layer `layer`'s (0-based) depth-scaled matrices under init=titan."""
     return cfg.init_std / math.sqrt(2 * (layer + 1))
 
@@ -116,7 +116,7 @@ class ModelConfig:
     """qwen3_moe: layers (0-based) that are dense whatever decoder_sparse_step says
     (--model.mlp_only_layers=0,5)."""
 
-    def resolve(self) -> "ModelConfig":
+    def resolve(self) -> ModelConfig:
         """Fill the derived fields (n_kv_heads, ffn_dim) left at 0; call after all overrides."""
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -168,7 +169,7 @@ class Schedule:
 
     @classmethod
     def tst(cls, total_steps: int, ratio: float, bag_size: int, mode: str = "full", stages: str = "",
-            **lr) -> "Schedule":
+            **lr) -> Schedule:
         """Phase 1 for round(ratio * total_steps) steps with bags of `bag_size` (or the curriculum
         `stages`, "s:fraction,..." as `parse_stages` reads it), then phase 2 (`build_phases`);
         `lr` takes the remaining fields (peak_lr, warmup_steps, ...)."""
@@ -176,7 +177,7 @@ class Schedule:
                    **lr)
 
     @classmethod
-    def for_run(cls, cfg: "Config") -> "Schedule":
+    def for_run(cls, cfg: Config) -> Schedule:
         o, t = cfg.optim, cfg.tst
         return cls.tst(cfg.train.steps, t.ratio, t.bag_size, t.mode, t.schedule, peak_lr=o.lr,
                        warmup_steps=o.warmup_steps, decay_frac=o.decay_frac, min_lr_ratio=o.min_lr_ratio,

@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.lines import Line2D

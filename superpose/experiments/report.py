@@ -48,7 +48,7 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
     not a loss at that length), and the decayed loss at each length (markers, solid): the
     baseline's real loss-for-budget curve. The dotted vertical line is TST's phase switch."""
     cfg = report["config"]
-    B, L, s = cfg["train"]["batch_size"], cfg["data"]["seq_len"], cfg["tst"]["bag_size"]
+    B, L = cfg["train"]["batch_size"], cfg["data"]["seq_len"]
     phase1_tokens = Schedule.for_run(Config.from_dict(cfg)).raw_tokens(B, L)[1]  # modes and curricula included
     axes_spec = {"time": ("train_time_s", "training wall clock (s)"), "step": ("step", "optimizer step"),
                  "tokens": ("tokens_seen", "raw tokens read")}

@@ -19,7 +19,8 @@ import math
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Callable, ContextManager
+from contextlib import AbstractContextManager as ContextManager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -168,8 +169,8 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
     # The arguments first: importing lm-eval takes seconds.
     tasks = [t.strip() for t in tasks if t.strip()]
     if not tasks:
-        raise UserError(f"--tasks names no task; give task yaml files or names, comma-separated, e.g. "
-                        f"superpose_cloze")
+        raise UserError("--tasks names no task; give task yaml files or names, comma-separated, e.g. "
+                        "superpose_cloze")
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1 (examples scored per task; leave it out for all), got {limit}")
     if num_fewshot is not None and num_fewshot < 0:

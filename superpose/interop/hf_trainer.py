@@ -146,7 +146,7 @@ class _TextEpoch(TrainerCallback):
     where the Trainer would put steps / max_steps (its rows are an endless stream to it). Logs,
     checkpoints' trainer_state.json and later callbacks all see it."""
 
-    def __init__(self, trainer: "TSTTrainer"):
+    def __init__(self, trainer: TSTTrainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -55,7 +55,7 @@ class SuperposeLM(LM):
 
     @classmethod
     def from_path(cls, path=None, max_length: int | None = None, batch_size=16, device: str | None = None,
-                  max_batch_size=None, **unknown) -> "SuperposeLM":
+                  max_batch_size=None, **unknown) -> SuperposeLM:
         """The model of a run directory, checkpoint or exported folder, as lm-eval's `--model_args
         path=RUN` names it (lm-eval adds batch_size, max_batch_size and device)."""
         from ..inference.load import load_model, load_tokenizer, locate
@@ -82,12 +82,12 @@ class SuperposeLM(LM):
                    batch_size=batch, src=src)
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "SuperposeLM":
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> SuperposeLM:
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         return cls.from_path(**{**simple_parse_args_string(arg_string), **extra})
 
     @classmethod
-    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "SuperposeLM":
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> SuperposeLM:
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         return cls.from_path(**{**arg_dict, **extra})
 

@@ -24,7 +24,7 @@ block, see trainer.py). torchtitan 0.3.0's FlexAttention has no backward on a CP
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from torchtitan.models.common import Embedding, Linear, RMSNorm
 from torchtitan.models.common.attention import FlexAttention, ScaledDotProductAttention

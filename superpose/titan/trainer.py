@@ -74,7 +74,7 @@ class TSTConfig:
         return build_phases(steps, self.ratio, self.bag_size, self.mode, stages)
 
 
-def _problems(cfg: "TSTTrainer.Config") -> list[str]:
+def _problems(cfg: TSTTrainer.Config) -> list[str]:
     """Every reason this TST run cannot go, as one-line messages."""
     t, p, out = cfg.tst, cfg.parallelism, []
     if t.bag_size < 1:

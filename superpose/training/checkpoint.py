@@ -36,27 +36,20 @@ import hashlib
 import json
 import os
 import pickle
-import platform
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import RESUME_MAY_CHANGE, Config, differences
-from ..core.model import empty_model
-from ..data import Dataset
 from ..errors import UserError
 from .. import files
-from ..files import WriteError, disk_error, file_record, fsync_path, sha256_file, write_error, write_file
-from . import distributed, faults
-from .optimizer import configure_optimizer
-from .state import RunState
+from ..files import file_record, fsync_path, sha256_file, write_error, write_file
+from . import faults
 
 if TYPE_CHECKING:
-    from .trainer import Trainer
+    pass
 
 FORMAT_VERSION = 1
 DIRNAME = "checkpoints"

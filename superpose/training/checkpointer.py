@@ -6,11 +6,8 @@ its weights, its optimizer, and `Trainer.progress()` (the RunState, the loader p
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
-import re
 import shutil
 import time
 from pathlib import Path
@@ -23,9 +20,8 @@ from ..core.model import empty_model
 from ..data import Dataset, Mixture
 from ..data.mixture import absolute_mix
 from ..errors import UserError
-from .. import files
-from ..files import WriteError, disk_error, file_record, fsync_path, sha256_file, write_error, write_file
-from . import distributed, faults
+from ..files import WriteError, file_record, sha256_file, write_file
+from . import distributed
 from .optimizer import configure_optimizer
 from .state import RunState
 

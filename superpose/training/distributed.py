@@ -38,7 +38,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import UserError
 from ..files import LOCK_NAME, WriteError, is_temp, write_text

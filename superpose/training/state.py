@@ -33,7 +33,7 @@ class RunState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunState":
+    def from_dict(cls, d: dict) -> RunState:
         """From `to_dict()` or a checkpoint's meta.json, which holds these keys among others. A
         counter an older meta.json lacks (skipped_steps came later) keeps its default."""
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})

@@ -20,7 +20,7 @@ import importlib.util
 import json
 import secrets
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import UserError
 from ..files import write_text

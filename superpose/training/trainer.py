@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -458,7 +458,7 @@ class _StopSignals:
     def __init__(self, abort_on_repeat: bool = True, on_repeat: Callable[[int], str] | None = None):
         self.abort_on_repeat, self.on_repeat = abort_on_repeat, on_repeat
 
-    def __enter__(self) -> "_StopSignals":
+    def __enter__(self) -> _StopSignals:
         self.signum, self.previous = None, {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
