@@ -158,7 +158,8 @@ def test_the_final_save_records_the_files_as_they_are(tiny_data, tmp_path):
     summary = t.train(progress=False)
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["files"] == summary["files"]
-    assert set(on_disk["files"]) == {"model.safetensors", "model.json", "tokenizer.json"}
+    # config.json is covered too (issue 22 item 7: an edited config would change eval results).
+    assert set(on_disk["files"]) == {"model.safetensors", "model.json", "tokenizer.json", "config.json"}
     for name, rec in on_disk["files"].items():
         assert rec == {"bytes": (run / name).stat().st_size, "sha256": sha256_file(run / name)}, name
     assert sha256_file(run / "tokenizer.json") == sha256_file(tiny_data / "tokenizer.json")

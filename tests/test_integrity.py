@@ -278,7 +278,7 @@ def test_integer_embeddings_and_negative_target_ids_are_refused():
 
     from superpose.core.superposition import multi_hot_cross_entropy, superpose_embeddings
 
-    with pytest.raises(TypeError, match="embeds must be floating-point"):
+    with pytest.raises(TypeError, match="embeds must be floating point"):
         superpose_embeddings(torch.arange(8).view(1, 4, 2), 2)
     targets = torch.tensor([[[1, -5], [2, -100]]])
     with pytest.raises(ValueError, match="negative id -5"):
@@ -298,7 +298,7 @@ def test_lm_eval_refuses_a_negative_max_length(finished_run):
     pytest.importorskip("lm_eval")
     from superpose.interop.lm_eval_adapter import SuperposeLM
 
-    with pytest.raises(UserError, match="max_length must be a positive"):
+    with pytest.raises(UserError, match="max_length=-1 must be a whole number >= 1"):
         SuperposeLM.from_path(path=str(finished_run), max_length="-1")
 
 

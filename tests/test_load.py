@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from superpose.errors import UserError
+from superpose.files import file_record
 from superpose.inference.load import load_model, load_tokenizer, locate, special_tokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,10 +77,17 @@ def test_a_baseline_run_is_never_phase1(run, tmp_path):
     config = json.loads((copy / "config.json").read_text())
     config["tst"]["ratio"] = 0.0
     (copy / "config.json").write_text(json.dumps(config))
+    # config.json is checksummed in summary.json: record the edit, as a baseline run would have it.
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["files"]["config.json"] = file_record(copy / "config.json")
+    (copy / "summary.json").write_text(json.dumps(summary))
     src = locate(copy)
     assert src.phase1_steps == 0 and not src.is_phase1
-    # A run without its config (an older layout): nothing known about steps or phases.
+    # A run without its config (an older layout, whose summary.json did not record one either):
+    # nothing known about steps or phases.
     (copy / "config.json").unlink()
+    del summary["files"]["config.json"]
+    (copy / "summary.json").write_text(json.dumps(summary))
     src = locate(copy)
     assert (src.step, src.phase1_steps, src.is_phase1, src.data_path) == (None, 0, False, None)
 
