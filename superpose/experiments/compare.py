@@ -35,6 +35,8 @@ from ..training import Trainer, build_trainer, resolve_data
 from ..training.metrics import environment
 from ..training.ownership import experiment_advice, mark_experiment
 from .fingerprint import check_same_config
+from .baselines import (OWN, Variant, apply_variant, baseline_name, best_baseline,  # noqa: F401
+                        parse_baselines)
 from .stats import clear_of_noise, crossover, iso_loss, speedup_text, stats  # noqa: F401 (also imported from here)
 
 DEFAULT_LENGTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
@@ -53,79 +55,6 @@ def baseline_lengths(steps: int, factors: tuple[float, ...], decay_frac: float, 
 class _Run:
     name: str
     trainer: Trainer
-
-
-OWN = "own"
-"""The name of the baseline with the compare's own config (the TST arm's, without TST)."""
-
-# Fields a baseline variant may not change: they fix what the arms are compared on (the data and
-# its evaluation, the run length and seed, the FLOPs of a step) or they are TST's own.
-FIXED_FIELDS = ("train.steps", "train.seed", "train.batch_size", "train.grad_accum", "model.dim", "model.n_layers",
-                "model.n_heads", "model.n_kv_heads", "model.ffn_dim", "model.vocab_size", "model.max_seq_len",
-                "model.arch", "model.n_experts", "model.top_k", "model.moe_ffn_dim")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One more baseline of a compare: the compare's config with `overrides` on top (never TST)."""
-
-    name: str  # "model.init=normal", "optim.lr=6e-3,model.init=normal": its overrides as given
-    overrides: tuple[tuple[str, str], ...]
-
-    @property
-    def slug(self) -> str:
-        """Its part of a run directory's name: baseline-<slug>-<steps>."""
-        return self.name.replace("/", "_").replace(",", "+")
-
-
-def parse_baselines(text: str | None) -> list[Variant]:
-    """--baselines "model.init=normal;model.init=titan;optim.lr=6e-3,model.init=normal": variants
-    separated by ';', the fields of one variant by ','. Each field is checked like a --a.b override
-    later (`apply_variant`); here only the form and the fields a baseline may not change."""
-    if not text:
-        return []
-    out: list[Variant] = []
-    for i, part in enumerate((p.strip() for p in text.split(";")), 1):
-        if not part:
-            continue
-        pairs = []
-        for item in (x.strip() for x in part.split(",")):
-            key, eq, value = item.partition("=")
-            key = key.strip().removeprefix("--")
-            if not eq or not key or "." not in key or not value.strip():
-                raise UserError(f"--baselines variant {i} ({part!r}): each field is section.field=value, e.g. "
-                                "--baselines \"model.init=normal;optim.lr=6e-3\"")
-            if key.startswith(("tst.", "data.")) or key in FIXED_FIELDS:
-                raise UserError(f"--baselines variant {i}: {key} is fixed for every arm (it sets TST, the data and "
-                                "its evaluation, the run length, the seed or the FLOPs of a step); vary options "
-                                "such as model.init or optim.lr")
-            pairs.append((key, value.strip()))
-        name = ",".join(f"{k}={v}" for k, v in pairs)
-        if name in {v.name for v in out}:
-            raise UserError(f"--baselines names {name} twice; give each variant once")
-        out.append(Variant(name, tuple(pairs)))
-    return out
-
-
-def apply_variant(cfg: Config, variant: Variant | None) -> Config:
-    """`cfg` with the variant's overrides (a copy; None: `cfg` itself). A bad value is one UserError."""
-    if variant is None:
-        return cfg
-    from ..config import set_field
-
-    c = copy.deepcopy(cfg)
-    try:
-        for key, value in variant.overrides:
-            set_field(c, key, value)
-        return c.validate()
-    except UserError as e:
-        raise UserError(f"--baselines {variant.name}: {e}") from None
-
-
-def baseline_name(variant: Variant | None, steps: int) -> str:
-    """The run directory (and run name) of a baseline of `steps` steps: baseline-T for the
-    compare's own config, baseline-<variant>-T for a variant."""
-    return f"baseline-{steps}" if variant is None else f"baseline-{variant.slug}-{steps}"
 
 
 def _arm_config(cfg: Config, seed: int, steps: int, bag_size: int, ratio: float) -> Config:
@@ -454,21 +383,6 @@ def trend_lines(c: dict, longest: int, against: str) -> list[str]:
         reach = "inside the measured lengths" if est <= longest else f"{est / longest:.1f}x the longest length run"
         lines.append(f"crossover{against} (gain = 0) predicted at {est:,.0f} steps ({reach}); {where}")
     return lines
-
-
-def best_baseline(per_seed: dict) -> dict:
-    """Of the compare's own baseline and its variants at a length, the one with the lowest mean
-    final loss over the seeds, and TST's gain against it, paired by seed.
-    per_seed: {seed: the seed's result at that length}."""
-    res = [per_seed[k] for k in sorted(per_seed)]
-    T = res[0]["tst"]["steps"]
-    losses = {OWN: [next(b for b in r["baseline"] if b["steps"] == T)["val_loss"] for r in res]}
-    for name in res[0].get("variants", {}):
-        losses[name] = [r["variants"][name]["val_loss"] for r in res]
-    best = min(losses, key=lambda k: sum(losses[k]))
-    return {"best_baseline": best,
-            "best_baseline_gain": stats([b - r["tst"]["val_loss"] for b, r in zip(losses[best], res)]),
-            "baselines_val_loss": {k: stats(v) for k, v in losses.items()}}
 
 
 def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str, unigram_entropy: float | None = None
