@@ -188,7 +188,7 @@ def bench_config(preset: str, overrides: list[str], data: str | None, vocab_size
         set_field(cfg, key, value)
     vocab = vocab_size or cfg.model.vocab_size or cfg.data.vocab_size
     if not data:
-        from superpose.data.prepare import cache_dir
+        from superpose.data.default_corpus import cache_dir
 
         workdir = Path(workdir or cache_dir() / "bench")  # $SUPERPOSE_CACHE/bench
         data = str(synthetic_data(workdir / f"synthetic-v{vocab}", vocab))

@@ -65,7 +65,7 @@ def main() -> None:
     mix = args.mix
     if not mix:
         from common import synthetic_data
-        from superpose.data.prepare import cache_dir
+        from superpose.data.default_corpus import cache_dir
 
         vocab = cfg.model.vocab_size or cfg.data.vocab_size
         a = synthetic_data(cache_dir() / "bench" / f"synthetic-v{vocab}", vocab)

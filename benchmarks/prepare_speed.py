@@ -25,8 +25,9 @@ from pathlib import Path
 
 from common import ROOT, machine
 
-from superpose.data import corpus
-from superpose.data.prepare import cache_dir, default_data_dir, ensure_default_corpus, prepare
+from superpose.data import corpus, default_corpus
+from superpose.data.default_corpus import cache_dir, default_data_dir, ensure_default_corpus
+from superpose.data.prepare import prepare
 from superpose.data.tokenizer import load_tokenizer_file
 
 
@@ -93,7 +94,7 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     data = ensure_default_corpus(4096)
     tokenizer = default_data_dir(4096) / "tokenizer.json"
-    docs = [d for s in corpus.default_sources(cache_dir() / "downloads") for d in s.iter_documents()]
+    docs = [d for s in default_corpus.default_sources(cache_dir() / "downloads") for d in s.iter_documents()]
     start = machine()
     lines = [f"# prepare speed and memory ({time.strftime('%Y-%m-%d')})", "",
              f"Command: `{' '.join(['.venv/bin/python', *sys.argv])}`", "",

@@ -36,8 +36,9 @@ def _log(msg: str) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from .data import corpus
-    from .data.prepare import cache_dir, prepare, prepare_tokens
+    from .data import corpus, default_corpus
+    from .data.prepare import prepare
+    from .data.token_import import prepare_tokens
 
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before reading gigabytes of text
         raise UserError(f"{args.out} is a file; give --out a directory to create")
@@ -60,7 +61,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         sources = [corpus.hub_source(args.hf_dataset, args.hf_config, args.split, args.text_field,
                                      args.data_files or None)]
     else:
-        sources = corpus.default_sources(cache_dir() / "downloads", log=_log)
+        sources = default_corpus.default_sources(default_corpus.cache_dir() / "downloads", log=_log)
     prepare(Path(args.out), sources, vocab_size=args.vocab_size,
             tokenizer=Path(args.tokenizer) if args.tokenizer else None,
             val_fraction=args.val_fraction, seed=args.seed, log=_log, eot_token=args.eot_token,
@@ -71,7 +72,7 @@ def cmd_mi(args: argparse.Namespace) -> None:
     """Measure a data directory's token-pair mutual information by distance and fit its decay
     (what tst.weights=mi weighs the bag slots with): DATA_DIR/mi.json and mi.png."""
     from .data import mutual_info, open_dataset
-    from .data.prepare import ensure_default_corpus
+    from .data.default_corpus import ensure_default_corpus
 
     data = Path(args.data) if args.data else ensure_default_corpus(args.vocab_size, _log)
     if args.max_distance < 3 or args.max_tokens < 1:

@@ -19,6 +19,7 @@ from .core.schedule import DECAY_SHAPES
 from .core.schedule import MODES, parse_stages
 from .core.superposition import LOSSES, WEIGHT_SCHEMES
 from .data.mixture import parse_mix
+from .data.shards import recorded_vocab_size
 from .checks import seed_problem
 from .errors import UserError
 
@@ -485,10 +486,7 @@ def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
     own = cfg.data.path or (parse_mix(cfg.data.mix)[0][0] if cfg.data.mix else "")  # a mixture: its tokenizer's
     if "data.vocab_size" not in given or not own:
         return out
-    try:
-        theirs = json.loads((Path(own) / "meta.json").read_text())["vocab_size"]
-    except (OSError, ValueError, KeyError, TypeError):
-        theirs = None  # an unreadable data directory is reported when it is opened
+    theirs = recorded_vocab_size(Path(own))  # None when unreadable: reported when the directory is opened
     if theirs == cfg.data.vocab_size:
         return out
     return out + [f"warning: --data.vocab_size={cfg.data.vocab_size} is ignored: it sizes only the default corpus's "

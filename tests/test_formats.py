@@ -12,7 +12,8 @@ import pytest
 
 from superpose.data import corpus, open_dataset
 from superpose.data import prepare as prep
-from superpose.data.prepare import prepare, prepare_tokens
+from superpose.data.prepare import prepare
+from superpose.data.token_import import prepare_tokens
 from superpose.errors import UserError
 from superpose.training import build_trainer
 

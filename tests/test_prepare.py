@@ -1,5 +1,5 @@
-"""`superpose prepare` (data/prepare.py): deterministic, whole documents, resumable, and blind to
-how it batches its work.
+"""`superpose prepare` (data/prepare.py, data/split.py, data/journal.py): deterministic, whole
+documents, resumable, and blind to how it batches its work.
 
 What this adds to test_data.py (a prepared directory's shape, argument errors, a brought
 tokenizer), test_formats.py (every format gives the same tokens; an interrupted prepare continued
@@ -14,6 +14,8 @@ prepare are removed):
   exactly what that command gives from scratch, never a mix of the two;
 - the split rules of streamed sources at their edges (never zero held-out documents, a
   one-document source trains on it) and of in-memory sources (whole documents, never all);
+- a streamed split continued from a journal point decides as one read from the start, and a
+  resumed prepare keeps the held-out cap: it ends in the same bytes as an uninterrupted one;
 - `ids_to_tokens` (the token layout: prefix, text, end-of-text) equals the obvious loop.
 
 Run: .venv/bin/pytest tests/test_prepare.py
@@ -25,9 +27,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from superpose.data import corpus, open_dataset
+from superpose.data import corpus, open_dataset, split
 from superpose.data import prepare as prep
-from superpose.data.prepare import held_out_in_memory, ids_to_tokens, prepare, split_stream
+from superpose.data.prepare import prepare
+from superpose.data.split import SplitSoFar, held_out_in_memory, split_stream
+from superpose.data.tokenizer import ids_to_tokens
 from superpose.errors import UserError
 
 from conftest import make_documents
@@ -146,9 +150,14 @@ def test_streamed_split_edges():
     assert held == [True] * 4 + [False]
     # One document trains; it is not held out even when the rule would.
     assert [h for _, _, h in split_stream(src(["only"]), 0, 1 - 1e-12, seed=0)] == [False]
-    # Continuing from document 3 gives the same decisions as reading from the start.
-    full = list(split_stream(src(five), 0, 0.5, seed=3))
-    assert list(split_stream(src(five), 0, 0.5, seed=3, skip=3)) == full[3:]
+    # Continuing from document k, told how the documents before it were split (as a resumed
+    # prepare's journal tells it), gives the same decisions as reading from the start.
+    for seed, fraction in ((3, 0.5), (0, 1e-12), (0, 1 - 1e-12)):
+        full = list(split_stream(src(five), 0, fraction, seed=seed))
+        for k in range(5):
+            held = [d for _, d, h in full[:k] if h]
+            before = SplitSoFar(sum(map(len, held)), len(held), k - len(held))
+            assert list(split_stream(src(five), 0, fraction, seed=seed, skip=k, before=before)) == full[k:], (seed, k)
 
 
 @pytest.mark.parametrize("n,fraction", [(2, 0.9), (3, 0.01), (50, 0.2), (50, 0.999)])
@@ -174,15 +183,11 @@ def test_token_layout_is_prefix_text_end_of_text(prefix):
     assert flat.tolist() == want and lens.tolist() == [len(prefix) + len(d) + 1 for d in ids]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "data/prepare.py split_stream: a resumed prepare restarts the held-out byte count (held_bytes) "
-    "and the held-out document count (n_val) at 0 from the journal point, so once a streamed source "
-    "has reached VAL_MAX_BYTES before the interruption, the resumed prepare holds out further "
-    "documents the uninterrupted one trains on: it does not continue to the same bytes"))
 def test_a_resumed_prepare_keeps_the_held_out_cap(tiny_data, tmp_path, monkeypatch):
     """The held-out cap (VAL_MAX_BYTES per streamed source) must count what was held out before an
-    interruption too. Here the cap is a few documents' worth, reached before the interruption."""
-    monkeypatch.setattr(prep, "VAL_MAX_BYTES", 400)
+    interruption too (the journal's per-source counts carry it, split.SplitSoFar). Here the cap is
+    a few documents' worth, reached before the interruption."""
+    monkeypatch.setattr(split, "VAL_MAX_BYTES", 400)
     monkeypatch.setattr(prep, "ENCODE_BATCH", 8)
     monkeypatch.setattr(prep, "PREPARE_SHARD_TOKENS", 1500)
     tok = tiny_data / "tokenizer.json"
@@ -199,7 +204,15 @@ def test_a_resumed_prepare_keeps_the_held_out_cap(tiny_data, tmp_path, monkeypat
     with pytest.raises(UserError, match="run the same command again to continue"):
         prepare(tmp_path / "again", sources(True), tokenizer=tok, val_fraction=0.3, log=quiet)
     monkeypatch.setattr(prep.ShardWriter, "end_shard", real)
-    again = prepare(tmp_path / "again", sources(True), tokenizer=tok, val_fraction=0.3, log=quiet)
+    logs = []
+    again = prepare(tmp_path / "again", sources(True), tokenizer=tok, val_fraction=0.3, log=logs.append)
+    assert any("continuing an interrupted prepare" in m for m in logs), logs  # it did resume
     a, b = open_dataset(straight), open_dataset(again)
     assert a.meta["splits"] == b.meta["splits"]
     assert np.array_equal(a.train.read(0, a.train.num_tokens), b.train.read(0, b.train.num_tokens))
+    # The cap bit: without it far more than 400 characters per source would be held out.
+    assert all(s["val_characters"] < 400 + max(map(len, DOCS)) for s in a.meta["sources"])
+    fa, fb = files_of(straight), files_of(again)
+    assert set(fa) == set(fb)
+    for name in fa:
+        assert fa[name] == fb[name], name

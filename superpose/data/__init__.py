@@ -1,11 +1,19 @@
 """Data: raw text -> a prepared data directory -> the rows training and evaluation read.
 
-    corpus.py     raw text sources (the default corpus, or the user's files) as documents
-    tokenizer.py  byte-level BPE, end-of-text, bytes per token (for bits per byte)
-    prepare.py    `superpose prepare`: held-out split, tokenizer, token shards, atomically
-    shards.py     the on-disk format (shards with a header, meta.json) and `open_dataset`
-    loader.py     `TrainLoader` (shuffled, resumable rows of s*L + 1 tokens) and `val_windows`
-    mixture.py    data.mix: several data directories by weight (`open_mixture`, `MixtureLoader`)
+    corpus.py          `Source`, and the user's text as documents: a reader per file format (`FORMATS`),
+                       datasets folders, hub names
+    default_corpus.py  the default corpus: fetched (pip, apt), cleaned, prepared into the cache on first use
+    split.py           which documents are held out for validation (in memory, streamed, resumed)
+    tokenizer.py       byte-level BPE, end-of-text, a document's token layout, bytes per token (bits per byte)
+    prepare.py         `superpose prepare` of text: named stages over one typed state, atomically
+    journal.py         how far an interrupted prepare got (`.NAME.partial/journal.json`)
+    token_import.py    `superpose prepare --tokens`: pre-tokenized ids imported without re-tokenizing
+    output.py          what both prepares share: argument checks, the output's lock, the read-back
+    shards.py          the on-disk format (shards with a header; meta.json, its only writer and reader)
+                       and `open_dataset`
+    loader.py          `TrainLoader` (shuffled, resumable rows of s*L + 1 tokens) and `val_windows`
+    mixture.py         data.mix: several data directories by weight (`open_mixture`, `MixtureLoader`)
+    mutual_info.py     token-pair mutual information by distance (tst.weights=mi)
 """
 
 from .loader import TrainLoader, val_windows

@@ -11,18 +11,23 @@ A data directory (made by `superpose prepare`) holds:
 Shard header, little-endian: magic b"SUPERPOS", u32 format version, u32 bytes per token,
 u64 token count, 8 reserved bytes. Shards are read with `np.memmap`, so a 10 GB corpus costs
 no more memory than 10 MB. Each document ends with the end-of-text token.
+
+This module alone writes and reads meta.json (`publish`, `read_meta`): its fields are `DataMeta`'s
+after the format version, then the integrity record (`integrity_record`) checked on every open.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..files import file_record, fsync_path, sha256_file
 
 MAGIC = b"SUPERPOS"
 SHARD_VERSION = 1
@@ -182,12 +187,83 @@ class Dataset:
 VERIFY_SHARD_BYTES = 1 << 30  # shards up to this size in all are sha256-checked on every open (about a second)
 
 
+# ----------------------------------------------------------------------------- meta.json
+
+META = "meta.json"
+
+
+@dataclass
+class DataMeta:
+    """What a prepare records about a data directory, in the order meta.json holds it (after
+    format_version; the integrity record follows)."""
+
+    vocab_size: int
+    eot_id: int
+    eot_token: str
+    prefix_ids: list[int]  # the special tokens before each document (a BOS template's)
+    token_bytes: int  # 2 or 4: the shards' token width
+    tokenizer: str  # "tokenizer.json" (trained by prepare) or the path of the tokenizer brought
+    seed: int
+    val_fraction: float
+    splits: dict  # {"train" | "val": {"shards": [file names], "documents", "tokens", "bytes"}}
+    sources: list[dict]  # per source: name, license, credit and its document counts
+
+
+def is_prepared(path: Path) -> bool:
+    """Whether `path` holds a finished data directory (meta.json is written last, before the rename)."""
+    return (Path(path) / META).is_file()
+
+
+def publish(partial: Path, out: Path, meta: DataMeta) -> None:
+    """Finish the data directory written into `partial`: meta.json with the integrity record of
+    every file it names, everything fsynced, then renamed to `out` (which is absent or empty)."""
+    record = {"format_version": DATA_FORMAT_VERSION, **asdict(meta), **integrity_record(partial, meta.splits)}
+    (partial / META).write_text(json.dumps(record, indent=2) + "\n")
+    for f in partial.iterdir():  # on the disk before the rename makes the directory visible
+        fsync_path(f)
+    fsync_path(partial)
+    if out.exists():
+        out.rmdir()  # empty, checked before the prepare began
+    os.replace(partial, out)
+    fsync_path(out.parent)
+
+
+def read_meta(path: Path) -> dict:
+    """A data directory's meta.json, its format version and splits checked; a missing directory
+    or meta.json, a corrupt one or another format version is a one-line UserError."""
+    meta_path = path / META
+    if not path.is_dir():
+        raise UserError(f"data directory {path} does not exist; create it with: superpose prepare --out {path}")
+    if not meta_path.is_file():
+        raise UserError(f"{path} is not a prepared data directory (no meta.json); "
+                        f"create it with: superpose prepare --out {path}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        version = meta["format_version"]
+        for split in ("train", "val"):  # what every reader needs
+            if not isinstance(meta["splits"][split]["shards"], list):
+                raise TypeError(f"splits.{split}.shards is not a list")
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{meta_path} is corrupt ({e}); re-run superpose prepare") from None
+    if version != DATA_FORMAT_VERSION:
+        raise UserError(f"{path} has data format v{version}, this superpose reads v{DATA_FORMAT_VERSION}; "
+                        "re-run superpose prepare")
+    return meta
+
+
+def recorded_vocab_size(path: Path) -> int | None:
+    """The vocabulary size a data directory's meta.json records; None when it cannot be read
+    (opening the directory says why)."""
+    try:
+        return json.loads((Path(path) / META).read_text())["vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def integrity_record(directory: Path, splits: dict) -> dict:
     """What prepare records in meta.json to tie a data directory together: the tokenizer's sha256
     (its ids are only meaningful with that tokenizer) and each shard's and train.docs.npy's size
     and sha256."""
-    from ..files import file_record, sha256_file
-
     names = [*splits["train"]["shards"], *splits["val"]["shards"], "train.docs.npy"]
     return {"tokenizer_sha256": sha256_file(directory / "tokenizer.json"),
             "files": {name: file_record(directory / name) for name in names}}
@@ -198,8 +274,6 @@ def verify_data(path: Path, meta: dict) -> None:
     train.docs.npy's sha256 and every shard's size on each open, the shards' sha256 too while they
     total at most VERIFY_SHARD_BYTES (a multi-gigabyte corpus would pay seconds per open).
     Directories prepared before the record existed have none to check."""
-    from ..files import sha256_file
-
     again = "re-run superpose prepare"
     want = meta.get("tokenizer_sha256")
     if want is not None and sha256_file(path / "tokenizer.json") != want:
@@ -225,21 +299,8 @@ def verify_data(path: Path, meta: dict) -> None:
 
 def open_dataset(path: Path | str) -> Dataset:
     path = Path(path)
-    meta_path = path / "meta.json"
-    if not path.is_dir():
-        raise UserError(f"data directory {path} does not exist; create it with: superpose prepare --out {path}")
-    if not meta_path.is_file():
-        raise UserError(f"{path} is not a prepared data directory (no meta.json); "
-                        f"create it with: superpose prepare --out {path}")
-    try:
-        meta = json.loads(meta_path.read_text())
-        version = meta["format_version"]
-        splits = meta["splits"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{meta_path} is corrupt ({e}); re-run superpose prepare") from None
-    if version != DATA_FORMAT_VERSION:
-        raise UserError(f"{path} has data format v{version}, this superpose reads v{DATA_FORMAT_VERSION}; "
-                        "re-run superpose prepare")
+    meta = read_meta(path)
+    splits = meta["splits"]
     if not (path / "tokenizer.json").is_file():
         raise UserError(f"{path} has no tokenizer.json; re-run superpose prepare")
     verify_data(path, meta)

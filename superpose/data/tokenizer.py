@@ -1,9 +1,11 @@
 """The tokenizer side of the data: training a byte-level BPE, reading a tokenizer file, the
-end-of-text token every document ends with, and the bytes each token stands for (bits per byte).
+end-of-text token every document ends with, the token layout of an encoded document, and the
+bytes each token stands for (bits per byte).
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,22 @@ def token_byte_lengths(tokenizer, vocab_size: int) -> np.ndarray:
             continue
         out[idx] = len(token) if set(token) <= alphabet else len(tokenizer.decode([idx]).encode("utf-8"))
     return out
+
+
+def encode_docs(tok, docs: list[str], eot_id: int, prefix: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """-> (tokens (N,) int64, document lengths (len(docs),)): each document as the tokenizer's
+    prefix special tokens (BOS for a Llama-style template; none for ours), its text, end-of-text."""
+    return ids_to_tokens([e.ids for e in tok.encode_batch_fast(docs, add_special_tokens=False)], eot_id, prefix)
+
+
+def ids_to_tokens(ids: list[list[int]], eot_id: int, prefix: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded documents' ids (each `.ids` read once: it builds a list) -> (tokens, lengths) as
+    `encode_docs` returns them."""
+    lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
+    ends = np.cumsum(lens)
+    flat = np.insert(flat, ends, eot_id)  # eot after each document
+    if prefix:
+        starts = np.concatenate([[0], ends[:-1] + np.arange(1, len(ends))])  # each document's start, eot included
+        flat = np.insert(flat, np.repeat(starts, len(prefix)), np.tile(prefix, len(starts)))
+    return flat, lens + 1 + len(prefix)

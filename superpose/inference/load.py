@@ -87,7 +87,7 @@ def _data_dir(config: dict) -> Path | None:
     default corpus in $SUPERPOSE_CACHE at the run's data.vocab_size. None when the run config is
     unknown."""
     from ..data.mixture import parse_mix
-    from ..data.prepare import default_data_dir
+    from ..data.default_corpus import default_data_dir
 
     data = config.get("data") if isinstance(config, dict) else None
     if not isinstance(data, dict):

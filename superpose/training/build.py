@@ -48,7 +48,7 @@ def resolve_data(cfg: Config, log: Callable[[str], None] = print,
     """The run's data: the mixture of data.mix, or data.path's directory, or the default corpus
     (prepared on first use when both are empty). Under torchrun rank 0 of each machine goes first
     while the others wait, so no two processes build the corpus at once."""
-    from ..data.prepare import ensure_default_corpus
+    from ..data.default_corpus import ensure_default_corpus
 
     if cfg.data.mix:  # prepared directories only: nothing to build, nothing to wait for
         return open_mixture(cfg.data.mix)
