@@ -261,6 +261,33 @@ def test_text_path_errors(tmp_path: Path) -> None:
         corpus.text_sources([])
 
 
+def test_a_new_format_is_one_formats_entry(tmp_path: Path, monkeypatch) -> None:
+    """ARCHITECTURE.md's recipe for a data format: a reader plus one FORMATS entry. Its files are
+    then found in folders, compressed copies read, mislabelled bytes refused, and named in the
+    message of a folder without text."""
+    def csv_documents(path, compression, field):
+        with corpus._open_text(path, compression) as raw:
+            for line in io.TextIOWrapper(raw, encoding="utf-8").read().splitlines()[1:]:
+                if line.split(",", 1)[1].strip():
+                    yield line.split(",", 1)[1].strip()
+
+    monkeypatch.setitem(corpus.FORMATS, "csv", corpus.Format((".csv",), csv_documents, True))
+    monkeypatch.setattr(corpus, "_SUFFIXES", corpus._SUFFIXES + " .csv")
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    (folder / "a.csv").write_text("id,text\n1,first\n2,\n3,second\n")
+    with gzip.open(folder / "b.csv.gz", "wt") as f:
+        f.write("id,text\n4,third\n")
+    [source] = corpus.text_sources([folder])
+    assert list(source.iter_documents()) == ["first", "second", "third"]
+    (tmp_path / "bad.csv").write_bytes(gzip.compress(b"id,text\n1,x\n"))  # gzip under a plain name
+    with pytest.raises(UserError, match="holds gzip data, not text"):
+        corpus.text_sources([tmp_path / "bad.csv"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"\.arrow \.csv, also \.gz/\.zst"):
+        corpus.text_sources([tmp_path / "empty"])
+
+
 # ---------------------------------------------------------------- the real thing
 
 

@@ -9,7 +9,9 @@ short body refused) and test_cli.py (a corrupt shard named on the command line):
   continues the numbering and the token count;
 - a stream of shards (empty ones included) reads every span as the concatenation does;
 - shards are memory maps (read-only), not copies;
-- open_dataset refuses, in one line naming the file, every other way a directory can be broken.
+- open_dataset refuses, in one line naming the file, every other way a directory can be broken;
+- meta.json is written and read here only (`publish`, `read_meta`): its fields in their order,
+  and a directory prepared before the integrity record (or prefix_ids) existed still opens.
 
 Run: .venv/bin/pytest tests/test_shards.py
 """
@@ -21,7 +23,8 @@ import numpy as np
 import pytest
 
 from superpose.data import open_dataset
-from superpose.data.shards import HEADER, MAGIC, SHARD_VERSION, ShardWriter, TokenStream, open_shard, token_dtype
+from superpose.data.shards import (HEADER, MAGIC, SHARD_VERSION, DataMeta, ShardWriter, TokenStream, is_prepared,
+                                   open_shard, publish, read_meta, recorded_vocab_size, token_dtype)
 from superpose.errors import UserError
 
 
@@ -155,3 +158,47 @@ def test_data_prepared_before_prefix_ids_were_recorded_has_none(tiny_data, tmp_p
     ds = open_dataset(d)
     assert ds.prefix_ids == [] and ds.eot_id == 0 and ds.vocab_size == 320
     assert ds.tokenizer_path == d / "tokenizer.json"
+
+
+def test_meta_json_holds_its_fields_in_order(tiny_data):
+    """The data directory's format: format_version, DataMeta's fields, then the integrity record."""
+    meta = json.loads((tiny_data / "meta.json").read_text())
+    assert list(meta) == ["format_version", *DataMeta.__dataclass_fields__, "tokenizer_sha256", "files"]
+    assert read_meta(tiny_data) == meta and recorded_vocab_size(tiny_data) == meta["vocab_size"] == 320
+    assert set(meta["files"]) == {*meta["splits"]["train"]["shards"], *meta["splits"]["val"]["shards"],
+                                  "train.docs.npy"}
+
+
+def test_publish_writes_what_open_dataset_reads(tiny_data, tmp_path):
+    """A directory written with publish (what both prepares call) round-trips through open_dataset."""
+    partial, out = tmp_path / ".d.partial", tmp_path / "d"
+    shutil.copytree(tiny_data, partial)
+    meta = json.loads((partial / "meta.json").read_text())
+    (partial / "meta.json").unlink()
+    (partial / "mi.json").unlink(missing_ok=True)
+    fields = {k: meta[k] for k in DataMeta.__dataclass_fields__}
+    out.mkdir()  # an empty output is replaced
+    assert not is_prepared(out)
+    publish(partial, out, DataMeta(**fields))
+    assert is_prepared(out) and not partial.exists()
+    assert (out / "meta.json").read_text() == (tiny_data / "meta.json").read_text()  # the same bytes
+    ds = open_dataset(out)
+    assert ds.vocab_size == 320 and ds.train.num_tokens == open_dataset(tiny_data).train.num_tokens
+
+
+def test_unreadable_meta_has_no_recorded_vocab_size(tiny_data, tmp_path):
+    assert recorded_vocab_size(tmp_path / "nowhere") is None
+    d = tmp_path / "data"
+    shutil.copytree(tiny_data, d)
+    (d / "meta.json").write_text("[1, 2]")
+    assert recorded_vocab_size(d) is None
+    with pytest.raises(UserError) as e:
+        read_meta(d)
+    one_line(e, str(d / "meta.json"), "is corrupt", "re-run superpose prepare")
+
+
+def test_data_prepared_before_the_integrity_record_still_opens(tiny_data, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(tiny_data, d)
+    _meta(d, lambda m: (m.pop("files"), m.pop("tokenizer_sha256")))
+    assert open_dataset(d).train.num_tokens == open_dataset(tiny_data).train.num_tokens
