@@ -238,7 +238,8 @@ def _files_of(path: Path) -> list[Path]:
     files = sorted(f for f in path.rglob("*") if f.is_file() and _kind(f)[0] is not None
                    and not any(part.startswith(".") for part in f.relative_to(path).parts))
     if not files:
-        raise UserError(f"{path} contains no text files ({_SUFFIXES}, also .gz/.zst), "
+        names = " ".join(x for fmt in FORMATS.values() for x in fmt.suffixes)
+        raise UserError(f"{path} contains no text files ({names}, also .gz/.zst), "
                         "and is not a datasets save_to_disk folder; add some or pass the files themselves")
     return files
 
@@ -271,7 +272,6 @@ FORMATS = {
     "lines": Format((".jsonl", ".json"), _line_documents, True),
     "table": Format((".parquet", ".arrow"), _table_documents, False),
 }
-_SUFFIXES = " ".join(x for fmt in FORMATS.values() for x in fmt.suffixes)  # for messages
 
 
 def text_sources(paths: list[Path], text_field: str = "text", split: str = "train") -> list[Source]:
