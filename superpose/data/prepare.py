@@ -9,9 +9,9 @@ The validation split is whole documents, deterministic (split.py says which). Th
 documents are written in a fixed shuffled order, so the first N validation tokens mix the sources.
 
 Interrupted (Ctrl-C, a kill, a full disk), a prepare keeps `.NAME.partial/` beside the output:
-its finished shards and a journal of how far each source got (journal.py). The same command continues from
-there; another command (other inputs, tokenizer, seed) starts over. The output directory only
-appears, by an atomic rename, when everything is written.
+its finished shards and a journal of how far each source got (journal.py). The same command
+continues from there; another command (other inputs, tokenizer, seed) starts over. The output
+directory only appears, by an atomic rename, when everything is written.
 
 Conventions of the tokenizer are kept: each document is encoded with the tokenizer's own special
 tokens (a Llama-style BOS template puts BOS before every document, so the model trains with the
