@@ -100,6 +100,7 @@ def _check_args(verb: str, args: list[str], cli) -> list[str]:
     if verb not in verbs:
         return [f"unknown verb {verb!r}"] if not _placeholder(verb) else []
     problems = []
+    args = [arg.strip("[]") for arg in args]  # `[--seeds 3]`: an optional flag of a usage line
     for i, arg in enumerate(args):
         if not arg.startswith("--") or arg == "--":
             continue
@@ -109,12 +110,17 @@ def _check_args(verb: str, args: list[str], cli) -> list[str]:
                 problems.append(f"{verb} takes no config override {name}")
             elif (problem := _check_field(arg, fields)) is not None:
                 problems.append(problem)
-        elif name not in verbs[verb]:
+            continue
+        if name not in verbs[verb]:
             problems.append(f"{verb} has no option {name}")
-        elif name == "--preset":
-            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
-            if not _placeholder(value) and value not in presets:
-                problems.append(f"unknown preset {value!r}")
+            continue
+        value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+        if name == "--preset" and not _placeholder(value) and value not in presets:
+            problems.append(f"unknown preset {value!r}")
+        if name == "--baselines" and not _placeholder(value):  # "model.init=normal;optim.lr=6e-3,..."
+            for setting in re.split(r"[;,]", value):
+                if (problem := _check_field("--" + setting, fields)) is not None:
+                    problems.append(problem)
     return problems
 
 
@@ -198,6 +204,8 @@ def test_the_command_check_catches_what_it_should():
                       ("superpose train --out r --tts.bag_size=6", "no config section"),
                       ("superpose eval runs/a --tasks x --fewshot 0", "eval has no option --fewshot"),
                       ("superpose eval runs/a --train.steps 3", "takes no config override"),
+                      ("superpose compare --out c [--seeds 3] [--seed-zero 1]", "compare has no option --seed-zero"),
+                      ('superpose compare --out c --baselines "model.init=normal;optim.lrr=1"', "no field 'lrr'"),
                       ("torchrun -m superpose.titan.nothing --x 1", "no module superpose.titan.nothing"),
                       ("ls && superpose plot r --wacth  # comment", "plot has no option --wacth")):
         problems = _bash_problems(bad, cli)
