@@ -268,7 +268,7 @@ def test_readme_load_example_runs(run):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "huggingface.md").read_text()
     section = readme.split("## Using a trained model", 1)[1]
     code = re.findall(r"```python\n(.*?)```", section, re.S)[0].replace('"runs/demo"', repr(str(run)))
     scope: dict = {}

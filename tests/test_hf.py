@@ -316,8 +316,8 @@ def test_readme_tst_trainer_example_runs(tmp_path, monkeypatch):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### TST for any Hugging Face causal LM", 1)[1]
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "huggingface.md").read_text()
+    section = readme.split("## TST for any Hugging Face causal LM", 1)[1]
     code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
