@@ -36,8 +36,7 @@ from torch import Tensor
 from ..config import Config, save_config
 from ..core.model import Transformer
 from ..core.schedule import Phase, Schedule
-from ..core.superposition import (bag_targets, chunked_multi_hot_cross_entropy, count_valid_targets,
-                                  mi_bag_weights, multi_hot_cross_entropy, superpose_token_embeddings)
+from ..core.superposition import count_valid_targets, mi_bag_weights
 from ..data import Dataset, Mixture, MixtureLoader, TrainLoader
 from ..errors import Interrupted, UserError
 from ..inference.evaluate import next_token_eval
@@ -49,44 +48,9 @@ from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapsed_layers, desc
                       run_summary)
 from .perf import compute_context
 from .state import RunState, rng_state, set_rng_state
+from .tst_step import phase_targets, superposed_loss, switch
 
-
-def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: str | Tensor = "uniform",
-                    chunk_rows: int = 0, router_log: list | None = None, mode: str = "full",
-                    loss: str = "mce") -> Tensor:
-    """Summed bag (or next-token) loss of one micro-batch; divide by the global target count.
-
-    rows: (b, T + 1) raw tokens, T = s*L when `mode` bags the input (full, input), else L.
-    Inputs are the first T, next-token labels the last T (`bag_targets` makes the phase's
-    targets from them). With bag_size = 1 this is model(x) and a summed F.cross_entropy, bit for
-    bit, in every mode. chunk_rows > 0 fuses the LM head into the loss, that many positions at a
-    time, so the (b*L, V) logits never exist at once (`chunked_multi_hot_cross_entropy`).
-    loss: "mce" or "mce_alt" (`multi_hot_cross_entropy`).
-
-    A mixture-of-experts model (core/moe.py) also returns its routing: its load-balancing loss
-    `aux` (a statistic of this micro-batch, as transformers computes it per forward) is added as
-    router_aux_coef * aux * n, n = this micro-batch's valid-target count, so that after the division
-    by the global count the step's loss is the LM loss + router_aux_coef * (the target-weighted mean
-    of the micro-batches' aux). router_log, when given, gets (aux * n, per-layer expert counts (M, E)),
-    detached, for the metrics. A dense model returns no routing and this is the plain loss.
-    """
-    x, y = rows[:, :-1], rows[:, 1:]  # (b, T) each
-    s_in = bag_size if mode != "output" else 1
-    # = superpose_embeddings(model.embed(x), s_in), with the lookup and bag mean fused
-    h = model.embed(x) if s_in == 1 else superpose_token_embeddings(x, model.embed_tokens.weight, s_in)
-    targets = bag_targets(y, bag_size, mode)  # (b, L, s), or (b, L, 1) for input-only
-    out, router = model(inputs_embeds=h, return_hidden=bool(chunk_rows), return_router=True)
-    if chunk_rows:  # out: hidden states (b, L, D)
-        total = chunked_multi_hot_cross_entropy(out, model.lm_head.weight, targets, weights, chunk_rows=chunk_rows,
-                                                loss=loss)
-    else:  # out: logits (b, L, V)
-        total = multi_hot_cross_entropy(out, targets, weights, reduction="sum", loss=loss)
-    if router is None:
-        return total
-    aux = router.aux_loss() * count_valid_targets(targets, weights, loss=loss)  # () float32
-    if router_log is not None:
-        router_log.append((aux.detach(), router.counts))
-    return total + model.config.router_aux_coef * aux
+__all__ = ["Trainer", "stop_or_skip", "superposed_loss"]  # superposed_loss: its home is tst_step
 
 
 @dataclass(eq=False)
@@ -152,16 +116,17 @@ class Trainer:
         # The normaliser is fixed before any forward pass, over the whole global batch (summed over
         # ranks), so the sum of micro-batch and rank gradients equals the gradient of the
         # full-batch mean exactly.
-        denom = self.par.sum(count_valid_targets(bag_targets(rows[:, 1:], s, mode), weights, loss=kind))
+        targets = phase_targets(rows, s, mode)  # (B, L, s) or (B, L, 1): the normaliser's and the loss's
+        denom = self.par.sum(count_valid_targets(targets, weights, loss=kind))
         loss_total = torch.zeros((), device=self.device)
         router_log = []  # an MoE model's (aux * targets, expert counts (M, E)) per micro-batch; empty if dense
-        micros = rows.chunk(accum)
-        for i, micro in enumerate(micros):
+        micros, micro_targets = rows.chunk(accum), targets.chunk(accum)
+        for i, (micro, tgt) in enumerate(zip(micros, micro_targets)):
             # Gradients are summed over ranks on the last micro-batch only (DDP no_sync / FSDP).
             with distributed.grad_sync(self.fwd, self.par, last=i == len(micros) - 1):
                 with self.context():
-                    args, kw = (micro, s, weights, self.loss_chunk_rows), {"router_log": router_log, "mode": mode,
-                                                                            "loss": kind}
+                    args = (micro, s, weights, self.loss_chunk_rows)
+                    kw = {"router_log": router_log, "mode": mode, "loss": kind, "targets": tgt}
                     loss = (self.loss_fn(self.model, *args, **kw) if self.fwd is None else self.fwd(*args, **kw)) / denom
                 loss.backward()
             loss_total += loss.detach()
@@ -288,27 +253,19 @@ class Trainer:
         return rec
 
     def at_switch(self) -> list[str]:
-        """The switch-time ablations (tst.reset_optimizer, tst.reinit), applied just before the first
-        next-token step; returns what was done, for the log. Weights are re-drawn from a generator
-        seeded by (train.seed, step), the same on every rank and after a resume, so a run resumed
-        from a checkpoint before the switch re-draws the same weights. A re-drawn tensor's
-        optimizer state goes with it: moments of the old weights mean nothing for the new ones."""
-        t = self.cfg.tst
-        done = []
-        if t.reinit != "none":
-            names = {"embeddings": ["embed_tokens.weight"], "head": ["lm_head.weight"],
-                     "both": ["embed_tokens.weight", "lm_head.weight"]}[t.reinit]
-            gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.state.step)
-            fresh = self.model.fresh_weights(names, gen)  # {name: full tensor on the CPU}
-            params = dict(self.model.named_parameters())
+        """tst.reinit and tst.reset_optimizer (`tst_step.switch`), just before the first next-token
+        step: re-drawn weights come from `Transformer.fresh_weights`; returns what was done."""
+        names = {"input": "embed_tokens.weight", "output": "lm_head.weight"}
+        params = dict(self.model.named_parameters())
+
+        def redraw(parts: tuple[str, ...], gen: torch.Generator) -> dict:
+            fresh = self.model.fresh_weights([names[p] for p in parts], gen)  # {name: full tensor on the CPU}
             for name, value in fresh.items():
                 distributed.copy_full_(params[name], value)
-                self.optimizer.state.pop(params[name], None)
-            done.append(f"re-initialised {', '.join(fresh)} (tst.reinit={t.reinit}) and reset their optimizer state")
-        if t.reset_optimizer:
-            self.optimizer.state.clear()  # AdamW re-creates moments and step count at its next step
-            done.append("optimizer state reset (tst.reset_optimizer)")
-        return done
+            return {name: params[name] for name in fresh}
+
+        t = self.cfg.tst
+        return switch(self.optimizer, redraw, t.reinit, t.reset_optimizer, self.cfg.train.seed, self.state.step)
 
     def record_routing(self, rec: dict, router: dict, phase: Phase, full: bool) -> None:
         """An MoE step's aux loss and expert-load summary into its metrics line (the whole
