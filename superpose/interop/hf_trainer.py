@@ -29,11 +29,10 @@ from torch import Tensor
 from ..core.losses import MCE
 from ..core.schedule import Schedule
 from ..core.superposition import bag_weights as bag_weights_of
-from ..core.superposition import (count_valid_targets, input_bag, mi_bag_weights, multi_hot_cross_entropy,
-                                  superpose_embeddings)
+from ..core.superposition import count_valid_targets, input_bag, multi_hot_cross_entropy, superpose_embeddings
 from ..errors import UserError
 from ..inference.evaluate import next_token_eval
-from ..training.tst_step import phase_inputs, phase_targets, switch
+from ..training.tst_step import phase_inputs, phase_targets, phase_weights, switch
 from .hf_data import DataError, ShuffledRows, TokenRows, token_source
 
 try:
@@ -238,7 +237,7 @@ class TSTTrainer(Trainer):
         for phase in self.schedule.phases:  # NaN, negative or all-zero weights: refused now, not NaN weights later
             if phase.target_bag > 1:
                 try:
-                    bag_weights_of(self.weights_for(phase.target_bag), phase.target_bag)
+                    bag_weights_of(phase_weights(bag_weights, phase.target_bag), phase.target_bag)
                 except ValueError as e:
                     raise ValueError(f"bag_weights: {e}") from None
         self.reset_optimizer, self.reinit, self._switched = reset_optimizer, reinit, False
@@ -281,14 +280,6 @@ class TSTTrainer(Trainer):
     def phase_at(self, step: int):
         return self.schedule.phase(min(step, self.schedule.total_steps - 1))
 
-    def weights_for(self, s: int) -> str | Tensor | None:
-        """The slot weights of bags of s: a scheme's name, the tensor given, or a mutual-information
-        fit ({"a": ..., "k": ...} or superpose's mi.json record) turned into weights for this s."""
-        w = self.bag_weights
-        if isinstance(w, dict):
-            return mi_bag_weights(w.get("fit", w), s)
-        return w
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows = inputs["input_ids"]  # (b, T + 1)
         step = self.state.global_step
@@ -298,7 +289,7 @@ class TSTTrainer(Trainer):
         T = phase.row_tokens(self.seq_len) if model.training else self.seq_len
         assert rows.shape[1] == T + 1, f"step {step} expects rows of {T + 1} tokens, got {rows.shape[1]}"
         if phase.bag_size > 1 and model.training:
-            weights = self.weights_for(phase.target_bag) if phase.target_bag > 1 else None
+            weights = phase_weights(self.bag_weights, phase.target_bag)  # a fit: the weights of this bag size
             loss = superposition_loss(model, rows, phase.bag_size, weights, mode=phase.mode, loss=self.loss_kind)
         else:
             loss = next_token_loss(model, rows)

@@ -26,7 +26,7 @@ from ..core.losses import MCE
 from ..core.model import Transformer
 from ..core.superposition import (bag_targets, chunked_multi_hot_cross_entropy, count_valid_targets, input_bag,
                                   mi_bag_weights, multi_hot_cross_entropy, superpose_token_embeddings)
-from . import distributed
+from .distributed import copy_full_
 
 
 def phase_inputs(rows: Tensor, bag_size: int, mode: str = "full") -> tuple[Tensor, int]:
@@ -48,7 +48,7 @@ def phase_weights(weights: str | Tensor | dict | None, target_bag: int, mi_fit: 
     size (`mi_bag_weights`); else `weights` as given (a scheme's name, a tensor, None = uniform)."""
     if target_bag == 1:
         return "uniform"
-    if isinstance(weights, str) and weights == "mi":
+    if isinstance(weights, str) and weights == "mi" and mi_fit is not None:  # without a fit, bag_weights refuses "mi"
         weights = mi_fit
     if isinstance(weights, dict):
         return mi_bag_weights(weights.get("fit", weights), target_bag)
@@ -129,7 +129,7 @@ def fresh_redraw(model: Transformer) -> Callable[[tuple[str, ...], torch.Generat
         params = dict(model.named_parameters())
         fresh = model.fresh_weights([names[p] for p in parts], gen)  # {name: full tensor on the CPU}
         for name, value in fresh.items():
-            distributed.copy_full_(params[name], value)
+            copy_full_(params[name], value)
         return {name: params[name] for name in fresh}
 
     return redraw
