@@ -24,12 +24,14 @@ from common import bench_config, bench_trainer, interleaved, load_average, media
 
 def dense_twin(overrides: list[str], cfg) -> list[str]:
     """Overrides that turn the MoE preset into a dense Llama with the same active FFN parameters."""
-    from superpose.core.model import MOE_FIELDS, ModelConfig
+    import dataclasses
 
-    default = ModelConfig()
-    resets = [f"model.{f}={','.join(map(str, v)) if isinstance(v, list) else v}"
-              for f in MOE_FIELDS for v in [getattr(default, f)]]
-    return [*overrides, "model.arch=llama", *resets, f"model.ffn_dim={cfg.model.top_k * cfg.model.moe_ffn_dim}"]
+    from superpose.core.model import LLAMA, QWEN3_MOE
+
+    default = QWEN3_MOE.fields()  # the MoE fields at their defaults, as a dense model needs them
+    resets = [f"model.{f.name}={','.join(map(str, v)) if isinstance(v, list) else v}"
+              for f in dataclasses.fields(default) for v in [getattr(default, f.name)]]
+    return [*overrides, f"model.arch={LLAMA.name}", *resets, f"model.ffn_dim={cfg.model.top_k * cfg.model.moe_ffn_dim}"]
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import torch
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
 from superpose.config import parse_overrides, preset, set_field
-from superpose.core.model import INIT_SCHEMES
+from superpose.core.arch import INIT_SCHEMES
 from superpose.core.superposition import superpose_embeddings
 from superpose.data import open_dataset
 from superpose.training import Trainer, build_trainer

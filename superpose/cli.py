@@ -270,6 +270,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_presets(_: argparse.Namespace) -> None:
+    from .core.model import architecture
     from .presets import PRESETS
 
     print(f"{'preset':<10} {'arch':<9} {'params':>8} {'active':>8} {'d':>4} {'layers':>6} {'experts':>7} "
@@ -278,7 +279,7 @@ def cmd_presets(_: argparse.Namespace) -> None:
         c = make()
         m = c.model.resolve()
         total, active = _param_counts(c)
-        experts = f"{m.top_k}/{m.n_experts}" if m.arch == "qwen3_moe" else "-"
+        experts = architecture(m.arch).experts(m)
         print(f"{name:<10} {m.arch:<9} {_short(total):>8} {_short(active):>8} {m.dim:>4} {m.n_layers:>6} "
               f"{experts:>7} {c.data.seq_len:>5} {c.train.batch_size:>5} {c.train.steps:>6} {c.tst.bag_size:>3} "
               f"{c.tst.ratio:>4} {c.optim.lr:>7.0e}")

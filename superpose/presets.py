@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .config import CheckpointConfig, Config, DataConfig, OptimConfig, TrainConfig, TSTConfig
-from .core.model import ModelConfig
+from .core.model import QWEN3_MOE, ModelConfig
 
 
 def _cpu_smoke() -> Config:
@@ -84,7 +84,7 @@ def _cpu_moe() -> Config:
     the dense FFN width (96 of 192), so a token's two experts have the active FFN parameters of
     cpu-smoke's dense MLP: benchmarks/moe.py times the two against each other."""
     return Config(
-        model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, norm_eps=1e-6, arch="qwen3_moe",
+        model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, norm_eps=1e-6, arch=QWEN3_MOE.name,
                           n_experts=8, top_k=2, moe_ffn_dim=96),
         data=DataConfig(seq_len=64, val_tokens=8192),
         tst=TSTConfig(bag_size=4, ratio=0.3),
@@ -108,7 +108,7 @@ def _paper_moe() -> Config:
     active with the untied 152k-token embedding and head; `superpose presets`)."""
     return Config(
         model=ModelConfig(dim=1536, n_layers=28, n_heads=12, n_kv_heads=4, rope_theta=1e6, norm_eps=1e-6,
-                          max_seq_len=8192, arch="qwen3_moe", n_experts=96, top_k=8, moe_ffn_dim=768,
+                          max_seq_len=8192, arch=QWEN3_MOE.name, n_experts=96, top_k=8, moe_ffn_dim=768,
                           ffn_dim=4096, vocab_size=151936),
         data=DataConfig(seq_len=8192, val_tokens=2**20),
         tst=TSTConfig(bag_size=16, ratio=0.25),

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from superpose import cli
 from superpose.training import checkpoint
 from superpose.training import build as build_module
-from superpose.training import trainer as trainer_module
+from superpose.training import loop as loop_module
 from superpose.config import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
@@ -447,7 +447,7 @@ def test_signals_in_process_stop_after_the_step_and_handlers_come_back(tiny_data
     assert [s for s, _ in checkpoint.checkpoints(tmp_path / "run")] == [3]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     # A second signal does not wait for the step: it stops at once, without saving.
-    with trainer_module._StopSignals() as stop:
+    with loop_module.StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
@@ -594,7 +594,7 @@ def test_wall_clock_checkpoints_by_default_and_resume_from_them_exactly(tiny_dat
     run = tmp_path / "run"
     monkeypatch.setenv("SUPERPOSE_TEST_SIGNAL_AT_STEP", "7:SIGTERM")
     t = build_trainer(config(tiny_data, checkpoint__keep=0), run, open_dataset(tiny_data), log=quiet)
-    monkeypatch.setattr(trainer_module, "_clock", lambda: t.state.step * 20 * 60)  # 20 minutes a step
+    monkeypatch.setattr(loop_module, "_clock", lambda: t.state.step * 20 * 60)  # 20 minutes a step
     with pytest.raises(KeyboardInterrupt):
         t.train(progress=False)
     saved = checkpoint.checkpoints(run)

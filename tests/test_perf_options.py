@@ -149,7 +149,7 @@ def test_mce_gradient_is_made_once_and_handed_on():
 
 def test_mce_rows_in_pieces_equal_whole(monkeypatch):
     """Logits wider than the row budget are done in row chunks (as bf16 logits of a large vocab are)."""
-    import superpose.core.superposition as sp
+    import superpose.core.loss_kernels as sp
 
     torch.manual_seed(1)
     z = torch.randn(3, 7, 13)

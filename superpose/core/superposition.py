@@ -15,8 +15,9 @@ Paper references: input side §3.1 and Listing 2, targets Listing 3, loss §3.2 
 
 The paper's ablations are the same pieces recombined: input-only superposition bags the input
 and predicts one token (`bag_targets(..., mode="input")`), output-only reads ordinary tokens and
-predicts the next s (`next_window_targets`), and MCEAlt (App. C.2, `loss="mce_alt"`) scores the
-probability mass on the bag instead of the mean log-probability of its tokens.
+predicts the next s (`next_window_targets`), and MCEAlt (App. C.2, `losses.MCE_ALT`) scores the
+probability mass on the bag instead of the mean log-probability of its tokens. The losses are
+entries of core/losses.py (`loss=` names one); their fused kernels are core/loss_kernels.py.
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .loss_kernels import ChunkedLinearNLL, WeightedNLL
+from .losses import LOSSES, MCE, bag_loss
+
+__all__ = ["IGNORE_INDEX", "LOSSES", "WEIGHT_SCHEMES", "bag_entropy_floor", "bag_targets", "bag_weights",
+           "chunked_multi_hot_cross_entropy", "count_valid_targets", "input_bag", "mi_bag_weights", "multi_hot_cross_entropy",
+           "next_bag_targets", "next_window_targets", "superpose_embeddings", "superpose_token_embeddings",
+           "target_coefficients"]
+
 IGNORE_INDEX = -100
 WEIGHT_SCHEMES = ("uniform", "power", "exp", "mi")
-LOSSES = ("mce", "mce_alt")
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -151,6 +159,12 @@ def next_window_targets(labels: Tensor, window: int, ignore_index: int = IGNORE_
     return padded.unfold(1, window, 1)  # (B, L, s), a strided view: row t is padded[t : t+s]
 
 
+def input_bag(bag_size: int, mode: str = "full") -> int:
+    """Raw tokens averaged into one input position: s when `mode` bags the input (full, input), 1
+    when it does not (output: ordinary token input). `bag_targets` gives the target side."""
+    return 1 if mode == "output" else bag_size
+
+
 def bag_targets(labels: Tensor, bag_size: int, mode: str = "full", ignore_index: int = IGNORE_INDEX) -> Tensor:
     """The targets of a superposition phase from its rows' next-token labels.
 
@@ -223,13 +237,13 @@ def multi_hot_cross_entropy(
     weights: str | Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
     reduction: str = "mean",
-    loss: str = "mce",
+    loss: str = MCE.name,
 ) -> Tensor:
     """Multi-hot next-bag cross-entropy (MCE, paper §3.2, App. C.1, Listing 3), or MCEAlt.
 
     logits: (B, L, V); targets: (B, L, s) from `next_bag_targets` (or `bag_targets`).
 
-    loss="mce": the target is uniform over the bag, so KL(t || softmax(z)) = -(1/s) sum_i log p(y_i)
+    MCE (`losses.MCE`): the target is uniform over the bag, so KL(t || softmax(z)) = -(1/s) sum_i log p(y_i)
     - log s; the constant is dropped and the loss is a weighted mean of s ordinary CE terms against
     the *same* logits. We compute one log-sum-exp per position and gather the s target logits:
 
@@ -246,7 +260,7 @@ def multi_hot_cross_entropy(
         of valid targets; with the paper's padding they differ only through the last position.
     reduction="none" returns the weighted nll (B, L, s), zero where the target is ignored.
 
-    loss="mce_alt" (paper App. C.2): the probability mass on the bag, one term per position,
+    MCEAlt (`losses.MCE_ALT`, paper App. C.2): the probability mass on the bag, one term per position,
 
         alt[b, j] = -log sum_i g~_i p(y[b, j, i]) = logsumexp(z[b, j]) - logsumexp_i(z[b, j, y_i] + log g~_i)
 
@@ -256,7 +270,7 @@ def multi_hot_cross_entropy(
     loss can go below 0, down to -log of the largest multiplicity, exactly where MCE's target puts
     weight 2/s on it). With uniform weights (g~ = 1) this is the paper's -log sum_{y in bag} P(y).
     "mean" averages alt over positions with a valid target, "sum" sums it (divide by
-    `count_valid_targets(..., loss="mce_alt")`), "none" returns alt (B, L).
+    `count_valid_targets` with the same loss), "none" returns alt (B, L).
 
     With s = 1 both are exactly `F.cross_entropy` (same kernel, same bits).
     """
@@ -268,19 +282,15 @@ def multi_hot_cross_entropy(
             logits.reshape(B * L, V).float(), targets.reshape(B * L), ignore_index=ignore_index, reduction=reduction
         )
     if reduction == "none":
+        entry = bag_loss(loss)
         z = logits.float()  # (B, L, V)
         valid = targets != ignore_index  # (B, L, s)
         lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, L, 1)
         zy = z.gather(-1, targets.masked_fill(~valid, 0))  # (B, L, s)
-        if loss == "mce_alt":
-            coef, mix = target_coefficients(targets, weights, ignore_index, "sum", loss)  # (B, L, 1), (B, L, s)
-            return ((lse - torch.logsumexp(zy + mix, dim=-1, keepdim=True)) * coef).squeeze(-1)  # (B, L)
-        _check_loss(loss)
-        g = bag_weights(weights, s).to(zy.device)
-        return (lse - zy).masked_fill(~valid, 0.0) * (g * (s / g.sum()))
+        return entry.unreduced(lse, zy, valid, bag_weights(weights, s).to(zy.device))
     coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
-    return _WeightedNLL.apply(logits.reshape(B * L, V), targets.reshape(B * L, s).clamp(min=0),
-                              coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s))
+    return WeightedNLL.apply(logits.reshape(B * L, V), targets.reshape(B * L, s).clamp(min=0),
+                             coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s))
 
 
 def _check_target_ids(targets: Tensor, ignore_index: int) -> None:
@@ -295,122 +305,17 @@ def _check_target_ids(targets: Tensor, ignore_index: int) -> None:
                          f"ignore_index ({ignore_index}) marks a slot without a target")
 
 
-def _check_loss(loss: str) -> bool:
-    if loss not in LOSSES:
-        raise ValueError(f"unknown bag loss {loss!r}; use one of {', '.join(LOSSES)}")
-    return True
-
-
 def target_coefficients(targets: Tensor, weights: str | Tensor | None, ignore_index: int, reduction: str,
-                        loss: str = "mce") -> tuple[Tensor, Tensor | None]:
-    """What the loss kernel weighs each target with -> (coef, mix).
-
-    mce: coef[b, j, i] such that the loss is sum over (b, j, i) of coef * nll, 0 for ignored
-    targets; mix is None.
-        "mean": g_i / (valid count of slot i * sum of g over slots that have a valid target).
-        "sum":  g~_i = s * g_i / sum(g).
-    mce_alt: coef (B, L, 1), the weight of each position's term (1 for "sum", 1/(positions with a
-    valid target) for "mean", 0 for a position without one), and mix (B, L, s) = log g~_i on valid
-    slots, -inf on ignored ones (0 on a position without a valid slot, whose coef is 0).
-    """
-    _check_loss(loss)
+                        loss: str = MCE.name) -> tuple[Tensor, Tensor | None]:
+    """What the loss kernel weighs each target with -> (coef, mix), as the entry of `loss` says
+    (core/losses.py): MCE coef (B, L, s) and mix None, MCEAlt coef (B, L, 1) and mix (B, L, s)."""
+    entry = bag_loss(loss)
     s = targets.shape[-1]
     valid = targets != ignore_index  # (B, L, s)
     g = bag_weights(weights, s).to(targets.device)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"unknown reduction {reduction!r}; use 'mean', 'sum' or 'none'")
-    if loss == "mce_alt":
-        g = g * (s / g.sum())
-        live = valid & (g > 0)  # a zero weight takes the slot out of the mixture
-        has = live.any(dim=-1, keepdim=True)  # (B, L, 1)
-        coef = has.float() if reduction == "sum" else has.float() / has.sum().clamp(min=1)
-        mix = torch.where(live, g.log(), -math.inf).masked_fill(~has, 0.0)
-        return coef, mix
-    valid = valid.float()
-    if reduction == "mean":
-        count = valid.sum(dim=(0, 1))  # (s,)
-        g = g * (count > 0)
-        return valid * (g / (count.clamp(min=1) * g.sum())), None
-    return valid * (g * (s / g.sum())), None
-
-
-# Rows of logits the loss works on at once: on CPU about 4M float32 elements (16 MiB) per
-# temporary, so the float32 working copies of bf16 logits stay small and are reused by the
-# allocator; on GPUs 256M (1 GiB), so a batch takes a few large kernels, not hundreds of small ones.
-_ROW_ELEMENTS = 1 << 22
-_ROW_ELEMENTS_GPU = 1 << 28
-
-
-def _nll_rows(z: Tensor, targets: Tensor, coef: Tensor, grad_out: Tensor | None, mix: Tensor | None = None) -> Tensor:
-    """For float32 logits rows z (n, V): returns the loss of these rows; when `grad_out` (n, V,
-    float32, may be z itself) is given, also writes the gradient dloss/dz into it.
-
-    MCE (mix None), coef (n, s):   loss = sum c_i * (lse(z) - z[y_i])
-                                   dz = softmax(z) * sum_i c_i - sum_i c_i * onehot(y_i)
-    MCEAlt, coef (n, 1), mix (n, s) log-weights:
-        a_i = z[y_i] + mix_i,      loss = sum c * (lse(z) - logsumexp_i a_i)
-        q = softmax_i(a)           dz = softmax(z) * c - sum_i c * q_i * onehot(y_i)
-    (the posterior q over the bag's slots takes the place of MCE's fixed slot weights).
-
-    One pass builds exp(z - max) in the output buffer, which is then the softmax numerator: no
-    separate log-sum-exp temporary, no second exponential.
-    """
-    zy = z.gather(-1, targets)  # (n, s), read before z may be overwritten
-    m = z.amax(dim=-1, keepdim=True)  # (n, 1)
-    e = torch.sub(z, m, out=grad_out) if grad_out is not None else z - m  # (n, V)
-    e.exp_()
-    total = e.sum(dim=-1, keepdim=True)  # (n, 1)
-    lse = total.log() + m  # (n, 1)
-    if mix is None:
-        loss = (coef * (lse - zy)).sum()
-        slot, row = coef, coef.sum(-1, keepdim=True)
-    else:
-        a = zy + mix  # (n, s)
-        loss = (coef * (lse - torch.logsumexp(a, dim=-1, keepdim=True))).sum()
-        slot, row = coef * torch.softmax(a, dim=-1), coef
-    if grad_out is not None:
-        e.mul_(row / total)
-        e.scatter_add_(-1, targets, -slot)
-    return loss
-
-
-class _WeightedNLL(torch.autograd.Function):
-    """The bag loss of (N, V) logits (`_nll_rows`); the gradient is made in the forward pass.
-
-    The loss is linear in its upstream gradient, so forward writes dloss/dlogits straight into
-    one (N, V) buffer in the logits' dtype, and backward only scales it. Nothing else of size
-    (N, V) is kept: not the logits (the LM head's own backward needs its input, not its output),
-    not a float32 copy, softmax or one-hot. Autograd through logsumexp + gather, or the paper's s
-    `F.cross_entropy` calls (each saving its own log-softmax), would keep several. Rows are done
-    `_ROW_ELEMENTS` at a time, so the float32 working copies of bf16 logits stay small.
-    Backward can run once: the buffer is scaled in place and handed on as the gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, coef: Tensor, mix: Tensor | None) -> Tensor:
-        N, V = logits.shape
-        need_grad = ctx.needs_input_grad[0]
-        grad = torch.empty_like(logits) if need_grad else None  # (N, V) in the logits' dtype
-        direct = need_grad and grad.dtype == torch.float32  # float32 logits: write the gradient in place
-        loss = torch.zeros((), dtype=torch.float32, device=logits.device)
-        rows = max(1, (_ROW_ELEMENTS if logits.device.type == "cpu" else _ROW_ELEMENTS_GPU) // V)
-        for start in range(0, N, rows):
-            sl = slice(start, start + rows)
-            z = logits[sl].float()  # (n, V): a view for float32 logits, a copy for bf16
-            out = grad[sl] if direct else (torch.empty_like(z) if need_grad else None)
-            loss += _nll_rows(z, targets[sl], coef[sl], out, None if mix is None else mix[sl])
-            if need_grad and not direct:
-                grad[sl] = out  # cast to the logits' dtype
-        ctx.grad = grad
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        grad, ctx.grad = ctx.grad, None  # used once, scaled in place and handed on
-        if grad is None:
-            raise RuntimeError("multi_hot_cross_entropy: backward called twice through the same loss; "
-                               "compute the loss again for a second backward")
-        return grad.mul_(grad_out.to(grad.dtype)), None, None, None
+    return entry.coefficients(valid, g, reduction)
 
 
 def chunked_multi_hot_cross_entropy(
@@ -421,7 +326,7 @@ def chunked_multi_hot_cross_entropy(
     ignore_index: int = IGNORE_INDEX,
     reduction: str = "sum",
     chunk_rows: int = 2048,
-    loss: str = "mce",
+    loss: str = MCE.name,
 ) -> Tensor:
     """The LM head and the bag loss fused, `chunk_rows` positions at a time.
 
@@ -430,8 +335,8 @@ def chunked_multi_hot_cross_entropy(
     but the (B*L, V) logits never exist at once: each chunk's logits are made, reduced to its
     loss and to its gradients with respect to `hidden` and `weight`, and dropped. Peak memory is
     chunk_rows x V instead of B*L x V (in float32), independent of the sequence length. With
-    s = 1 it is the ordinary next-token loss. reduction: "mean" or "sum", loss: "mce" or
-    "mce_alt", as in `multi_hot_cross_entropy`.
+    s = 1 it is the ordinary next-token loss. reduction: "mean" or "sum", and loss
+    (a core/losses.py entry's name) as in `multi_hot_cross_entropy`.
     """
     B, L, D = _tensor(hidden, "hidden", "(B, L, D)", "float").shape
     if _tensor(weight, "weight", "(V, D)", "float").shape[1] != D:
@@ -440,58 +345,21 @@ def chunked_multi_hot_cross_entropy(
     _size(chunk_rows, "chunk_rows")
     _check_target_ids(targets, ignore_index)
     coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
-    return _ChunkedLinearNLL.apply(hidden.reshape(B * L, D), weight, targets.reshape(B * L, s).clamp(min=0),
-                                   coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s), chunk_rows)
-
-
-class _ChunkedLinearNLL(torch.autograd.Function):
-    """Forward computes the loss *and* both gradients chunk by chunk (the loss is linear in its
-    upstream gradient, so backward only rescales them)."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor, w: Tensor, targets: Tensor, coef: Tensor, mix: Tensor | None,
-                chunk_rows: int) -> Tensor:
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(w, dtype=torch.float32)
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
-        for start in range(0, h.shape[0], chunk_rows):
-            sl = slice(start, start + chunk_rows)
-            z = F.linear(h[sl], w)  # (n, V) in the matmul dtype (bf16 under autocast)
-            zf = z.float()  # z itself when float32: the gradient then overwrites the logits in place
-            loss += _nll_rows(zf, targets[sl], coef[sl], zf, None if mix is None else mix[sl])
-            dz = zf.to(z.dtype)
-            if dz.dtype == h.dtype:
-                torch.mm(dz, w.to(dz.dtype), out=grad_h[sl])  # (n, D)
-            else:
-                grad_h[sl] = dz @ w.to(dz.dtype)
-            if dz.dtype == torch.float32:
-                grad_w.addmm_(dz.t(), h[sl])  # (V, D)
-            else:
-                grad_w += (dz.t() @ h[sl].to(dz.dtype)).float()
-        ctx.save_for_backward(grad_h, grad_w.to(w.dtype))
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, None, None, None, None
+    return ChunkedLinearNLL.apply(hidden.reshape(B * L, D), weight, targets.reshape(B * L, s).clamp(min=0),
+                                  coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s), chunk_rows)
 
 
 def count_valid_targets(targets: Tensor, weights: str | Tensor | None = None, ignore_index: int = IGNORE_INDEX,
-                        loss: str = "mce") -> Tensor:
+                        loss: str = MCE.name) -> Tensor:
     """The normaliser for reduction="sum": sum over valid targets of the normalised weight g~_i.
 
     targets (B, L, s) -> a float32 scalar. With uniform weights it is the number of valid target
-    tokens; with s = 1 it is the number of ordinary next-token targets. For loss="mce_alt",
+    tokens; with s = 1 it is the number of ordinary next-token targets. For MCEAlt,
     whose terms are per position, the number of positions with a valid target.
     """
     _tensor(targets, "targets", "(B, L, s)", "ids")
-    if loss == "mce_alt" and targets.shape[-1] > 1:
-        return target_coefficients(targets, weights, ignore_index, "sum", loss)[0].sum()
-    s = targets.shape[-1]
-    g = bag_weights(weights, s).to(targets.device)
-    g = g * (s / g.sum())
-    return ((targets != ignore_index).float() * g).sum()
+    g = bag_weights(weights, targets.shape[-1]).to(targets.device)
+    return bag_loss(loss).count(targets != ignore_index, g)
 
 
 def bag_entropy_floor(bag_size: int) -> float:

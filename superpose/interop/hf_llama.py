@@ -2,9 +2,10 @@
 
 superpose's module names mirror `transformers.LlamaForCausalLM` (model.arch=llama) and
 `Qwen3MoeForCausalLM` (model.arch=qwen3_moe), and its RoPE uses the same "rotate half" layout, so
-the maps below are a renaming (the trunk lives under `model.` in HF) with no q/k permutation. The
-one exception: superpose holds each MoE layer's experts stacked (`EXPERT_TENSORS`), and the folder
-stores them one expert at a time (`mlp.experts.{j}.gate_proj.weight`, ...), the layout of the
+each architecture's map (`Architecture.hf_names`, in its own module: core/llama.py,
+core/qwen3_moe.py) is a renaming (the trunk lives under `model.` in HF) with no q/k permutation. The
+one exception: superpose holds each MoE layer's experts stacked (`qwen3_moe.EXPERT_TENSORS`), and the
+folder stores them one expert at a time (`mlp.experts.{j}.gate_proj.weight`, ...), the layout of the
 released Qwen3-MoE checkpoints that transformers 4.x and 5.x both read. Parity is tested: HF
 logits equal superpose's to 1e-5 in float32, for both architectures.
 
@@ -28,64 +29,29 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..core.model import ModelConfig
+from ..core.model import ARCHITECTURES, LLAMA, ModelConfig, architecture
 from ..errors import UserError
 from ..files import copy_file, file_record, make_dir, sha256_file, write_file, write_text
 
-# superpose name -> Hugging Face LlamaForCausalLM name; {i} is the layer index.
-HF_NAME_MAP = {
-    "embed_tokens.weight": "model.embed_tokens.weight",
-    "layers.{i}.input_layernorm.weight": "model.layers.{i}.input_layernorm.weight",
-    "layers.{i}.self_attn.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "layers.{i}.self_attn.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "layers.{i}.self_attn.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "layers.{i}.self_attn.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "layers.{i}.post_attention_layernorm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "layers.{i}.mlp.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "layers.{i}.mlp.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "layers.{i}.mlp.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "norm.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-}
-
-
-# qwen3_moe: Llama's names plus QK-norm and the router; dense layers (mlp_only_layers) use Llama's mlp names.
-QWEN3_MOE_NAME_MAP = {
-    **HF_NAME_MAP,
-    "layers.{i}.self_attn.q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
-    "layers.{i}.self_attn.k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
-    "layers.{i}.mlp.gate.weight": "model.layers.{i}.mlp.gate.weight",
-}
-
-# Stacked expert tensors -> the per-expert HF tensors they hold: superpose's (E, 2F, D) gate_up_proj
-# is expert j's gate_proj (rows 0..F-1) over its up_proj (rows F..2F-1); (E, D, F) down_proj is
-# expert j's down_proj. {j} is the expert index.
-EXPERT_TENSORS = {
-    "layers.{i}.mlp.experts.gate_up_proj": ("model.layers.{i}.mlp.experts.{j}.gate_proj.weight",
-                                            "model.layers.{i}.mlp.experts.{j}.up_proj.weight"),
-    "layers.{i}.mlp.experts.down_proj": ("model.layers.{i}.mlp.experts.{j}.down_proj.weight",),
-}
-_HF_EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+HF_NAME_MAP = LLAMA.hf_names
+"""superpose name -> Hugging Face LlamaForCausalLM name; {i} is the layer index (core/llama.py)."""
 
 
 def name_map(arch: str) -> dict[str, str]:
-    return QWEN3_MOE_NAME_MAP if arch == "qwen3_moe" else HF_NAME_MAP
+    """superpose name -> HF name of architecture `arch`, {i} the layer index (core/model.py's registry)."""
+    return architecture(arch).hf_names
 
 
 def hf_state(model) -> dict[str, Tensor]:
-    """A superpose model's weights under Hugging Face names, experts split one per tensor."""
+    """A superpose model's weights under Hugging Face names (an MoE's experts split one per tensor)."""
     cfg, out = model.config, {}
+    arch = architecture(cfg.arch)
     for name, tensor in model.state_dict().items():
         if cfg.tie_embeddings and name == "lm_head.weight":
             continue  # tie_word_embeddings: HF takes the head from the embedding
-        layer = re.fullmatch(r"layers\.(\d+)\.(mlp\.experts\.\w+)", name)
-        if layer is not None:
-            i, which = layer.groups()
-            # gate_up_proj (E, 2F, D) -> gate, up (E, F, D) each; down_proj (E, D, F) as it is
-            parts = tensor.chunk(2, dim=1) if which.endswith("gate_up_proj") else (tensor,)
-            for template, part in zip(EXPERT_TENSORS[f"layers.{{i}}.{which}"], parts):
-                for j in range(part.shape[0]):
-                    out[template.format(i=i, j=j)] = part[j]
+        split = arch.hf_split(name, tensor)
+        if split is not None:
+            out.update(split)
         else:
             out[to_hf_name(name, cfg.arch)] = tensor
     return out
@@ -99,13 +65,13 @@ def _rename(name: str, mapping: dict[str, str]) -> str | None:
     return None
 
 
-def to_hf_name(name: str, arch: str = "llama") -> str:
+def to_hf_name(name: str, arch: str = LLAMA.name) -> str:
     hf = _rename(name, name_map(arch))
     assert hf is not None, f"no Hugging Face name for {name}: add it to the name map of {arch}"
     return hf
 
 
-def from_hf_name(name: str, arch: str = "llama") -> str | None:
+def from_hf_name(name: str, arch: str = LLAMA.name) -> str | None:
     """The superpose name of an HF tensor (not a per-expert one), or None for one superpose has no place for."""
     return _rename(name, {hf: ours for ours, hf in name_map(arch).items()})
 
@@ -118,16 +84,10 @@ MIN_EXPORTED_POSITIONS = 2048
 def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
     """config.json of the equivalent `LlamaForCausalLM` or `Qwen3MoeForCausalLM`. The RoPE base is
     written both as transformers 4.x reads it (rope_theta) and as 5.x does (rope_parameters)."""
-    moe = {}
-    if cfg.arch == "qwen3_moe":
-        moe = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "num_experts": cfg.n_experts,
-               "num_experts_per_tok": cfg.top_k, "moe_intermediate_size": cfg.moe_ffn_dim,
-               "norm_topk_prob": cfg.norm_topk_prob, "router_aux_loss_coef": cfg.router_aux_coef,
-               "decoder_sparse_step": cfg.decoder_sparse_step, "mlp_only_layers": list(cfg.mlp_only_layers),
-               "output_router_logits": False, "use_sliding_window": False, "sliding_window": None}
+    arch = architecture(cfg.arch)
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [arch.hf_class],
+        "model_type": arch.hf_model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.dim,
         "intermediate_size": cfg.ffn_dim,
@@ -158,7 +118,7 @@ def hf_config(cfg: ModelConfig, eot_id: int, dtype: str) -> dict:
         "use_cache": True,
         "torch_dtype": dtype,
         "dtype": dtype,
-        **moe,
+        **arch.hf_config(cfg),
     }
 
 
@@ -218,9 +178,8 @@ def _model_card(src, cfg: ModelConfig) -> str:
     else:
         how = "next-token training (no superposition phase)" if tst else "superpose"
     at = f" ({src.name}, after {src.step} steps)" if src.kind == "checkpoint" else ""
-    what, cls = f"{cfg.n_layers}-layer Llama", "LlamaForCausalLM"
-    if cfg.arch == "qwen3_moe":
-        what, cls = f"{cfg.n_layers}-layer Qwen3-MoE ({cfg.n_experts} experts, top-{cfg.top_k})", "Qwen3MoeForCausalLM"
+    arch = architecture(cfg.arch)
+    what, cls = f"{cfg.n_layers}-layer {arch.title}{arch.describe(cfg)}", arch.hf_class
     return (f"# {src.path.name}\n\nA {what} (d={cfg.dim}, vocabulary {cfg.vocab_size}) trained "
             f"with {how}, exported by superpose from `{src.path}`{at}. Nothing of TST remains in the weights: it "
             f"is a plain `{cls}`.\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
@@ -249,10 +208,12 @@ def read_hf_config(hf_dir: Path | str) -> ModelConfig:
                         "(config.json + model.safetensors)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {path} ({e})") from None
-    if c.get("model_type") not in ("llama", "qwen3_moe"):
-        raise UserError(f"{path} describes a {c.get('model_type')!r} model; --init-from-hf takes Llama and "
-                        "Qwen3-MoE models (model_type 'llama', 'qwen3_moe'); for other architectures use "
-                        "superpose.hf.TSTTrainer")
+    by_type = {a.hf_model_type: a for a in ARCHITECTURES.values()}
+    if c.get("model_type") not in by_type:
+        raise UserError(f"{path} describes a {c.get('model_type')!r} model; --init-from-hf takes "
+                        f"{' and '.join(a.title for a in by_type.values())} models (model_type "
+                        f"{', '.join(repr(t) for t in by_type)}); for other architectures use superpose.hf.TSTTrainer")
+    arch = by_type[c["model_type"]]
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
     theta = c.get("rope_theta", rope.get("rope_theta", 10000.0))
     problems = []
@@ -278,12 +239,9 @@ def read_hf_config(hf_dir: Path | str) -> ModelConfig:
                       max_seq_len=c.get("superpose_max_seq_len") or c.get("max_position_embeddings", 2048),
                       tie_embeddings=bool(c.get("tie_word_embeddings", False)),
                       init_std=float(c.get("initializer_range", 0.02)))
-    if c["model_type"] == "qwen3_moe":  # transformers' Qwen3MoeConfig defaults where a field is absent
-        cfg.arch, cfg.n_experts, cfg.top_k = "qwen3_moe", c.get("num_experts", 128), c.get("num_experts_per_tok", 8)
-        cfg.moe_ffn_dim, cfg.norm_topk_prob = c.get("moe_intermediate_size", 768), bool(c.get("norm_topk_prob", False))
-        cfg.router_aux_coef = float(c.get("router_aux_loss_coef", 0.001))
-        cfg.decoder_sparse_step = c.get("decoder_sparse_step", 1)
-        cfg.mlp_only_layers = list(c.get("mlp_only_layers") or [])
+    cfg.arch = arch.name
+    for name, value in arch.from_hf_config(c).items():
+        setattr(cfg, name, value)
     cfg.resolve()
     if cfg.problems():
         raise UserError(f"{path}: {'; '.join(cfg.problems())}")
@@ -307,7 +265,8 @@ def load_hf_state(hf_dir: Path | str, cfg: ModelConfig) -> dict[str, Tensor]:
                         "model.save_pretrained(DIR, safe_serialization=True)")
     else:
         raise UserError(f"{hf_dir} has no model.safetensors (nor a sharded index); give a Hugging Face model folder")
-    state, experts = {}, {}  # experts: (layer, kind) -> {expert index: (F, D) or (D, F) tensor}
+    arch = architecture(cfg.arch)
+    state, rest, origin = {}, {}, {}  # rest: HF tensors the name map does not place (an MoE's experts)
     for f in files:
         try:
             tensors = load_file(str(f))
@@ -315,36 +274,20 @@ def load_hf_state(hf_dir: Path | str, cfg: ModelConfig) -> dict[str, Tensor]:
             raise UserError(f"cannot read {f} ({e}); the folder is damaged") from None
         for name, t in tensors.items():
             ours = from_hf_name(name, cfg.arch)
-            expert = _HF_EXPERT.fullmatch(name) if cfg.arch == "qwen3_moe" else None
-            if expert is not None:
-                i, j, kind = expert.groups()
-                experts.setdefault((int(i), kind), {})[int(j)] = t.float()
-                continue
-            if ours is None:
-                if name.endswith("rotary_emb.inv_freq"):
-                    continue  # a RoPE table some old exports saved; superpose computes it
-                raise UserError(f"{f} holds {name!r}, which a superpose {cfg.arch} model has no place for")
-            state[ours] = t.float()
-    state.update(_stack_experts(experts, cfg, hf_dir))
+            if ours is not None:
+                state[ours] = t.float()
+            elif not name.endswith("rotary_emb.inv_freq"):  # a RoPE table some old exports saved; superpose computes it
+                rest[name], origin[name] = t, f
+    try:
+        state.update(arch.hf_join(rest, cfg, hf_dir))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if rest:
+        name = next(iter(rest))
+        raise UserError(f"{origin[name]} holds {name!r}, which a superpose {cfg.arch} model has no place for")
     if cfg.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("embed_tokens.weight"))
     return state
-
-
-def _stack_experts(experts: dict, cfg: ModelConfig, hf_dir: Path) -> dict[str, Tensor]:
-    """Per-expert HF tensors -> superpose's stacked gate_up_proj (E, 2F, D) and down_proj (E, D, F)."""
-    out = {}
-    for i in sorted({i for i, _ in experts}):
-        got = {kind: experts.get((i, kind), {}) for kind in ("gate_proj", "up_proj", "down_proj")}
-        for kind, by_index in got.items():
-            if sorted(by_index) != list(range(cfg.n_experts)):
-                raise UserError(f"{hf_dir}: layer {i} has {kind} for {len(by_index)} experts, its config.json says "
-                                f"{cfg.n_experts}; the folder is incomplete")
-        E = range(cfg.n_experts)
-        gate, up, down = (torch.stack([got[k][j] for j in E]) for k in ("gate_proj", "up_proj", "down_proj"))
-        out[f"layers.{i}.mlp.experts.gate_up_proj"] = torch.cat((gate, up), dim=1)  # (E, 2F, D)
-        out[f"layers.{i}.mlp.experts.down_proj"] = down  # (E, D, F)
-    return out
 
 
 def _verify_export(hf_dir: Path) -> None:

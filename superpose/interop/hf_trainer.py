@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..core.losses import MCE
 from ..core.schedule import Schedule
 from ..core.superposition import bag_weights as bag_weights_of
-from ..core.superposition import (bag_targets, count_valid_targets, mi_bag_weights, multi_hot_cross_entropy,
-                                  superpose_embeddings)
+from ..core.superposition import count_valid_targets, input_bag, multi_hot_cross_entropy, superpose_embeddings
 from ..errors import UserError
 from ..inference.evaluate import next_token_eval
+from ..training.tst_step import phase_inputs, phase_targets, phase_weights, switch
 from .hf_data import DataError, ShuffledRows, TokenRows, token_source
 
 try:
@@ -79,7 +80,7 @@ def _forward(model, **inputs):
 
 
 def superposition_loss(model, input_ids: Tensor, bag_size: int, weights: str | Tensor | None = None,
-                       reduction: str = "mean", mode: str = "full", loss: str = "mce") -> Tensor:
+                       reduction: str = "mean", mode: str = "full", loss: str = MCE.name) -> Tensor:
     """Phase-1 loss of a Hugging Face causal LM on rows of s*L + 1 raw tokens.
 
     input_ids: (B, s*L + 1). The first s*L tokens are the input: each bag of s contiguous token
@@ -99,16 +100,16 @@ def superposition_loss(model, input_ids: Tensor, bag_size: int, weights: str | T
     In phase 1 its routers route the superposed positions (see README, Mixture of experts).
     """
     emb = _input_embeddings(model)
-    s_in = 1 if mode == "output" else bag_size
+    s_in = input_bag(bag_size, mode)
     if input_ids.ndim != 2 or (input_ids.shape[1] - 1) % s_in or input_ids.shape[1] < s_in + 1:
         raise UserError(f"input_ids has shape {tuple(input_ids.shape)}; superposition_loss takes (B, s*L + 1) rows, "
                         f"here s={bag_size}: the first s*L tokens are the input, the last s*L the labels")
-    x, y = input_ids[:, :-1], input_ids[:, 1:]  # (B, s*L) each (B, L) for mode="output"
+    x, _ = phase_inputs(input_ids, bag_size, mode)  # (B, s*L), (B, L) for mode="output"
     h = superpose_embeddings(emb(x), s_in)  # (B, L, D)
     B, L = h.shape[:2]
     positions = torch.arange(L, device=h.device).expand(B, L)  # (B, L): bag j gets RoPE position j
     logits, aux = _forward(model, inputs_embeds=h, position_ids=positions)  # (B, L, V), MoE: coef * aux
-    targets = bag_targets(y, bag_size, mode)  # (B, L, s), (B, L, 1) for mode="input"
+    targets = phase_targets(input_ids, bag_size, mode)  # (B, L, s), (B, L, 1) for mode="input"
     total = multi_hot_cross_entropy(logits, targets, weights, reduction=reduction, loss=loss)
     if aux is None or reduction == "none":
         return total
@@ -153,6 +154,33 @@ class _TextEpoch(TrainerCallback):
         state.epoch = self.trainer.epoch_at(state.global_step)
 
 
+def _check_arguments(args, bag_size: int, tst_ratio: float, kwargs: dict, processing_class, train: tuple,
+                     evaluation: tuple):
+    """TSTTrainer's arguments, or a UserError (a DataError for the data) saying what to change;
+    returns the tokenizer (processing_class, or transformers < 4.46's tokenizer= taken out of kwargs).
+    train, evaluation: the (..._tokens, ..._dataset) pairs, at most one of each given."""
+    if args is None or args.max_steps is None or args.max_steps <= 0:
+        raise UserError("TSTTrainer needs TrainingArguments(max_steps=N): phase 1 is a fraction of the steps")
+    if args.dataloader_num_workers:
+        raise UserError("TSTTrainer reads its token rows in the main process: set dataloader_num_workers=0")
+    if bag_size < 1 or not 0.0 <= tst_ratio <= 1.0:
+        raise UserError(f"bag_size must be >= 1 and tst_ratio in [0, 1], got {bag_size} and {tst_ratio}")
+    if kwargs.get("data_collator") is not None:
+        raise UserError("TSTTrainer packs its own rows and collates them itself; do not pass data_collator")
+    if "tokenizer" in kwargs:  # the name transformers < 4.46 used for processing_class
+        if processing_class is not None:
+            raise DataError("both tokenizer= and processing_class= given; pass the tokenizer once, as "
+                            "processing_class=")
+        processing_class = kwargs.pop("tokenizer")
+    for old, new, (a, b) in (("train_tokens", "train_dataset", train), ("eval_tokens", "eval_dataset", evaluation)):
+        if a is not None and b is not None:
+            raise DataError(f"both {old}= and {new}= given; pass the data once ({new}= takes a 1-D array too)")
+    if train[0] is None and train[1] is None:
+        raise DataError("TSTTrainer needs training data: pass train_dataset= (a datasets.Dataset, a list of "
+                        "token-id lists, or a 1-D array of ids)")
+    return processing_class
+
+
 class TSTTrainer(Trainer):
     """`transformers.Trainer` with Token Superposition Training.
 
@@ -190,31 +218,13 @@ class TSTTrainer(Trainer):
     def __init__(self, model=None, args=None, *, train_dataset=None, eval_dataset=None, seq_len: int,
                  bag_size: int = 4, tst_ratio: float = 0.3, processing_class=None, dataset_column: str | None = None,
                  train_tokens=None, eval_tokens=None, bag_weights: str | Tensor | dict | None = None,
-                 mode: str = "full", loss: str = "mce", schedule: str = "", reset_optimizer: bool = False,
+                 mode: str = "full", loss: str = MCE.name, schedule: str = "", reset_optimizer: bool = False,
                  reinit: str = "none", **kwargs):
+        processing_class = _check_arguments(args, bag_size, tst_ratio, kwargs, processing_class,
+                                            (train_tokens, train_dataset), (eval_tokens, eval_dataset))
+        # The same checks as superpose's own config (modes, losses, curricula, switch options).
         from ..config import Config
 
-        if args is None or args.max_steps is None or args.max_steps <= 0:
-            raise UserError("TSTTrainer needs TrainingArguments(max_steps=N): phase 1 is a fraction of the steps")
-        if args.dataloader_num_workers:
-            raise UserError("TSTTrainer reads its token rows in the main process: set dataloader_num_workers=0")
-        if bag_size < 1 or not 0.0 <= tst_ratio <= 1.0:
-            raise UserError(f"bag_size must be >= 1 and tst_ratio in [0, 1], got {bag_size} and {tst_ratio}")
-        if kwargs.get("data_collator") is not None:
-            raise UserError("TSTTrainer packs its own rows and collates them itself; do not pass data_collator")
-        if "tokenizer" in kwargs:  # the name transformers < 4.46 used for processing_class
-            if processing_class is not None:
-                raise DataError("both tokenizer= and processing_class= given; pass the tokenizer once, as "
-                                "processing_class=")
-            processing_class = kwargs.pop("tokenizer")
-        for old, new, a, b in (("train_tokens", "train_dataset", train_tokens, train_dataset),
-                               ("eval_tokens", "eval_dataset", eval_tokens, eval_dataset)):
-            if a is not None and b is not None:
-                raise DataError(f"both {old}= and {new}= given; pass the data once ({new}= takes a 1-D array too)")
-        if train_tokens is None and train_dataset is None:
-            raise DataError("TSTTrainer needs training data: pass train_dataset= (a datasets.Dataset, a list of "
-                            "token-id lists, or a 1-D array of ids)")
-        # The same checks as superpose's own config (modes, losses, curricula, switch options).
         cfg = Config()
         cfg.tst.bag_size, cfg.tst.ratio, cfg.tst.mode, cfg.tst.loss = bag_size, tst_ratio, mode, loss
         cfg.tst.schedule, cfg.tst.reset_optimizer, cfg.tst.reinit = schedule, reset_optimizer, reinit
@@ -227,7 +237,7 @@ class TSTTrainer(Trainer):
         for phase in self.schedule.phases:  # NaN, negative or all-zero weights: refused now, not NaN weights later
             if phase.target_bag > 1:
                 try:
-                    bag_weights_of(self.weights_for(phase.target_bag), phase.target_bag)
+                    bag_weights_of(phase_weights(bag_weights, phase.target_bag), phase.target_bag)
                 except ValueError as e:
                     raise ValueError(f"bag_weights: {e}") from None
         self.reset_optimizer, self.reinit, self._switched = reset_optimizer, reinit, False
@@ -270,14 +280,6 @@ class TSTTrainer(Trainer):
     def phase_at(self, step: int):
         return self.schedule.phase(min(step, self.schedule.total_steps - 1))
 
-    def weights_for(self, s: int) -> str | Tensor | None:
-        """The slot weights of bags of s: a scheme's name, the tensor given, or a mutual-information
-        fit ({"a": ..., "k": ...} or superpose's mi.json record) turned into weights for this s."""
-        w = self.bag_weights
-        if isinstance(w, dict):
-            return mi_bag_weights(w.get("fit", w), s)
-        return w
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         rows = inputs["input_ids"]  # (b, T + 1)
         step = self.state.global_step
@@ -287,32 +289,30 @@ class TSTTrainer(Trainer):
         T = phase.row_tokens(self.seq_len) if model.training else self.seq_len
         assert rows.shape[1] == T + 1, f"step {step} expects rows of {T + 1} tokens, got {rows.shape[1]}"
         if phase.bag_size > 1 and model.training:
-            weights = self.weights_for(phase.target_bag) if phase.target_bag > 1 else None
+            weights = phase_weights(self.bag_weights, phase.target_bag)  # a fit: the weights of this bag size
             loss = superposition_loss(model, rows, phase.bag_size, weights, mode=phase.mode, loss=self.loss_kind)
         else:
             loss = next_token_loss(model, rows)
         return (loss, None) if return_outputs else loss
 
-    def _at_switch(self, model) -> None:
-        """reset_optimizer / reinit, once, before the first next-token step's first micro-batch (a
-        Trainer resumed from a later checkpoint has them in its state already). Re-drawn weights
-        are N(0, config.initializer_range), what transformers' `_init_weights` gives embeddings and
-        linear layers, from a generator seeded by (args.seed, step); their optimizer state is
-        dropped with them."""
+    def _at_switch(self, model) -> list[str]:
+        """reset_optimizer / reinit (`tst_step.switch`, as superpose's own trainer), once, before the
+        first next-token step's first micro-batch (a Trainer resumed from a later checkpoint has
+        them in its state already). Re-drawn weights are N(0, config.initializer_range), what
+        transformers' `_init_weights` gives embeddings and linear layers."""
         self._switched = True
-        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the torch optimizer
-        if self.reinit != "none":
-            model = getattr(model, "module", model)
-            modules = {"embeddings": [model.get_input_embeddings()], "head": [model.get_output_embeddings()],
-                       "both": [model.get_input_embeddings(), model.get_output_embeddings()]}[self.reinit]
+        model = getattr(model, "module", model)
+
+        def redraw(parts: tuple[str, ...], gen: torch.Generator) -> dict:
             std = getattr(model.config.get_text_config(), "initializer_range", 0.02) or 0.02
-            gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
+            modules = {"input": model.get_input_embeddings(), "output": model.get_output_embeddings()}
             with torch.no_grad():
-                for m in modules:
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * std)
-                    inner.state.pop(m.weight, None)
-        if self.reset_optimizer:
-            inner.state.clear()
+                for part in parts:
+                    modules[part].weight.copy_(torch.randn(modules[part].weight.shape, generator=gen) * std)
+            return {f"{part} embeddings": modules[part].weight for part in parts}
+
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the torch optimizer
+        return switch(inner, redraw, self.reinit, self.reset_optimizer, self.args.seed, self.state.global_step)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation is next-token loss, in either phase: superpose's own evaluation of the batch's

@@ -30,7 +30,7 @@ from torchtitan.models.common import Embedding, Linear, RMSNorm
 from torchtitan.models.common.attention import FlexAttention, ScaledDotProductAttention
 from torchtitan.protocols.model_spec import ModelSpec
 
-from ..core.model import ModelConfig
+from ..core.model import LLAMA, QWEN3_MOE, ModelConfig
 
 ATTENTION = ("sdpa", "flex")
 
@@ -87,8 +87,8 @@ def _qwen3_moe(cfg: ModelConfig, flavor: str) -> ModelSpec:
 
 
 TITAN_MODELS: dict[str, Callable[[ModelConfig, str], ModelSpec]] = {
-    "llama": _llama,
-    "qwen3_moe": _qwen3_moe,
+    LLAMA.name: _llama,
+    QWEN3_MOE.name: _qwen3_moe,
 }
 """superpose `ModelConfig.arch` -> builder of the torchtitan ModelSpec of that shape."""
 

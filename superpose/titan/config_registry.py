@@ -30,7 +30,7 @@ from torchtitan.config import ParallelismConfig, TrainingConfig
 from torchtitan.distributed.activation_checkpoint import SelectiveAC
 from torchtitan.hf_datasets.text_datasets import HuggingFaceTextDataLoader
 
-from ..core.model import ModelConfig
+from ..core.model import QWEN3_MOE, ModelConfig
 from ..presets import PRESETS
 from .arch import titan_model_spec
 from .loss import MultiHotLoss
@@ -71,7 +71,7 @@ def tst_llama3_debug() -> TSTTrainer.Config:
 
 def tst_qwen3_moe_debug() -> TSTTrainer.Config:
     model = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=2048, norm_eps=1e-6,
-                        arch="qwen3_moe", n_experts=8, top_k=2, moe_ffn_dim=96)
+                        arch=QWEN3_MOE.name, n_experts=8, top_k=2, moe_ffn_dim=96)
     return tst_config(model, "tst_moe_debug", tst=TSTConfig(bag_size=4, ratio=0.3), seq_len=64,
                       local_batch_size=8, global_batch_size=-1, steps=40, lr=3e-3, warmup_steps=5, decay_ratio=0.2,
                       hf_assets_path="./tests/assets/tokenizer", dataset="c4_test", checkpoint_interval=10)

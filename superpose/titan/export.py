@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.model import ModelConfig
+from ..core.model import LLAMA, ModelConfig
 from ..interop.hf_llama import hf_config
 from .arch import titan_model_spec
 
@@ -41,8 +41,8 @@ def export_hf(step_dir: Path | str, model: ModelConfig, out_dir: Path | str, swi
     """Write `step_dir`'s model as a LlamaForCausalLM folder (model.safetensors + config.json)."""
     from safetensors.torch import save_file
 
-    if model.arch != "llama":
-        raise ValueError(f"export covers the llama architecture; {model.arch!r} checkpoints are not exported yet")
+    if model.arch != LLAMA.name:
+        raise ValueError(f"export covers the {LLAMA.name} architecture; {model.arch!r} checkpoints are not exported yet")
     state, step = load_model_state(step_dir, model)
     if switch_step is not None and step <= switch_step:
         raise ValueError(f"{step_dir} is step {step}, at or before the switch (step {switch_step}): a phase-1 "

@@ -22,6 +22,7 @@ import torch
 from torchtitan.components.loss import BaseLoss
 from torchtitan.config import CompileConfig
 
+from ..core.losses import MCE
 from ..core.superposition import multi_hot_cross_entropy
 
 
@@ -43,7 +44,7 @@ class MultiHotLoss(BaseLoss):
         targets = labels if labels.dim() == 3 else labels.unsqueeze(-1)  # (B, L, s) or (B, L, 1)
         bag = targets.shape[-1] > 1
         loss = multi_hot_cross_entropy(pred, targets, self.weights if bag else "uniform", reduction="sum",
-                                       loss=self.kind if bag else "mce")
+                                       loss=self.kind if bag else MCE.name)
         if global_valid_tokens is not None:
             loss = loss / global_valid_tokens
         return loss, {}

@@ -44,6 +44,7 @@ from torchtitan.tools.logging import logger
 from torchtitan.trainer import Trainer
 
 from ..core.schedule import MODES, Phase, build_phases, lookup, parse_stages
+from ..core.losses import MCE
 from ..core.superposition import LOSSES, bag_targets, count_valid_targets, superpose_embeddings
 from .compat import ensure_torch_api, gloo_sum_reductions
 from .loss import MultiHotLoss
@@ -160,7 +161,7 @@ class TSTTrainer(Trainer):
         return self.config.tst.weights if phase.target_bag > 1 else "uniform"
 
     def _loss_kind(self, phase: Phase) -> str:
-        return self.config.tst.loss if phase.target_bag > 1 else "mce"
+        return self.config.tst.loss if phase.target_bag > 1 else MCE.name
 
     def tst_batch(self, batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]], phase: Phase
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -214,7 +215,7 @@ class TSTTrainer(Trainer):
 
     def forward_backward_step(self, *, input_dict, labels, global_valid_tokens: torch.Tensor) -> torch.Tensor:
         phase = self.phase()
-        if self._weights(phase) != "uniform" or self._loss_kind(phase) != "mce":
+        if self._weights(phase) != "uniform" or self._loss_kind(phase) != MCE.name:
             # torchtitan counts labels != ignore; the weighted (or per-position, MCEAlt) count is
             # superpose's count_valid_targets, summed over the step's micro-batches and the ranks
             local = self._count[1].to(self.device)

@@ -176,10 +176,12 @@ class TSTForward(nn.Module):
         self.loss_fn = loss_fn
 
     def forward(self, rows: Tensor, bag_size: int = 1, weights: str | Tensor = "uniform", chunk_rows: int = 0,
-                logits: bool = False, router_log: list | None = None, mode: str = "full", loss: str = "mce") -> Tensor:
+                logits: bool = False, router_log: list | None = None, mode: str = "full", loss: str = "mce",
+                targets: Tensor | None = None) -> Tensor:
         if logits:
             return self.model(rows)  # (b, T, V)
-        return self.loss_fn(self.model, rows, bag_size, weights, chunk_rows, router_log, mode, loss)  # scalar, summed
+        return self.loss_fn(self.model, rows, bag_size, weights, chunk_rows, router_log, mode, loss,
+                            targets)  # scalar, summed
 
 
 def _allreduce_sum_hook(state, bucket):

@@ -17,7 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..data import Mixture
+from ..core.losses import bag_loss
+from ..data import Mixture, MixtureLoader
 from ..files import AppendLog, write_text
 
 
@@ -108,7 +109,7 @@ def describe_run(cfg, model, par, schedule, train_tokens: int, mixture: Mixture 
     lines.append(f"model: {model.num_params():,} parameters ({model.num_params(non_embedding=True):,} non-embedding"
                  f"{moe}) on {par.device}; {tr.steps} steps of {tr.batch_size} x {cfg.data.seq_len} positions")
     t = cfg.tst
-    loss = {"mce": "multi-hot", "mce_alt": "bag-mass (MCEAlt)"}[t.loss]
+    loss = bag_loss(t.loss).label
     weights = f", {t.weights} slot weights" if t.weights != "uniform" else ""
     for p in schedule.phases:
         what = {"full": f"bags of s={p.bag_size} in, next bag out ({loss} loss{weights})",
@@ -223,3 +224,46 @@ def truncate_metrics(path: Path, step: int) -> int:
     write_text(path, "".join(keep), intact=f"{path} is unchanged",
                fix=f"free some space and resume again: superpose train --resume {path.parent}")
     return dropped
+
+
+def collapse_warning(load: list[list[float]], model, step: int, phase, warned: set) -> str | None:
+    """The warning of an MoE step whose expert load collapsed (`collapsed_layers`), once per phase:
+    None when none collapsed or this phase has been warned about (`warned`, its phase indices,
+    gets this one). model: the run's ModelConfig; phase: the step's `Phase`."""
+    collapsed = collapsed_layers(load, model.n_experts, model.top_k)
+    if not collapsed or phase.index in warned:
+        return None
+    warned.add(phase.index)
+    layer, expert, share = collapsed[0]
+    return (f"warning: expert-load collapse at step {step} (phase {phase.index}, s={phase.bag_size}): MoE layer "
+            f"{layer} sends {share:.0%} of positions to expert {expert} (balanced: {model.top_k / model.n_experts:.0%}), "
+            f"{len(collapsed)} layer(s) so; raise --model.router_aux_coef or lower the LR (said once per phase)")
+
+
+def switch_record(phase, step: int, done: list[str], next_token: bool, tst) -> tuple[str, dict]:
+    """The log line and the metrics.jsonl event of a phase boundary at `step`. done: what the
+    switch-time ablations did (`tst_step.switch`); next_token: the switch into next-token training,
+    whose event also says what tst.reinit and tst.reset_optimizer were."""
+    kept = "parameters, optimizer state" if not done else f"{', '.join(done)}; otherwise parameters"
+    what = phase.name if "s=" in phase.name else f"{phase.name}, s={phase.bag_size}"
+    line = (f"step {step}: switching to phase {phase.index} ({what}); {kept}, "
+            "LR schedule and data position carry over")
+    # Every phase boundary is an event in metrics.jsonl (and so in the trackers and plots).
+    event = {"type": "switch", "step": step, "phase": phase.index, "bag_size": phase.bag_size, "next_token": next_token}
+    if next_token:
+        event.update(reinit=tst.reinit, reset_optimizer=tst.reset_optimizer)
+    return line, event
+
+
+def train_record(where: dict, out: dict, st, loader, elapsed_s: float, step_time: float, raw_tokens: int) -> dict:
+    """A step's metrics.jsonl line. out: `Trainer.train_step`'s; st: the RunState after the step;
+    raw_tokens: the raw tokens the step read (B * its row's input tokens)."""
+    # JSON has no NaN: a skipped step logs loss and grad_norm as null and "skipped": true.
+    rec = {"type": "train", **where, "loss": out["loss"] if out["finite"] else None, "lr": out["lr"],
+           "grad_norm": out["grad_norm"] if out["finite"] else None, "tokens_seen": st.tokens_seen,
+           "epoch": loader.epoch_progress, "elapsed_s": elapsed_s, "train_time_s": st.train_time_s,
+           "step_time_s": step_time, "data_time_s": out["data_time_s"], "tokens_per_s": raw_tokens / step_time,
+           "skipped_steps": st.skipped_steps, **({} if out["finite"] else {"skipped": True})}
+    if isinstance(loader, MixtureLoader):  # "epoch" is the most-read source's; here each one's
+        rec["source_epochs"] = loader.source_epochs
+    return rec

@@ -14,17 +14,16 @@ every TST function reduces to the ordinary computation, so a baseline run (r = 0
 phase 2 run exactly the code of plain next-token training.
 
 A `Trainer` only steps: `build.build_trainer` makes one (process group, model, optimizer, data),
-`checkpoint` persists it, and its whole state is `state_dict()`. Under torchrun every rank runs
-this same loop on its rows of the global batch, with the collectives of `distributed.py`.
+`loop.run` steps it to the end (checkpoints, signals, NaN handling), `checkpointer` persists it,
+and its whole state is `state_dict()`. The phase's loss and the switch are `tst_step`'s, shared
+with the Hugging Face TSTTrainer. Under torchrun every rank runs this same loop on its rows of the
+global batch, with the collectives of `distributed.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,60 +32,23 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..config import Config, save_config
+from ..config import Config
 from ..core.model import Transformer
 from ..core.schedule import Phase, Schedule
-from ..core.superposition import (bag_targets, chunked_multi_hot_cross_entropy, count_valid_targets,
-                                  mi_bag_weights, multi_hot_cross_entropy, superpose_token_embeddings)
+from ..core.superposition import count_valid_targets
 from ..data import Dataset, Mixture, MixtureLoader, TrainLoader
-from ..errors import Interrupted, UserError
 from ..inference.evaluate import next_token_eval
-from .. import files
-from ..files import sha256_file
-from . import checkpoint, checkpointer, distributed
+from . import checkpointer, distributed, loop
+from .loop import newest_checkpoint_note
+from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapse_warning, describe_run, router_metrics,
+                      switch_record, train_record)
+from .run_start import write_run_files
 from .tracking import Fanout, open_trackers
-from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapsed_layers, describe_run, router_metrics,
-                      run_summary)
 from .perf import compute_context
 from .state import RunState, rng_state, set_rng_state
+from .tst_step import fresh_redraw, phase_targets, phase_weights, superposed_loss, switch
 
-
-def superposed_loss(model: Transformer, rows: Tensor, bag_size: int, weights: str | Tensor = "uniform",
-                    chunk_rows: int = 0, router_log: list | None = None, mode: str = "full",
-                    loss: str = "mce") -> Tensor:
-    """Summed bag (or next-token) loss of one micro-batch; divide by the global target count.
-
-    rows: (b, T + 1) raw tokens, T = s*L when `mode` bags the input (full, input), else L.
-    Inputs are the first T, next-token labels the last T (`bag_targets` makes the phase's
-    targets from them). With bag_size = 1 this is model(x) and a summed F.cross_entropy, bit for
-    bit, in every mode. chunk_rows > 0 fuses the LM head into the loss, that many positions at a
-    time, so the (b*L, V) logits never exist at once (`chunked_multi_hot_cross_entropy`).
-    loss: "mce" or "mce_alt" (`multi_hot_cross_entropy`).
-
-    A mixture-of-experts model (core/moe.py) also returns its routing: its load-balancing loss
-    `aux` (a statistic of this micro-batch, as transformers computes it per forward) is added as
-    router_aux_coef * aux * n, n = this micro-batch's valid-target count, so that after the division
-    by the global count the step's loss is the LM loss + router_aux_coef * (the target-weighted mean
-    of the micro-batches' aux). router_log, when given, gets (aux * n, per-layer expert counts (M, E)),
-    detached, for the metrics. A dense model returns no routing and this is the plain loss.
-    """
-    x, y = rows[:, :-1], rows[:, 1:]  # (b, T) each
-    s_in = bag_size if mode != "output" else 1
-    # = superpose_embeddings(model.embed(x), s_in), with the lookup and bag mean fused
-    h = model.embed(x) if s_in == 1 else superpose_token_embeddings(x, model.embed_tokens.weight, s_in)
-    targets = bag_targets(y, bag_size, mode)  # (b, L, s), or (b, L, 1) for input-only
-    out, router = model(inputs_embeds=h, return_hidden=bool(chunk_rows), return_router=True)
-    if chunk_rows:  # out: hidden states (b, L, D)
-        total = chunked_multi_hot_cross_entropy(out, model.lm_head.weight, targets, weights, chunk_rows=chunk_rows,
-                                                loss=loss)
-    else:  # out: logits (b, L, V)
-        total = multi_hot_cross_entropy(out, targets, weights, reduction="sum", loss=loss)
-    if router is None:
-        return total
-    aux = router.aux_loss() * count_valid_targets(targets, weights, loss=loss)  # () float32
-    if router_log is not None:
-        router_log.append((aux.detach(), router.counts))
-    return total + model.config.router_aux_coef * aux
+__all__ = ["Trainer", "superposed_loss"]  # superposed_loss: its home is tst_step
 
 
 @dataclass(eq=False)
@@ -112,7 +74,7 @@ class Trainer:
     extra_evals: frozenset = field(default=frozenset(), init=False)  # 0-based steps evaluated beyond eval_every
     _t0: float | None = field(default=None, init=False, repr=False)  # perf_counter at the run's start, set by begin
     _collapse_warned: set = field(default_factory=set, init=False, repr=False)  # phases with an expert-collapse warning
-    _mi_weights: dict = field(default_factory=dict, init=False, repr=False)  # bag size -> (s,) tst.weights=mi
+    _weights: dict = field(default_factory=dict, init=False, repr=False)  # target bag size -> its slot weights
 
     @property
     def device(self) -> torch.device:
@@ -129,12 +91,11 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def bag_weights(self, phase: Phase) -> str | Tensor:
-        """tst.weights for this phase's target bag: a scheme's name, or the corpus-fitted tensor (mi)."""
-        if self.cfg.tst.weights != "mi" or phase.target_bag == 1:
-            return self.cfg.tst.weights if phase.target_bag > 1 else "uniform"
-        if phase.target_bag not in self._mi_weights:  # made once per bag size, not every step
-            self._mi_weights[phase.target_bag] = mi_bag_weights(self.mi_fit["fit"], phase.target_bag).to(self.device)
-        return self._mi_weights[phase.target_bag]
+        """tst.weights for this phase's target bag (`tst_step.phase_weights`), made once per bag size."""
+        if phase.target_bag not in self._weights:
+            w = phase_weights(self.cfg.tst.weights, phase.target_bag, self.mi_fit)
+            self._weights[phase.target_bag] = w.to(self.device) if isinstance(w, Tensor) else w
+        return self._weights[phase.target_bag]
 
     def train_step(self, phase: Phase) -> dict:
         cfg = self.cfg
@@ -152,16 +113,17 @@ class Trainer:
         # The normaliser is fixed before any forward pass, over the whole global batch (summed over
         # ranks), so the sum of micro-batch and rank gradients equals the gradient of the
         # full-batch mean exactly.
-        denom = self.par.sum(count_valid_targets(bag_targets(rows[:, 1:], s, mode), weights, loss=kind))
+        targets = phase_targets(rows, s, mode)  # (B, L, s) or (B, L, 1): the normaliser's and the loss's
+        denom = self.par.sum(count_valid_targets(targets, weights, loss=kind))
         loss_total = torch.zeros((), device=self.device)
         router_log = []  # an MoE model's (aux * targets, expert counts (M, E)) per micro-batch; empty if dense
-        micros = rows.chunk(accum)
-        for i, micro in enumerate(micros):
+        micros, micro_targets = rows.chunk(accum), targets.chunk(accum)
+        for i, (micro, tgt) in enumerate(zip(micros, micro_targets)):
             # Gradients are summed over ranks on the last micro-batch only (DDP no_sync / FSDP).
             with distributed.grad_sync(self.fwd, self.par, last=i == len(micros) - 1):
                 with self.context():
-                    args, kw = (micro, s, weights, self.loss_chunk_rows), {"router_log": router_log, "mode": mode,
-                                                                            "loss": kind}
+                    args = (micro, s, weights, self.loss_chunk_rows)
+                    kw = {"router_log": router_log, "mode": mode, "loss": kind, "targets": tgt}
                     loss = (self.loss_fn(self.model, *args, **kw) if self.fwd is None else self.fwd(*args, **kw)) / denom
                 loss.backward()
             loss_total += loss.detach()
@@ -172,15 +134,7 @@ class Trainer:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         # The global loss, and one finiteness decision taken by every rank alike.
         loss, norm, finite = distributed.step_stats(self.par, loss_total, grad_norm)
-        bad_grads = []
-        if finite:
-            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            torch.nn.utils.clip_grads_with_norm_(params, clip, grad_norm)
-            self.optimizer.step()
-        else:
-            bad_grads = [n for n, p in self.model.named_parameters()  # this rank's shards under FSDP
-                         if p.grad is not None and not bool(torch.isfinite(distributed.local(p.grad)).all())]
-        self.optimizer.zero_grad(set_to_none=True)
+        bad_grads = _update(self.model, self.optimizer, params, grad_norm, finite, cfg.optim.grad_clip)
         self.state.tokens_seen += B * T  # read either way: a skipped batch is not read again
         out = {"loss": loss, "lr": lr, "grad_norm": norm, "data_time_s": data_time, "finite": finite,
                "bad_grads": bad_grads}
@@ -204,30 +158,13 @@ class Trainer:
     # ------------------------------------------------------------------ the run
 
     def begin(self, progress: bool = True) -> None:
-        """Create the run directory, write the config and the tokenizer, open the metrics log, say
-        what will run. The caller holds the run's lock (`files.lock_dir`), so temporaries found in
-        the directory are a killed process's and are removed."""
+        """Write the run's files (`run_start.write_run_files`), open the metrics log, say what will run."""
         self.par.barrier()  # every rank has checked the run directory before rank 0 writes into it
         if self.par.is_main:  # only rank 0 writes files
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            gone = files.remove_stale(self.run_dir)
-            if gone:
-                self.log(f"removed leftovers of an interrupted write in {self.run_dir}: {', '.join(gone)}")
-            fix = "free some space and run the command again"
-            save_config(self.cfg, self.run_dir / "config.json", fix=fix)
-            # The tokenizer goes in at the start, not only with the final model, so that every
-            # checkpoint of the run can be used (generate, eval, export) on its own.
-            tok = self.run_dir / "tokenizer.json"
-            if not (tok.is_file() and sha256_file(tok) == sha256_file(self.dataset.tokenizer_path)):
-                files.copy_file(self.dataset.tokenizer_path, tok, fix=fix)
-            # The token conventions the data trained with (end-of-text, a BOS template's prefix), for
-            # generate, eval and export of this run wherever its data directory goes.
-            special = {"eot_id": self.dataset.eot_id, "prefix_ids": self.dataset.prefix_ids}
-            files.write_text(self.run_dir / "special_tokens.json", json.dumps(special) + "\n", fix=fix)
-            if self.mi_fit is not None:  # the run's own copy of its bag weights' source (build.mi_fit)
-                files.write_text(self.run_dir / "mi.json", json.dumps(self.mi_fit, indent=2) + "\n", fix=fix)
+            write_run_files(self.run_dir, self.cfg, self.dataset, self.mi_fit, self.log)
             trackers = Fanout(open_trackers(self.cfg, self.run_dir, self.state.step), self.log)
-            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self._newest_checkpoint, trackers)
+            self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", lambda: newest_checkpoint_note(self.run_dir),
+                                      trackers)
         else:
             self.metrics = NoMetrics()
         mixture = self.dataset if isinstance(self.dataset, Mixture) else None
@@ -236,48 +173,32 @@ class Trainer:
         self.bar = ProgressBar(self.cfg.train.steps, enabled=progress and self.par.is_main, initial=self.state.step)
         self._t0 = time.perf_counter() - self.state.elapsed_s
 
-    def _newest_checkpoint(self) -> str:
-        found = checkpoint.checkpoints(self.run_dir)
-        return f"the newest checkpoint {found[-1][1].name} is intact" if found else ""
-
     def step_once(self) -> dict:
         """One optimizer step, its metrics line, and an evaluation when one is due."""
         cfg, tr, st = self.cfg, self.cfg.train, self.state
         phase = self.schedule.phase(st.step)
         if st.step > 0 and self.schedule.phase(st.step - 1) is not phase:
-            reset = self.at_switch() if st.step == self.schedule.switch_step else []
-            kept = "parameters, optimizer state" if not reset else f"{', '.join(reset)}; otherwise parameters"
-            what = phase.name if "s=" in phase.name else f"{phase.name}, s={phase.bag_size}"
-            self.log(f"step {st.step}: switching to phase {phase.index} ({what}); {kept}, "
-                     "LR schedule and data position carry over")
-            # Every phase boundary is an event in metrics.jsonl (and so in the trackers and plots);
-            # the one into next-token training also says what the switch-time ablations did.
-            event = {"type": "switch", "step": st.step, "phase": phase.index, "bag_size": phase.bag_size,
-                     "next_token": st.step == self.schedule.switch_step}
-            if event["next_token"]:
-                event.update(reinit=cfg.tst.reinit, reset_optimizer=cfg.tst.reset_optimizer)
+            next_token = st.step == self.schedule.switch_step
+            line, event = switch_record(phase, st.step, self.at_switch() if next_token else [], next_token, cfg.tst)
+            self.log(line)
             self.metrics.write(event)
         t0 = time.perf_counter()
         out = self.train_step(phase)
         if not out["finite"]:
-            stop_or_skip(self, phase, out)
+            loop.stop_or_skip(self, phase, out)
         step_time = time.perf_counter() - t0
         st.train_time_s += step_time
         where = {"step": st.step, "phase": phase.index, "bag_size": phase.bag_size}
-        # JSON has no NaN: a skipped step logs loss and grad_norm as null and "skipped": true.
-        rec = {"type": "train", **where, "loss": out["loss"] if out["finite"] else None, "lr": out["lr"],
-               "grad_norm": out["grad_norm"] if out["finite"] else None, "tokens_seen": st.tokens_seen,
-               "epoch": self.loader.epoch_progress, "elapsed_s": self.elapsed_s(), "train_time_s": st.train_time_s,
-               "step_time_s": step_time, "data_time_s": out["data_time_s"],
-               "tokens_per_s": tr.batch_size * phase.row_tokens(cfg.data.seq_len) / step_time,
-               "skipped_steps": st.skipped_steps, **({} if out["finite"] else {"skipped": True})}
-        if isinstance(self.loader, MixtureLoader):  # "epoch" is the most-read source's; here each one's
-            rec["source_epochs"] = self.loader.source_epochs
+        rec = train_record(where, out, st, self.loader, self.elapsed_s(), step_time,
+                           tr.batch_size * phase.row_tokens(cfg.data.seq_len))
         last = st.step == tr.steps - 1
         evaluating = (last or bool(tr.eval_every and (st.step + 1) % tr.eval_every == 0)
                       or st.step in self.extra_evals)
-        if "router" in out:  # a mixture of experts
-            self.record_routing(rec, out["router"], phase, full=evaluating)
+        if "router" in out:  # a mixture of experts: the whole (layers x experts) load at evaluations
+            rec.update({k: v for k, v in out["router"].items() if k != "expert_load" or evaluating})
+            warning = collapse_warning(out["router"]["expert_load"], cfg.model, st.step, phase, self._collapse_warned)
+            if warning:
+                self.log(warning)
         self.metrics.write(rec)
         if evaluating:
             st.last_eval = self.evaluate()
@@ -288,101 +209,18 @@ class Trainer:
         return rec
 
     def at_switch(self) -> list[str]:
-        """The switch-time ablations (tst.reset_optimizer, tst.reinit), applied just before the first
-        next-token step; returns what was done, for the log. Weights are re-drawn from a generator
-        seeded by (train.seed, step), the same on every rank and after a resume, so a run resumed
-        from a checkpoint before the switch re-draws the same weights. A re-drawn tensor's
-        optimizer state goes with it: moments of the old weights mean nothing for the new ones."""
+        """tst.reinit and tst.reset_optimizer (`tst_step.switch`), just before the first next-token step."""
         t = self.cfg.tst
-        done = []
-        if t.reinit != "none":
-            names = {"embeddings": ["embed_tokens.weight"], "head": ["lm_head.weight"],
-                     "both": ["embed_tokens.weight", "lm_head.weight"]}[t.reinit]
-            gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.state.step)
-            fresh = self.model.fresh_weights(names, gen)  # {name: full tensor on the CPU}
-            params = dict(self.model.named_parameters())
-            for name, value in fresh.items():
-                distributed.copy_full_(params[name], value)
-                self.optimizer.state.pop(params[name], None)
-            done.append(f"re-initialised {', '.join(fresh)} (tst.reinit={t.reinit}) and reset their optimizer state")
-        if t.reset_optimizer:
-            self.optimizer.state.clear()  # AdamW re-creates moments and step count at its next step
-            done.append("optimizer state reset (tst.reset_optimizer)")
-        return done
-
-    def record_routing(self, rec: dict, router: dict, phase: Phase, full: bool) -> None:
-        """An MoE step's aux loss and expert-load summary into its metrics line (the whole
-        (layers x experts) load matrix when `full`: evaluation steps and the last), and one
-        warning per phase when a layer collapses onto one expert (`metrics.collapsed_layers`)."""
-        rec.update({k: v for k, v in router.items() if k != "expert_load" or full})
-        collapsed = collapsed_layers(router["expert_load"], self.cfg.model.n_experts, self.cfg.model.top_k)
-        if collapsed and phase.index not in self._collapse_warned:
-            self._collapse_warned.add(phase.index)
-            layer, expert, share = collapsed[0]
-            self.log(f"warning: expert-load collapse at step {self.state.step} (phase {phase.index}, "
-                     f"s={phase.bag_size}): MoE layer {layer} sends {share:.0%} of positions to expert {expert} "
-                     f"(balanced: {self.cfg.model.top_k / self.cfg.model.n_experts:.0%}), {len(collapsed)} layer(s) "
-                     "so; raise --model.router_aux_coef or lower the LR (said once per phase)")
+        return switch(self.optimizer, fresh_redraw(self.model), t.reinit, t.reset_optimizer, self.cfg.train.seed,
+                      self.state.step)
 
     def finish(self) -> dict:
-        """Close the log, save the final model and summary."""
-        self.bar.close()
-        self.metrics.close()
-        summary = run_summary(self)
-        checkpointer.save_final(self, summary)
-        self.log(f"done: val_loss {summary['val_loss']:.4f}, val_bpb {summary['val_bpb']:.4f}, "
-                 f"{summary['wall_s']:.0f}s; model in {self.run_dir}")
-        self.par.barrier()  # no rank leaves before rank 0 has written the model
-        return summary
+        """Close the log, save the final model and summary (`loop.finish`)."""
+        return loop.finish(self)
 
     def train(self, progress: bool = True) -> dict:
-        """begin, step_once until the end, finish; checkpoints every `checkpoint.every` steps.
-
-        SIGINT/SIGTERM let the current step finish, save a checkpoint and raise `Interrupted`; a
-        second signal stops at once, without saving (the last checkpoint stays as it was).
-        """
-        steps, every = self.cfg.train.steps, self.cfg.checkpoint.every
-        minutes = self.cfg.checkpoint.every_minutes
-        self.begin(progress)
-        last_save = _clock()
-        with _StopSignals(abort_on_repeat=not self.par.distributed, on_repeat=self._stopped_at_once) as stop:
-            try:
-                while self.state.step < steps:
-                    self.step_once()
-                    # Wall time as well as steps: a run whose steps are slow (or whose every=0)
-                    # never loses more than `every_minutes` of work. Ranks agree on the decision.
-                    late = minutes > 0 and _clock() - last_save >= 60 * minutes
-                    if self.par.distributed and minutes > 0:
-                        late = bool(self.par.max_int(int(late)))
-                    if every and self.state.step % every == 0:
-                        self.save_checkpoint()
-                        last_save = _clock()
-                    elif late and self.state.step < steps:  # at the end the final model follows at once
-                        self.save_checkpoint(reason="every_minutes")
-                        last_save = _clock()
-                    # Ranks may see a signal at different steps; they agree to stop after the same one.
-                    signum = self.par.max_int(stop.signum or 0)
-                    if signum and self.state.step < steps:
-                        name = signal.Signals(signum).name
-                        path = self.save_checkpoint(reason=name)
-                        again = "torchrun --nproc_per_node N -m superpose" if self.par.distributed else "superpose"
-                        raise Interrupted(signum, f"stopped by {name} after step {self.state.step - 1}; saved "
-                                          f"{path}; continue with: {again} train --resume {self.run_dir}")
-            except BaseException:
-                self.bar.close()
-                self.metrics.close()
-                raise
-            return self.finish()
-
-    def _stopped_at_once(self, signum: int) -> str:
-        """What a second SIGINT/SIGTERM (which stops without saving) leaves, and how to go on."""
-        name = signal.Signals(signum).name
-        saved = checkpoint.checkpoints(self.run_dir)
-        if saved:
-            return (f"stopped at once by a second {name} during step {self.state.step}, without saving; the newest "
-                    f"checkpoint {saved[-1][1].name} is intact; continue with: superpose train --resume {self.run_dir}")
-        return (f"stopped at once by a second {name} during step {self.state.step}, before any checkpoint was saved; "
-                f"start it again in place with the command that started it (superpose train ... --out {self.run_dir})")
+        """begin, step_once until the end, finish (`loop.run`: checkpoints, SIGINT/SIGTERM)."""
+        return loop.run(self, progress)
 
     # ------------------------------------------------------------------ state
 
@@ -416,63 +254,17 @@ class Trainer:
         return checkpointer.restore_trainer(self, Path(path))
 
 
-def stop_or_skip(t: Trainer, phase: Phase, out: dict) -> None:
-    """What a NaN or Inf in a step's loss or gradients does (the update was not applied): log the
-    step, phase, LR and the tensors with bad gradients, then stop with a UserError
-    (train.on_nan=stop) or count the dropped batch (skip)."""
-    bad, step = out["bad_grads"], t.state.step
-    weights_ok = t.par.all_true(distributed.weights_finite(t.model))
-    where = f"step {step} (phase {phase.index}, s={phase.bag_size}, lr {out['lr']:.3g})"
-    grads = (f"non-finite gradients in {len(bad)} tensors: {', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}"
-             if bad else "all gradients finite")
-    t.log(f"non-finite at {where}: loss {out['loss']}, grad_norm {out['grad_norm']}; {grads}; weights "
-          f"{'all finite' if weights_ok else 'NOT finite'}; the update was not applied")
-    t.metrics.write({"type": "non_finite", "step": step, "phase": phase.index, "bag_size": phase.bag_size,
-                     "loss": str(out["loss"]), "grad_norm": str(out["grad_norm"]), "lr": out["lr"],
-                     "bad_grads": bad, "action": t.cfg.train.on_nan})
-    if t.cfg.train.on_nan == "skip":
-        t.state.skipped_steps += 1
-        t.log(f"step {step}: batch skipped (train.on_nan=skip), {t.state.skipped_steps} skipped so far")
-        return
-    found = checkpoint.checkpoints(t.run_dir)
-    kept = (f"the last checkpoint {found[-1][1].name} is untouched; lower --optim.lr or raise "
-            "--optim.warmup_steps in a new run, or resume with --train.on_nan=skip to drop such batches"
-            if found else "no checkpoint was written; lower --optim.lr or raise --optim.warmup_steps, or "
-            "set --train.on_nan=skip to drop such batches")
-    raise UserError(f"loss is {out['loss']} and grad_norm {out['grad_norm']} at {where}; stopped before the "
-                    f"update, {kept}")
-
-
-_clock = time.monotonic  # the wall clock of checkpoint.every_minutes (a test replaces it)
-
-
-class _StopSignals:
-    """Within the block, SIGINT and SIGTERM only set `signum` (the loop saves and stops after the
-    current step); a second one raises `Interrupted` at once (`on_repeat` words its message). The previous handlers come back
-    on exit. Outside the main thread signals cannot be caught, and nothing is installed.
-
-    abort_on_repeat=False (under torchrun) ignores repeats: a rank gets the scheduler's signal
-    and torchrun's forwarded one, and must still save; torchrun's SIGKILL after its
-    --shutdown-timeout is the hard stop there."""
-
-    def __init__(self, abort_on_repeat: bool = True, on_repeat: Callable[[int], str] | None = None):
-        self.abort_on_repeat, self.on_repeat = abort_on_repeat, on_repeat
-
-    def __enter__(self) -> _StopSignals:
-        self.signum, self.previous = None, {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            if self.abort_on_repeat:  # exit 128 + this signal's number, as the first one would give
-                raise Interrupted(signum, self.on_repeat(signum) if self.on_repeat else
-                                  f"stopped at once by a second {signal.Signals(signum).name}, without saving")
-            return
-        self.signum = signum  # no printing here: the handler may interrupt a print on the same stream
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+def _update(model, optimizer, params: list, grad_norm: Tensor, finite: bool, grad_clip: float) -> list[str]:
+    """Clip to the global norm and step when the step is finite; else apply nothing and return the
+    names of the tensors with non-finite gradients (this rank's shards under FSDP). Gradients are
+    cleared either way."""
+    bad_grads = []
+    if finite:
+        clip = grad_clip if grad_clip > 0 else math.inf
+        torch.nn.utils.clip_grads_with_norm_(params, clip, grad_norm)
+        optimizer.step()
+    else:
+        bad_grads = [n for n, p in model.named_parameters()
+                     if p.grad is not None and not bool(torch.isfinite(distributed.local(p.grad)).all())]
+    optimizer.zero_grad(set_to_none=True)
+    return bad_grads
