@@ -17,13 +17,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..checkpoint import checkpoint_advice
 from ..data import Mixture
 from ..files import AppendLog, write_text
 
 
 def _go_on(run_dir: Path) -> str:
-    from .checkpoint import checkpoint_advice  # checkpoint imports this module's neighbours: import late
-
     return checkpoint_advice(run_dir)
 
 
