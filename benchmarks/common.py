@@ -181,7 +181,8 @@ def bench_config(preset: str, overrides: list[str], data: str | None, vocab_size
     """A preset with `section.field=value` overrides, on `data` (a prepared directory) or on
     synthetic tokens with the preset's vocabulary (written once under `workdir`, by default
     $SUPERPOSE_CACHE/bench, i.e. ~/.cache/superpose/bench)."""
-    from superpose.config import parse_overrides, preset as get_preset, set_field
+    from superpose.config import parse_overrides, set_field
+    from superpose.presets import preset as get_preset
 
     cfg = get_preset(preset)
     for key, value in parse_overrides([o if o.startswith("--") else "--" + o for o in overrides]):

@@ -45,7 +45,7 @@ fi
 PY=${PY:-.venv/bin/python}
 "$PY" - "$steps" "$seeds" <<'EOF'
 import sys
-from superpose.config import preset
+from superpose.presets import preset
 from superpose.core.model import Transformer
 import torch
 steps = [int(x) for x in sys.argv[1].split(",")]

@@ -31,7 +31,8 @@ from pathlib import Path
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
 from superpose.experiments.stats import stats
-from superpose.config import parse_overrides, preset, set_field
+from superpose.config import parse_overrides, set_field
+from superpose.presets import preset
 from superpose.errors import UserError
 from superpose.files import lock_dir
 from superpose.training.metrics import environment

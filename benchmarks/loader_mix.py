@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides")
     args = ap.parse_args()
 
-    from superpose.config import parse_overrides, preset, set_field
+    from superpose.config import parse_overrides, set_field
+    from superpose.presets import preset
     from superpose.data import open_mixture
     from superpose.data.mixture import parse_mix
     from superpose.training import build_trainer

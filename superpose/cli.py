@@ -87,7 +87,7 @@ def cmd_mi(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     """Train a new run (--preset, --out), or continue one from its newest checkpoint (--resume).
     A run stopped by SIGINT/SIGTERM saves a checkpoint and exits with 128 + the signal number."""
-    from .config import resolve
+    from .presets import resolve
     from .errors import Interrupted
     from .files import lock_dir
     from .training import run_training
@@ -143,7 +143,7 @@ def _warn_ignored(cfg, overrides: list[str]) -> None:
 def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     """Preset + overrides (+ --bag-size/--ratio), with the data and vocabulary resolved up front
     so every arm and cell reads the same data directory."""
-    from .config import resolve
+    from .presets import resolve
     from .training import tracking
     from .training.build import resolve_data, resolve_vocab
 
@@ -242,31 +242,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     generate(args.path, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
              top_k=args.top_k, seed=args.seed, device=args.device, log=_log, echo_prompt=True)
     sys.stdout.write("\n")
-
-
-def cmd_eval(args: argparse.Namespace) -> None:
-    import json
-
-    from .inference.evaluate import evaluate_loss, run_tasks
-
-    if args.json and Path(args.json).is_dir():  # said before the evaluation, not after it
-        raise UserError(f"--json {args.json} is a directory; give a file path for the results, e.g. "
-                        f"{Path(args.json) / 'eval.json'}")
-    if args.tasks:
-        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        out = run_tasks(args.path, names, data=args.data, limit=args.limit, num_fewshot=args.num_fewshot,
-                        batch_size=args.batch_size or 16, device=args.device, log=_log)
-        print(out.pop("table"))
-    else:
-        out = evaluate_loss(args.path, data=args.data, val_tokens=args.val_tokens, batch_size=args.batch_size,
-                            device=args.device)
-        print(f"{out['model']} (step {out['step']}) on {out['data']}: {out['val_tokens']:,} held-out tokens, "
-              f"context {out['seq_len']}")
-        print(f"val_loss {out['val_loss']:.4f}  perplexity {out['val_ppl']:.2f}  bits/byte {out['val_bpb']:.4f}")
-    if args.json:
-        from .files import write_text
-
-        write_text(Path(args.json), json.dumps(out, indent=2) + "\n", intact="the results are printed above")
 
 
 def cmd_presets(_: argparse.Namespace) -> None:
@@ -449,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "generate":
             cmd_generate(args)
         elif args.verb == "eval":
-            cmd_eval(args)
+            from .eval_cli import cmd_eval
+
+            cmd_eval(args, _log)
         elif args.verb == "plot":
             cmd_plot(args)
         else:

@@ -1,8 +1,9 @@
-"""Typed run configuration: nested dataclasses, named presets, `--section.field value` overrides.
+"""Typed run configuration: nested dataclasses, validation, `--section.field value` overrides.
 
-A run is fully described by one `Config` (written resolved to RUN_DIR/config.json). Presets are
-plain functions returning a `Config`; the CLI applies overrides on top and validates all fields
-at once, so a user sees every problem in one message.
+A run is fully described by one `Config` (written resolved to RUN_DIR/config.json, read back with
+`Config.from_dict`: a field an older run's file lacks takes its default here). Validation reports
+every invalid field at once, so a user sees every problem in one message. Where a config comes
+from (presets, config files, `resolve`) is presets.py.
 """
 
 from __future__ import annotations
@@ -10,18 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.model import ModelConfig
-from .core.schedule import DECAY_SHAPES
-from .core.schedule import MODES, parse_stages
+from .core.schedule import DECAY_SHAPES, MODES, Schedule, parse_stages
 from .core.superposition import LOSSES, WEIGHT_SCHEMES
 from .data.mixture import parse_mix
 from .data.shards import recorded_vocab_size
 from .checks import seed_problem
 from .errors import UserError
+from .overrides import parse_overrides, set_field
 
 INT_MAX = 2**63 - 1  # the largest integer torch and numpy hold (int64)
 
@@ -208,6 +208,13 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def schedule(self) -> Schedule:
+        """The run's phases and learning rate as functions of the step (core/schedule.py)."""
+        o, t = self.optim, self.tst
+        return Schedule.tst(self.train.steps, t.ratio, t.bag_size, t.mode, t.schedule, peak_lr=o.lr,
+                            warmup_steps=o.warmup_steps, decay_frac=o.decay_frac, min_lr_ratio=o.min_lr_ratio,
+                            decay_shape=o.decay_shape)
+
     @classmethod
     def from_dict(cls, d: dict) -> Config:
         cfg = cls()
@@ -309,172 +316,6 @@ class Config:
         return self
 
 
-# ----------------------------------------------------------------------------- presets
-
-def preset(name: str) -> Config:
-    """A named preset (defined in superpose/presets.py)."""
-    from .presets import PRESETS
-
-    if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]()
-
-
-def __getattr__(name: str):
-    if name == "PRESETS":  # `from superpose.config import PRESETS`, as before the presets had a file
-        from .presets import PRESETS
-
-        return PRESETS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ----------------------------------------------------------------------------- overrides
-
-def _field_types(obj) -> dict[str, type]:
-    return typing.get_type_hints(type(obj))
-
-
-def set_field(cfg: Config, dotted: str, value) -> None:
-    """Set `section.field` from a CLI string or a JSON value, converting to the field's type."""
-    section, _, name = dotted.partition(".")
-    sections = {f.name for f in dataclasses.fields(cfg)}
-    if section not in sections or not name:
-        raise UserError(f"unknown config key {dotted!r}; sections are: {', '.join(sorted(sections))}"
-                        " (use --section.field=value)")
-    obj = getattr(cfg, section)
-    types = _field_types(obj)
-    if name not in types:
-        raise UserError(f"unknown config key {dotted!r}; {section} has: {', '.join(types)}")
-    if value is None:  # a bare --section.field on the command line: a switch for a bool field
-        if types[name] is not bool:
-            raise UserError(f"--{dotted} needs a value: --{dotted}=VALUE or --{dotted} VALUE")
-        value = True
-    setattr(obj, name, _convert(dotted, value, types[name]))
-
-
-def _convert(key: str, value, typ: type):
-    if typing.get_origin(typ) is list:  # list[int] (model.mlp_only_layers): "0,5" on the command line, a JSON list
-        items = [v for v in value.strip().strip("[]").split(",") if v.strip()] if isinstance(value, str) else value
-        if not isinstance(items, list):
-            raise UserError(f"{key}: expected comma-separated integers, got {value!r}")
-        return [_convert(key, v.strip() if isinstance(v, str) else v, int) for v in items]
-    if not isinstance(value, str):
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
-            return value
-        raise UserError(f"{key}: expected {typ.__name__}, got {value!r}")
-    try:
-        if typ is bool:
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            return int(value)
-        if typ is float:
-            return float(value)
-        return value
-    except ValueError:
-        raise UserError(f"{key}: expected {typ.__name__}, got {value!r}") from None
-
-
-def parse_overrides(args: list[str]) -> list[tuple[str, str | None]]:
-    """`--a.b=1 --c.d 2 --e.f` -> [("a.b", "1"), ("c.d", "2"), ("e.f", None)]. A bare flag (last,
-    or followed by another --flag) has no value: `set_field` reads it as true for a bool field
-    (`--log.tensorboard`) and refuses it for any other."""
-    out, i = [], 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-            raise UserError(f"unexpected argument {arg!r}; config overrides look like --section.field=value")
-        if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-            i += 1
-        elif i + 1 >= len(args) or args[i + 1].startswith("--"):
-            key, value = arg[2:], None
-            i += 1
-        else:
-            key, value = arg[2:], args[i + 1]
-            i += 2
-        out.append((key, value))
-    return out
-
-
-def resolve(preset_name: str | None, overrides: list[str], config_file: Path | str | None = None) -> Config:
-    """The run's config, in layers, each over the one before: the preset (or the defaults when
-    there is none), then the config file, then the --section.field overrides; validated."""
-    cfg = preset(preset_name) if preset_name else Config()
-    if config_file is not None:
-        apply_file(cfg, Path(config_file))
-    for key, value in parse_overrides(overrides):
-        set_field(cfg, key, value)
-    return cfg.validate()
-
-
-CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
-
-
-def read_config_file(path: Path) -> dict:
-    """{section: {field: value}} from a TOML file (torchtitan's form: [section] tables), a YAML
-    file (litgpt's), or JSON (a run's own RUN_DIR/config.json; a run directory stands for it)."""
-    path = Path(path)
-    if path.is_dir() and (path / "config.json").is_file():
-        path = path / "config.json"
-    if path.is_dir():
-        raise UserError(f"config file {path} is a directory without config.json (not a run directory); pass a .toml, "
-                        ".yaml or .json file, or the --out directory of a run")
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist; pass a .toml, .yaml or .json file, or a run directory")
-    suffix = path.suffix.lower()
-    if suffix not in CONFIG_SUFFIXES:
-        raise UserError(f"config file {path}: use a {', '.join(CONFIG_SUFFIXES)} file")
-    try:
-        text = path.read_text()
-        if suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise UserError(f"{path} is YAML, which needs PyYAML: pip install pyyaml (or use TOML or JSON)") from None
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-    except UserError:
-        raise
-    except Exception as e:  # tomllib, yaml and json each raise their own error type
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"cannot parse config file {path}: {first}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise UserError(f"config file {path} must hold sections of fields ([model], [train], ... or model: ...), "
-                        "not top-level values")
-    return data
-
-
-def apply_file(cfg: Config, path: Path) -> Config:
-    """Set every field a config file names; all unknown keys are reported at once, in one line."""
-    data = read_config_file(path)
-    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    unknown = []
-    for section, fields in data.items():
-        if section not in sections:
-            unknown.append(section)
-        else:
-            unknown += [f"{section}.{k}" for k in fields if k not in _field_types(sections[section])]
-    if unknown:
-        raise UserError(f"config file {path} has unknown keys: {', '.join(unknown)}; sections and fields are those of "
-                        "superpose train --print-config")
-    for section, fields in data.items():
-        for key, value in fields.items():
-            set_field(cfg, f"{section}.{key}", value)
-    return cfg
-
-
 def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
     """Warnings for overrides the run will not use (torchtitan's rule: say when a setting is
     silently ignored). data.vocab_size sizes only the default corpus's tokenizer: beside
@@ -524,10 +365,3 @@ def save_config(cfg: Config, path: Path, **write) -> None:
     from .files import write_text
 
     write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n", **write)
-
-
-def load_config(path: Path) -> Config:
-    try:
-        return Config.from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, AttributeError) as e:
-        raise UserError(f"cannot read config {path}: {e}; re-create it or pass --preset") from None

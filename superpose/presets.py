@@ -1,15 +1,21 @@
-"""Named presets: plain functions returning a `Config`, listed by `superpose presets`.
+"""Where a run's `Config` comes from: the named presets, config files, and `resolve`, which
+layers them with the `--section.field=value` overrides.
 
-Each says what it is for; the paper's shapes say which of their values the paper states and
-which we chose. The CLI applies `--section.field=value` overrides on top (config.py).
+Presets are plain functions returning a `Config`, listed by `superpose presets`. Each says what
+it is for; the paper's shapes say which of their values the paper states and which we chose.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 from .config import CheckpointConfig, Config, DataConfig, OptimConfig, TrainConfig, TSTConfig
 from .core.model import QWEN3_MOE, ModelConfig
+from .errors import UserError
+from .overrides import field_types, parse_overrides, set_field
 
 
 def _cpu_smoke() -> Config:
@@ -130,3 +136,82 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "cpu-moe": _cpu_moe,
     "10b-a1b": _paper_moe,
 }
+
+
+def preset(name: str) -> Config:
+    """A named preset."""
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def resolve(preset_name: str | None, overrides: list[str], config_file: Path | str | None = None) -> Config:
+    """The run's config, in layers, each over the one before: the preset (or the defaults when
+    there is none), then the config file, then the --section.field overrides; validated."""
+    cfg = preset(preset_name) if preset_name else Config()
+    if config_file is not None:
+        apply_file(cfg, Path(config_file))
+    for key, value in parse_overrides(overrides):
+        set_field(cfg, key, value)
+    return cfg.validate()
+
+
+CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
+
+
+def read_config_file(path: Path) -> dict:
+    """{section: {field: value}} from a TOML file (torchtitan's form: [section] tables), a YAML
+    file (litgpt's), or JSON (a run's own RUN_DIR/config.json; a run directory stands for it)."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"
+    if path.is_dir():
+        raise UserError(f"config file {path} is a directory without config.json (not a run directory); pass a .toml, "
+                        ".yaml or .json file, or the --out directory of a run")
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass a .toml, .yaml or .json file, or a run directory")
+    suffix = path.suffix.lower()
+    if suffix not in CONFIG_SUFFIXES:
+        raise UserError(f"config file {path}: use a {', '.join(CONFIG_SUFFIXES)} file")
+    try:
+        text = path.read_text()
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise UserError(f"{path} is YAML, which needs PyYAML: pip install pyyaml (or use TOML or JSON)") from None
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except UserError:
+        raise
+    except Exception as e:  # tomllib, yaml and json each raise their own error type
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"cannot parse config file {path}: {first}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UserError(f"config file {path} must hold sections of fields ([model], [train], ... or model: ...), "
+                        "not top-level values")
+    return data
+
+
+def apply_file(cfg: Config, path: Path) -> Config:
+    """Set every field a config file names; all unknown keys are reported at once, in one line."""
+    data = read_config_file(path)
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    unknown = []
+    for section, fields in data.items():
+        if section not in sections:
+            unknown.append(section)
+        else:
+            unknown += [f"{section}.{k}" for k in fields if k not in field_types(sections[section])]
+    if unknown:
+        raise UserError(f"config file {path} has unknown keys: {', '.join(unknown)}; sections and fields are those of "
+                        "superpose train --print-config")
+    for section, fields in data.items():
+        for key, value in fields.items():
+            set_field(cfg, f"{section}.{key}", value)
+    return cfg

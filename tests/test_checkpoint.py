@@ -22,10 +22,10 @@ import torch
 from safetensors.torch import load_file
 
 from superpose import cli
-from superpose.training import checkpoint
+from superpose import checkpoint
 from superpose.training import build as build_module
 from superpose.training import loop as loop_module
-from superpose.config import resolve
+from superpose.presets import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
 from superpose.core.model import ModelConfig, build_model

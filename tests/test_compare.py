@@ -190,7 +190,7 @@ def test_gpu_preset_trains_on_cpu_and_gpu_compare_refuses_without_a_gpu(tiny_dat
     import subprocess
     from pathlib import Path
 
-    from superpose.config import preset
+    from superpose.presets import preset
     from superpose.data import open_dataset
     from superpose.training import build_trainer
 

@@ -5,7 +5,8 @@ Run: .venv/bin/pytest tests/test_config.py
 
 import pytest
 
-from superpose.config import PRESETS, Config, parse_overrides, resolve
+from superpose.config import Config, parse_overrides
+from superpose.presets import PRESETS, resolve
 from superpose.errors import UserError
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from superpose.config import resolve
+from superpose.presets import resolve
 from superpose.errors import UserError
 
 from test_checkpoint import superpose

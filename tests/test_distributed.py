@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from superpose.training import distributed
-from superpose.config import resolve
+from superpose.presets import resolve
 from superpose.data import TrainLoader, open_dataset
 from superpose.errors import UserError
 from superpose.training.resume import resume_config

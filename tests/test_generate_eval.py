@@ -27,7 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from superpose import cli, load_model, load_tokenizer  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
-from superpose.training import checkpoint  # noqa: E402
+from superpose import checkpoint  # noqa: E402
 from superpose.inference.generate import generate_ids  # noqa: E402
 from superpose.inference.load import locate  # noqa: E402
 from superpose.core.model import KVCache, ModelConfig, build_model  # noqa: E402

@@ -70,7 +70,7 @@ def quiet(_):
 # ----------------------------------------------------------------------------- what is pinned
 
 def golden_config(data: Path, arm: str):
-    from superpose.config import resolve
+    from superpose.presets import resolve
 
     return resolve("cpu-smoke", [f"--data.path={data}", *COMMON, *ARMS[arm]])
 

@@ -368,7 +368,7 @@ def test_validation_ids_outside_the_vocabulary_are_one_line(world):
 
 
 def test_a_pickle_payload_is_refused_without_torch_s_hint(tmp_path):
-    from superpose.training.checkpoint import load_torch
+    from superpose.checkpoint import load_torch
 
     torch.save({"state": Payload()}, tmp_path / "optimizer.pt")
     with pytest.raises(UserError) as e:

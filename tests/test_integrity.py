@@ -383,22 +383,23 @@ def test_a_checkpoint_being_read_is_not_pruned_until_the_reader_is_done(unfinish
     """Item 8: the writer's prune skips a checkpoint a reader holds and takes it at a later save."""
     import gc
 
+    from superpose.checkpoint import checkpoints
     from superpose.inference.load import locate
-    from superpose.training import checkpoint
+    from superpose.training.checkpoint import prune
 
     src = locate(unfinished_run / "checkpoints" / "step-000002")
-    checkpoint.prune(unfinished_run, 1)
-    assert [s for s, _ in checkpoint.checkpoints(unfinished_run)] == [2, 8]
+    prune(unfinished_run, 1)
+    assert [s for s, _ in checkpoints(unfinished_run)] == [2, 8]
     del src
     gc.collect()
-    checkpoint.prune(unfinished_run, 1)
-    assert [s for s, _ in checkpoint.checkpoints(unfinished_run)] == [8]
+    prune(unfinished_run, 1)
+    assert [s for s, _ in checkpoints(unfinished_run)] == [8]
 
 
 def test_a_reader_whose_newest_checkpoint_is_pruned_takes_the_next_newest(unfinished_run, monkeypatch, cli_run):
     """Item 8: pruned between the listing and the read, the newest checkpoint is not reported as
     damaged (with advice to train again): the reader reads the listing again."""
-    from superpose.training import checkpoint
+    from superpose import checkpoint
 
     real = checkpoint.read_meta
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 
 from superpose import cli, load_model  # noqa: E402
-from superpose.config import resolve  # noqa: E402
+from superpose.presets import resolve  # noqa: E402
 from superpose.core import moe  # noqa: E402
 from superpose.core.model import ModelConfig, build_model  # noqa: E402
 from superpose.data import open_dataset  # noqa: E402

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from superpose.config import Config, resolve
+from superpose.config import Config
+from superpose.presets import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
 from superpose.training.perf import AUTO_FUSE_MIN_LOGITS, attention_kernel, auto_loss_chunk_rows, keep_freed_memory

@@ -267,8 +267,7 @@ def test_documented_python_paths_import():
             assert _defined_in_source(name), name
         else:
             _resolve(name)
-    for old, new in (("superpose.export_hf.export_hf", "superpose.interop.hf_llama.export_hf"),
-                     ("superpose.lm_eval_adapter.SuperposeLM", "superpose.interop.lm_eval_adapter.SuperposeLM"),
+    for old, new in (("superpose.lm_eval_adapter.SuperposeLM", "superpose.interop.lm_eval_adapter.SuperposeLM"),
                      ("superpose.hf.TSTTrainer", "superpose.interop.hf_trainer.TSTTrainer"),
                      ("superpose.superposition.next_bag_targets", "superpose.core.superposition.next_bag_targets")):
         assert _resolve(old) is _resolve(new), old

@@ -21,12 +21,14 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from superpose import cli, files
-from superpose.config import Config, resolve
+from superpose.config import Config
+from superpose.presets import resolve
 from superpose.data.prepare import prepare
 from superpose.errors import UserError
 from superpose.inference.load import load_model
 from superpose.training import build as build_module
-from superpose.training import checkpoint, run_training
+from superpose import checkpoint
+from superpose.training import run_training
 from superpose.training.resume import resume_config
 
 from conftest import tiny_config, tiny_sources

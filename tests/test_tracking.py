@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from superpose.config import resolve
+from superpose.presets import resolve
 from superpose.errors import UserError
 from superpose.training import tracking
 

@@ -1,6 +1,6 @@
 """The run as a function of the step: which phase it is in, and its learning rate.
 
-    schedule = Schedule.for_run(cfg)
+    schedule = cfg.schedule()   (a run's: config.Config.schedule; or Schedule.tst(steps, r, s, ...))
     schedule.phase(k)      the Phase of 0-based step k: its bag size s (1 = next-token training)
     schedule.lr(k)         warmup-stable-decay learning rate at step k, blind to the phases
     schedule.switch_step   the first next-token step (0 for a baseline run)
@@ -19,12 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from collections.abc import Sequence
-
-if TYPE_CHECKING:
-    from ..config import Config
-
 
 MODES = ("full", "input", "output")
 """Which side of the model a superposition phase bags (paper §5.2, Fig. 6):
@@ -175,13 +170,6 @@ class Schedule:
         `lr` takes the remaining fields (peak_lr, warmup_steps, ...)."""
         return cls(tuple(build_phases(total_steps, ratio, bag_size, mode, parse_stages(stages) if stages else None)),
                    **lr)
-
-    @classmethod
-    def for_run(cls, cfg: Config) -> Schedule:
-        o, t = cfg.optim, cfg.tst
-        return cls.tst(cfg.train.steps, t.ratio, t.bag_size, t.mode, t.schedule, peak_lr=o.lr,
-                       warmup_steps=o.warmup_steps, decay_frac=o.decay_frac, min_lr_ratio=o.min_lr_ratio,
-                       decay_shape=o.decay_shape)
 
     @property
     def total_steps(self) -> int:

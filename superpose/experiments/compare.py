@@ -28,7 +28,6 @@ from pathlib import Path
 from collections.abc import Callable
 
 from ..config import Config
-from ..core.schedule import Schedule
 from ..errors import UserError
 from ..files import copy_file, lock_dir
 from ..training import Trainer, build_trainer, resolve_data
@@ -227,7 +226,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
     baselines = list(baselines)
     for v in baselines:  # a bad value fails now, in one line, not after the first seed
         apply_variant(cfg, v)
-    if Schedule.for_run(cfg).switch_step == 0:
+    if cfg.schedule().switch_step == 0:
         raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
                         "must get >= 1 step)")
     steps = list(steps or [cfg.train.steps])

@@ -12,7 +12,6 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import Config  # noqa: E402
-from ..core.schedule import Schedule  # noqa: E402
 from ..files import write_file, write_text  # noqa: E402
 from .stats import speedup_text  # noqa: E402
 
@@ -49,7 +48,7 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
     baseline's real loss-for-budget curve. The dotted vertical line is TST's phase switch."""
     cfg = report["config"]
     B, L = cfg["train"]["batch_size"], cfg["data"]["seq_len"]
-    phase1_tokens = Schedule.for_run(Config.from_dict(cfg)).raw_tokens(B, L)[1]  # modes and curricula included
+    phase1_tokens = Config.from_dict(cfg).schedule().raw_tokens(B, L)[1]  # modes and curricula included
     axes_spec = {"time": ("train_time_s", "training wall clock (s)"), "step": ("step", "optimizer step"),
                  "tokens": ("tokens_seen", "raw tokens read")}
     paths = []

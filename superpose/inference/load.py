@@ -45,7 +45,7 @@ class ModelFiles:
     tokenizer_candidates: list[Path]
     tokenizer_sha256: str | None = None
     hold: object = field(default=None, repr=False, compare=False)
-    """A checkpoint's read hold (`checkpoint.hold`): a live run's writer does not prune it while
+    """A checkpoint's read hold (`superpose.checkpoint.hold`): a live run's writer does not prune it while
     this object is alive."""
 
     @property
@@ -129,7 +129,7 @@ def _looks_like_hf(path: Path) -> bool:
 
 def locate(path: Path | str) -> ModelFiles:
     """Find the weights, architecture, run config and tokenizer behind a run or checkpoint path."""
-    from ..training import checkpoint
+    from .. import checkpoint
 
     path = Path(path)
     if not path.exists():
@@ -188,7 +188,7 @@ def _newest_checkpoint(run_dir: Path) -> ModelFiles:
     """The newest checkpoint of a run, held. A live run's writer may prune the newest one between
     the listing and the hold: then the listing is read again, so a reader never mistakes a
     checkpoint pruned by a healthy run for a lost one."""
-    from ..training import checkpoint
+    from .. import checkpoint
 
     for _ in range(20):
         found = checkpoint.checkpoints(run_dir)
@@ -208,7 +208,7 @@ def load_model(path: Path | str | ModelFiles, device: str | torch.device = "cpu"
     `forward(input_ids)` takes (B, T) token ids and returns logits (B, T, V).
     """
     from ..checks import check_model_memory, count_params, device as check_device
-    from ..training.checkpoint import load_weights
+    from ..checkpoint import load_weights
 
     device = check_device(device)  # before the files are read: one line for cuda on a CPU-only install
     src = path if isinstance(path, ModelFiles) else locate(path)

@@ -28,7 +28,8 @@ from ..data.tokenizer import load_tokenizer_file
 from .. import files
 from ..checks import check_model_memory, count_params
 from ..errors import UserError
-from . import checkpoint, distributed, faults, tracking
+from .. import checkpoint
+from . import distributed, faults, tracking
 from .metrics import quiet
 from .optimizer import configure_optimizer
 from .ownership import check_train_dir
@@ -147,7 +148,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
         loader = TrainLoader(dataset.train, dataset.train_docs, seed=tr.seed, vocab_size=cfg.model.vocab_size)
     trainer = Trainer(
         cfg=cfg, run_dir=Path(run_dir), dataset=dataset, log=log, par=par, model=model,
-        optimizer=configure_optimizer(model, cfg), schedule=Schedule.for_run(cfg),
+        optimizer=configure_optimizer(model, cfg), schedule=cfg.schedule(),
         loader=loader,
         loss_fn=loss_fn, loss_chunk_rows=chunk_rows, fwd=fwd,
         val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens, cfg.model.vocab_size)),  # (N, L + 1)

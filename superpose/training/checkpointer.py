@@ -25,7 +25,9 @@ from . import distributed
 from .optimizer import configure_optimizer
 from .state import RunState
 
-from .checkpoint import DIRNAME, checkpoint_advice, checkpoints, load_torch, load_weights, read_meta, save, step_name, verify
+from ..checkpoint import (DIRNAME, FINAL_FILES, checkpoint_advice, checkpoints, load_torch, load_weights, read_meta,
+                          step_name, verify)
+from .checkpoint import save
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -156,9 +158,6 @@ def read_weights_and_optimizer(path: Path, model: torch.nn.Module, optimizer: to
         raise UserError(f"checkpoint file {path / 'optimizer.pt'} does not fit this model's optimizer "
                         "(another model shape)")
     return opt
-
-
-FINAL_FILES = ("model.safetensors", "model.json", "tokenizer.json")  # recorded in summary.json
 
 
 def save_final(trainer: Trainer, summary: dict) -> None:

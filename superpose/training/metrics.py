@@ -17,14 +17,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..checkpoint import checkpoint_advice
 from ..core.losses import bag_loss
 from ..data import Mixture, MixtureLoader
 from ..files import AppendLog, write_text
 
 
 def _go_on(run_dir: Path) -> str:
-    from .checkpoint import checkpoint_advice  # checkpoint imports this module's neighbours: import late
-
     return checkpoint_advice(run_dir)
 
 

@@ -16,7 +16,9 @@ from ..config import RESUME_MAY_CHANGE, Config, parse_overrides, set_field
 from ..data import Dataset, Mixture
 from ..data.mixture import absolute_mix
 from ..errors import UserError
-from . import checkpoint, checkpointer
+from .. import checkpoint
+from . import checkpointer
+from .checkpoint import remove_leftovers
 from .metrics import truncate_metrics
 
 
@@ -92,7 +94,7 @@ def continue_from(trainer, ckpt: Path) -> None:
     cut metrics.jsonl back to the checkpoint's step, so each step appears once."""
     trainer.load_checkpoint(ckpt)
     main, run_dir, st = trainer.par.is_main, trainer.run_dir, trainer.state  # only rank 0 touches the run directory
-    gone = checkpoint.remove_leftovers(run_dir) if main else []
+    gone = remove_leftovers(run_dir) if main else []
     dropped = truncate_metrics(run_dir / "metrics.jsonl", st.step) if main else 0
     steps = trainer.cfg.train.steps
     phase = trainer.schedule.phase(min(st.step, steps - 1))
