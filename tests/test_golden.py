@@ -221,7 +221,7 @@ def test_the_tst_arm_is_tst_and_learns(golden):
 
 MUTATIONS = {
     # The bags' targets shifted by one token: the wrong next bag.
-    "bag-targets": ("superpose.training.tst_step", "bag_targets",
+    "bag-targets": ("superpose.core.tst_step", "bag_targets",
                     lambda real: lambda y, s, mode="full", *a: real(torch.roll(y, 1, dims=1), s, mode, *a)),
 }
 

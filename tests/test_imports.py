@@ -36,11 +36,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "superpose.hf", "superpose.lm_eval_adapter", "superpose.superposition"),  # documented import paths
 )
 
-# The one cycle still allowed, by name; any other cycle, or this one grown, fails.
-KNOWN_CYCLES = {
-    # core/model.py and core/moe.py import each other: removed when the architecture registry lands.
-    frozenset({"superpose.core.model", "superpose.core.moe"}),
-}
+# Cycles allowed by name (none: the architecture registry removed the last, core/model <-> core/moe).
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def module_files(root: Path) -> dict[str, Path]:

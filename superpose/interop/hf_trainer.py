@@ -32,7 +32,7 @@ from ..core.superposition import bag_weights as bag_weights_of
 from ..core.superposition import count_valid_targets, input_bag, multi_hot_cross_entropy, superpose_embeddings
 from ..errors import UserError
 from ..inference.evaluate import next_token_eval
-from ..training.tst_step import phase_inputs, phase_targets, phase_weights, switch
+from ..core.tst_step import phase_inputs, phase_targets, phase_weights, switch
 from .hf_data import DataError, ShuffledRows, TokenRows, token_source
 
 try:

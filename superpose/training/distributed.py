@@ -230,16 +230,6 @@ def grad_sync(fwd: nn.Module, par: Parallel, last: bool):
 
 
 @torch.no_grad()
-def copy_full_(param: Tensor, value: Tensor) -> None:
-    """Write a full tensor (the same on every rank) into a parameter: in place for a plain or DDP
-    parameter, into this rank's shard for an FSDP2 (DTensor) one."""
-    if hasattr(param, "device_mesh"):  # a DTensor
-        from torch.distributed.tensor import distribute_tensor
-
-        value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
-    param.copy_(value.to(param.device, param.dtype))
-
-
 def local(t: Tensor) -> Tensor:
     """This rank's shard of a DTensor (FSDP parameters and gradients); any other tensor as is."""
     return t.to_local() if hasattr(t, "to_local") else t

@@ -46,7 +46,7 @@ from .run_start import write_run_files
 from .tracking import Fanout, open_trackers
 from .perf import compute_context
 from .state import RunState, rng_state, set_rng_state
-from .tst_step import fresh_redraw, phase_targets, phase_weights, superposed_loss, switch
+from ..core.tst_step import fresh_redraw, phase_targets, phase_weights, superposed_loss, switch
 
 __all__ = ["Trainer", "superposed_loss"]  # superposed_loss: its home is tst_step
 

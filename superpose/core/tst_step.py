@@ -22,11 +22,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..core.losses import MCE
-from ..core.model import Transformer
-from ..core.superposition import (bag_targets, chunked_multi_hot_cross_entropy, count_valid_targets, input_bag,
+from .losses import MCE
+from .model import Transformer
+from .superposition import (bag_targets, chunked_multi_hot_cross_entropy, count_valid_targets, input_bag,
                                   mi_bag_weights, multi_hot_cross_entropy, superpose_token_embeddings)
-from .distributed import copy_full_
 
 
 def phase_inputs(rows: Tensor, bag_size: int, mode: str = "full") -> tuple[Tensor, int]:
@@ -133,3 +132,13 @@ def fresh_redraw(model: Transformer) -> Callable[[tuple[str, ...], torch.Generat
         return {name: params[name] for name in fresh}
 
     return redraw
+
+
+def copy_full_(param: Tensor, value: Tensor) -> None:
+    """Write a full tensor (the same on every rank) into a parameter: in place for a plain or DDP
+    parameter, into this rank's shard for an FSDP2 (DTensor) one."""
+    if hasattr(param, "device_mesh"):  # a DTensor
+        from torch.distributed.tensor import distribute_tensor
+
+        value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+    param.copy_(value.to(param.device, param.dtype))
