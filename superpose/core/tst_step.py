@@ -134,6 +134,7 @@ def fresh_redraw(model: Transformer) -> Callable[[tuple[str, ...], torch.Generat
     return redraw
 
 
+@torch.no_grad()
 def copy_full_(param: Tensor, value: Tensor) -> None:
     """Write a full tensor (the same on every rank) into a parameter: in place for a plain or DDP
     parameter, into this rank's shard for an FSDP2 (DTensor) one."""

@@ -229,7 +229,6 @@ def grad_sync(fwd: nn.Module, par: Parallel, last: bool):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
 def local(t: Tensor) -> Tensor:
     """This rank's shard of a DTensor (FSDP parameters and gradients); any other tensor as is."""
     return t.to_local() if hasattr(t, "to_local") else t
