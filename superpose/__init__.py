@@ -2,9 +2,14 @@
 
     core/       the TST math (superposition), the Llama it trains (model), phases and LR (schedule)
     data/       raw text -> tokenized shards -> the rows training reads
+    config.py   the typed run config (presets.py: named presets, config files, resolve)
+    checkpoint.py  the run directory's checkpoints and final model, as every reader sees them
+    inference/  load a trained model, generate from it, the one evaluation loop
+    interop/    Hugging Face export/import, TST for any HF causal LM, lm-eval (adapter, runner)
     training/   build a run once, step it, checkpoint and resume it, on one process or many
-    inference/  load a trained model, generate from it, evaluate it
-    interop/    Hugging Face export/import, TST for any HF causal LM, the lm-eval adapter
+    experiments/  compare, sweep, their reports and plots
+
+Each layer imports only from those listed above it (tests/test_imports.py holds the order).
 
 `superpose.superposition` and `superpose.hf` are the documented paths of the TST math and of
 `TSTTrainer`; `load_model` / `load_tokenizer` open a run or checkpoint. The CLI is `superpose`

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .config import Config
 from .data import Mixture, token_byte_lengths, val_windows
 from .data.tokenizer import load_tokenizer_file
 from .errors import UserError
@@ -38,18 +39,18 @@ def evaluate_loss(path: Path | str, data: Path | str | None = None, val_tokens: 
     so a run scored on its own data gives its summary.json numbers."""
     src = locate(path)
     ds = open_eval_data(src, data)
-    cfg_data, cfg_train = src.config.get("data", {}), src.config.get("train", {})
+    cfg = src.run_config or Config()  # a run that recorded no config: the defaults
     # None means "the run's own"; 0 is a mistake, said below, not the default.
-    val_tokens = val_tokens if val_tokens is not None else int(cfg_data.get("val_tokens") or 1 << 16)
-    batch_size = batch_size if batch_size is not None else int(cfg_train.get("batch_size") or 16)
+    val_tokens = val_tokens if val_tokens is not None else cfg.data.val_tokens
+    batch_size = batch_size if batch_size is not None else cfg.train.batch_size
     if val_tokens < 1 or batch_size < 1:
         raise UserError(f"--val-tokens and --batch-size must be >= 1, got {val_tokens} and {batch_size}")
     model = load_model(src, device)
     device = next(model.parameters()).device
-    attention = cfg_train.get("attention", "auto")
+    attention = cfg.train.attention
     if device.type != "cuda" and attention in CUDA_ONLY_ATTENTION:
         attention = "auto"  # a GPU run scored on CPU: the kernel is a speed choice, the arithmetic is the same
-    context = partial(compute_context, cfg_train.get("dtype", "float32"), attention, device)
+    context = partial(compute_context, cfg.train.dtype, attention, device)
     windows = torch.from_numpy(val_windows(ds, src.seq_len, val_tokens, src.model_config.vocab_size))  # (N, L + 1)
     tokenizer = load_tokenizer_file(ds.tokenizer_path)
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, src.model_config.vocab_size))  # (V,)

@@ -11,6 +11,8 @@ no tokenizer anywhere) and test_reliability.py (damaged or NaN weights refused b
 - it refuses a model.json that does not describe a valid model, unreadable JSON, and a
   tokenizer in the data directory that is not the one the checkpoint recorded, each in one line;
 - a run finished before checksums came in (no summary.json records) still loads;
+- the run config comes back typed (`ModelFiles.run_config`, a `Config`): fields an older run did
+  not record take Config's defaults, a config this superpose cannot read is one line;
 - the special tokens come from the run's own record.
 
 Run: .venv/bin/pytest tests/test_load.py
@@ -23,6 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from superpose.config import Config
 from superpose.errors import UserError
 from superpose.files import file_record
 from superpose.inference.load import load_model, load_tokenizer, locate, special_tokens
@@ -56,6 +59,7 @@ def test_locate_describes_each_path(run, where, kind, step, phase1):
     config = json.loads((run / "config.json").read_text())
     assert (src.kind, src.step, src.is_phase1, src.phase1_steps) == (kind, step, phase1, 4)
     assert src.path == (run / where if where else run) and src.config == config
+    assert isinstance(src.run_config, Config) and src.run_config == Config.from_dict(config)
     assert src.model_config.to_dict() == config["model"]
     assert src.seq_len == config["data"]["seq_len"] == 16
     assert str(src.data_path) == config["data"]["path"]
@@ -151,3 +155,29 @@ def test_special_tokens_come_from_the_runs_record(run, final):
     (final / "special_tokens.json").write_text(json.dumps({"eot_id": 5, "prefix_ids": [1]}))
     src = locate(final)
     assert special_tokens(load_tokenizer(src), src) == {"eot_id": 5, "prefix_ids": [1]}
+
+
+def test_an_older_runs_config_loads_typed_with_the_defaults_for_what_it_lacks(final):
+    """A config.json written before tst.mode, data.mix and the log section existed: the run loads,
+    and what it lacks is Config's default (one place), not a literal at the reader."""
+    config = json.loads((final / "config.json").read_text())
+    del config["log"], config["tst"]["mode"], config["data"]["mix"], config["data"]["val_tokens"]
+    (final / "config.json").write_text(json.dumps(config))
+    src = locate(final)
+    defaults = Config()
+    assert (src.run_config.tst.mode, src.run_config.data.mix, src.run_config.log) == ("full", "", defaults.log)
+    assert src.run_config.data.val_tokens == defaults.data.val_tokens
+    assert src.run_config.train.steps == src.step == config["train"]["steps"]
+    assert src.seq_len == config["data"]["seq_len"] and str(src.data_path) == config["data"]["path"]
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: c["train"].update(stepz=3), "unknown config key 'train.stepz'"),
+    (lambda c: c["train"].update(steps="many"), "train.steps: expected int"),
+    (lambda c: c.update(train=[1]), "its sections are not objects"),
+])
+def test_a_run_config_this_superpose_cannot_read_is_one_line(final, edit, needle):
+    config = json.loads((final / "config.json").read_text())
+    edit(config)
+    (final / "config.json").write_text(json.dumps(config))
+    one_line(lambda: locate(final), f"{final / 'config.json'} holds a run config this superpose cannot read", needle)

@@ -74,14 +74,14 @@ def open_eval_data(src, data: Path | str | None) -> Dataset | Mixture:
     mixture, each source's share of the windows); its tokenizer must be the model's."""
     from .load import tokenizer_path
 
-    mix = src.config.get("data", {}).get("mix") if data is None else ""
+    mix = src.run_config.data.mix if data is None and src.run_config is not None else ""
     if mix:
         ds = open_mixture(mix)  # a source gone is one line from open_dataset
     else:
         if data is None and src.data_path is None:
             raise UserError(f"{src.path} does not record its data directory (no config.json); pass --data DATA_DIR")
         if data is None and not src.data_path.is_dir():
-            default = not src.config.get("data", {}).get("path")
+            default = not src.run_config.data.path  # a data_path comes from a run config
             what = "the default corpus the run trained on is not prepared in" if default else \
                 "the run's data directory is gone:"
             raise UserError(f"{what} {src.data_path}; pass --data DATA_DIR (prepared with the same tokenizer)"

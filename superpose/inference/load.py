@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import Config
 from ..core.model import ModelConfig, Transformer, empty_model
-from ..core.schedule import Schedule
 from ..errors import UserError
 from ..files import sha256_file
 
@@ -38,15 +38,19 @@ class ModelFiles:
     kind: str
     """"run" (the final model) or "checkpoint"."""
     model_config: ModelConfig
-    config: dict
-    """The run's resolved config as a dict (sections model, data, tst, ...); empty if unknown."""
+    run_config: Config | None
+    """The run's resolved config (`Config.from_dict` of what it recorded: a field an older run did
+    not record takes Config's default); None when the run recorded none (no config.json)."""
     step: int | None
     """Optimizer steps the weights have taken (None when the run config is unknown)."""
     tokenizer_candidates: list[Path]
     tokenizer_sha256: str | None = None
     hold: object = field(default=None, repr=False, compare=False)
-    """A checkpoint's read hold (`superpose.checkpoint.hold`): a live run's writer does not prune it while
-    this object is alive."""
+    """A checkpoint's read hold (`superpose.checkpoint.hold`): a live run's writer does not prune it
+    while this object is alive."""
+    config: dict = field(default_factory=dict, repr=False)
+    """The run config as its file holds it (sections as dicts; empty if unknown). Read `run_config`:
+    this is kept only for interop/hf_llama's model card until it reads `run_config` too."""
 
     @property
     def weights(self) -> Path:
@@ -59,11 +63,7 @@ class ModelFiles:
     @property
     def phase1_steps(self) -> int:
         """Steps of phase 1 (superposition) in the run this model comes from; 0 without TST."""
-        tst, train = self.config.get("tst", {}), self.config.get("train", {})
-        if not tst or not train:
-            return 0
-        return Schedule.tst(int(train["steps"]), float(tst["ratio"]), int(tst["bag_size"]), tst.get("mode", "full"),
-                            tst.get("schedule", "")).switch_step
+        return self.run_config.schedule().switch_step if self.run_config is not None else 0
 
     @property
     def is_phase1(self) -> bool:
@@ -74,14 +74,14 @@ class ModelFiles:
     @property
     def seq_len(self) -> int:
         """The training context in positions (data.seq_len), else the model's max_seq_len."""
-        return int(self.config.get("data", {}).get("seq_len") or self.model_config.max_seq_len)
+        return self.run_config.data.seq_len if self.run_config is not None else self.model_config.max_seq_len
 
     @property
     def data_path(self) -> Path | None:
-        return _data_dir(self.config)
+        return _data_dir(self.run_config)
 
 
-def _data_dir(config: dict) -> Path | None:
+def _data_dir(config: Config | None) -> Path | None:
     """The data directory a run trained on: data.path; for a run on a mixture (data.mix) its first
     directory, whose tokenizer the run took; for a run on the default corpus (both empty) the
     default corpus in $SUPERPOSE_CACHE at the run's data.vocab_size. None when the run config is
@@ -89,14 +89,27 @@ def _data_dir(config: dict) -> Path | None:
     from ..data.mixture import parse_mix
     from ..data.default_corpus import default_data_dir
 
-    data = config.get("data") if isinstance(config, dict) else None
-    if not isinstance(data, dict):
+    if config is None:
         return None
-    if data.get("path"):
-        return Path(data["path"])
-    if data.get("mix"):
-        return Path(parse_mix(data["mix"])[0][0])
-    return default_data_dir(int(data.get("vocab_size") or 4096))
+    if config.data.path:
+        return Path(config.data.path)
+    if config.data.mix:
+        return Path(parse_mix(config.data.mix)[0][0])
+    return default_data_dir(config.data.vocab_size)
+
+
+def _run_config(d: dict, where: Path) -> Config | None:
+    """A run config as recorded (config.json, or a checkpoint's meta.json), as a `Config`; None
+    when none was recorded ({})."""
+    if not d:
+        return None
+    try:
+        if not isinstance(d, dict) or not all(isinstance(v, dict) for v in d.values()):
+            raise UserError("its sections are not objects")
+        return Config.from_dict(d)
+    except UserError as e:
+        raise UserError(f"{where} holds a run config this superpose cannot read ({e}); was it written by another "
+                        "superpose version?") from None
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -144,32 +157,33 @@ def locate(path: Path | str) -> ModelFiles:
         # when training continues: a flipped byte must not be exported or evaluated.
         meta = checkpoint.read_meta(path)
         checkpoint.verify_files(path, meta["files"], ("model.safetensors",), "checkpoint file", "meta.json")
-        config = meta["config"]
-        run_dir = path.parent.parent
-        data = _data_dir(config)
+        config, run_dir = meta["config"], path.parent.parent
+        run_config = _run_config(config, path / "meta.json")
+        data = _data_dir(run_config)
         candidates = [path / "tokenizer.json", run_dir / "tokenizer.json"] + ([data / "tokenizer.json"] if data else [])
-        return ModelFiles(path, "checkpoint", _model_config(config["model"], path / "meta.json"), config,
-                          int(meta["step"]), candidates, meta.get("data", {}).get("tokenizer_sha256"), held)
+        return ModelFiles(path, "checkpoint", _model_config(config.get("model", {}), path / "meta.json"), run_config,
+                          int(meta["step"]), candidates, meta["data"].get("tokenizer_sha256"), held, config)
     # A finished run (summary.json): its final model, verified, or a refusal naming what to use.
     records = checkpoint.verify_final(path) if (path / "summary.json").is_file() else None
     if (path / "model.safetensors").is_file() and (path / "model.json").is_file() and (
             (path / "summary.json").is_file() or not checkpoint.checkpoints(path)):  # else unfinished: a checkpoint
-        config = _read_json(path / "config.json", "run config") if (path / "config.json").is_file() else {}
-        steps = config.get("train", {}).get("steps") if isinstance(config, dict) else None
-        data = _data_dir(config)
         if records is not None:
             # The run config decides the context, the data and the evaluation tokens (recorded since issue 22).
             checkpoint.verify_files(path, records, ("config.json",) if "config.json" in records else (), "run file",
                                     "summary.json", fix="put back the config the run trained with (each checkpoint's "
                                     "meta.json holds it too); evaluate on other data or tokens with eval --data and "
                                     "--val-tokens, not by editing it")
+        config = _read_json(path / "config.json", "run config") if (path / "config.json").is_file() else {}
+        run_config = _run_config(config, path / "config.json")
+        data = _data_dir(run_config)
+        if records is not None:
             checkpoint.verify_files(path, records, ("tokenizer.json",), "model file", "summary.json",
                                     fix=f"copy the tokenizer.json of the data directory the run trained on "
                                     f"({data or 'DATA_DIR'}) into {path}")
         candidates = [path / "tokenizer.json"] + ([data / "tokenizer.json"] if data else [])
-        return ModelFiles(path, "run", _model_config(_read_json(path / "model.json", "model architecture"),
-                                                     path / "model.json"),
-                          config, int(steps) if steps is not None else None, candidates)
+        model_config = _model_config(_read_json(path / "model.json", "model architecture"), path / "model.json")
+        return ModelFiles(path, "run", model_config, run_config, run_config.train.steps if run_config else None,
+                          candidates, config=config)
     run_dir = path.parent if path.name == checkpoint.DIRNAME and not checkpoint.checkpoints(path) else path
     if checkpoint.checkpoints(run_dir):  # RUN_DIR/checkpoints itself is taken for its run
         return _newest_checkpoint(run_dir)

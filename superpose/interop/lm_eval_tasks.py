@@ -14,6 +14,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..inference.evaluate import open_eval_data
+from ..inference.load import ModelFiles, load_model, load_tokenizer, locate
+from ..tasks import LOCAL_TASKS, build_task
 
 HUB_TASKS_HINT = "hellaswag, arc_easy, arc_challenge, mmlu"
 
@@ -46,43 +48,18 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
     Each entry of `tasks` is a task yaml file, a local task superpose builds from held-out text
     (superpose_cloze), or an lm-eval task or group name.
     """
-    # The arguments first: importing lm-eval takes seconds.
-    tasks = [t.strip() for t in tasks if t.strip()]
-    if not tasks:
-        raise UserError("--tasks names no task; give task yaml files or names, comma-separated, e.g. "
-                        "superpose_cloze")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be >= 1 (examples scored per task; leave it out for all), got {limit}")
-    if num_fewshot is not None and num_fewshot < 0:
-        raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    tasks = _check_arguments(tasks, limit, num_fewshot, batch_size)  # first: importing lm-eval takes seconds
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
         from lm_eval.utils import make_table
     except ImportError as e:
         raise UserError(f"--tasks needs lm-eval ({e}); install it with: pip install 'superpose[hf]'") from None
-    from ..inference.load import load_model, load_tokenizer, locate
-    from ..tasks import LOCAL_TASKS, build_task
     from .lm_eval_adapter import SuperposeLM, quiet_git
 
     src = locate(path)
     with tempfile.TemporaryDirectory(prefix="superpose-tasks-") as tmp:
-        specs, hub = [], []
-        for name in tasks:
-            if name.endswith((".yaml", ".yml")):
-                if not Path(name).is_file():
-                    raise UserError(f"task file {name} does not exist")
-                check_task_file(Path(name))
-                specs.append(str(Path(name).resolve()))
-            elif name in LOCAL_TASKS:
-                ds = open_eval_data(src, data)
-                log(f"building {name} from the validation split of {ds.path}")
-                specs.append(str(build_task(name, ds.path, Path(tmp) / name)))
-            else:
-                hub.append(name)
-                specs.append(name)
+        specs, hub = _task_specs(src, tasks, data, Path(tmp), log)
         manager = TaskManager(include_defaults=bool(hub))
         unknown = [n for n in hub if n not in manager.all_tasks]
         if unknown:
@@ -109,3 +86,39 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
     scores = {task: {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "alias"}
               for task, metrics in results["results"].items()}
     return {"model": str(src.path), "step": src.step, "tasks": scores, "table": make_table(results)}
+
+
+def _check_arguments(tasks: list[str], limit: int | None, num_fewshot: int | None, batch_size: int) -> list[str]:
+    """The task names, stripped; a UserError for any argument out of range."""
+    tasks = [t.strip() for t in tasks if t.strip()]
+    if not tasks:
+        raise UserError("--tasks names no task; give task yaml files or names, comma-separated, e.g. "
+                        "superpose_cloze")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1 (examples scored per task; leave it out for all), got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    return tasks
+
+
+def _task_specs(src: ModelFiles, tasks: list[str], data: Path | str | None, tmp: Path,
+                log: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """(what lm-eval is given for each task, the names it must find itself): a yaml file checked
+    and resolved, a local task built into `tmp` from the evaluation data, else a hub name."""
+    specs, hub = [], []
+    for name in tasks:
+        if name.endswith((".yaml", ".yml")):
+            if not Path(name).is_file():
+                raise UserError(f"task file {name} does not exist")
+            check_task_file(Path(name))
+            specs.append(str(Path(name).resolve()))
+        elif name in LOCAL_TASKS:
+            ds = open_eval_data(src, data)
+            log(f"building {name} from the validation split of {ds.path}")
+            specs.append(str(build_task(name, ds.path, tmp / name)))
+        else:
+            hub.append(name)
+            specs.append(name)
+    return specs, hub

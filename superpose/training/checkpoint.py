@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,33 +50,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
     if keep > 0 and free is not None and free < needed:
         prune(run_dir, max(keep - 1, 1))
     tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
-
-    def intact() -> str:
-        older = [p for s, p in checkpoints(run_dir) if s < step]
-        if final.is_dir():  # only the `latest` pointer failed
-            return f"{final.name} itself was written completely"
-        return f"the previous checkpoint {older[-1].name} is intact" if older else "no earlier checkpoint exists"
-
-    def fix() -> str:
-        # Advice that works: --checkpoint.keep=1 only when deleting the older checkpoints would make
-        # room (keep is then honoured before the save); otherwise the space that must be freed.
-        def size(d: Path) -> int:
-            return sum(f.stat().st_size for f in d.iterdir() if f.is_file()) if d.is_dir() else 0
-
-        older = checkpoints(run_dir)[:-1]
-        freed = sum(size(p) for _, p in older)
-        # What this save's files already written take is freed when its temporary is removed.
-        short = needed - (files.free_bytes(root) or 0) - size(tmp)
-        go_on = checkpoint_advice(run_dir)
-        if short <= 0:  # bytes are free, yet the disk said full: it ran out of inodes (files), or a quota
-            return (f"the disk has {files.mb(files.free_bytes(root))} free but no room for more files (out of inodes "
-                    f"or over a quota: see df -i): delete some files on it, then {go_on}")
-        if older and freed >= short:
-            return (f"resume with superpose train --resume {run_dir} --checkpoint.keep=1 (it deletes the {len(older)} "
-                    f"older checkpoint(s), {files.mb(freed)}, before each save), or free {files.mb(short)} and "
-                    "resume without it")
-        also = f" (or {files.mb(short - freed)} with --checkpoint.keep=1)" if older else ""
-        return f"free at least {files.mb(short)}{also} and {go_on}"
+    intact, fix = partial(_what_is_intact, run_dir, step), partial(_disk_full_fix, run_dir, tmp, needed)
 
     def write(name: str, produce) -> dict:
         f = tmp / name
@@ -84,17 +59,11 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
         faults.kill_point(step, name)
         return file_record(f)
 
-    def torch_file(obj):
-        def produce(p: Path) -> None:
-            with open(p, "wb") as out:
-                torch.save(obj, out)
-        return produce
-
     try:
         tmp.mkdir()
         recorded = {"model.safetensors": write("model.safetensors", lambda p: save_model(model, str(p))),
-                    "optimizer.pt": write("optimizer.pt", torch_file(optimizer_state)),
-                    "rng.pt": write("rng.pt", torch_file(rng_state))}
+                    "optimizer.pt": write("optimizer.pt", partial(_torch_save, optimizer_state)),
+                    "rng.pt": write("rng.pt", partial(_torch_save, rng_state))}
         meta = {"format_version": FORMAT_VERSION, **meta, "step": step, "files": recorded}
         meta["checksum"] = meta_checksum(meta)
         text = json.dumps(meta, indent=2) + "\n"
@@ -116,6 +85,44 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
     if keep > 0:
         prune(run_dir, keep)
     return final
+
+
+
+def _torch_save(obj, path: Path) -> None:
+    with open(path, "wb") as out:
+        torch.save(obj, out)
+
+def _what_is_intact(run_dir: Path, step: int) -> str:
+    """What a failed save of checkpoint `step` leaves intact, for its one-line error."""
+    final = Path(run_dir) / DIRNAME / step_name(step)
+    older = [p for s, p in checkpoints(run_dir) if s < step]
+    if final.is_dir():  # only the `latest` pointer failed
+        return f"{final.name} itself was written completely"
+    return f"the previous checkpoint {older[-1].name} is intact" if older else "no earlier checkpoint exists"
+
+
+def _disk_full_fix(run_dir: Path, tmp: Path, needed: int) -> str:
+    """Advice that works after a save ran out of space: --checkpoint.keep=1 only when deleting the
+    older checkpoints would make room (keep is then honoured before the save); otherwise the
+    space that must be freed."""
+    def size(d: Path) -> int:
+        return sum(f.stat().st_size for f in d.iterdir() if f.is_file()) if d.is_dir() else 0
+
+    root = Path(run_dir) / DIRNAME
+    older = checkpoints(run_dir)[:-1]
+    freed = sum(size(p) for _, p in older)
+    # What this save's files already written take is freed when its temporary is removed.
+    short = needed - (files.free_bytes(root) or 0) - size(tmp)
+    go_on = checkpoint_advice(run_dir)
+    if short <= 0:  # bytes are free, yet the disk said full: it ran out of inodes (files), or a quota
+        return (f"the disk has {files.mb(files.free_bytes(root))} free but no room for more files (out of inodes "
+                f"or over a quota: see df -i): delete some files on it, then {go_on}")
+    if older and freed >= short:
+        return (f"resume with superpose train --resume {run_dir} --checkpoint.keep=1 (it deletes the {len(older)} "
+                f"older checkpoint(s), {files.mb(freed)}, before each save), or free {files.mb(short)} and "
+                "resume without it")
+    also = f" (or {files.mb(short - freed)} with --checkpoint.keep=1)" if older else ""
+    return f"free at least {files.mb(short)}{also} and {go_on}"
 
 
 def _bytes_needed(run_dir: Path, model: torch.nn.Module) -> int:

@@ -1,7 +1,8 @@
 """A trainer's checkpoints: what `Trainer.save_checkpoint`, `--resume` and the end of a run write
-and read, on top of the checkpoint directory format in checkpoint.py (step-N directories, atomic
-saves, checksums, pruning). In the spirit of torchtitan's checkpointer: the trainer's state is
-its weights, its optimizer, and `Trainer.progress()` (the RunState, the loader position, the RNG).
+and read, on top of the checkpoint directory format (superpose/checkpoint.py: step-N directories,
+checksums, reading) and its writer (training/checkpoint.py: atomic saves, pruning). In the spirit
+of torchtitan's checkpointer: the trainer's state is its weights, its optimizer, and
+`Trainer.progress()` (the RunState, the loader position, the RNG).
 """
 
 from __future__ import annotations
