@@ -30,7 +30,7 @@ def _cpu_smoke() -> Config:
 
 
 def _cpu_small() -> Config:
-    """A few minutes on 2 CPU cores: the README demo (a 2M-parameter Llama on the default corpus)."""
+    """A few minutes on 2 CPU cores: a 2M-parameter Llama on the default corpus (the crossover study of short runs)."""
     return Config(
         model=ModelConfig(dim=128, n_layers=4, n_heads=4, max_seq_len=128),
         data=DataConfig(seq_len=128, val_tokens=65536),
@@ -106,7 +106,7 @@ def _paper_moe() -> Config:
 
     The paper states only: Qwen3-MoE architecture, 10B/1B, s=16, 12,483 TST of 49,983 steps,
     8M tokens a step, lr 3e-4, 50/50 FineWeb-Edu + DCLM. Everything else is chosen here
-    (README "Mixture of experts" lists it): the Qwen3 tokenizer's vocabulary 151,936 (bring the
+    (docs/moe.md lists it): the Qwen3 tokenizer's vocabulary 151,936 (bring the
     data with `--data.path`); Qwen3-30B-A3B's proportions scaled down: d=1536, 28 layers, 12 query
     / 4 key-value heads of 128, 96 experts of width 768 with top-8 routing, every layer sparse,
     norm_topk_prob, aux coefficient 0.001; sequence length 8192 (the HF model name's 8k), RoPE

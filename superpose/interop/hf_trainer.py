@@ -97,7 +97,7 @@ def superposition_loss(model, input_ids: Tensor, bag_size: int, weights: str | T
     A transformers mixture-of-experts model (Qwen3-MoE, Mixtral, ...) also adds its router
     load-balancing loss times router_aux_loss_coef, as its own forward(labels=...) would (for
     "sum", times the valid-target count, so the division leaves it whole; "none" leaves it out).
-    In phase 1 its routers route the superposed positions (see README, Mixture of experts).
+    In phase 1 its routers route the superposed positions (see docs/moe.md).
     """
     emb = _input_embeddings(model)
     s_in = input_bag(bag_size, mode)
