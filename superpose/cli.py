@@ -324,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("superpose: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left early (`superpose presets | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit's flush
+        return 141  # 128 + SIGPIPE, as a shell tool killed by it
     except Exception as e:
         from .training.distributed import describe_lost_peer, rank_tag
 

@@ -141,3 +141,10 @@ def test_compare_and_sweep_from_the_command_line(data_copy, tmp_path):
                                 *small), "--bag-sizes takes comma-separated numbers")
     assert_user_error(superpose("compare", "--preset", "cpu-smoke", "--out", tmp_path / "z", "--ratio", "2", *small),
                       "tst.ratio: must be in [0, 1]")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    # `superpose presets | head -1`: the pipe closes before the table is written.
+    proc = subprocess.run(f"{sys.executable} -m superpose presets | head -1", shell=True, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.startswith("preset") and "Traceback" not in proc.stderr, proc.stderr
