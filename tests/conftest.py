@@ -85,6 +85,15 @@ def checkpointed_run(tiny_data, tmp_path_factory):
     return run_dir
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker is one process of several on the machine's cores: one torch
+    thread each, and one for the processes the tests start (they inherit OMP_NUM_THREADS), so
+    workers x threads stays at the core count. Spinning OpenMP threads over it cost 5-50x here."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("SUPERPOSE_OFFLINE") == "1":
         skip = pytest.mark.skip(reason="SUPERPOSE_OFFLINE=1")
