@@ -100,6 +100,8 @@ def test_scan_reports_best_baseline_per_length_and_one_seed_has_no_band(tiny_dat
     assert any(v.startswith("trend: the gain against the best baseline") for v in rep["verdicts"])
     text = (tmp_path / "scan" / "report.md").read_text()
     assert "one seed, so no band" in text and "n/a (one seed)" in text
+    # One seed has no spread: no "std nan" in any verdict or table.
+    assert "nan" not in text and not any("nan" in v for ln in rep["lengths"] for v in ln["verdicts"])
     # No zero-width band such as "(+0.094 to +0.094)" anywhere.
     for ln in rep["lengths"]:
         g = ln["equal_steps_loss_gain"]["mean"]

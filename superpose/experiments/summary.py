@@ -169,21 +169,25 @@ def verdicts(rep: dict) -> list[str]:
     n = g["n"]
     kinds = rep["iso_loss_kinds"]
     bounds = sorted(set(kinds) - {"interpolated"})
+    # One seed has no spread: say so instead of printing "std nan".
+    spread = (f"mean over {n} seeds, std {g['std']:.4f}; per seed {', '.join(f'{v:+.4f}' for v in g['values'])}); "
+              f"baseline seed-to-seed std {rep['baseline_seed_spread']:.4f}, TST {rep['tst_seed_spread']:.4f}"
+              if n > 1 else "one seed)")
     lines = [
         f"equal steps: baseline - TST final val loss = {g['mean']:+.4f} nats ({'TST better' if g['mean'] > 0 else 'TST worse'}; "
-        f"mean over {n} seeds, std {g['std']:.4f}; "
-        f"per seed {', '.join(f'{v:+.4f}' for v in g['values'])}); baseline seed-to-seed std "
-        f"{rep['baseline_seed_spread']:.4f}, TST {rep['tst_seed_spread']:.4f}: {clear_of_noise(g, 0.0)}",
-        f"iso-loss speedup in wall clock: {speedup_text(sp, kinds)} (std {sp['std']:.2f}; per seed "
-        f"{', '.join(f'{v:.2f}' for v in sp['values'])}): " + (clear_of_noise(sp, 1.0) if not bounds else "a bound, see below"),
-        f"iso-loss ratio in steps: {speedup_text(st, kinds)} (std {st['std']:.2f})",
+        f"{spread}: {clear_of_noise(g, 0.0)}",
+        f"iso-loss speedup in wall clock: {speedup_text(sp, kinds)} ("
+        + (f"std {sp['std']:.2f}; per seed {', '.join(f'{v:.2f}' for v in sp['values'])}" if n > 1 else "one seed")
+        + "): " + (clear_of_noise(sp, 1.0) if not bounds else "a bound, see below"),
+        f"iso-loss ratio in steps: {speedup_text(st, kinds)}" + (f" (std {st['std']:.2f})" if n > 1 else ""),
     ]
     if len(rep.get("baselines_val_loss", {})) > 1:
         b = rep["best_baseline_gain"]
         lines.append(f"against the best baseline ({rep['best_baseline']}, lowest mean final loss of "
                      f"{len(rep['baselines_val_loss'])} baselines): {b['mean']:+.4f} nats "
-                     f"({'TST better' if b['mean'] > 0 else 'TST worse'}; per seed "
-                     f"{', '.join(f'{v:+.4f}' for v in b['values'])}): {clear_of_noise(b, 0.0)}")
+                     f"({'TST better' if b['mean'] > 0 else 'TST worse'}"
+                     + (f"; per seed {', '.join(f'{v:+.4f}' for v in b['values'])}" if n > 1 else "; one seed")
+                     + f"): {clear_of_noise(b, 0.0)}")
     p1, h = rep.get("phase1_loss_at_switch"), rep.get("unigram_entropy")
     if p1 is not None:
         vs = "" if h is None else f" vs the data's unigram entropy {h:.3f}: " + plateau_verdict(p1["mean"], h)
