@@ -16,6 +16,7 @@ from superpose.core.model import ModelConfig, build_model
 from superpose.data import mutual_info
 from superpose.data.shards import open_dataset
 from superpose.errors import UserError
+from superpose.experiments.baselines import best_baseline
 from superpose.experiments.compare import compare, parse_baselines, plateau_verdict
 from superpose.experiments.report import interval
 from superpose.experiments.stats import stats
@@ -78,6 +79,44 @@ def test_compare_reports_the_best_baseline_paired_by_seed(tiny_data, tmp_path):
     with pytest.raises(UserError, match="--baselines"):
         compare(cfg, tmp_path / "cmp", seeds=[0, 1], factors=(1.0,), log=lambda m: None,
                 baselines=parse_baselines("model.init=titan"))
+
+
+def test_iso_loss_speedup_against_each_baseline(tiny_data, tmp_path):
+    """Every baseline variant has the own baseline's decayed lengths, so TST's iso-loss speedup is
+    read against each; the report gives it against the best. A variant that changes nothing trains
+    the own baseline's runs bit for bit, so its speedup is the own one exactly."""
+    cfg = tiny_config(tiny_data, train__eval_every=4)
+    same = parse_baselines(f"optim.lr={cfg.optim.lr!r}")
+    rep = compare(cfg, tmp_path / "iso", seeds=[0, 1], factors=(1.0, 2.0), log=lambda m: None, baselines=same)
+    for k in (0, 1):
+        r = json.loads((tmp_path / "iso" / f"seed-{k}" / "result.json").read_text())["by_steps"]["8"]
+        v = r["variants"][same[0].name]
+        assert next(b for b in r["baseline"] if b["steps"] == 8)["val_loss"] == v["val_loss"]
+        for key in ("iso_loss_step_ratio", "iso_loss_speedup", "iso_loss_kind"):
+            assert key in v
+        assert v["iso_loss_step_ratio"] == r["iso_loss_step_ratio"] and v["iso_loss_kind"] == r["iso_loss_kind"]
+        assert 0.5 <= v["iso_loss_step_ratio"] <= 2.0  # between the lengths run, or a bound at their ends
+    assert rep["best_baseline"] == "own"  # a tie keeps the own baseline
+    assert rep["best_baseline_iso_loss_step_ratio"]["values"] == rep["iso_loss_step_ratio"]["values"]
+    assert rep["best_baseline_iso_loss_kinds"] == rep["iso_loss_kinds"]
+    assert any(x.startswith("iso-loss speedup against the best baseline (own): ") for x in rep["verdicts"])
+    assert "iso-loss speedup vs the best baseline, steps" in (tmp_path / "iso" / "report.md").read_text()
+
+
+def test_best_baseline_reads_the_winning_variants_speedup_and_tolerates_old_seeds():
+    def seed(own, var, var_iso=True):
+        v = {"val_loss": var, **({"iso_loss_speedup": 1.3, "iso_loss_step_ratio": 1.4, "iso_loss_kind": "interpolated"}
+                                 if var_iso else {})}
+        return {"tst": {"steps": 10, "val_loss": 3.0}, "baseline": [{"steps": 10, "val_loss": own}],
+                "variants": {"model.init=normal": v},
+                "iso_loss_speedup": 1.1, "iso_loss_step_ratio": 1.2, "iso_loss_kind": "interpolated"}
+    rep = best_baseline({0: seed(3.2, 3.1), 1: seed(3.3, 3.15)})
+    assert rep["best_baseline"] == "model.init=normal"
+    assert rep["best_baseline_iso_loss_step_ratio"]["values"] == [1.4, 1.4]
+    assert rep["best_baseline_iso_loss_speedup"]["values"] == [1.3, 1.3]
+    # A seed written before variants had a speedup: the gain is still reported, the speedup is not.
+    old = best_baseline({0: seed(3.2, 3.1), 1: seed(3.3, 3.15, var_iso=False)})
+    assert old["best_baseline_gain"]["n"] == 2 and "best_baseline_iso_loss_step_ratio" not in old
 
 
 def test_bad_variant_value_fails_before_training(tiny_data, tmp_path, capsys):

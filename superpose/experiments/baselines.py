@@ -97,6 +97,13 @@ def best_baseline(per_seed: dict) -> dict:
     for name in res[0].get("variants", {}):
         losses[name] = [r["variants"][name]["val_loss"] for r in res]
     best = min(losses, key=lambda k: sum(losses[k]))
-    return {"best_baseline": best,
-            "best_baseline_gain": stats([b - r["tst"]["val_loss"] for b, r in zip(losses[best], res)]),
-            "baselines_val_loss": {k: stats(v) for k, v in losses.items()}}
+    out = {"best_baseline": best,
+           "best_baseline_gain": stats([b - r["tst"]["val_loss"] for b, r in zip(losses[best], res)]),
+           "baselines_val_loss": {k: stats(v) for k, v in losses.items()}}
+    # TST's iso-loss speedup against that baseline (seeds written before variants had one: none).
+    iso = [r if best == OWN else r["variants"][best] for r in res]
+    if all("iso_loss_kind" in e for e in iso):
+        out["best_baseline_iso_loss_speedup"] = stats([e["iso_loss_speedup"] for e in iso])
+        out["best_baseline_iso_loss_step_ratio"] = stats([e["iso_loss_step_ratio"] for e in iso])
+        out["best_baseline_iso_loss_kinds"] = [e["iso_loss_kind"] for e in iso]
+    return out

@@ -171,12 +171,11 @@ def _seed_result(finished: dict[str, Trainer], tst: Trainer, lengths: list[int],
     base = [_baseline_entry(finished[baseline_name(None, n)], n) for n in lengths]
     tst_loss, tst_time = tst.state.last_eval["val_loss"], tst.state.train_time_s
     equal = next(b for b in base if b["steps"] == T)
-    t_iso, kind = iso_loss(tst_loss, [(b["train_time_s"], b["val_loss"]) for b in base])
-    s_iso, _ = iso_loss(tst_loss, [(b["steps"], b["val_loss"]) for b in base])
     others = {}
-    for v in variants:
-        b = _baseline_entry(finished[baseline_name(v, T)], T)
-        others[v.name] = {**b, "equal_steps_loss_gain": b["val_loss"] - tst_loss}
+    for v in variants:  # each variant has the same decayed lengths as the own baseline: its own speedup
+        vb = [_baseline_entry(finished[baseline_name(v, n)], n) for n in lengths]
+        b = next(e for e in vb if e["steps"] == T)
+        others[v.name] = {**b, "equal_steps_loss_gain": b["val_loss"] - tst_loss, **_iso(tst_loss, tst_time, T, vb)}
     return {
         "tst": {"steps": T, "val_loss": tst_loss, "val_bpb": tst.state.last_eval["val_bpb"], "train_time_s": tst_time,
                 "switch_step": switch_step, "switch_time_s": switch_time, "curve": tst_curve,
@@ -186,10 +185,17 @@ def _seed_result(finished: dict[str, Trainer], tst: Trainer, lengths: list[int],
         "variants": others,
         "equal_steps_loss_gain": equal["val_loss"] - tst_loss,
         "equal_steps_time_ratio": equal["train_time_s"] / tst_time,
-        "iso_loss_speedup": t_iso / tst_time,
-        "iso_loss_step_ratio": s_iso / T,
-        "iso_loss_kind": kind,
+        **_iso(tst_loss, tst_time, T, base),
     }
+
+
+def _iso(tst_loss: float, tst_time: float, T: int, base: list[dict]) -> dict:
+    """Where one baseline's decayed lengths reach TST's final loss (linear interpolation between
+    neighbouring lengths, or a bound outside them): the wall clock it needs over TST's, and its
+    steps over TST's T."""
+    t_iso, kind = iso_loss(tst_loss, [(b["train_time_s"], b["val_loss"]) for b in base])
+    s_iso, _ = iso_loss(tst_loss, [(b["steps"], b["val_loss"]) for b in base])
+    return {"iso_loss_speedup": t_iso / tst_time, "iso_loss_step_ratio": s_iso / T, "iso_loss_kind": kind}
 
 
 def check_lengths(steps: list[int], cfg: Config, factors: tuple[float, ...]) -> None:

@@ -186,15 +186,17 @@ def write_scan_markdown(rep: dict, path: Path) -> None:
              *[f"- {v}" for v in rep["verdicts"]], "", "## Per length", "",
              "| steps | TST val loss | baseline val loss | gain (nats) | 95% interval | best baseline | "
              "gain vs best (nats) | its 95% interval | iso-loss speedup (wall) | iso-loss speedup (steps) | "
-             "per-seed gains | details |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "iso-loss speedup vs best (steps) | per-seed gains | details |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ln in rep["lengths"]:
         g, b = ln["equal_steps_loss_gain"], ln["best_baseline_gain"]
         lines.append(f"| {ln['steps']} | {_fmt(ln['tst_val_loss'])} | {_fmt(ln['baseline_val_loss'])} | "
                      f"{_fmt(g, 4)} | {interval(g)} | {ln['best_baseline']} | {_fmt(b, 4)} | {interval(b)} | "
                      f"{speedup_text(ln['iso_loss_speedup'], ln['iso_loss_kinds'])} | "
                      f"{speedup_text(ln['iso_loss_step_ratio'], ln['iso_loss_kinds'])} | "
-                     f"{', '.join(f'{v:+.4f}' for v in g['values'])} | [report](steps-{ln['steps']}/report.md) |")
+                     + (speedup_text(ln["best_baseline_iso_loss_step_ratio"], ln["best_baseline_iso_loss_kinds"])
+                        if "best_baseline_iso_loss_kinds" in ln else "")
+                     + f" | {', '.join(f'{v:+.4f}' for v in g['values'])} | [report](steps-{ln['steps']}/report.md) |")
     lines += ["", "## Trend", ""]
     for key, against in (("crossover", "the gain against the own baseline"),
                          ("best_crossover", "the gain against the best baseline")):
@@ -281,6 +283,14 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
         b = rep["best_baseline_gain"]
         lines.append(f"| gain vs the best baseline ({rep['best_baseline']}) (nats) | {_fmt(b, 4)} | {interval(b)} | "
                      f"{', '.join(f'{v:+.4f}' for v in b['values'])} |")
+        if "best_baseline_iso_loss_kinds" in rep:
+            for key, what in (("best_baseline_iso_loss_step_ratio", "steps"), ("best_baseline_iso_loss_speedup",
+                                                                                "wall clock")):
+                st, kinds = rep[key], set(rep["best_baseline_iso_loss_kinds"])
+                bound = "" if kinds == {"interpolated"} else " (bound, see the verdict)"
+                lines.append(f"| iso-loss speedup vs the best baseline, {what} (x){bound} | {_fmt(st, 3)} | "
+                             f"{interval(st, 3, signed=False) if not bound else 'n/a (bound)'} | "
+                             f"{', '.join(f'{v:.3f}' for v in st['values'])} |")
     for key, label, digits in (("equal_steps_loss_gain", "equal-steps loss gain (nats)", 4),
                                ("iso_loss_speedup", "iso-loss speedup, wall clock (x)", 3),
                                ("iso_loss_step_ratio", "iso-loss speedup, steps (x)", 3),

@@ -33,6 +33,7 @@ def data_unigram_entropy(cfg: Config) -> float | None:
 
 
 STAT_KEYS = ("equal_steps_loss_gain", "iso_loss_speedup", "iso_loss_step_ratio", "equal_steps_time_ratio")
+BEST_ISO_KEYS = ("best_baseline_iso_loss_speedup", "best_baseline_iso_loss_step_ratio", "best_baseline_iso_loss_kinds")
 
 
 def length_summary(sub: dict) -> dict:
@@ -42,6 +43,7 @@ def length_summary(sub: dict) -> dict:
             "baseline_val_loss": sub["arms"]["baseline"][str(sub["config"]["train"]["steps"])]["val_loss"],
             "best_baseline": sub["best_baseline"], "best_baseline_gain": sub["best_baseline_gain"],
             "baselines_val_loss": sub["baselines_val_loss"], "phase1_loss_at_switch": sub["phase1_loss_at_switch"],
+            **{k: sub[k] for k in BEST_ISO_KEYS if k in sub},
             "unigram_entropy": sub["unigram_entropy"], "data_per_arm": sub["data_per_arm"],
             "verdicts": sub["verdicts"]}
 
@@ -155,6 +157,18 @@ PLATEAU_BAND = 0.1
 over its last steps is a few hundredths on the default corpus)."""
 
 
+def best_iso_text(rep: dict) -> str:
+    """TST's iso-loss speedup against the best baseline, in wall clock and in steps, with its band
+    (or why there is none: one seed, or a bound because TST's loss lay outside the baseline's lengths)."""
+    sp, st, kinds = (rep["best_baseline_iso_loss_speedup"], rep["best_baseline_iso_loss_step_ratio"],
+                     rep["best_baseline_iso_loss_kinds"])
+    text = f"{speedup_text(sp, kinds)} in wall clock, {speedup_text(st, kinds)} in steps"
+    if set(kinds) != {"interpolated"}:
+        return text + ": a bound (TST's loss lies outside that baseline's lengths; add --baseline-lengths)"
+    return text + (f" (95% interval {st['mean'] - st['ci95']:.2f}x to {st['mean'] + st['ci95']:.2f}x in steps)"
+                   if st["n"] > 1 else " (one seed)")
+
+
 def plateau_verdict(phase1_loss: float, entropy: float) -> str:
     """Where phase 1 ended relative to the unigram plateau (see `data.mutual_info.token_entropy`)."""
     if phase1_loss < entropy - PLATEAU_BAND:
@@ -188,6 +202,8 @@ def verdicts(rep: dict) -> list[str]:
                      f"({'TST better' if b['mean'] > 0 else 'TST worse'}"
                      + (f"; per seed {', '.join(f'{v:+.4f}' for v in b['values'])}" if n > 1 else "; one seed")
                      + f"): {clear_of_noise(b, 0.0)}")
+        if "best_baseline_iso_loss_kinds" in rep:
+            lines.append(f"iso-loss speedup against the best baseline ({rep['best_baseline']}): " + best_iso_text(rep))
     p1, h = rep.get("phase1_loss_at_switch"), rep.get("unigram_entropy")
     if p1 is not None:
         vs = "" if h is None else f" vs the data's unigram entropy {h:.3f}: " + plateau_verdict(p1["mean"], h)
