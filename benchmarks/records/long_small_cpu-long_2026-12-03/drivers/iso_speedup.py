@@ -1,0 +1,42 @@
+"""Iso-loss speedup of TST at 12,000 steps against the best baseline (init=normal), per seed.
+
+TST's 12,000-step final loss and the init=normal baseline's 12,000-step loss come from the
+12,000-step compare (runs/scan12k/all/seed-K/result.json); the same baseline trained to 20,000 steps
+(its own WSD decay) comes from `superpose train` (runs/iso/normal-20000/seed-K/summary.json, made by
+drivers/drive_s5.sh). Where the baseline reaches TST's loss is interpolated linearly in steps
+between the two lengths with compare's own `iso_loss`; steps / 12,000 is the speedup in steps.
+A run's final loss falls more slowly the longer it runs (convex in steps), so the straight chord lies
+above it and linear interpolation overstates the steps the baseline needs; interpolating linearly in
+log(steps) instead, as if loss = a - b log(steps) between the two lengths, gives the smaller,
+more conservative figure. Both are printed.
+
+    .venv/bin/python benchmarks/records/long_small_cpu-long_2026-12-03/drivers/iso_speedup.py \
+        runs/scan12k/all runs/iso/normal-20000 105 106 107 108 109
+"""
+import json
+import sys
+from pathlib import Path
+
+from superpose.experiments.stats import iso_loss, stats
+
+scan, long, seeds = Path(sys.argv[1]), Path(sys.argv[2]), [int(k) for k in sys.argv[3:]]
+T, V = 12000, "model.init=normal"
+rows, ratios, log_ratios, gains = [], [], [], []
+for k in seeds:
+    r = json.loads((scan / f"seed-{k}" / "result.json").read_text())["by_steps"][str(T)]
+    s = json.loads((long / f"seed-{k}" / "summary.json").read_text())
+    tst, b12, b20 = r["tst"]["val_loss"], r["variants"][V]["val_loss"], s["val_loss"]
+    x, kind = iso_loss(tst, [(T, b12), (s["steps"], b20)])
+    ratios.append(x / T)
+    # Same crossing on a log(steps) axis: the fraction of the way from b12 down to b20.
+    log_ratios.append((s["steps"] / T) ** ((b12 - tst) / (b12 - b20)) if kind == "interpolated" else x / T)
+    gains.append(b20 - tst)
+    rows.append(f"| {k} | {tst:.4f} | {b12:.4f} | {b20:.4f} | {b20 - tst:+.4f} | {x:,.0f} ({kind}) | {x / T:.2f}x | {log_ratios[-1]:.2f}x |")
+print("| seed | TST, 12,000 steps | baseline init=normal, 12,000 | same, 20,000 | 20,000-step baseline - TST | "
+      "baseline steps to TST's loss | speedup in steps | same, log-steps interpolation |")
+print("|---|---|---|---|---|---|---|---|")
+print("\n".join(rows))
+for name, st in (("speedup in steps (x)", stats(ratios)), ("same, log-steps interpolation (x)", stats(log_ratios)),
+                 ("20,000-step baseline - TST (nats)", stats(gains))):
+    print(f"\n{name}: {st['mean']:.3f} ± {st['std']:.3f} (95% {st['mean'] - st['ci95']:.3f} to "
+          f"{st['mean'] + st['ci95']:.3f}), n = {st['n']}")
