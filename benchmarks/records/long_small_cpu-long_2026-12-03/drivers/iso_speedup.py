@@ -1,4 +1,4 @@
-"""Iso-loss speedup of TST at 12,000 steps against the best baseline (init=normal), per seed.
+"""Iso-loss speedup of TST against its best baseline, per seed (section 3c of NOTES.md).
 
 TST's 12,000-step final loss and the init=normal baseline's 12,000-step loss come from the
 12,000-step compare (runs/scan12k/all/seed-K/result.json); the same baseline trained to 20,000 steps
@@ -12,6 +12,8 @@ more conservative figure. Both are printed.
 
     .venv/bin/python benchmarks/records/long_small_cpu-long_2026-12-03/drivers/iso_speedup.py \
         runs/scan12k/all runs/iso/normal-20000 105 106 107 108 109
+    # the second corpus: TST at 6,000 steps, its best baseline (own, init=torch) at 6,000 and 10,000
+    ... iso_speedup.py runs/corpus2/all runs/iso/c2-own-10000 100 101 102 --steps 6000 --baseline own
 """
 import json
 import sys
@@ -19,24 +21,34 @@ from pathlib import Path
 
 from superpose.experiments.stats import iso_loss, stats
 
-scan, long, seeds = Path(sys.argv[1]), Path(sys.argv[2]), [int(k) for k in sys.argv[3:]]
+args = sys.argv[1:]
 T, V = 12000, "model.init=normal"
+while "--steps" in args or "--baseline" in args:  # optional, after the seeds
+    i = args.index("--steps") if "--steps" in args else args.index("--baseline")
+    if args[i] == "--steps":
+        T = int(args[i + 1])
+    else:
+        V = args[i + 1]
+    del args[i:i + 2]
+scan, long, seeds = Path(args[0]), Path(args[1]), [int(k) for k in args[2:]]
 rows, ratios, log_ratios, gains = [], [], [], []
 for k in seeds:
     r = json.loads((scan / f"seed-{k}" / "result.json").read_text())["by_steps"][str(T)]
     s = json.loads((long / f"seed-{k}" / "summary.json").read_text())
-    tst, b12, b20 = r["tst"]["val_loss"], r["variants"][V]["val_loss"], s["val_loss"]
+    own = next(b for b in r["baseline"] if b["steps"] == T)
+    tst, b12, b20 = r["tst"]["val_loss"], (own if V == "own" else r["variants"][V])["val_loss"], s["val_loss"]
     x, kind = iso_loss(tst, [(T, b12), (s["steps"], b20)])
     ratios.append(x / T)
     # Same crossing on a log(steps) axis: the fraction of the way from b12 down to b20.
     log_ratios.append((s["steps"] / T) ** ((b12 - tst) / (b12 - b20)) if kind == "interpolated" else x / T)
     gains.append(b20 - tst)
     rows.append(f"| {k} | {tst:.4f} | {b12:.4f} | {b20:.4f} | {b20 - tst:+.4f} | {x:,.0f} ({kind}) | {x / T:.2f}x | {log_ratios[-1]:.2f}x |")
-print("| seed | TST, 12,000 steps | baseline init=normal, 12,000 | same, 20,000 | 20,000-step baseline - TST | "
+L = s["steps"]
+print(f"| seed | TST, {T:,} steps | baseline {V}, {T:,} | same, {L:,} | {L:,}-step baseline - TST | "
       "baseline steps to TST's loss | speedup in steps | same, log-steps interpolation |")
 print("|---|---|---|---|---|---|---|---|")
 print("\n".join(rows))
 for name, st in (("speedup in steps (x)", stats(ratios)), ("same, log-steps interpolation (x)", stats(log_ratios)),
-                 ("20,000-step baseline - TST (nats)", stats(gains))):
+                 (f"{L:,}-step baseline - TST (nats)", stats(gains))):
     print(f"\n{name}: {st['mean']:.3f} ± {st['std']:.3f} (95% {st['mean'] - st['ci95']:.3f} to "
           f"{st['mean'] + st['ci95']:.3f}), n = {st['n']}")
