@@ -15,22 +15,20 @@ more conservative figure. Both are printed.
     # the second corpus: TST at 6,000 steps, its best baseline (own, init=torch) at 6,000 and 10,000
     ... iso_speedup.py runs/corpus2/all runs/iso/c2-own-10000 100 101 102 --steps 6000 --baseline own
 """
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from superpose.experiments.stats import iso_loss, stats
 
-args = sys.argv[1:]
-T, V = 12000, "model.init=normal"
-while "--steps" in args or "--baseline" in args:  # optional, after the seeds
-    i = args.index("--steps") if "--steps" in args else args.index("--baseline")
-    if args[i] == "--steps":
-        T = int(args[i + 1])
-    else:
-        V = args[i + 1]
-    del args[i:i + 2]
-scan, long, seeds = Path(args[0]), Path(args[1]), [int(k) for k in args[2:]]
+ap = argparse.ArgumentParser(description="TST's iso-loss speedup against one baseline, per seed")
+ap.add_argument("scan", type=Path, help="a gathered compare folder with seed-K/result.json")
+ap.add_argument("long", type=Path, help="the longer baseline runs, seed-K/summary.json")
+ap.add_argument("seeds", type=int, nargs="+")
+ap.add_argument("--steps", type=int, default=12000, help="TST's length in the compare")
+ap.add_argument("--baseline", default="model.init=normal", help="'own' or a --baselines variant")
+args = ap.parse_args()
+scan, long, seeds, T, V = args.scan, args.long, args.seeds, args.steps, args.baseline
 rows, ratios, log_ratios, gains = [], [], [], []
 for k in seeds:
     r = json.loads((scan / f"seed-{k}" / "result.json").read_text())["by_steps"][str(T)]
