@@ -191,9 +191,11 @@ def docs_start(tok, text, bos):
     return [bos, *tok.encode(text, add_special_tokens=False).ids]
 
 
+# gzip's mtime=0: the same bytes, so the same test id, in every pytest-xdist worker (a timestamp
+# in the id made workers collect different tests when they started in different seconds).
 @pytest.mark.parametrize("name,content,needle", [
     ("tokens.bin", np.arange(100, dtype=np.uint16).tobytes(), "--tokens"),
-    ("packed.txt", gzip.compress(b"hello"), "holds gzip data, not text; name it .gz"),
+    ("packed.txt", gzip.compress(b"hello", mtime=0), "holds gzip data, not text; name it .gz"),
     ("table.txt", b"PAR1" + b"\x00" * 20, "holds parquet data"),
     ("nul.txt", b"ab\x00cd", "is binary"),
 ])
