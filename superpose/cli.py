@@ -176,9 +176,10 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .experiments.compare import compare, parse_baselines
+    from .experiments.compare import compare, parse_baselines, parse_grid
 
-    variants = parse_baselines(args.baselines)
+    variants = parse_baselines(args.baselines) + parse_grid(args.baseline_grid, "--baseline-grid")
+    tst_grid = parse_grid(args.tst_grid, "--tst-grid", tst=True)
 
     cfg, seeds = _experiment_config(args, overrides)
     factors = tuple(_floats(args.baseline_lengths, "--baseline-lengths"))
@@ -191,7 +192,7 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
             raise UserError(f"--steps takes positive whole step counts, e.g. 300,600,1200; got {args.steps!r}")
         steps = [int(n) for n in lengths]
     compare(cfg, Path(args.out), seeds, factors, command=" ".join(["superpose", *sys.argv[1:]]), log=_log,
-            steps=steps, baselines=variants)
+            steps=steps, baselines=variants, tst_grid=tst_grid)
 
 
 def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:

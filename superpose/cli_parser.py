@@ -84,6 +84,12 @@ def _experiments(sub) -> None:
                     "model.init=titan;optim.lr=6e-3,model.init=normal\" (';' between variants, ',' between the fields "
                     "of one): each is one more baseline trunk per seed in the same lock-step, and each length also "
                     "reports TST's gain against the best baseline (the lowest mean final loss there)")
+    pc.add_argument("--baseline-grid", metavar="GRID", help="a tuning grid of baselines, every combination one more "
+                    "baseline, e.g. \"optim.lr=1e-3,1.5e-3,2e-3,3e-3;model.init=torch,normal\" (';' between fields, "
+                    "',' between the values of one); the best baseline is then the best cell, and a best cell on the "
+                    "grid's edge is reported")
+    pc.add_argument("--tst-grid", metavar="GRID", help="the same for TST's own arm (tst.* fields allowed): every "
+                    "combination is one more TST arm per seed, and TST is the cell with the lowest mean final loss")
     ps = sub.add_parser("sweep", help="the r x s grid of final losses, resumable",
                         epilog="Config overrides (--section.field=value) apply to every cell.")
     ps.add_argument("--preset", help="named config: see `superpose presets`")

@@ -10,6 +10,7 @@ baseline trunk per seed in the same lock-step (compare.run_seed).
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 
 from ..config import Config, set_field
@@ -32,6 +33,7 @@ class Variant:
 
     name: str  # "model.init=normal", "optim.lr=6e-3,model.init=normal": its overrides as given
     overrides: tuple[tuple[str, str], ...]
+    source: str = "--baselines"  # the flag it came from, for messages: --baselines, --baseline-grid, --tst-grid
 
     @property
     def slug(self) -> str:
@@ -68,8 +70,60 @@ def parse_baselines(text: str | None) -> list[Variant]:
     return out
 
 
+def parse_grid(text: str | None, flag: str, tst: bool = False) -> list[Variant]:
+    """--baseline-grid / --tst-grid "optim.lr=1e-3,2e-3;model.init=torch,normal": fields separated
+    by ';', the values of one field by ','; every combination is one cell (a `Variant`), in the
+    order the values were given. A TST cell may also set tst.* (s, r, loss, ...); a baseline cell
+    may not. Values are checked like --a.b overrides later (`apply_variant`)."""
+    if not text or not text.strip():
+        return []
+    axes: dict[str, list[str]] = {}
+    for part in (p.strip() for p in text.split(";")):
+        key, eq, values = part.partition("=")
+        key = key.strip().removeprefix("--")
+        vals = [v.strip() for v in values.split(",")]
+        if not eq or "." not in key or not all(vals):
+            raise UserError(f"{flag} {part!r}: each field is section.field=value[,value...], fields separated by ';', "
+                            "e.g. " + flag + " \"optim.lr=1e-3,2e-3;model.init=torch,normal\"")
+        if key in axes:
+            raise UserError(f"{flag} names {key} twice; give all its values in one field, e.g. {key}=a,b")
+        if len(set(vals)) != len(vals):
+            raise UserError(f"{flag} {key}: a value is given twice ({values.strip()}); give each once")
+        if key.startswith("data.") or key in FIXED_FIELDS or (key.startswith("tst.") and not tst):
+            what = "TST's own settings go in --tst-grid, " if key.startswith("tst.") else ""
+            raise UserError(f"{flag}: {key} is fixed for every cell (it sets the data and its evaluation, the run "
+                            f"length, the seed or the FLOPs of a step); {what}vary options such as optim.lr or "
+                            "model.init")
+        axes[key] = vals
+    return [Variant(",".join(f"{k}={v}" for k, v in zip(axes, combo)), tuple(zip(axes, combo)), flag)
+            for combo in itertools.product(*axes.values())]
+
+
+def grid_edges(cells: dict[str, float], variants: list[Variant]) -> list[str]:
+    """Where the best of a grid's cells (lowest value in `cells`, cell name -> mean loss) sits on
+    the edge of a numeric axis: such an optimum may lie outside the grid, so the grid should be
+    widened that way (with two values every cell is on an edge, and the grid cannot tell).
+    -> one phrase per such axis, e.g. "optim.lr=1e-3 is the lowest of 4 values tried"."""
+    ran = [v for v in variants if v.name in cells]
+    if not ran:
+        return []
+    best = min(ran, key=lambda v: cells[v.name])
+    out = []
+    for i, (key, value) in enumerate(best.overrides):
+        try:
+            values = sorted({float(v.overrides[i][1]) for v in ran if v.overrides[i:i + 1] and v.overrides[i][0] == key})
+            x = float(value)
+        except (ValueError, IndexError):
+            continue  # a categorical axis (model.init) has no edge to widen
+        if len(values) >= 2 and x in (values[0], values[-1]):
+            out.append(f"{key}={value} is the {'lowest' if x == values[0] else 'highest'} of {len(values)} values "
+                       "tried")
+    return out
+
+
 def apply_variant(cfg: Config, variant: Variant | None) -> Config:
-    """`cfg` with the variant's overrides (a copy; None: `cfg` itself). A bad value is one UserError."""
+    """`cfg` with the variant's overrides (a copy; None: `cfg` itself). A bad value is one UserError
+    that names the flag the variant came from."""
     if variant is None:
         return cfg
     c = copy.deepcopy(cfg)
@@ -78,7 +132,7 @@ def apply_variant(cfg: Config, variant: Variant | None) -> Config:
             set_field(c, key, value)
         return c.validate()
     except UserError as e:
-        raise UserError(f"--baselines {variant.name}: {e}") from None
+        raise UserError(f"{variant.source} {variant.name}: {e}") from None
 
 
 def baseline_name(variant: Variant | None, steps: int) -> str:

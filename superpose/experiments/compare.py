@@ -29,10 +29,12 @@ from collections.abc import Callable
 from ..config import Config
 from ..errors import UserError
 from ..files import copy_file, lock_dir
+from .. import checkpoint
 from ..training import Trainer, build_trainer, resolve_data
+from ..training.resume import check_resumable, continue_from
 from ..training.ownership import experiment_advice, mark_experiment
 from .fingerprint import check_same_config
-from .baselines import (OWN, Variant, apply_variant, baseline_name, best_baseline,  # noqa: F401
+from .baselines import (OWN, Variant, apply_variant, baseline_name, best_baseline, parse_grid,  # noqa: F401
                         parse_baselines)
 from .stats import clear_of_noise, crossover, iso_loss, speedup_text, stats  # noqa: F401 (also imported from here)
 from .summary import (PHASE1_TAIL, data_unigram_entropy, length_summary, plateau_verdict,  # noqa: F401
@@ -77,39 +79,74 @@ def switch_evals(switch: int, eval_every: int, steps: int) -> set[int]:
     return {e for e in out if 0 <= e < steps - 1 and not regular(e)}
 
 
+def _arm(cfg: Config, run_dir: Path, ds, log: Callable[[str], None]) -> Trainer:
+    """An arm of a seed, continued from its newest checkpoint when an interrupted compare left one
+    (bit for bit, as `train --resume`); an arm that saved nothing is started again from scratch."""
+    if not checkpoint.checkpoints(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return build_trainer(cfg, run_dir, ds, log)
+    ckpt = checkpoint.newest(run_dir)
+    check_resumable(ckpt, run_dir, cfg, ds)  # an arm of other settings: one line, nothing touched
+    t = build_trainer(cfg, run_dir, ds, log)
+    continue_from(t, ckpt)
+    return t
+
+
+def tst_dir(cell: Variant | None, T: int, one_length: bool) -> str:
+    """The run directory of a TST arm: tst (one length, the compare's own TST config), tst-T (a
+    length scan), tst-<cell> and tst-<cell>-T for the cells of --tst-grid."""
+    name = "tst" if cell is None else f"tst-{cell.slug}"
+    return name if one_length else f"{name}-{T}"
+
+
 def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: tuple[float, ...],
-             log: Callable[[str], None], variants: list[Variant] = ()) -> dict:
-    """Train the TST arm of every length and, for the compare's own config and each baseline
-    variant, one baseline trunk + decay branches, all in lock-step.
+             log: Callable[[str], None], variants: list[Variant] = (), tst_cells: list[Variant] = ()) -> dict:
+    """Train the TST arm of every length (of every --tst-grid cell) and, for the compare's own
+    config and each baseline variant, one baseline trunk + decay branches, all in lock-step.
 
     A trunk runs at the stable LR as far as the longest baseline length any TST length needs; each
     shorter baseline length branches off it where its own decay starts, so every baseline length
-    costs only its decay steps. -> {"by_steps": {str(T): result of length T}}."""
+    costs only its decay steps. -> {"by_steps": {str(T): result of length T}} for the compare's own
+    TST config, or {"tst_cells": {str(T): {cell: result}}} with a TST grid."""
     s, r, decay = cfg.tst.bag_size, cfg.tst.ratio, cfg.optim.decay_frac
     needs = {T: baseline_lengths(T, factors, decay, cfg.optim.warmup_steps) for T in steps_list}
     lengths = sorted(set().union(*needs.values()))
     ds = resolve_data(cfg)  # a data directory or a mixture (data.mix)
     quiet = lambda m: None  # noqa: E731 - the arms' own lines would interleave unreadably
     one = len(steps_list) == 1
-    tsts = {T: build_trainer(_arm_config(cfg, seed, T, s, r), out / ("tst" if one else f"tst-{T}"), ds,
-                             log if one else quiet) for T in steps_list}
-    for T, t in tsts.items():  # see the jump at the switch and the recovery after it
+    cells = list(tst_cells) or [None]
+    tsts = {(c, T): _arm(apply_variant(_arm_config(cfg, seed, T, s, r), c), out / tst_dir(c, T, one), ds,
+                         log if one and len(cells) == 1 else quiet)
+            for c in cells for T in steps_list}
+    for (_, T), t in tsts.items():  # see the jump at the switch and the recovery after it
         t.extra_evals = frozenset(switch_evals(t.schedule.switch_step, cfg.train.eval_every, T))
     trunk_steps = lengths[-1]
-    runs = [_Run(f"tst-{T}", t) for T, t in tsts.items()]
+    runs = [_Run(tst_dir(c, T, False), t) for (c, T), t in tsts.items()]
     # One trunk per baseline (None: the compare's own config), each with its decay branches.
     trunks: dict[Trainer, tuple[Variant | None, dict[int, int]]] = {}
     for v in [None, *variants]:
         vcfg = apply_variant(_arm_config(cfg, seed, trunk_steps, 1, 0.0), v)
-        trunk = build_trainer(vcfg, out / baseline_name(v, trunk_steps), ds, quiet)
-        trunks[trunk] = (v, {n - round(decay * n): n for n in lengths[:-1]})  # trunk step -> branch length
+        trunk = _arm(vcfg, out / baseline_name(v, trunk_steps), ds, quiet)
+        branch_at = {n - round(decay * n): n for n in lengths[:-1]}  # trunk step -> branch length
+        for b in sorted(b for b in branch_at if b < trunk.state.step):  # branched before an interruption
+            n = branch_at.pop(b)
+            bdir = out / baseline_name(v, n)
+            if not checkpoint.checkpoints(bdir):
+                raise UserError(f"{bdir} lacks the checkpoint its trunk branched it with; remove {out} and run the "
+                                "same command again to train this seed anew")
+            runs.append(_Run(baseline_name(v, n), _arm(apply_variant(_arm_config(cfg, seed, n, 1, 0.0), v), bdir, ds,
+                                                       quiet)))
+        trunks[trunk] = (v, branch_at)
         runs.append(_Run(baseline_name(v, trunk_steps), trunk))
     for run in runs:
         run.trainer.begin(progress=False)
     finished: dict[str, Trainer] = {}
     t0 = time.time()
-    total_steps = sum(steps_list) + len(trunks) * (trunk_steps + sum(round(decay * n) for n in lengths[:-1]))
+    # Steps still to go: each run's own, and each branch not yet taken (it runs from its branch point).
+    total_steps = (sum(run.trainer.cfg.train.steps - run.trainer.state.step for run in runs)
+                   + sum(n - b for _, branch_at in trunks.values() for b, n in branch_at.items()))
     done_steps, last_log = 0, time.time()
+    every, minutes, last_save = cfg.checkpoint.every, cfg.checkpoint.every_minutes, time.time()
     while runs:
         for run in list(runs):
             t = run.trainer
@@ -118,28 +155,41 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
                 n = branch_at.pop(t.state.step)
                 # The trunk's whole state (weights, optimizer, run state, data position, RNG), copied.
                 bcfg = apply_variant(_arm_config(cfg, seed, n, 1, 0.0), v)
-                branch = build_trainer(bcfg, out / baseline_name(v, n), ds, quiet, state=copy.deepcopy(t.state_dict()))
+                bdir = out / baseline_name(v, n)
+                shutil.rmtree(bdir, ignore_errors=True)  # begun before an interruption the trunk did not outlive
+                branch = build_trainer(bcfg, bdir, ds, quiet, state=copy.deepcopy(t.state_dict()))
                 branch.run_dir.mkdir(parents=True, exist_ok=True)
                 # The branch's log starts with the trunk's history: it is the full run of that length.
                 copy_file(t.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl",
                           fix="free some space and run the same command again: finished seeds are kept")
                 branch.begin(progress=False)
+                branch.save_checkpoint()  # so an interrupted compare can continue it without its trunk
                 runs.append(_Run(baseline_name(v, n), branch))
-            t.step_once()
-            done_steps += 1
+            if t.state.step < t.cfg.train.steps:
+                t.step_once()
+                done_steps += 1
+                if every and t.state.step % every == 0 or t.state.step == t.cfg.train.steps:
+                    t.save_checkpoint()  # at the end too: an interrupted compare then re-steps nothing of it
             if t.state.step == t.cfg.train.steps:
                 t.finish()
                 finished[run.name] = t
                 runs.remove(run)
+        if minutes > 0 and time.time() - last_save >= 60 * minutes and runs:  # a round's arms, saved together
+            for run in runs:
+                run.trainer.save_checkpoint(reason="every_minutes")
+            last_save = time.time()
         if time.time() - last_log > 30 or not runs:
             last_log = time.time()
-            eta = (last_log - t0) / done_steps * (total_steps - done_steps)
+            eta = (last_log - t0) / max(done_steps, 1) * (total_steps - done_steps)
             log(f"compare: seed {seed}: {done_steps}/{total_steps} steps of all runs, {last_log - t0:.0f}s, "
                 f"eta {eta:.0f}s")
     # Every length reads its iso-loss point off all the decayed baselines the seed trained, not only
     # its own multiples: they are the same runs.
-    return {"by_steps": {str(T): _seed_result(finished, tsts[T], lengths, variants) for T in steps_list},
-            "baselines": [v.name for v in variants]}
+    results = {str(T): {"" if c is None else c.name: _seed_result(finished, tsts[c, T], lengths, variants)
+                        for c in cells} for T in steps_list}
+    if tst_cells:
+        return {"tst_cells": results, "baselines": [v.name for v in variants], "tst_grid": [c.name for c in cells]}
+    return {"by_steps": {T: r[""] for T, r in results.items()}, "baselines": [v.name for v in variants]}
 
 
 def _records(trainer: Trainer, kind: str) -> list[dict]:
@@ -216,7 +266,7 @@ def check_lengths(steps: list[int], cfg: Config, factors: tuple[float, ...]) -> 
 
 def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...] = DEFAULT_LENGTHS,
             command: str = "", log: Callable[[str], None] = print, steps: list[int] | None = None,
-            baselines: list[Variant] = ()) -> dict:
+            baselines: list[Variant] = (), tst_grid: list[Variant] = ()) -> dict:
     """Run (or finish) every seed, then write report.json, report.md and the plots.
 
     `steps`: the TST run lengths to measure (default: cfg.train.steps alone). With several, each
@@ -224,13 +274,16 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
     function of length with the fitted trend and the crossover length.
     `baselines`: more baselines (`parse_baselines`), each one more trunk per seed in the same
     lock-step. Each length then also reports TST's gain against the best baseline: the one with
-    the lowest mean final loss there, the compare's own config included."""
-    baselines = list(baselines)
+    the lowest mean final loss there, the compare's own config included.
+    `tst_grid`: TST's own cells (`parse_grid`), each one more TST arm per seed and length; TST is
+    then the cell with the lowest mean final loss at each length, tuned as hard as the baselines."""
+    baselines, tst_grid = _distinct_baselines(cfg, baselines, log), list(tst_grid)
     for v in baselines:  # a bad value fails now, in one line, not after the first seed
         apply_variant(cfg, v)
-    if cfg.schedule().switch_step == 0:
-        raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
-                        "must get >= 1 step)")
+    for c in tst_grid or [None]:
+        if apply_variant(cfg, c).schedule().switch_step == 0:
+            raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
+                            f"must get >= 1 step){f'; --tst-grid cell {c.name} has none' if c else ''}")
     steps = list(steps or [cfg.train.steps])
     check_lengths(steps, cfg, factors)
     from .report import tst_label, write_report
@@ -244,31 +297,34 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
             seed_dir = out / f"seed-{seed}"
             done = seed_dir / "result.json"
             if done.is_file():
-                per_seed[seed] = _reuse(done, seed, steps, factors, baselines)
+                per_seed[seed] = _reuse(done, seed, steps, factors, baselines, tst_grid)
                 # Steps are checked by _reuse, and each seed sets its own train.seed.
                 check_same_config(per_seed[seed].get("config"), cfg, f"seed {seed}", done, _NEW_OUT,
                                   ignore=("train.steps", "train.seed"))
                 log(f"compare: seed {seed} already done, reusing {done}")
                 continue
-            shutil.rmtree(seed_dir, ignore_errors=True)  # an interrupted seed restarts from scratch
+            if any(checkpoint.checkpoints(arm) for arm in seed_dir.glob("*/")):
+                log(f"compare: seed {seed}: continuing its arms from their checkpoints in {seed_dir}")
             lengths = sorted(set().union(*(baseline_lengths(T, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
                                            for T in steps)))
             extra = f" and {len(baselines)} more baseline(s) ({'; '.join(v.name for v in baselines)})" if baselines else ""
             log(f"compare: seed {seed}: TST ({tst_label(cfg.to_dict()['tst'])}) at {', '.join(map(str, steps))} "
                 f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk){extra}, in lock-step")
-            per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log, baselines), "steps": steps,
+            per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log, baselines, tst_grid), "steps": steps,
                               "factors": list(factors), "config": cfg.to_dict()}  # checked when it is reused
             write_report(done, json.dumps(per_seed[seed], indent=1) + "\n")
         from .report import plot_compare, plot_gain_vs_length, write_compare_markdown, write_scan_markdown
 
         entropy = data_unigram_entropy(cfg)
-        subs = []
+        subs, chosen = [], {k: {"by_steps": {}} for k in seeds}  # each length's TST: the best --tst-grid cell
         for T in steps:
             cfg_T = copy.deepcopy(cfg)
             cfg_T.train.steps = T
-            by_seed = {k: per_seed[k]["by_steps"][str(T)] for k in seeds}
+            by_seed, grid = tst_cell_results(per_seed, seeds, T)
+            for k in seeds:
+                chosen[k]["by_steps"][str(T)] = by_seed[k]
             lengths = sorted({b["steps"] for k in seeds for b in by_seed[k]["baseline"]})
-            sub = summarize(cfg_T, by_seed, lengths, command, entropy)
+            sub = summarize(cfg_T, by_seed, lengths, command, entropy, grid, tst_grid, baselines)
             where = out if len(steps) == 1 else out / f"steps-{T}"
             where.mkdir(exist_ok=True)
             plot_compare(sub, by_seed, where)
@@ -278,7 +334,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
             report = subs[0]
             report["lengths"] = [length_summary(report)]
         else:
-            report = summarize_scan(cfg, subs, per_seed, command)
+            report = summarize_scan(cfg, subs, chosen, command)
             plot_gain_vs_length(report, out / "gain_vs_length.png")
             write_scan_markdown(report, out / "report.md")
         report["baseline_factors"] = list(factors)
@@ -291,12 +347,41 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
         return report
 
 
-def _reuse(done: Path, seed: int, steps: list[int], factors: tuple[float, ...], baselines: list[Variant] = ()) -> dict:
+def _distinct_baselines(cfg: Config, variants: list[Variant], log: Callable[[str], None]) -> list[Variant]:
+    """The baseline variants less the --baseline-grid cells that repeat the compare's own baseline
+    or an earlier variant (a cell at the compare's own rate and init): the same run twice would
+    only cost time. A --baselines variant is kept as given."""
+    seen = [_arm_config(cfg, 0, cfg.train.steps, 1, 0.0).to_dict()]
+    out = []
+    for v in variants:
+        c = apply_variant(_arm_config(cfg, 0, cfg.train.steps, 1, 0.0), v).to_dict()
+        if c in seen and v.source == "--baseline-grid":
+            log(f"compare: baseline {v.name} is {'the own baseline' if c == seen[0] else 'an earlier baseline'} "
+                "already; run once")
+            continue
+        seen.append(c)
+        out.append(v)
+    return out
+
+
+def tst_cell_results(per_seed: dict, seeds: list[int], T: int) -> tuple[dict, dict | None]:
+    """Each seed's result at length T for TST's best cell (the lowest mean final loss over the
+    seeds) and the grid's mean losses; without --tst-grid, the compare's one TST arm and None."""
+    if "tst_cells" not in per_seed[seeds[0]]:
+        return {k: per_seed[k]["by_steps"][str(T)] for k in seeds}, None
+    cells = {k: per_seed[k]["tst_cells"][str(T)] for k in seeds}
+    losses = {c: [cells[k][c]["tst"]["val_loss"] for k in seeds] for c in cells[seeds[0]]}
+    best = min(losses, key=lambda c: sum(losses[c]))
+    return {k: cells[k][best] for k in seeds}, {"best": best, "cells": {c: stats(v) for c, v in losses.items()}}
+
+
+def _reuse(done: Path, seed: int, steps: list[int], factors: tuple[float, ...], baselines: list[Variant] = (),
+           tst_grid: list[Variant] = ()) -> dict:
     """A finished seed's results, if it measured every requested length with the same baselines."""
     data = json.loads(done.read_text())
-    if "by_steps" not in data:  # written by a one-length compare before length scans existed
+    if "by_steps" not in data and "tst_cells" not in data:  # a one-length compare from before length scans
         data = {"by_steps": {str(data["tst"]["steps"]): data}, "steps": [data["tst"]["steps"]]}
-    have = sorted(int(T) for T in data["by_steps"])
+    have = sorted(int(T) for T in data.get("by_steps", data.get("tst_cells", {})))
     if not set(steps) <= set(have) or ("factors" in data and data["factors"] != list(factors)):
         raise UserError(f"seed {seed} in {done.parent.parent} was run with --steps {','.join(map(str, have))} and "
                         f"--baseline-lengths {','.join(map(str, data.get('factors', [])))}; rerun with those, or "
@@ -305,4 +390,8 @@ def _reuse(done: Path, seed: int, steps: list[int], factors: tuple[float, ...], 
     if had != [v.name for v in baselines]:
         raise UserError(f"seed {seed} in {done.parent.parent} was run with --baselines "
                         f"{';'.join(had) or '(none)'!r}; rerun with that, or use a new --out for other baselines")
+    if data.get("tst_grid", []) != [c.name for c in tst_grid]:
+        raise UserError(f"seed {seed} in {done.parent.parent} was run with TST cells "
+                        f"{'; '.join(data.get('tst_grid', [])) or '(no --tst-grid)'}; rerun with that --tst-grid, or "
+                        "use a new --out for other cells")
     return data

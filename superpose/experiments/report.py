@@ -274,6 +274,10 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
     for name, st in rep.get("baselines_val_loss", {}).items():
         if name != "own":
             lines.append(f"| baseline {name} | {tr['steps']} | {_fmt(st)} | | | |")
+    grid = rep.get("tst_grid", {"cells": {}})
+    for name, st in grid["cells"].items():  # TST is the best of these; the row above repeats it in full
+        lines.append(f"| TST {name}{' (best: the TST above)' if name == grid['best'] else ''} | {tr['steps']} | "
+                     f"{_fmt(st)} | | | |")
     lines += [
         "",
         "| measure | mean ± std | 95% interval | per seed |",

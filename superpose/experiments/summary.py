@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..training.metrics import environment
-from .baselines import OWN, best_baseline
+from .baselines import OWN, Variant, best_baseline, grid_edges
 from .stats import clear_of_noise, crossover, speedup_text, stats
 
 PHASE1_TAIL = 50
@@ -43,6 +43,7 @@ def length_summary(sub: dict) -> dict:
             "baseline_val_loss": sub["arms"]["baseline"][str(sub["config"]["train"]["steps"])]["val_loss"],
             "best_baseline": sub["best_baseline"], "best_baseline_gain": sub["best_baseline_gain"],
             "baselines_val_loss": sub["baselines_val_loss"], "phase1_loss_at_switch": sub["phase1_loss_at_switch"],
+            **{k: sub[k] for k in ("tst_grid", "tst_grid_edges", "baseline_grid_edges") if k in sub},
             **{k: sub[k] for k in BEST_ISO_KEYS if k in sub},
             "unigram_entropy": sub["unigram_entropy"], "data_per_arm": sub["data_per_arm"],
             "verdicts": sub["verdicts"]}
@@ -68,6 +69,7 @@ def scan_verdicts(rep: dict) -> list[str]:
     lines = []
     for ln in rep["lengths"]:
         g = ln["equal_steps_loss_gain"]
+        lines += [f"{ln['steps']} steps: {line}" for line in grid_verdicts(ln)]
         lines.append(f"{ln['steps']} steps: gain {g['mean']:+.4f} nats ({clear_of_noise(g, 0.0)})")
         if len(ln.get("baselines_val_loss", {})) > 1:
             b = ln["best_baseline_gain"]
@@ -102,8 +104,11 @@ def trend_lines(c: dict, longest: int, against: str) -> list[str]:
     return lines
 
 
-def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str, unigram_entropy: float | None = None
-              ) -> dict:
+def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str, unigram_entropy: float | None = None,
+              tst_grid: dict | None = None, tst_cells: list[Variant] = (), baselines: list[Variant] = ()) -> dict:
+    """One length's report. `tst_grid` ({"best", "cells": {cell: loss stats}}): the TST cells of
+    --tst-grid, `per_seed` then holds the best one's results; `tst_cells` and `baselines` are the
+    grids' cells, for the edge check."""
     seeds = sorted(per_seed)
     res = [per_seed[k] for k in seeds]
     arms = {
@@ -131,6 +136,7 @@ def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str, uni
             "process), so machine noise hits every arm alike; wall clock is each run's own training-step time"),
         **best_baseline(per_seed),
         "phase1_loss_at_switch": stats([r["tst"]["phase1_loss_at_switch"] for r in res]),
+        **grid_summary(tst_grid, tst_cells, baselines, best_baseline(per_seed)["baselines_val_loss"]),
         "unigram_entropy": unigram_entropy,
         "data_per_arm": _data_per_arm(res),
         "environment": environment(),
@@ -138,6 +144,34 @@ def summarize(cfg: Config, per_seed: dict, lengths: list[int], command: str, uni
     }
     out["verdicts"] = verdicts(out)
     return out
+
+
+def grid_summary(tst_grid: dict | None, tst_cells: list[Variant], baselines: list[Variant], baseline_losses: dict
+                 ) -> dict:
+    """The tuning grids of a length: TST's cells and their best, and where either grid's best cell
+    sits on the edge of a numeric axis (the grid should be widened there before it is trusted)."""
+    out = {}
+    if tst_grid:
+        out["tst_grid"] = tst_grid
+        out["tst_grid_edges"] = grid_edges({c: st["mean"] for c, st in tst_grid["cells"].items()}, list(tst_cells))
+    grid = [v for v in baselines if v.source == "--baseline-grid"]
+    if grid:
+        out["baseline_grid_edges"] = grid_edges({k: st["mean"] for k, st in baseline_losses.items()}, grid)
+    return out
+
+
+def grid_verdicts(rep: dict) -> list[str]:
+    """Which TST cell won, and a warning for each grid whose best cell is on its edge."""
+    lines = []
+    if "tst_grid" in rep:
+        g = rep["tst_grid"]
+        lines.append(f"TST is the best of {len(g['cells'])} --tst-grid cells: {g['best']} (mean final loss "
+                     f"{g['cells'][g['best']]['mean']:.4f}; every cell in report.md)")
+    for key, what in (("tst_grid_edges", "TST's"), ("baseline_grid_edges", "the baselines'")):
+        if rep.get(key):
+            lines.append(f"widen {what} grid: at its best cell " + "; ".join(rep[key]) + ", so the optimum may lie "
+                         "outside it")
+    return lines
 
 
 def _data_per_arm(res: list[dict]) -> dict:
@@ -187,7 +221,7 @@ def verdicts(rep: dict) -> list[str]:
     spread = (f"mean over {n} seeds, std {g['std']:.4f}; per seed {', '.join(f'{v:+.4f}' for v in g['values'])}); "
               f"baseline seed-to-seed std {rep['baseline_seed_spread']:.4f}, TST {rep['tst_seed_spread']:.4f}"
               if n > 1 else "one seed)")
-    lines = [
+    lines = grid_verdicts(rep) + [
         f"equal steps: baseline - TST final val loss = {g['mean']:+.4f} nats ({'TST better' if g['mean'] > 0 else 'TST worse'}; "
         f"{spread}: {clear_of_noise(g, 0.0)}",
         f"iso-loss speedup in wall clock: {speedup_text(sp, kinds)} ("

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 30's 12,000-step tuning grid on the screen seeds, one `superpose train` run per cell, so
+# the grid survives being stopped: a cell with summary.json is done, one with a run directory is
+# continued with `train --resume` from its newest checkpoint (bit for bit), others start fresh.
+# Each cell is one arm: "tst" (the preset's s = 4, r = 0.3) or "base" (r = 0), an init and a rate.
+#
+#   usage: grid.sh SEED ARM:INIT:LR [ARM:INIT:LR ...]      e.g. grid.sh 0 base:normal:1e-3 tst:torch:1e-3
+#   two at a time on 2 cores, one torch thread each (drivers/README in NOTES.md has the exact calls)
+set -euo pipefail
+seed=$1; shift
+root=${GRID_OUT:-runs/tune12k}
+common=(--preset cpu-long --train.steps=12000 --train.seed="$seed" --train.threads=1
+        --data.val_tokens=229376 --train.eval_every=1000 --checkpoint.every=500 --checkpoint.every_minutes=5)
+for cell in "$@"; do
+  IFS=: read -r arm init lr <<<"$cell"
+  case $arm in
+    tst) tst=() ;;
+    base) tst=(--tst.ratio=0) ;;
+    *) echo "grid.sh: unknown arm $arm in $cell (tst or base)" >&2; exit 2 ;;
+  esac
+  out=$root/$arm-$init-lr$lr-s$seed
+  if [ -f "$out/summary.json" ]; then continue; fi
+  if [ -d "$out/checkpoints" ] && ls "$out"/checkpoints/step-* >/dev/null 2>&1; then
+    nice -n 19 .venv/bin/superpose train --resume "$out" --train.threads=1
+  else
+    rm -rf "$out"
+    nice -n 19 .venv/bin/superpose train "${common[@]}" "${tst[@]}" --model.init="$init" --optim.lr="$lr" --out "$out"
+  fi
+  echo "grid.sh: $cell seed $seed: $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['val_loss'])" "$out/summary.json")"
+done
