@@ -14,9 +14,15 @@ parallelisms and DCP checkpoints, with TST's two changes, both taken from superp
     loss.py             MultiHotLoss: superpose's multi-hot next-bag loss as a torchtitan loss,
                         chunked through torchtitan's ChunkedLossWrapper
     config_registry.py  the configs (debug, the paper's 270M, the 10B-A1B MoE)
-    compat.py           running torchtitan 0.3.0 on a CPU (gloo) and on stable torch
+    compat.py           the version check and every private torchtitan name; running torchtitan
+                        0.3.0 on a CPU (gloo) and on stable torch
     export.py           a TST checkpoint -> a Hugging Face folder
     train.py            `python -m superpose.titan.train`: torchtitan.train with compat applied
 
-Nothing here is imported by `import superpose`; importing this package needs torchtitan.
+Nothing here is imported by `import superpose`; importing this package needs torchtitan, and
+checks its version first (compat.SUPPORTED_TORCHTITAN; another one is refused in one line).
 """
+
+from .compat import check_version
+
+check_version()
