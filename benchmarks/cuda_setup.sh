@@ -1,5 +1,6 @@
 # Sourced by the GPU benchmarks (gpu.sh, gpu_compare.sh): refuse in one line, exit 2, unless an
-# NVIDIA GPU is present; then set up .venv and check that its torch can use the GPU.
+# NVIDIA GPU is present; then set up .venv (nothing is installed, and no network is needed, when
+# scripts/setup.sh has already run with this pyproject.toml) and check that its torch can use the GPU.
 # Usage: cuda_setup SCRIPT_NAME [HINT]
 cuda_setup() {
   if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then

@@ -184,10 +184,12 @@ class TSTTrainer(Trainer):
         self._maskless = any(config.model_spec.model.traverse(ScaledDotProductAttention.Config))
         self._count = (0, torch.zeros((), dtype=torch.float32))  # (step, this rank's weighted target count)
         self._raw_tokens = 0  # raw tokens one micro-batch of the current step reads
+        self._raw_since_log = 0  # raw tokens read since the last metrics log
         self.model_parts[0].tok_embeddings.register_forward_hook(self._bag_hook)
-        # torchtitan's MFU is FLOPs per token x tokens/s; tokens here are raw tokens (s per position
-        # in phase 1), so each phase divides the per-position FLOPs by the tokens a position reads.
-        self._flops_per_position = self.metrics_processor.num_flops_per_token
+        # torchtitan's tps (and MFU = FLOPs per token x tps) counts positions here, so it does not
+        # jump at the switch; raw tokens (s per position in phase 1) are logged beside it.
+        self._titan_log = self.metrics_processor.log
+        self.metrics_processor.log = self._log
         switch = switch_step(self.phases, config.training.steps)
         self.write_plan(switch)
         logger.info("TST: " + ", ".join(f"{p.name} steps {p.start + 1}-{p.end} (s={p.bag_size})" for p in self.phases)
@@ -209,6 +211,20 @@ class TSTTrainer(Trainer):
                 "model": dataclasses.asdict(c.model_spec.superpose_model)}
         make_dir(Path(folder), "checkpoint folder")
         write_text(Path(folder) / PLAN, json.dumps(plan, indent=1) + "\n")
+
+    def _log(self, step: int, *args, extra_metrics: dict[str, Any] | None = None, **kwargs) -> None:
+        """torchtitan's metrics log plus the phase, its bag size and raw tokens/s (TensorBoard, W&B and the log)."""
+        mp = self.metrics_processor
+        seconds = (time.perf_counter() - mp.time_last_log) * mp.parallel_dims.non_data_parallel_size
+        phase = self.phase(step)
+        raw_tps = self._raw_since_log / max(seconds, 1e-9)
+        loading = 100 * sum(mp.data_loading_times) * mp.parallel_dims.non_data_parallel_size / max(seconds, 1e-9)
+        self._raw_since_log = 0
+        extra = {**(extra_metrics or {}), "tst/phase": phase.index, "tst/bag_size": phase.bag_size,
+                 "throughput(raw_tps)": raw_tps}
+        self._titan_log(step, *args, extra_metrics=extra, **kwargs)
+        logger.info(f"TST step {step:2}: {phase.name} (s={phase.bag_size})  tps counts positions; raw tokens/s: "
+                    f"{round(raw_tps):,}  data loading: {loading:.1f}% of the time")
 
     def phase(self, step: int | None = None) -> Phase:
         """The phase of torchtitan's 1-based `step` (default: the current one)."""
@@ -263,7 +279,8 @@ class TSTTrainer(Trainer):
                 self._count = (self.step, torch.zeros((), dtype=torch.float32))
             targets = labels if labels.dim() == 3 else labels.unsqueeze(-1)
             self._count[1].add_(count_valid_targets(targets, self._weights(phase), loss=self._loss_kind(phase)))
-            self.metrics_processor.ntokens_since_last_log += self._raw_tokens
+            self.metrics_processor.ntokens_since_last_log += labels.shape[0] * labels.shape[1]  # positions
+            self._raw_since_log += self._raw_tokens
             self.metrics_processor.data_loading_times.append(time.perf_counter() - t0)
             yield inputs, labels
 
@@ -294,5 +311,4 @@ class TSTTrainer(Trainer):
         if previous is not None and previous != phase:
             logger.info(f"TST: step {self.step} switches from {previous.name} (s={previous.bag_size}) to "
                         f"{phase.name} (s={phase.bag_size}); parameters, optimizer, LR schedule and data carry on")
-        self.metrics_processor.num_flops_per_token = self._flops_per_position / phase.input_bag
         return super().train_step(data_iterator)
