@@ -13,3 +13,13 @@ cuda_setup() {
     exit 2
   fi
 }
+
+# Usage: start_record PREFIX. Sets $gpu (the GPU's name) and $record
+# (benchmarks/records/PREFIX_GPU_DATE.md, never an existing one) and sends everything the script
+# prints from then on to the terminal and the record, so the record is written whatever happens.
+start_record() {
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^NVIDIA //; s/[^A-Za-z0-9]\+/-/g; s/-$//')
+  record="benchmarks/records/$1_${gpu}_$(date +%Y-%m-%d).md"
+  [ -e "$record" ] && record="${record%.md}-$(date +%H%M%S).md"
+  exec > >(tee "$record") 2>&1
+}

@@ -11,10 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/cuda_setup.sh
 cuda_setup benchmarks/gpu.sh
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^NVIDIA //; s/[^A-Za-z0-9]\+/-/g; s/-$//')
-record="benchmarks/records/throughput_${gpu}_$(date +%Y-%m-%d).md"
-[ -e "$record" ] && record="${record%.md}-$(date +%H%M%S).md"
-exec > >(tee "$record") 2>&1  # everything below goes to the terminal and the record
+start_record throughput  # sets $gpu and $record; all output from here goes to the terminal and the record
 echo "# Trainer throughput on $gpu, 270m preset ($(date '+%Y-%m-%d %H:%M %Z'))"
 echo
 echo "Command: \`bash benchmarks/gpu.sh $*\` (git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"

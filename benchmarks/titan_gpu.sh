@@ -21,10 +21,7 @@ ACCUM=${ACCUM:-4}       # micro-batches per optimizer step
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^NVIDIA //; s/[^A-Za-z0-9]\+/-/g; s/-$//')
-record="benchmarks/records/titan_gpu_${gpu}_$(date +%Y-%m-%d).md"
-[ -e "$record" ] && record="${record%.md}-$(date +%H%M%S).md"
-exec > >(tee "$record") 2>&1  # everything below goes to the terminal and the record
+start_record titan_gpu  # sets $gpu and $record; all output from here goes to the terminal and the record
 echo "# TST in torchtitan vs superpose's trainer, 270M shape, $gpu ($(date '+%Y-%m-%d %H:%M %Z'))"
 echo
 echo "Command: \`bash benchmarks/titan_gpu.sh\` (STEPS=$STEPS MICRO=$MICRO ACCUM=$ACCUM; git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"

@@ -1,14 +1,17 @@
 """superpose.titan: TST inside torchtitan's Trainer, on the CPU with gloo.
 
 Checks: the config registry (every config builds; torchtitan's own ConfigManager loads it with
-`--module superpose.titan` and parses `--tst.*`); the refusals (CP, TP, PP, a non-multi-hot loss);
-phase-1 rows regrouped from loader batches equal superpose's rows of s*L tokens; on the same batch
-and weights the bagged embeddings and the step's loss equal superpose's core functions; an
-end-to-end run through the switch (raw tokens counted, the LR schedule and optimizer carried);
-DCP resume on either side of the switch gives bit-identical losses; FSDP with 2 processes (torchrun).
+`--module superpose.titan` and parses `--tst.*`); the refusals (CP, TP, PP, a non-multi-hot loss,
+loader workers that would split rows); phase-1 rows are s*L consecutive tokens of a stream built
+without torchtitan (torchtitan's text loader; superpose's data directories with 0 and 2 workers);
+on the same batch and weights the bagged embeddings and the step's loss equal superpose's core
+functions; an end-to-end run through the switch on a superpose data directory (raw tokens
+counted, the LR schedule and optimizer carried); DCP resume on either side of the switch gives
+bit-identical losses; export by the run's recorded plan; the torchtitan version check.
+Launched runs (no torchrun, HSDP, EP) are in tests/test_titan_parallel.py.
 
-Skipped when torchtitan is not installed (`pip install -e ".[titan]"`).
-    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_titan.py -x
+Skipped when torchtitan is not installed (bash scripts/setup.sh installs it).
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 0 tests/test_titan.py -x
 """
 
 from __future__ import annotations
@@ -141,6 +144,11 @@ def test_registry_configs_build_and_parse():
                                       "--tst.bag_size", "3", "--tst.weights", "power", "--training.steps", "7"])
     assert (cfg.tst.bag_size, cfg.tst.weights, cfg.training.steps) == (3, "power", 7)
     assert cfg.loss.loss_fn.weights == "power"  # the loss reads the tst section
+    # benchmarks/titan_gpu.sh's command line: the 270M shape reading a superpose data directory
+    cfg = ConfigManager().parse_args(["--module", "superpose.titan", "--config", "tst_llama3_270m_data",
+                                      "--dataloader.path", "/data/x", "--dataloader.num_workers", "2",
+                                      "--training.local_batch_size", "12"])
+    assert (cfg.dataloader.path, cfg.model_spec.superpose_model.vocab_size, cfg.hf_assets_path) == ("/data/x", 128256, "")
 
 
 @pytest.mark.parametrize("field,value,needle", [

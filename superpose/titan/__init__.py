@@ -1,7 +1,7 @@
 """TST inside torchtitan: `--module superpose.titan` (the optional extra `superpose[titan]`).
 
     torchrun --nproc-per-node 8 -m torchtitan.train --module superpose.titan --config tst_llama3_270m
-    python -m superpose.titan.train --module superpose.titan --config tst_llama3_debug   # also on a CPU
+    python -m superpose.titan.train --module superpose.titan --config tst_llama3_debug   # also on a CPU, no torchrun
 
 torchtitan's config manager imports `superpose.titan.config_registry` and calls the named
 function, which returns a `TSTTrainer.Config`: torchtitan's own `Trainer.Config` with a `tst`
@@ -16,7 +16,8 @@ parallelisms and DCP checkpoints, with TST's two changes, both taken from superp
     config_registry.py  the configs (debug, the paper's 270M, the 10B-A1B MoE)
     compat.py           the version check and every private torchtitan name; running torchtitan
                         0.3.0 on a CPU (gloo) and on stable torch
-    export.py           a TST checkpoint -> a Hugging Face folder
+    data.py             a superpose data directory as torchtitan's dataloader (pre-tokenized shards)
+    export.py           a TST checkpoint -> a Hugging Face folder, by the plan the run recorded
     train.py            `python -m superpose.titan.train`: torchtitan.train with compat applied
 
 Nothing here is imported by `import superpose`; importing this package needs torchtitan, and
