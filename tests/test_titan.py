@@ -355,6 +355,8 @@ def check_export(data: Path, ckpt: Path, out: Path, model_cfg: ModelConfig) -> N
         got = hf(tokens).logits
     print(f"export: max |logits diff| torchtitan vs transformers = {float((got - want).abs().max()):.2e}")
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SystemExit, match=r"^superpose.titan.export: .*step-99 is not a torchtitan DCP checkpoint"):
+        main([str(ckpt / "step-99"), str(out)])
     # a checkpoint folder without the run's plan: one line naming the way out
     (ckpt / "superpose_tst.json").unlink()
     with pytest.raises(SystemExit, match="superpose_tst.json is missing: .*--switch-step N --config NAME"):

@@ -47,6 +47,19 @@ def test_docs_command_without_torchrun_reads_a_superpose_data_directory(tiny_dat
     assert "Training completed" in log
 
 
+def test_another_torchtitan_version_is_one_line(tmp_path):
+    """A torchtitan other than 0.3.0 (a fake one, found first on the path) is refused in one line."""
+    fake = tmp_path / "site" / "torchtitan-0.4.0.dist-info"
+    fake.mkdir(parents=True)
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: torchtitan\nVersion: 0.4.0\n")
+    out = subprocess.run([sys.executable, "-m", "superpose.titan.train", *DOCS_COMMAND.split()[3:]],
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1 and out.stdout == "", out.stderr[-3000:]
+    assert out.stderr == ("superpose.titan: torchtitan 0.4.0 is installed; superpose.titan supports 0.3.0: "
+                          "pip install torchtitan==0.3.0\n")
+
+
 def test_a_user_error_is_one_line(tmp_path):
     out = launch(DOCS_COMMAND.split()[3:] + ["--dataloader.path", str(tmp_path / "nowhere")], tmp_path)
     assert out.returncode == 1

@@ -24,6 +24,16 @@ Nothing here is imported by `import superpose`; importing this package needs tor
 checks its version first (compat.SUPPORTED_TORCHTITAN; another one is refused in one line).
 """
 
-from .compat import check_version
+import sys
 
-check_version()
+from .compat import TitanVersionError, check_version
+
+try:
+    check_version()
+except TitanVersionError as e:
+    # superpose's own entry points (python -m superpose.titan.train / .export, also under torchrun)
+    # say it in one line; importers get the exception.
+    argv = getattr(sys, "orig_argv", [])
+    if any(a == "-m" and b in ("superpose.titan.train", "superpose.titan.export") for a, b in zip(argv, argv[1:])):
+        raise SystemExit(f"superpose.titan: {e}") from None
+    raise

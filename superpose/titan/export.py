@@ -29,10 +29,17 @@ from .arch import titan_model_spec
 from .trainer import PLAN, PLAN_FORMAT
 
 
+def check_step_dir(step_dir: Path | str) -> None:
+    if not (Path(step_dir) / ".metadata").is_file():
+        raise UserError(f"{step_dir} is not a torchtitan DCP checkpoint (no .metadata); give a step-N folder of "
+                        "the run, e.g. outputs/checkpoint/step-20000")
+
+
 def load_model_state(step_dir: Path | str, model: ModelConfig) -> tuple[dict[str, torch.Tensor], int]:
     """The model weights (torchtitan names, float32, CPU) and the step of a DCP checkpoint folder."""
     import torch.distributed.checkpoint as dcp
 
+    check_step_dir(step_dir)
     spec = titan_model_spec(model, "export")
     with torch.device("meta"):
         module = spec.model.build()
@@ -78,9 +85,7 @@ def export_hf(step_dir: Path | str, model: ModelConfig, out_dir: Path | str, swi
 def read_plan(step_dir: Path | str) -> dict:
     """The TST plan the run recorded next to its `step-N` folders (a one-line UserError if none)."""
     plan_path = Path(step_dir).resolve().parent / PLAN
-    if not Path(step_dir).is_dir():
-        raise UserError(f"{step_dir} is not a checkpoint folder; give a step-N folder of a superpose.titan run, "
-                        "e.g. outputs/checkpoint/step-20000")
+    check_step_dir(step_dir)
     try:
         plan = json.loads(plan_path.read_text())
         if plan.get("format") != PLAN_FORMAT:
