@@ -6,8 +6,8 @@
 # (so it also runs offline on a machine already set up).
 #   SUPERPOSE_PYTHON       interpreter to build the venv from (default: python3)
 #   SUPERPOSE_TORCH_INDEX  a pip index URL to take torch from (e.g. PyTorch's CPU-only index)
-#   SUPERPOSE_TITAN=0      leave out the torchtitan extra (superpose[titan]: torchtitan, triton ~0.2 GB
-#                          download); tests/test_titan.py then skips
+#   SUPERPOSE_TITAN=0      leave out the torchtitan extra (superpose[titan]: torchtitan, triton: a 0.29 GB
+#                          download, 1 GB installed); tests/test_titan.py then skips
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${SUPERPOSE_PYTHON:-python3}
