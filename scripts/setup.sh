@@ -50,7 +50,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 if ! check=$(.venv/bin/python -m pip --disable-pip-version-check check 2>&1); then
   echo "$check" >&2
-  echo "setup: pip check found conflicting packages in .venv (above); remove .venv and rerun bash scripts/setup.sh" >&2
+  rm -f "$stamp"  # the next run resolves again
+  echo "setup: pip check found conflicting packages in .venv (above); rerun bash scripts/setup.sh to resolve again, or remove .venv first" >&2
   exit 1
 fi
 echo "$want" >"$stamp"
