@@ -397,3 +397,58 @@ def test_private_torchtitan_names_only_in_compat():
             text = path.read_text()
             assert not pattern.search(text), f"{path}: a private torchtitan name outside superpose/titan/compat.py"
             assert not re.search(r"\b(llama3|qwen3)\._[A-Za-z]", text), path
+
+
+# ----------------------------------------------------------------------------- Qwen3-MoE export
+
+
+def test_qwen3_moe_export_matches_transformers(tmp_path):
+    """A Qwen3-MoE DCP checkpoint -> a Qwen3MoeForCausalLM folder with transformers' logits equal to
+    torchtitan's; torchtitan's load-balancing expert bias (routing only, no HF equivalent) is refused
+    in one line unless dropped, and dropped it exports the model that routes by scores alone."""
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForCausalLM
+
+    from superpose.core.model import QWEN3_MOE
+    from superpose.titan.export import EXPERT_BIAS, export_hf
+
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=VOCAB, norm_eps=1e-6,
+                      arch=QWEN3_MOE.name, n_experts=8, top_k=2, moe_ffn_dim=96)
+    with torch.device("meta"):
+        titan = titan_model_spec(cfg, "check").model.build()
+    titan.to_empty(device="cpu")
+    with torch.no_grad():
+        titan.init_weights(buffer_device=None)
+    tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def export_and_compare(step: int, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+        ckpt = tmp_path / f"step-{step}"
+        dcp.save({**titan.state_dict(), "train_state": {"step": step, "ntokens_seen": 0}}, checkpoint_id=str(ckpt))
+        out = export_hf(ckpt, cfg, tmp_path / f"hf{step}", switch_step=1, **kw)
+        with torch.no_grad():
+            want = titan(tokens)
+            hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+            assert type(hf).__name__ == "Qwen3MoeForCausalLM"
+            return want, hf(tokens).logits
+
+    want, got = export_and_compare(2)
+    print(f"qwen3-moe export: max |logits diff| = {float((got - want).abs().max()):.2e}")
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+    biases = [b for name, b in titan.named_buffers() if name.endswith(EXPERT_BIAS)]
+    assert biases
+    with torch.no_grad():
+        for b in biases:
+            b.copy_(torch.linspace(-0.5, 0.5, len(b)))
+    with pytest.raises(UserError, match=r"load-balancing expert bias \(max \|bias\| 0.5\).*--drop-expert-bias") as e:
+        export_and_compare(3)
+    assert "\n" not in str(e.value)
+    with torch.no_grad():
+        saved = [b.clone() for b in biases]
+        for b in biases:
+            b.zero_()
+        want_no_bias = titan(tokens)  # what the exported model computes: routing by scores alone
+        for b, v in zip(biases, saved):
+            b.copy_(v)
+    _, got = export_and_compare(4, drop_expert_bias=True)
+    torch.testing.assert_close(got, want_no_bias, rtol=1e-3, atol=1e-3)

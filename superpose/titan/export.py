@@ -10,7 +10,9 @@ come from the run itself: TSTTrainer writes its plan (`superpose_tst.json`: step
 step, model shape, tokenizer folder) into the checkpoint folder when it starts, so a run with
 `--training.steps` or `--tst.*` changed on the command line is exported by its own plan, never by
 the config's defaults.
-Llama only: torchtitan's Qwen3 adapter keeps experts in its own grouped layout.
+Llama (Llama3StateDictAdapter) and Qwen3 MoE (torchtitan's Qwen3StateDictAdapter splits its grouped
+experts into Hugging Face's per-expert weights; torchtitan's load-balancing expert bias, which HF has
+no place for, is refused unless --drop-expert-bias).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from pathlib import Path
 
 import torch
 
-from ..core.model import LLAMA, ModelConfig
+from ..core.model import LLAMA, QWEN3_MOE, ModelConfig
 from ..errors import UserError
 from ..interop.hf_llama import hf_config
 from .arch import titan_model_spec
 from .trainer import PLAN, PLAN_FORMAT
+
+
+EXPERT_BIAS = "moe.expert_bias_E"  # torchtitan's auxiliary-loss-free load-balancing bias (routing only)
 
 
 def check_step_dir(step_dir: Path | str) -> None:
@@ -50,16 +55,24 @@ def load_model_state(step_dir: Path | str, model: ModelConfig) -> tuple[dict[str
 
 
 def export_hf(step_dir: Path | str, model: ModelConfig, out_dir: Path | str, switch_step: int | None = None,
-              tokenizer_dir: Path | str | None = None, dtype: torch.dtype = torch.float32) -> Path:
-    """Write `step_dir`'s model as a LlamaForCausalLM folder (model.safetensors + config.json)."""
+              tokenizer_dir: Path | str | None = None, dtype: torch.dtype = torch.float32,
+              drop_expert_bias: bool = False) -> Path:
+    """Write `step_dir`'s model as a LlamaForCausalLM or Qwen3MoeForCausalLM folder (model.safetensors +
+    config.json). A Qwen3 MoE trained with torchtitan's load-balancing expert bias (its default) routes
+    by scores + bias, which Hugging Face's Qwen3MoE cannot hold: refused unless `drop_expert_bias`."""
     from safetensors.torch import save_file
 
-    if model.arch != LLAMA.name:
-        raise UserError(f"export covers the {LLAMA.name} architecture; {model.arch!r} checkpoints are not exported yet")
+    if model.arch not in (LLAMA.name, QWEN3_MOE.name):
+        raise UserError(f"export covers {LLAMA.name} and {QWEN3_MOE.name}; {model.arch!r} checkpoints are not exported")
     state, step = load_model_state(step_dir, model)
     if switch_step is not None and step <= switch_step:
         raise UserError(f"{step_dir} is step {step}, at or before the switch (step {switch_step}): a phase-1 "
                          "checkpoint predicts bags, not next tokens; export a later one")
+    bias = max((float(v.abs().max()) for k, v in state.items() if k.endswith(EXPERT_BIAS)), default=0.0)
+    if bias > 0 and not drop_expert_bias:
+        raise UserError(f"{step_dir} routes by torchtitan's load-balancing expert bias (max |bias| {bias:.3g}), which "
+                        "Hugging Face's Qwen3MoE has no place for; add --drop-expert-bias to export it routing by the "
+                        "router's scores alone (some tokens then go to other experts than in training)")
     spec = titan_model_spec(model, "export")
     hf = spec.state_dict_adapter(spec.model, None).to_hf(state)
     out = Path(out_dir)
@@ -77,6 +90,8 @@ def export_hf(step_dir: Path | str, model: ModelConfig, out_dir: Path | str, swi
         eos_token = json.loads(tok_cfg.read_text()).get("eos_token") if tok_cfg.exists() else None
         if isinstance(eos_token, str):
             eos = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json")).token_to_id(eos_token) or 0
+        elif (Path(tokenizer_dir) / "meta.json").is_file():  # a superpose data directory
+            eos = int(json.loads((Path(tokenizer_dir) / "meta.json").read_text()).get("eot_id", 0))
     config = hf_config(model.resolve(), eos, str(dtype).removeprefix("torch."))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
@@ -108,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("checkpoint", help="a DCP checkpoint folder, e.g. outputs/checkpoint/step-20000")
     ap.add_argument("out", help="the Hugging Face folder to write")
     ap.add_argument("--tokenizer", help="a folder with tokenizer.json (default: the run's hf_assets_path)")
+    ap.add_argument("--drop-expert-bias", action="store_true",
+                    help="a Qwen3 MoE: export without torchtitan's load-balancing expert bias (HF has no place for it)")
     ap.add_argument("--config", help="only for a checkpoint without the run's plan: the config the run used")
     ap.add_argument("--switch-step", type=int, help="only with --config: the run's last phase-1 step")
     args = ap.parse_args(argv)
@@ -124,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise UserError(f"no config {args.config!r} in superpose.titan.config_registry")
             run = cfg()
             model, switch, tokenizer = model_config(run), args.switch_step, run.hf_assets_path
-        print(export_hf(args.checkpoint, model, args.out, switch, args.tokenizer or tokenizer))
+        print(export_hf(args.checkpoint, model, args.out, switch, args.tokenizer or tokenizer,
+                        drop_expert_bias=args.drop_expert_bias))
     except UserError as e:
         raise SystemExit(f"superpose.titan.export: {e}") from None
 
