@@ -111,6 +111,10 @@ def run(cfg: TSTTrainer.Config, load_step: int = -1) -> tuple[TSTTrainer, dict[i
         return loss
 
     trainer.forward_backward_step = record
+    trainer.logged = {}  # step -> the metrics torchtitan hands its TensorBoard/W&B loggers
+    sink = trainer.metrics_processor.logger
+    sink_log = sink.log
+    sink.log = lambda metrics, step: (trainer.logged.__setitem__(step, dict(metrics)), sink_log(metrics, step))
     try:
         trainer.train()
     finally:
@@ -309,6 +313,10 @@ def test_run_through_switch_and_resume_on_either_side(tiny_data, single_process,
     assert [trainer.phase(k).bag_size for k in range(1, 7)] == [4, 4, 4, 1, 1, 1]
     # raw tokens: 3 steps of 2 rows x 4*16, then 3 steps of 2 rows x 16
     assert trainer.ntokens_seen == 3 * 2 * 64 + 3 * 2 * 16
+    # the metrics carry the phase; tps counts positions, raw tokens/s is s times it in phase 1
+    assert [(m["tst/phase"], m["tst/bag_size"]) for _, m in sorted(trainer.logged.items())] == [(1, 4)] * 3 + [(2, 1)] * 3
+    for m in trainer.logged.values():
+        assert m["throughput(raw_tps)"] == pytest.approx(m["tst/bag_size"] * m["throughput(tps)"], rel=0.02)
     # phase-1 loss sits above the log(s) floor, phase 2 is next-token CE (log V at init ~ 5.5)
     assert all(l > 0 for l in straight.values())
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoint").iterdir())
