@@ -1,35 +1,58 @@
 #!/usr/bin/env bash
 # Set up superpose in ./.venv: PyTorch (the CPU build when no NVIDIA GPU is present), then the
-# package with its test extras. Safe to re-run; it installs only what is missing.
+# package with its test extras and the torchtitan extra, resolved together in ONE pip call so the
+# environment is consistent, then `pip check` (setup fails if it does not pass). Safe to re-run:
+# when pyproject.toml and the extras are unchanged since the last good setup it installs nothing
+# (so it also runs offline on a machine already set up).
 #   SUPERPOSE_PYTHON       interpreter to build the venv from (default: python3)
 #   SUPERPOSE_TORCH_INDEX  a pip index URL to take torch from (e.g. PyTorch's CPU-only index)
-#   SUPERPOSE_TITAN=1      also install the torchtitan extra (superpose[titan], ~1 GB with triton),
-#                          keeping the torch already installed
+#   SUPERPOSE_TITAN=0      leave out the torchtitan extra (superpose[titan]: torchtitan, triton: a 0.29 GB
+#                          download, 1 GB installed); tests/test_titan.py then skips
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${SUPERPOSE_PYTHON:-python3}
 TORCH_CPU=2.13.0          # the CPU wheel we test with
 TORCH_RANGE=">=2.5,<2.15"  # what pyproject.toml accepts
+EXTRAS=test
+[ "${SUPERPOSE_TITAN:-1}" = 0 ] || { EXTRAS=test,titan; TORCH_RANGE=">=2.11,<2.15"; }  # torchtitan 0.3.0: torch >= 2.11
 
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "superpose needs Python >= 3.11" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pip() {  # pip, quiet, failing setup when it fails (this machine's pip.conf warnings left out)
+  local log rc=0
+  log=$(mktemp)
+  .venv/bin/python -m pip --disable-pip-version-check -q "$@" >"$log" 2>&1 || rc=$?
+  grep -v "^WARNING: Location" "$log" >&2 || true
+  rm -f "$log"
+  [ "$rc" = 0 ] || { echo "setup: pip $1 failed (above); fix it and rerun bash scripts/setup.sh" >&2; exit 1; }
+}
 
-if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
-  index=()
-  [ -n "${SUPERPOSE_TORCH_INDEX:-}" ] && index=(--index-url "$SUPERPOSE_TORCH_INDEX")
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    echo "setup: NVIDIA GPU found: installing a CUDA build of torch$TORCH_RANGE" >&2
-    pip install "torch$TORCH_RANGE" "${index[@]}"
-  else
-    echo "setup: no GPU: installing the CPU build torch==$TORCH_CPU" >&2
-    pip install "torch==$TORCH_CPU" "${index[@]}"
+stamp=.venv/superpose-setup
+want="$EXTRAS $(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+    index=()
+    [ -n "${SUPERPOSE_TORCH_INDEX:-}" ] && index=(--index-url "$SUPERPOSE_TORCH_INDEX")
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+      echo "setup: NVIDIA GPU found: installing a CUDA build of torch$TORCH_RANGE" >&2
+      pip install "torch$TORCH_RANGE" "${index[@]}"
+    else
+      echo "setup: no GPU: installing the CPU build torch==$TORCH_CPU" >&2
+      pip install "torch==$TORCH_CPU" "${index[@]}"
+    fi
   fi
-fi
-pip install -e ".[test]"
-if [ "${SUPERPOSE_TITAN:-0}" = 1 ]; then
-  # Pin the torch already here, so torchtitan's dependencies never swap in another build.
+  # One resolve for every extra, with the torch already here pinned (the CPU build stays the CPU
+  # build): separate calls let a later extra downgrade what an earlier one needs.
   have=$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')
-  pip install -e ".[titan]" "torch==$have"
+  echo "setup: installing superpose[$EXTRAS] with torch==$have" >&2
+  pip install -e ".[$EXTRAS]" "torch==$have"
+  rm -f "$stamp"
 fi
+if ! check=$(.venv/bin/python -m pip --disable-pip-version-check check 2>&1); then
+  echo "$check" >&2
+  rm -f "$stamp"  # the next run resolves again
+  echo "setup: pip check found conflicting packages in .venv (above); rerun bash scripts/setup.sh to resolve again, or remove .venv first" >&2
+  exit 1
+fi
+echo "$want" >"$stamp"
 .venv/bin/python -c 'import torch, superpose; print(f"setup: superpose {superpose.__version__}, torch {torch.__version__}", flush=True)' >&2

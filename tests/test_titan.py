@@ -1,14 +1,17 @@
 """superpose.titan: TST inside torchtitan's Trainer, on the CPU with gloo.
 
 Checks: the config registry (every config builds; torchtitan's own ConfigManager loads it with
-`--module superpose.titan` and parses `--tst.*`); the refusals (CP, TP, PP, a non-multi-hot loss);
-phase-1 rows regrouped from loader batches equal superpose's rows of s*L tokens; on the same batch
-and weights the bagged embeddings and the step's loss equal superpose's core functions; an
-end-to-end run through the switch (raw tokens counted, the LR schedule and optimizer carried);
-DCP resume on either side of the switch gives bit-identical losses; FSDP with 2 processes (torchrun).
+`--module superpose.titan` and parses `--tst.*`); the refusals (CP, TP, PP, a non-multi-hot loss,
+loader workers that would split rows); phase-1 rows are s*L consecutive tokens of a stream built
+without torchtitan (torchtitan's text loader; superpose's data directories with 0 and 2 workers);
+on the same batch and weights the bagged embeddings and the step's loss equal superpose's core
+functions; an end-to-end run through the switch on a superpose data directory (raw tokens
+counted, the LR schedule and optimizer carried); DCP resume on either side of the switch gives
+bit-identical losses; export by the run's recorded plan; the torchtitan version check.
+Launched runs (no torchrun, HSDP, EP) are in tests/test_titan_parallel.py.
 
-Skipped when torchtitan is not installed (`pip install -e ".[titan]"`).
-    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_titan.py -x
+Skipped when torchtitan is not installed (bash scripts/setup.sh installs it).
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -n 0 tests/test_titan.py -x
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from superpose.core.model import ModelConfig  # noqa: E402
+from superpose.errors import UserError  # noqa: E402
 from superpose.core.superposition import (bag_targets, count_valid_targets, multi_hot_cross_entropy,  # noqa: E402
                                           superpose_embeddings)
 from superpose.titan.compat import use_cpu  # noqa: E402
@@ -37,8 +40,9 @@ use_cpu()
 from superpose.titan import config_registry  # noqa: E402
 from superpose.titan.arch import titan_model_spec  # noqa: E402
 from superpose.titan.trainer import TSTTrainer  # noqa: E402
+from torchtitan.hf_datasets.text_datasets import HuggingFaceTextDataLoader  # noqa: E402
 
-VOCAB = 256
+VOCAB = 320  # conftest's tiny_data has a 320-token BPE; the jsonl assets' tokenizer has 256
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +74,17 @@ def single_process(monkeypatch, tmp_path):
         torch.distributed.destroy_process_group()
 
 
-def tiny_config(assets: Path, out: Path, steps: int = 6, ratio: float = 0.5, bag: int = 4) -> TSTTrainer.Config:
+def tiny_config(data: Path, out: Path, steps: int = 6, ratio: float = 0.5, bag: int = 4) -> TSTTrainer.Config:
+    """The debug config on a 1-layer model, reading `data` (a superpose data directory, or a folder
+    with tokenizer.json and data/*.jsonl for torchtitan's own text loader)."""
     cfg = config_registry.tst_llama3_debug()
     cfg.model_spec = titan_model_spec(ModelConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=64, vocab_size=VOCAB),
                                       "tiny")
-    cfg.hf_assets_path = str(assets)
-    cfg.dataloader.dataset_path = str(assets / "data")
+    if (data / "meta.json").is_file():
+        cfg.dataloader.path = str(data)
+    else:
+        cfg.hf_assets_path = str(data)
+        cfg.dataloader = HuggingFaceTextDataLoader.Config(dataset="c4_test", dataset_path=str(data / "data"))
     cfg.training.seq_len, cfg.training.local_batch_size, cfg.training.steps = 16, 2, steps
     cfg.tst.ratio, cfg.tst.bag_size = ratio, bag
     cfg.lr_scheduler.warmup_steps = 2
@@ -102,6 +111,10 @@ def run(cfg: TSTTrainer.Config, load_step: int = -1) -> tuple[TSTTrainer, dict[i
         return loss
 
     trainer.forward_backward_step = record
+    trainer.logged = {}  # step -> the metrics torchtitan hands its TensorBoard/W&B loggers
+    sink = trainer.metrics_processor.logger
+    sink_log = sink.log
+    sink.log = lambda metrics, step: (trainer.logged.__setitem__(step, dict(metrics)), sink_log(metrics, step))
     try:
         trainer.train()
     finally:
@@ -135,6 +148,11 @@ def test_registry_configs_build_and_parse():
                                       "--tst.bag_size", "3", "--tst.weights", "power", "--training.steps", "7"])
     assert (cfg.tst.bag_size, cfg.tst.weights, cfg.training.steps) == (3, "power", 7)
     assert cfg.loss.loss_fn.weights == "power"  # the loss reads the tst section
+    # benchmarks/titan_gpu.sh's command line: the 270M shape reading a superpose data directory
+    cfg = ConfigManager().parse_args(["--module", "superpose.titan", "--config", "tst_llama3_270m_data",
+                                      "--dataloader.path", "/data/x", "--dataloader.num_workers", "2",
+                                      "--training.local_batch_size", "12"])
+    assert (cfg.dataloader.path, cfg.model_spec.superpose_model.vocab_size, cfg.hf_assets_path) == ("/data/x", 128256, "")
 
 
 @pytest.mark.parametrize("field,value,needle", [
@@ -160,6 +178,75 @@ def test_refused_loss_and_fields():
         dataclasses.replace(cfg)
 
 
+# ----------------------------------------------------------------------------- rows
+
+
+def document_stream(assets: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of assets/data/train.jsonl as one token stream, built with `tokenizers`
+    alone: each document BOS + tokens + EOS, inputs without its last id, labels without its first."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(assets / "tokenizer.json"))
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    xs, ys = [], []
+    for line in (assets / "data" / "train.jsonl").read_text().splitlines():
+        ids = [bos] + tok.encode(json.loads(line)["text"], add_special_tokens=False).ids + [eos]
+        xs += ids[:-1]
+        ys += ids[1:]
+    return torch.tensor(xs), torch.tensor(ys)
+
+
+def shard_stream(data: Path) -> torch.Tensor:
+    """A superpose data directory's train tokens, read from the shard files with numpy alone."""
+    import numpy as np
+
+    meta = json.loads((data / "meta.json").read_text())
+    dtype = np.uint16 if meta["token_bytes"] == 2 else np.uint32
+    return torch.from_numpy(np.concatenate([np.fromfile(data / name, dtype=dtype, offset=32).astype(np.int64)
+                                            for name in meta["splits"]["train"]["shards"]]))
+
+
+def window_at(row: torch.Tensor, stream: torch.Tensor) -> int:
+    """Where `row` occurs as a contiguous window of `stream` (-1: nowhere)."""
+    hits = (stream.unfold(0, len(row), 1) == row).all(dim=1).nonzero()
+    return int(hits[0]) if len(hits) else -1
+
+
+@pytest.mark.parametrize("workers,b", [(0, 2), (2, 4)])
+def test_phase1_rows_are_contiguous_text_with_and_without_workers(tiny_data, workers, b):
+    """Every phase-1 row (inputs and labels) is s*L consecutive tokens of the data itself, however
+    many loader workers (b a multiple of s with workers; the config refuses anything else)."""
+    from superpose.titan.data import SuperposeDataLoader
+
+    s, L = 4, 16
+    loader = SuperposeDataLoader(SuperposeDataLoader.Config(path=str(tiny_data), num_workers=workers),
+                                 dp_world_size=1, dp_rank=0, tokenizer=None, seq_len=L, local_batch_size=b)
+    stream, it, fake = shard_stream(tiny_data), iter(loader), types.SimpleNamespace(_maskless=True)
+    phase = config_registry.tst_llama3_debug().tst.phases(10)[0]
+    assert phase.input_bag == s
+    starts = []
+    for _ in range(3):  # three micro-batches
+        inputs, labels = TSTTrainer.tst_batch(fake, [next(it) for _ in range(s)], phase)
+        for row, bag_labels in zip(inputs["input"], labels):
+            at = window_at(row, stream)
+            assert at >= 0, "a phase-1 row is not contiguous text"
+            assert torch.equal(bag_labels, bag_targets(stream[at + 1:at + s * L + 1].view(1, -1), s)[0])
+            starts.append(at)
+    assert len(set(starts)) == len(starts)  # no row read twice
+
+
+@pytest.mark.parametrize("schedule", ["", "4:0.25,2:0.25"])
+def test_workers_that_would_split_rows_are_refused(schedule):
+    cfg = config_registry.tst_llama3_debug()
+    cfg.dataloader.num_workers, cfg.training.local_batch_size, cfg.tst.schedule = 2, 6, schedule
+    with pytest.raises(UserError, match="num_workers 2 with training.local_batch_size 6, not a multiple of the "
+                                        "bag size 4: ") as e:
+        dataclasses.replace(cfg)
+    assert "\n" not in str(e.value)
+    cfg.training.local_batch_size = 8
+    dataclasses.replace(cfg)  # a multiple of every bag size: allowed
+
+
 # ----------------------------------------------------------------------------- equivalence
 
 
@@ -169,15 +256,14 @@ def test_phase1_rows_bags_and_loss_equal_superpose(assets, single_process, tmp_p
     cfg.checkpoint.enable = False
     trainer = cfg.build()
     try:
-        s, L, b = 4, 16, 2
-        # the loader's first s batches of (b, L), as one stream, give superpose's rows (b, s*L + 1)
+        s, L, b = 4, 16, 2  # b is not a multiple of s: rows join loader batches
+        # superpose's rows: s*L contiguous tokens of the documents' own stream, tokenized here
+        # without torchtitan (each document BOS ... EOS, labels shifted within the document)
+        stream_x, stream_y = document_stream(assets)
         loader = iter(trainer.dataloader)
-        raw = [next(loader) for _ in range(s)]
-        stream_x = torch.cat([d["input"] for d, _ in raw]).flatten()  # (s*b*L,)
-        stream_y = torch.cat([y for _, y in raw]).flatten()
         trainer.step = 1
-        inputs, labels = trainer.tst_batch(raw, trainer.phase())
-        x, y = stream_x.view(b, s * L), stream_y.view(b, s * L)  # rows of s*L contiguous tokens
+        inputs, labels = trainer.tst_batch([next(loader) for _ in range(s)], trainer.phase())
+        x, y = stream_x[:b * s * L].view(b, s * L), stream_y[:b * s * L].view(b, s * L)
         assert torch.equal(inputs["input"], x)
         assert torch.equal(labels, bag_targets(y, s))  # (b, L, s)
 
@@ -220,35 +306,47 @@ def test_phase1_rows_bags_and_loss_equal_superpose(assets, single_process, tmp_p
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_run_through_switch_and_resume_on_either_side(assets, single_process, tmp_path):
-    cfg = tiny_config(assets, tmp_path / "run", steps=6, ratio=0.5)
+def test_run_through_switch_and_resume_on_either_side(tiny_data, single_process, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "run", steps=6, ratio=0.5)
     trainer, straight = run(cfg)
     assert sorted(straight) == [1, 2, 3, 4, 5, 6]
     assert [trainer.phase(k).bag_size for k in range(1, 7)] == [4, 4, 4, 1, 1, 1]
     # raw tokens: 3 steps of 2 rows x 4*16, then 3 steps of 2 rows x 16
     assert trainer.ntokens_seen == 3 * 2 * 64 + 3 * 2 * 16
+    # the metrics carry the phase; tps counts positions, raw tokens/s is s times it in phase 1
+    assert [(m["tst/phase"], m["tst/bag_size"]) for _, m in sorted(trainer.logged.items())] == [(1, 4)] * 3 + [(2, 1)] * 3
+    for m in trainer.logged.values():
+        assert m["throughput(raw_tps)"] == pytest.approx(m["tst/bag_size"] * m["throughput(tps)"], rel=0.02)
     # phase-1 loss sits above the log(s) floor, phase 2 is next-token CE (log V at init ~ 5.5)
     assert all(l > 0 for l in straight.values())
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoint").iterdir())
     assert "step-3" in ckpts and "step-4" in ckpts
     for load in (3, 4):  # the last phase-1 step, the first phase-2 step
-        resumed_cfg = tiny_config(assets, tmp_path / "run", steps=6, ratio=0.5)
+        resumed_cfg = tiny_config(tiny_data, tmp_path / "run", steps=6, ratio=0.5)
         _, resumed = run(resumed_cfg, load_step=load)
         assert sorted(resumed) == list(range(load + 1, 7))
         for k, v in resumed.items():
             assert v == straight[k], f"resume from step {load}: step {k} loss {v} != {straight[k]}"
-    check_export(assets, tmp_path / "run" / "checkpoint", tmp_path / "hf", cfg.model_spec.superpose_model)
+    check_export(tiny_data, tmp_path / "run" / "checkpoint", tmp_path / "hf", cfg.model_spec.superpose_model)
 
 
-def check_export(assets: Path, ckpt: Path, out: Path, model_cfg: ModelConfig) -> None:
-    """The final (phase-2) checkpoint as a HF folder: transformers' logits == torchtitan's."""
+def check_export(data: Path, ckpt: Path, out: Path, model_cfg: ModelConfig) -> None:
+    """Export reads the run's own plan (6 steps, switch after step 3; the debug config's defaults
+    would put it after step 12), refuses phase-1 checkpoints in one line, and the final (phase-2)
+    checkpoint as a HF folder gives transformers' logits == torchtitan's."""
     from transformers import AutoModelForCausalLM
 
-    from superpose.titan.export import export_hf, load_model_state
+    from superpose.titan.export import load_model_state, main
 
-    with pytest.raises(ValueError, match="phase-1 checkpoint predicts bags"):
-        export_hf(ckpt / "step-3", model_cfg, out, switch_step=3)
-    export_hf(ckpt / "step-6", model_cfg, out, switch_step=3, tokenizer_dir=assets)
+    plan = json.loads((ckpt / "superpose_tst.json").read_text())
+    assert (plan["steps"], plan["switch_step"], plan["model"]["vocab_size"]) == (6, 3, VOCAB)
+    with pytest.raises(SystemExit, match=r"^superpose.titan.export: .*step-3 is step 3, at or before the switch "
+                                         r"\(step 3\): a phase-1 checkpoint predicts bags") as e:
+        main([str(ckpt / "step-3"), str(out)])
+    assert "\n" not in str(e.value)
+    main([str(ckpt / "step-4"), str(out)])  # the old export (--config's default plan) refused this one
+    assert (out / "tokenizer.json").read_bytes() == (data / "tokenizer.json").read_bytes()  # the run's tokenizer
+    main([str(ckpt / "step-6"), str(out)])
     state, step = load_model_state(ckpt / "step-6", model_cfg)
     assert step == 6
     spec = titan_model_spec(model_cfg, "check")
@@ -265,10 +363,16 @@ def check_export(assets: Path, ckpt: Path, out: Path, model_cfg: ModelConfig) ->
         got = hf(tokens).logits
     print(f"export: max |logits diff| torchtitan vs transformers = {float((got - want).abs().max()):.2e}")
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SystemExit, match=r"^superpose.titan.export: .*step-99 is not a torchtitan DCP checkpoint"):
+        main([str(ckpt / "step-99"), str(out)])
+    # a checkpoint folder without the run's plan: one line naming the way out
+    (ckpt / "superpose_tst.json").unlink()
+    with pytest.raises(SystemExit, match="superpose_tst.json is missing: .*--switch-step N --config NAME"):
+        main([str(ckpt / "step-6"), str(out)])
 
 
-def test_weighted_mce_alt_curriculum_runs(assets, single_process, tmp_path):
-    cfg = tiny_config(assets, tmp_path / "w", steps=4, ratio=0.5)
+def test_weighted_mce_alt_curriculum_runs(tiny_data, single_process, tmp_path):
+    cfg = tiny_config(tiny_data, tmp_path / "w", steps=4, ratio=0.5)
     cfg.tst.weights, cfg.tst.loss, cfg.tst.schedule = "power", "mce_alt", "4:0.25,2:0.25"
     cfg = dataclasses.replace(cfg)  # re-run __post_init__
     cfg.checkpoint.enable = False
@@ -278,19 +382,81 @@ def test_weighted_mce_alt_curriculum_runs(assets, single_process, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
-def test_fsdp_two_processes_through_the_switch(assets, tmp_path):
-    """FSDP2 over 2 CPU processes (gloo), launched like a user would, through the CLI entry point."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(29000 + os.getpid() % 500), "-m", "superpose.titan.train", "--module", "superpose.titan",
-           "--config", "tst_llama3_debug", "--hf_assets_path", str(assets), "--dataloader.dataset_path",
-           str(assets / "data"), "--training.steps", "4", "--training.seq_len", "16", "--training.local_batch_size",
-           "2", "--tst.ratio", "0.5", "--metrics.log_freq", "1", "--checkpoint.no-enable",
-           "--parallelism.data_parallel_shard_degree", "2",
-           # stable torch's FSDP2 path (the default spmd_types backend needs torch nightly's FSDP)
-           "--parallelism.spmd_backend", "partial_dtensor", "--dump_folder", str(tmp_path / "fsdp")]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)  # ~30 s idle; minutes on busy cores
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-3000:]
-    assert "switches from superposition (s=4) to next-token (s=1)" in log, log[-3000:]
-    assert "Training completed" in log
+# ----------------------------------------------------------------------------- torchtitan versions
+
+
+def test_other_torchtitan_versions_are_refused_in_one_line():
+    from superpose.titan.compat import SUPPORTED_TORCHTITAN, TitanVersionError, check_version
+
+    assert check_version() in SUPPORTED_TORCHTITAN
+    with pytest.raises(TitanVersionError, match=r"^torchtitan 0\.4\.0 is installed; superpose\.titan supports "
+                                                r"0\.3\.0: pip install torchtitan==0\.3\.0$"):
+        check_version("0.4.0")
+
+
+def test_private_torchtitan_names_only_in_compat():
+    """torchtitan's underscore names (which change without notice) are used in compat.py alone."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "superpose"
+    pattern = re.compile(r"from torchtitan[\w.]* import \(?[^)]*?\b_[A-Za-z]|torchtitan[\w.]*\._[A-Za-z]")
+    for path in root.rglob("*.py"):
+        if path.name != "compat.py" or path.parent.name != "titan":
+            text = path.read_text()
+            assert not pattern.search(text), f"{path}: a private torchtitan name outside superpose/titan/compat.py"
+            assert not re.search(r"\b(llama3|qwen3)\._[A-Za-z]", text), path
+
+
+# ----------------------------------------------------------------------------- Qwen3-MoE export
+
+
+def test_qwen3_moe_export_matches_transformers(tmp_path):
+    """A Qwen3-MoE DCP checkpoint -> a Qwen3MoeForCausalLM folder with transformers' logits equal to
+    torchtitan's; torchtitan's load-balancing expert bias (routing only, no HF equivalent) is refused
+    in one line unless dropped, and dropped it exports the model that routes by scores alone."""
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForCausalLM
+
+    from superpose.core.model import QWEN3_MOE
+    from superpose.titan.export import EXPERT_BIAS, export_hf
+
+    cfg = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=VOCAB, norm_eps=1e-6,
+                      arch=QWEN3_MOE.name, n_experts=8, top_k=2, moe_ffn_dim=96)
+    with torch.device("meta"):
+        titan = titan_model_spec(cfg, "check").model.build()
+    titan.to_empty(device="cpu")
+    with torch.no_grad():
+        titan.init_weights(buffer_device=None)
+    tokens = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def export_and_compare(step: int, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+        ckpt = tmp_path / f"step-{step}"
+        dcp.save({**titan.state_dict(), "train_state": {"step": step, "ntokens_seen": 0}}, checkpoint_id=str(ckpt))
+        out = export_hf(ckpt, cfg, tmp_path / f"hf{step}", switch_step=1, **kw)
+        with torch.no_grad():
+            want = titan(tokens)
+            hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+            assert type(hf).__name__ == "Qwen3MoeForCausalLM"
+            return want, hf(tokens).logits
+
+    want, got = export_and_compare(2)
+    print(f"qwen3-moe export: max |logits diff| = {float((got - want).abs().max()):.2e}")
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+    biases = [b for name, b in titan.named_buffers() if name.endswith(EXPERT_BIAS)]
+    assert biases
+    with torch.no_grad():
+        for b in biases:
+            b.copy_(torch.linspace(-0.5, 0.5, len(b)))
+    with pytest.raises(UserError, match=r"load-balancing expert bias \(max \|bias\| 0.5\).*--drop-expert-bias") as e:
+        export_and_compare(3)
+    assert "\n" not in str(e.value)
+    with torch.no_grad():
+        saved = [b.clone() for b in biases]
+        for b in biases:
+            b.zero_()
+        want_no_bias = titan(tokens)  # what the exported model computes: routing by scores alone
+        for b, v in zip(biases, saved):
+            b.copy_(v)
+    _, got = export_and_compare(4, drop_expert_bias=True)
+    torch.testing.assert_close(got, want_no_bias, rtol=1e-3, atol=1e-3)

@@ -31,6 +31,7 @@ from torchtitan.models.common.attention import FlexAttention, ScaledDotProductAt
 from torchtitan.protocols.model_spec import ModelSpec
 
 from ..core.model import LLAMA, QWEN3_MOE, ModelConfig
+from .compat import private_llama3, private_qwen3
 
 ATTENTION = ("sdpa", "flex")
 
@@ -46,16 +47,16 @@ def _use_sdpa(model_cfg) -> None:
 
 def _llama(cfg: ModelConfig, flavor: str) -> ModelSpec:
     from torchtitan.models.common import ComplexRoPE
-    from torchtitan.models.llama3 import (Llama3Model, _build_llama3_layers, _EMBEDDING_INIT, _NORM_INIT,
-                                          _output_linear_init, model_registry)
+    from torchtitan.models.llama3 import Llama3Model, model_registry
 
+    p = private_llama3()
     D, V = cfg.dim, cfg.vocab_size
     model = Llama3Model.Config(
         dim=D, vocab_size=V, enable_weight_tying=cfg.tie_embeddings,
-        tok_embeddings=Embedding.Config(num_embeddings=V, embedding_dim=D, param_init=_EMBEDDING_INIT),
-        norm=RMSNorm.Config(normalized_shape=D, eps=cfg.norm_eps, param_init=_NORM_INIT),
-        lm_head=Linear.Config(in_features=D, out_features=V, param_init=_output_linear_init(D)),
-        layers=_build_llama3_layers(
+        tok_embeddings=Embedding.Config(num_embeddings=V, embedding_dim=D, param_init=p.embedding_init),
+        norm=RMSNorm.Config(normalized_shape=D, eps=cfg.norm_eps, param_init=p.norm_init),
+        lm_head=Linear.Config(in_features=D, out_features=V, param_init=p.output_linear_init(D)),
+        layers=p.build_layers(
             n_layers=cfg.n_layers, dim=D, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, hidden_dim=cfg.ffn_dim,
             rope=ComplexRoPE.Config(dim=cfg.head_dim, max_seq_len=cfg.max_seq_len, theta=cfg.rope_theta),
             fuse_qkv=True, attn_backend="flex"),
@@ -65,19 +66,19 @@ def _llama(cfg: ModelConfig, flavor: str) -> ModelSpec:
 
 def _qwen3_moe(cfg: ModelConfig, flavor: str) -> ModelSpec:
     from torchtitan.models.common import CosSinRoPE
-    from torchtitan.models.qwen3 import (Qwen3Model, _build_qwen3_moe_layers, _EMBEDDING_INIT, _LINEAR_INIT,
-                                         _qwen3_norm, model_registry)
+    from torchtitan.models.qwen3 import Qwen3Model, model_registry
 
     dense = [i for i in range(cfg.n_layers) if not cfg.is_moe_layer(i)]
     if dense:
         raise ValueError(f"torchtitan's Qwen3 MoE makes every layer sparse; layers {dense} of this config are dense "
                          "(model.decoder_sparse_step / model.mlp_only_layers)")
+    p = private_qwen3()
     D, V = cfg.dim, cfg.vocab_size
     model = Qwen3Model.Config(
-        vocab_size=V, dim=D, norm=_qwen3_norm(D),
-        tok_embeddings=Embedding.Config(num_embeddings=V, embedding_dim=D, param_init=_EMBEDDING_INIT),
-        lm_head=Linear.Config(in_features=D, out_features=V, param_init=_LINEAR_INIT),
-        layers=_build_qwen3_moe_layers(
+        vocab_size=V, dim=D, norm=p.norm(D),
+        tok_embeddings=Embedding.Config(num_embeddings=V, embedding_dim=D, param_init=p.embedding_init),
+        lm_head=Linear.Config(in_features=D, out_features=V, param_init=p.linear_init),
+        layers=p.build_moe_layers(
             n_layers=cfg.n_layers, dim=D, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
             moe_hidden_dim=cfg.moe_ffn_dim, num_experts=cfg.n_experts, top_k=cfg.top_k, fuse_qkv=True,
             attn_backend="flex", moe_comm_backend="standard",

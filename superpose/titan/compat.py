@@ -1,4 +1,11 @@
-"""What torchtitan 0.3.0 needs to run on a CPU with gloo, and on stable torch 2.13.
+"""The one place superpose.titan touches torchtitan's (and torch's) private names, behind a version check.
+
+SUPPORTED_TORCHTITAN lists the torchtitan versions superpose.titan is tested with. `check_version()`
+runs when `superpose.titan` is imported, before any torchtitan module: another version is refused in
+one line (`TitanVersionError`), because the private layer builders and init constants that
+`private_llama3()` / `private_qwen3()` hand to arch.py can change without notice between releases.
+
+What torchtitan 0.3.0 needs to run on a CPU with gloo, and on stable torch 2.13.
 
 torchtitan picks its device type once, at import (`torchtitan.tools.utils.device_type`): the
 available accelerator, else "cuda", so on a machine without one its stock Trainer tries to use
@@ -18,8 +25,49 @@ from __future__ import annotations
 import os
 import sys
 import types
+from importlib import metadata
 
 import torch
+
+from ..errors import UserError
+
+SUPPORTED_TORCHTITAN = ("0.3.0",)
+
+
+class TitanVersionError(UserError, ImportError):
+    """The installed torchtitan is not one superpose.titan supports (or is missing)."""
+
+
+def check_version(installed: str | None = None) -> str:
+    """The installed torchtitan version; a one-line TitanVersionError unless it is supported."""
+    if installed is None:
+        try:
+            installed = metadata.version("torchtitan")
+        except metadata.PackageNotFoundError:
+            raise TitanVersionError("torchtitan is not installed; superpose.titan needs torchtitan "
+                                    f"{' or '.join(SUPPORTED_TORCHTITAN)}: bash scripts/setup.sh, or "
+                                    "pip install 'superpose[titan]'") from None
+    if installed not in SUPPORTED_TORCHTITAN:
+        raise TitanVersionError(f"torchtitan {installed} is installed; superpose.titan supports "
+                                f"{' or '.join(SUPPORTED_TORCHTITAN)}: pip install torchtitan=="
+                                f"{SUPPORTED_TORCHTITAN[-1]}")
+    return installed
+
+
+def private_llama3() -> types.SimpleNamespace:
+    """torchtitan.models.llama3's private layer builder and init constants (torchtitan 0.3.0)."""
+    from torchtitan.models import llama3
+
+    return types.SimpleNamespace(build_layers=llama3._build_llama3_layers, embedding_init=llama3._EMBEDDING_INIT,
+                                 norm_init=llama3._NORM_INIT, output_linear_init=llama3._output_linear_init)
+
+
+def private_qwen3() -> types.SimpleNamespace:
+    """torchtitan.models.qwen3's private MoE layer builder, init constants and norm (torchtitan 0.3.0)."""
+    from torchtitan.models import qwen3
+
+    return types.SimpleNamespace(build_moe_layers=qwen3._build_qwen3_moe_layers, embedding_init=qwen3._EMBEDDING_INIT,
+                                 linear_init=qwen3._LINEAR_INIT, norm=qwen3._qwen3_norm)
 
 # Modules that bind `device_type` / `device_module` by name at import (torchtitan 0.3.0).
 _BOUND = ("torchtitan.tools.utils", "torchtitan.components.metrics", "torchtitan.distributed.utils",

@@ -14,9 +14,13 @@ Trainer.Config and can be overridden on its command line as usual (`--training.s
 `--parallelism.data_parallel_shard_degree 8`, `--tst.bag_size 4`, ...). The model shape itself is
 fixed by the config name (torchtitan does not parse the model spec from the command line).
 
-Tokenizer and data follow torchtitan's conventions: `hf_assets_path` is a folder with
-tokenizer.json (scripts/download_hf_assets.py in a torchtitan checkout), the dataset a name in
-torchtitan.hf_datasets (c4, or c4_test from a torchtitan checkout's tests/assets).
+Data: the debug configs read a superpose data directory (`--dataloader.path DIR`, made by
+`superpose prepare`; empty: superpose's default corpus, built on first use), with its own
+tokenizer, so they run from a fresh clone (superpose/titan/data.py). The paper configs follow
+torchtitan's conventions: `hf_assets_path` a folder with tokenizer.json
+(scripts/download_hf_assets.py in a torchtitan checkout), the dataset a name in
+torchtitan.hf_datasets (c4). `tst_llama3_270m_data` is the 270M config reading a superpose data
+directory instead (pre-tokenized, so phase 1's s-times-more text costs the loader nothing).
 """
 
 from __future__ import annotations
@@ -33,8 +37,13 @@ from torchtitan.hf_datasets.text_datasets import HuggingFaceTextDataLoader
 from ..core.model import QWEN3_MOE, ModelConfig
 from ..presets import PRESETS
 from .arch import titan_model_spec
+from .data import SuperposeDataLoader
 from .loss import MultiHotLoss
 from .trainer import TSTConfig, TSTTrainer
+
+
+SUPERPOSE_DATA = "superpose"  # `dataset` of tst_config: a superpose data directory (--dataloader.path)
+DEBUG_VOCAB = 4096  # the debug configs read superpose's default corpus, whose default tokenizer has 4096 tokens
 
 
 def tst_config(model: ModelConfig, flavor: str, *, tst: TSTConfig, seq_len: int, local_batch_size: int,
@@ -53,7 +62,8 @@ def tst_config(model: ModelConfig, flavor: str, *, tst: TSTConfig, seq_len: int,
                                                   decay_type="linear", min_lr_factor=0.0),
         training=TrainingConfig(local_batch_size=local_batch_size, global_batch_size=global_batch_size,
                                 seq_len=seq_len, steps=steps, dtype=dtype, disable_cuda_graphs=True),
-        dataloader=HuggingFaceTextDataLoader.Config(dataset=dataset),
+        dataloader=(SuperposeDataLoader.Config() if dataset == SUPERPOSE_DATA
+                    else HuggingFaceTextDataLoader.Config(dataset=dataset)),
         metrics=MetricsProcessor.Config(log_freq=10),
         parallelism=ParallelismConfig(),
         checkpoint=CheckpointManager.Config(interval=checkpoint_interval, last_save_model_only=False),
@@ -63,18 +73,18 @@ def tst_config(model: ModelConfig, flavor: str, *, tst: TSTConfig, seq_len: int,
 
 
 def tst_llama3_debug() -> TSTTrainer.Config:
-    model = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=2048)
+    model = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=DEBUG_VOCAB)
     return tst_config(model, "tst_debug", tst=TSTConfig(bag_size=4, ratio=0.3), seq_len=64, local_batch_size=8,
                       global_batch_size=-1, steps=40, lr=3e-3, warmup_steps=5, decay_ratio=0.2,
-                      hf_assets_path="./tests/assets/tokenizer", dataset="c4_test", checkpoint_interval=10)
+                      hf_assets_path="", dataset=SUPERPOSE_DATA, checkpoint_interval=10)
 
 
 def tst_qwen3_moe_debug() -> TSTTrainer.Config:
-    model = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=2048, norm_eps=1e-6,
+    model = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=DEBUG_VOCAB, norm_eps=1e-6,
                         arch=QWEN3_MOE.name, n_experts=8, top_k=2, moe_ffn_dim=96)
     return tst_config(model, "tst_moe_debug", tst=TSTConfig(bag_size=4, ratio=0.3), seq_len=64,
                       local_batch_size=8, global_batch_size=-1, steps=40, lr=3e-3, warmup_steps=5, decay_ratio=0.2,
-                      hf_assets_path="./tests/assets/tokenizer", dataset="c4_test", checkpoint_interval=10)
+                      hf_assets_path="", dataset=SUPERPOSE_DATA, checkpoint_interval=10)
 
 
 def tst_llama3_270m() -> TSTTrainer.Config:
@@ -85,6 +95,13 @@ def tst_llama3_270m() -> TSTTrainer.Config:
                       steps=cfg.train.steps, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps,
                       decay_ratio=cfg.optim.decay_frac, hf_assets_path="./assets/hf/Llama-3.1-8B", dataset="c4",
                       dtype="float32")
+
+
+def tst_llama3_270m_data() -> TSTTrainer.Config:
+    """tst_llama3_270m reading a superpose data directory (--dataloader.path, a vocabulary <= 128,256)."""
+    cfg = tst_llama3_270m()
+    cfg.dataloader, cfg.hf_assets_path = SuperposeDataLoader.Config(), ""
+    return cfg
 
 
 def tst_qwen3_10b_a1b() -> TSTTrainer.Config:

@@ -12,7 +12,10 @@
 
 Why regroup loader batches: torchtitan's dataloader yields rows of a fixed `training.seq_len`
 and cannot change it mid-run. Its text dataset packs one continuous token stream per data-parallel
-rank, so s consecutive rows of L tokens are one row of s*L tokens. Drawing s loader batches per
+rank (and per loader worker), so s consecutive rows of L tokens are one row of s*L tokens. With
+`--dataloader.num_workers` > 0 the workers' batches alternate, each from its own stream, so a
+row of s*L tokens must come from one loader batch: the local batch size must then be a multiple
+of s (refused in one line otherwise). Drawing s loader batches per
 phase-1 micro-batch and reshaping gives superpose's phase-1 rows exactly, keeps b rows per
 micro-batch (so the optimizer sees the same number of rows per step in both phases, as in
 superpose), and leaves the loader's state alone: the data position carries across the switch
@@ -31,9 +34,12 @@ the first stage would bag and the last score, with per-phase microbatch shapes).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +52,10 @@ from torchtitan.trainer import Trainer
 from ..core.schedule import MODES, Phase, build_phases, lookup, parse_stages
 from ..core.losses import MCE
 from ..core.superposition import LOSSES, bag_targets, count_valid_targets, superpose_embeddings
+from ..errors import UserError
+from ..files import make_dir, write_text
 from .compat import ensure_torch_api, gloo_sum_reductions
+from .data import SuperposeDataLoader, resolve_data_dir
 from .loss import MultiHotLoss
 
 WEIGHTS = ("uniform", "power", "exp")  # "mi" needs a corpus fit superpose's prepare makes
@@ -93,6 +102,14 @@ def _problems(cfg: TSTTrainer.Config) -> list[str]:
             parse_stages(t.schedule)
         except ValueError as e:
             out.append(f"tst.schedule: {e}")
+    workers, b = getattr(cfg.dataloader, "num_workers", 0), cfg.training.local_batch_size
+    if workers > 0 and not out:
+        bags = sorted({p.input_bag for p in t.phases(cfg.training.steps) if p.input_bag > 1 and b % p.input_bag})
+        if bags:
+            out.append(f"--dataloader.num_workers {workers} with training.local_batch_size {b}, not a multiple of the "
+                       f"bag size {', '.join(map(str, bags))}: each worker streams its own documents, so a phase-1 row "
+                       "of s*L tokens would join loader rows of different workers; set --dataloader.num_workers 0 or "
+                       "a local batch size that is a multiple of s")
     inner = cfg.loss.loss_fn if isinstance(cfg.loss, ChunkedLossWrapper.Config) else cfg.loss
     if not isinstance(inner, MultiHotLoss.Config):
         out.append(f"loss must be superpose.titan.loss.MultiHotLoss (optionally inside ChunkedLossWrapper), got "
@@ -112,6 +129,30 @@ def _problems(cfg: TSTTrainer.Config) -> list[str]:
     return out
 
 
+def use_data_dir(config: TSTTrainer.Config) -> None:
+    """A run reading a superpose data directory: resolve it (the default corpus is built on first
+    use), take its tokenizer unless hf_assets_path names one, and check the model's vocabulary."""
+    model_vocab = config.model_spec.superpose_model.vocab_size
+    path = resolve_data_dir(config.dataloader.path, model_vocab)
+    data_vocab = json.loads((path / "meta.json").read_text())["vocab_size"]
+    if data_vocab > model_vocab:
+        raise UserError(f"{path} has a {data_vocab}-token vocabulary but the model embeds {model_vocab}; use a data "
+                        f"directory prepared with --vocab-size {model_vocab} or less, or a config with a larger vocab")
+    config.dataloader.path = str(path)
+    if not config.hf_assets_path:
+        config.hf_assets_path = str(path)
+
+
+PLAN = "superpose_tst.json"  # in the checkpoint folder: the run's TST plan and model shape, read by export
+PLAN_FORMAT = 1
+
+
+def switch_step(phases: list[Phase], steps: int) -> int:
+    """The last phase-1 step in torchtitan's 1-based count (0 without TST): checkpoint step-N at or
+    before it holds a bag predictor."""
+    return next((p.start for p in phases if p.bag_size == 1), steps)
+
+
 class TSTTrainer(Trainer):
     """torchtitan's Trainer, with TST's phase 1 before its ordinary next-token training."""
 
@@ -123,7 +164,7 @@ class TSTTrainer(Trainer):
             Trainer.Config.__post_init__(self)
             problems = _problems(self)
             if problems:
-                raise ValueError("; ".join(problems))
+                raise UserError("; ".join(problems))
             # One source of truth: the loss reads the bag weights and kind from the tst section.
             inner = self.loss.loss_fn if isinstance(self.loss, ChunkedLossWrapper.Config) else self.loss
             inner.weights, inner.loss = self.tst.weights, self.tst.loss
@@ -132,6 +173,8 @@ class TSTTrainer(Trainer):
 
     def __init__(self, config: Config):
         ensure_torch_api()
+        if isinstance(config.dataloader, SuperposeDataLoader.Config):
+            use_data_dir(config)
         super().__init__(config)
         self.phases = config.tst.phases(config.training.steps)
         if self.device.type == "cpu":
@@ -141,13 +184,47 @@ class TSTTrainer(Trainer):
         self._maskless = any(config.model_spec.model.traverse(ScaledDotProductAttention.Config))
         self._count = (0, torch.zeros((), dtype=torch.float32))  # (step, this rank's weighted target count)
         self._raw_tokens = 0  # raw tokens one micro-batch of the current step reads
+        self._raw_since_log = 0  # raw tokens read since the last metrics log
         self.model_parts[0].tok_embeddings.register_forward_hook(self._bag_hook)
-        # torchtitan's MFU is FLOPs per token x tokens/s; tokens here are raw tokens (s per position
-        # in phase 1), so each phase divides the per-position FLOPs by the tokens a position reads.
-        self._flops_per_position = self.metrics_processor.num_flops_per_token
-        switch = next((p.start for p in self.phases if p.bag_size == 1), config.training.steps)
+        # torchtitan's tps (and MFU = FLOPs per token x tps) counts positions here, so it does not
+        # jump at the switch; raw tokens (s per position in phase 1) are logged beside it.
+        self._titan_log = self.metrics_processor.log
+        self.metrics_processor.log = self._log
+        switch = switch_step(self.phases, config.training.steps)
+        self.write_plan(switch)
         logger.info("TST: " + ", ".join(f"{p.name} steps {p.start + 1}-{p.end} (s={p.bag_size})" for p in self.phases)
                     + f"; the switch to next-token training is at step {switch + 1}")
+
+    def write_plan(self, switch: int) -> None:
+        """Record the run's TST plan and model shape in the checkpoint folder (rank 0), so export
+        knows which checkpoints are phase-1 bag predictors whatever the command line changed."""
+        c = self.config
+        folder = f"{c.dump_folder}/{c.checkpoint.folder}"
+        if not c.checkpoint.enable or "://" in folder or (torch.distributed.is_initialized()
+                                                          and torch.distributed.get_rank() != 0):
+            return
+        plan = {"format": PLAN_FORMAT, "steps": c.training.steps, "switch_step": switch,
+                "phases": [{"name": p.name, "start": p.start, "end": p.end, "bag_size": p.bag_size,
+                            "mode": p.mode} for p in self.phases],
+                "tst": {f: getattr(c.tst, f) for f in TSTConfig.__slots__},
+                "hf_assets_path": str(Path(c.hf_assets_path).resolve()),
+                "model": dataclasses.asdict(c.model_spec.superpose_model)}
+        make_dir(Path(folder), "checkpoint folder")
+        write_text(Path(folder) / PLAN, json.dumps(plan, indent=1) + "\n")
+
+    def _log(self, step: int, *args, extra_metrics: dict[str, Any] | None = None, **kwargs) -> None:
+        """torchtitan's metrics log plus the phase, its bag size and raw tokens/s (TensorBoard, W&B and the log)."""
+        mp = self.metrics_processor
+        seconds = (time.perf_counter() - mp.time_last_log) * mp.parallel_dims.non_data_parallel_size
+        phase = self.phase(step)
+        raw_tps = self._raw_since_log / max(seconds, 1e-9)
+        loading = 100 * sum(mp.data_loading_times) * mp.parallel_dims.non_data_parallel_size / max(seconds, 1e-9)
+        self._raw_since_log = 0
+        extra = {**(extra_metrics or {}), "tst/phase": phase.index, "tst/bag_size": phase.bag_size,
+                 "throughput(raw_tps)": raw_tps}
+        self._titan_log(step, *args, extra_metrics=extra, **kwargs)
+        logger.info(f"TST step {step:2}: {phase.name} (s={phase.bag_size})  tps counts positions; raw tokens/s: "
+                    f"{round(raw_tps):,}  data loading: {loading:.1f}% of the time")
 
     def phase(self, step: int | None = None) -> Phase:
         """The phase of torchtitan's 1-based `step` (default: the current one)."""
@@ -202,7 +279,8 @@ class TSTTrainer(Trainer):
                 self._count = (self.step, torch.zeros((), dtype=torch.float32))
             targets = labels if labels.dim() == 3 else labels.unsqueeze(-1)
             self._count[1].add_(count_valid_targets(targets, self._weights(phase), loss=self._loss_kind(phase)))
-            self.metrics_processor.ntokens_since_last_log += self._raw_tokens
+            self.metrics_processor.ntokens_since_last_log += labels.shape[0] * labels.shape[1]  # positions
+            self._raw_since_log += self._raw_tokens
             self.metrics_processor.data_loading_times.append(time.perf_counter() - t0)
             yield inputs, labels
 
@@ -233,5 +311,4 @@ class TSTTrainer(Trainer):
         if previous is not None and previous != phase:
             logger.info(f"TST: step {self.step} switches from {previous.name} (s={previous.bag_size}) to "
                         f"{phase.name} (s={phase.bag_size}); parameters, optimizer, LR schedule and data carry on")
-        self.metrics_processor.num_flops_per_token = self._flops_per_position / phase.input_bag
         return super().train_step(data_iterator)
