@@ -5,8 +5,9 @@ train or the validation split, train documents are encoded in batches by the tok
 parallel `encode_batch_fast` (every core) and appended to token shards. Memory holds one batch
 and the held-out documents (capped), whatever the corpus size.
 
-The validation split is whole documents, deterministic (split.py says which). The held-out
-documents are written in a fixed shuffled order, so the first N validation tokens mix the sources.
+The validation split is whole documents (a one-document source: the tail of its text), deterministic
+(split.py says which). The held-out documents are written in a fixed shuffled order, so the first N
+validation tokens mix the sources.
 
 Interrupted (Ctrl-C, a kill, a full disk), a prepare keeps `.NAME.partial/` beside the output:
 its finished shards and a journal of how far each source got (journal.py). The same command
@@ -49,7 +50,7 @@ from .corpus import Source
 from .journal import Journal, Progress, SourceStats, fingerprint, kept, snapshot
 from .output import check_args, claim, finish, partial_dir
 from .shards import DataMeta, ShardWriter, publish as publish_directory, token_dtype
-from .split import split_stream
+from .split import MIN_TAIL_CHARS, split_source
 from .tokenizer import (encode_docs, find_eot, ids_to_tokens, load_tokenizer_file, resolve_tokenizer, template_prefix,
                         train_tokenizer)
 
@@ -183,12 +184,12 @@ def _tokenizer_text(sources: list[Source], val_fraction: float, seed: int) -> li
     """The text a new BPE learns from: every train document of in-memory sources (the default
     corpus, as always), else the first TOKENIZER_TRAIN_BYTES of the train split, streamed."""
     if all(s.in_memory for s in sources):
-        return [d for k, s in enumerate(sources) for _, d, held in split_stream(s, k, val_fraction, seed) if not held]
+        return [d for k, s in enumerate(sources) for _, d, held, _ in split_source(s, k, val_fraction, seed) if not held]
 
     def train_docs() -> Iterator[str]:
         seen = 0
         for k, s in enumerate(sources):
-            for _, d, held in split_stream(s, k, val_fraction, seed):
+            for _, d, held, _ in split_source(s, k, val_fraction, seed):
                 if not held:
                     yield d
                     seen += len(d)
@@ -206,13 +207,17 @@ def stream_train(b: Build) -> None:
         with open(b.partial / "val.jsonl", "a", encoding="utf-8") as val_out:
             for k in range(b.done.source, len(b.sources)):
                 skip = b.done.doc if k == b.done.source else 0
-                for i, doc, held in split_stream(b.sources[k], k, s.val_fraction, s.seed, skip, stats[k].so_far()):
+                for i, doc, held, tail_from in split_source(b.sources[k], k, s.val_fraction, s.seed, skip,
+                                                            stats[k].so_far()):
                     st = stats[k]
-                    st.documents += 1
+                    st.documents += tail_from is None  # a held-out tail is the end of document 0, not another
                     st.characters += len(doc)
                     if held:
-                        st.val_documents += 1
+                        st.val_documents += tail_from is None
                         st.val_characters += len(doc)
+                        if tail_from is not None:
+                            st.val_tail_from = tail_from
+                            _say_tail(b, k, doc)
                         val_out.write(json.dumps(doc) + "\n")
                     elif w.add(doc):
                         w.flush(k, i + 1, val_out, stats)
@@ -224,12 +229,20 @@ def stream_train(b: Build) -> None:
     finally:
         w.pool.shutdown(wait=True, cancel_futures=True)
     w.bar.close()
-    if not any(st.val_documents for st in stats):
-        raise UserError("cannot hold out a validation split: every source has a single document; split your "
-                        "text into documents (one per file, or lines of <|endoftext|>) or add files")
+    if not any(st.val_characters for st in stats):
+        raise UserError(f"cannot hold out a validation split: every source is a single document too short to hold out "
+                        f"its last {s.val_fraction:.4g} (under {MIN_TAIL_CHARS} characters); add text or raise "
+                        "--val-fraction")
     if b.done.tokens == 0:
         raise UserError(f"no training text: the sources ({', '.join(s.name for s in b.sources)}) hold no document "
                         "besides the held-out ones; add text")
+
+
+def _say_tail(b: Build, k: int, tail: str) -> None:
+    """One line on a one-document source's held-out tail (split.split_source), in tokens."""
+    tokens = len(b.enc.tok.encode(tail, add_special_tokens=False).ids)
+    b.log(f"validation: the last {100 * b.settings.val_fraction:.3g}% of {b.sources[k].credit} ({tokens:,} tokens), "
+          "since it is one document")
 
 
 class _TrainWriter:
