@@ -98,14 +98,19 @@ class Journal:
         write_text(self.path, json.dumps({"fingerprint": self.fingerprint, **asdict(progress)}) + "\n")
 
 
+def finished(partial: Path) -> tuple[int, int]:
+    """(shards, tokens) an interrupted prepare can continue from, as its journal records them."""
+    try:
+        state = json.loads((partial / "journal.json").read_text())
+        return len(state["shards"]), int(state["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, 0
+
+
 def kept(partial: Path, fix: bool = True) -> str:
     """What an interrupted prepare leaves to continue from, as its journal records it: the
     finished shards, or nothing (before the first shard the next prepare starts over)."""
-    try:
-        state = json.loads((partial / "journal.json").read_text())
-        shards, tokens = len(state["shards"]), int(state["tokens"])
-    except (OSError, ValueError, KeyError, TypeError):
-        shards, tokens = 0, 0
+    shards, tokens = finished(partial)
     if not shards:
         return "no shard was finished, so nothing is kept" + ("; run the same command again to start over" if fix else "")
     return (f"the finished shards are kept in {partial} ({shards} shard(s), {tokens:,} tokens)"

@@ -47,8 +47,8 @@ import numpy as np
 from ..errors import UserError
 from ..files import disk_error, fsync_path, write_error
 from .corpus import Source
-from .journal import Journal, Progress, SourceStats, fingerprint, kept, snapshot
-from .output import check_args, claim, finish, partial_dir
+from .journal import Journal, Progress, SourceStats, finished, fingerprint, kept, snapshot
+from .output import check_args, claim, finish, measured, partial_dir
 from .shards import DataMeta, ShardWriter, publish as publish_directory, token_dtype
 from .split import MIN_TAIL_CHARS, split_source
 from .tokenizer import (encode_docs, find_eot, ids_to_tokens, load_tokenizer_file, resolve_tokenizer, template_prefix,
@@ -124,16 +124,26 @@ def prepare(out: Path, sources: list[Source], vocab_size: int = 4096, tokenizer:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         except KeyboardInterrupt:
-            raise UserError(f"prepare of {out} interrupted; {kept(partial)}") from None
+            raise UserError(f"prepare of {out} interrupted; {_leave(partial)}") from None
         except Exception as e:
             os_error = disk_error(e)
             if os_error is None:
                 raise
-            raise write_error(partial, os_error, intact=kept(partial, fix=False),
+            resumable = finished(partial)[0] > 0
+            raise write_error(partial, os_error, intact=_leave(partial, fix=False),
                               fix="free some space and run the same superpose prepare again"
-                              + (" to continue" if kept(partial, fix=False).startswith("the") else ""),
+                              + (" to continue" if resumable else ""),
                               label=f"the data directory {out}") from None
     return finish(out, b.splits, t0, log)
+
+
+def _leave(partial: Path, fix: bool = True) -> str:
+    """What an interrupted prepare leaves (journal.kept), removing the partial directory when no
+    finished shard in it can be continued from: what the message says is kept, and nothing else."""
+    left = kept(partial, fix)
+    if not finished(partial)[0]:
+        shutil.rmtree(partial, ignore_errors=True)
+    return left
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -347,7 +357,7 @@ def publish(b: Build) -> None:
     publish_directory(b.partial, b.out, DataMeta(
         e.vocab, e.eot_id, e.tok.id_to_token(e.eot_id), e.prefix, e.dtype.itemsize,
         "tokenizer.json" if s.tokenizer is None else str(s.tokenizer), s.seed, s.val_fraction, b.splits,
-        [asdict(st) for st in d.stats]))
+        [asdict(st) for st in d.stats]), before_rename=measured(b.log))
 
 
 STAGES: tuple[Callable[[Build], None], ...] = (resume, choose_tokenizer, stream_train, hold_out, index_documents,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,11 +215,14 @@ def is_prepared(path: Path) -> bool:
     return (Path(path) / META).is_file()
 
 
-def publish(partial: Path, out: Path, meta: DataMeta) -> None:
+def publish(partial: Path, out: Path, meta: DataMeta, before_rename: Callable[[Path], None] | None = None) -> None:
     """Finish the data directory written into `partial`: meta.json with the integrity record of
-    every file it names, everything fsynced, then renamed to `out` (which is absent or empty)."""
+    every file it names, `before_rename(partial)` (what else goes with the data: mi.json), everything
+    fsynced, then renamed to `out` (which is absent or empty)."""
     record = {"format_version": DATA_FORMAT_VERSION, **asdict(meta), **integrity_record(partial, meta.splits)}
     (partial / META).write_text(json.dumps(record, indent=2) + "\n")
+    if before_rename is not None:
+        before_rename(partial)
     for f in partial.iterdir():  # on the disk before the rename makes the directory visible
         fsync_path(f)
     fsync_path(partial)
