@@ -17,6 +17,7 @@ from pathlib import Path
 from .core.model import ModelConfig
 from .core.schedule import DECAY_SHAPES, MODES, Schedule, parse_stages
 from .core.superposition import LOSSES, WEIGHT_SCHEMES
+from .data.corpus import prepare_command
 from .data.mixture import parse_mix
 from .data.shards import recorded_vocab_size
 from .checks import seed_problem
@@ -332,7 +333,8 @@ def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
         return out
     return out + [f"warning: --data.vocab_size={cfg.data.vocab_size} is ignored: it sizes only the default corpus's "
             f"tokenizer, and the data in {own} brings its own ({theirs} tokens); drop it, pad the model "
-            "with --model.vocab_size, or prepare the data with superpose prepare --vocab-size N"]
+            "with --model.vocab_size, or prepare the data with "
+            + prepare_command("YOUR_TEXT", "DATA_DIR", "--vocab-size", "N")]
 
 
 # Fields a resumed run may change: none of them alters the arithmetic of training, so the resumed

@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -133,13 +134,13 @@ def _sniff(path: Path, compression: str | None) -> None:
     for magic, what in _MAGIC.items():
         if head.startswith(magic):
             hint = {"gzip": "name it .gz", "zstd": "name it .zst", "parquet": "name it .parquet",
-                    "numpy": "import token ids with superpose prepare --tokens FILE --tokenizer TOK"}.get(
+                    "numpy": f"import its token ids with {_import_command(path)}"}.get(
                 what, "decompress it first")
             raise UserError(f"{path} holds {what} data, not text; {hint}")
     if b"\x00" in head:
         raise UserError(f"{path} is binary (it has NUL bytes), not UTF-8 text; if it is UTF-16 text without a "
                         "byte-order mark, re-save it as UTF-8; if it holds token ids (a nanoGPT .bin), import it with "
-                        f"superpose prepare --tokens {path} --tokenizer TOK")
+                        + _import_command(path))
 
 
 def _plain_documents(path: Path, compression: str | None, field: str) -> Iterator[str]:
@@ -226,7 +227,7 @@ def _table_documents(path: Path, compression: None, field: str) -> Iterator[str]
         raise UserError(f"cannot read {path} as {path.suffix[1:]} ({str(exc).splitlines()[0]}); check the file") from None
 
 
-def _datasets_folder(path: Path) -> bool:
+def is_datasets_folder(path: Path) -> bool:
     """A folder written by `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
     return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
 
@@ -276,12 +277,44 @@ def text_files(path: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
 
 
+# Files of superpose's own folders (a data directory, a run, an exported model): a folder holding
+# one is not the user's text, even though its .json and .jsonl files have text names.
+OWN_FILES = ("meta.json", "tokenizer.json", "config.json", "train.docs.npy", "metrics.jsonl", "model.safetensors")
+
+
+def is_text(path: Path) -> bool:
+    """Whether `path` is the user's text as prepare --text reads it: a file (its bytes are checked
+    when read), a datasets save_to_disk folder, or a folder of text files that is none of
+    superpose's own folders."""
+    if path.is_file():
+        return True
+    if not path.is_dir() or any((path / name).exists() for name in OWN_FILES) or any(path.glob("*-0000*.bin")):
+        return False
+    return is_datasets_folder(path) or bool(text_files(path))
+
+
+def data_dir_for(text: Path) -> Path:
+    """A data directory's name beside the user's text: input.txt -> input-data, docs/ -> docs-data."""
+    return text.with_name(f"{text.stem if text.is_file() else text.name}-data")
+
+
+def prepare_command(text: str | Path = "YOUR_TEXT", out: str | Path = "DATA_DIR", *flags: str) -> str:
+    """The `superpose prepare` command a message advises, shell-quoted: the user's text is --text,
+    never --out."""
+    return shlex.join(["superpose", "prepare", *flags, "--text", str(text), "--out", str(out)])
+
+
+def _import_command(tokens: Path) -> str:
+    """The `superpose prepare --tokens` command for a file of token ids given as text."""
+    return shlex.join(["superpose", "prepare", "--tokens", str(tokens), "--tokenizer", "TOKENIZER", "--out",
+                       str(data_dir_for(tokens))])
+
+
 def _file_documents(path: Path, field: str) -> Iterator[str]:
     kind, compression = _kind(path)
     if kind is None:
         if path.suffix.lower() in _TOKEN_FILES:
-            raise UserError(f"{path} holds token ids, not text; import it with superpose prepare --tokens {path} "
-                            "--tokenizer TOKENIZER")
+            raise UserError(f"{path} holds token ids, not text; import it with {_import_command(path)}")
         kind = "plain"  # an unknown name: read it as text, if its bytes are text
     if FORMATS[kind].compressible:
         _sniff(path, compression)
@@ -328,7 +361,7 @@ def text_sources(paths: list[Path], text_field: str = "text", split: str = "trai
         seen.update({os.path.realpath(f): f for f in files})
         if not files:
             continue
-        if path.is_dir() and _datasets_folder(path):
+        if path.is_dir() and is_datasets_folder(path):
             docs = (lambda p=path: _disk_documents(p, text_field, split))
             size = sum(f.stat().st_size for f in path.rglob("*.arrow"))
         else:
@@ -350,7 +383,7 @@ def _readable_files(path: Path) -> list[Path]:
         raise UserError(f"{path} is a pipe or a device, not a file: prepare reads its text twice (to train the "
                         f"tokenizer, then to encode it) and a pipe can be read once; save it to a file first "
                         f"(cat {path} > text.txt) and pass --text text.txt")
-    if path.is_dir() and _datasets_folder(path):
+    if path.is_dir() and is_datasets_folder(path):
         return [path]
     files = text_files(path)
     if not files:

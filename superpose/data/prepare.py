@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..files import disk_error, fsync_path, write_error
+from ..files import disk_error, fsync_path, lock_dir, write_error
 from .corpus import Source
 from .journal import Journal, Progress, SourceStats, finished, fingerprint, kept, snapshot
-from .output import check_args, claim, finish, measured, partial_dir
-from .shards import DataMeta, ShardWriter, publish as publish_directory, token_dtype
+from .output import check_args, claim, finish, lock_path, measured, partial_dir
+from .shards import DataMeta, ShardWriter, is_prepared, publish as publish_directory, token_dtype
 from .split import MIN_TAIL_CHARS, split_source
 from .tokenizer import (encode_docs, find_eot, ids_to_tokens, load_tokenizer_file, resolve_tokenizer, template_prefix,
                         train_tokenizer)
@@ -144,6 +144,19 @@ def _leave(partial: Path, fix: bool = True) -> str:
     if not finished(partial)[0]:
         shutil.rmtree(partial, ignore_errors=True)
     return left
+
+
+def prepare_once(out: Path, sources: Callable[[], list[Source]], log: Callable[[str], None] = print,
+                 **settings) -> Path:
+    """`out`, prepared from `sources()` with `settings` unless it already is: a cache entry (the
+    default corpus, a text given to train). A process preparing it at this moment is waited for,
+    and what it built is used."""
+    with lock_dir(out, "data directory", blocking=True, lock_path=lock_path(out)):
+        if is_prepared(out):
+            return out
+        if out.exists():
+            shutil.rmtree(out)  # an older superpose's interrupted attempt: prepare renames into place atomically
+        return prepare(out, sources(), log=log, **settings)
 
 
 # ----------------------------------------------------------------------------- the stages
