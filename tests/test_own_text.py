@@ -17,7 +17,6 @@ from tokenizers import Tokenizer
 
 from superpose.config import Config, DataConfig
 from superpose.data import corpus, open_dataset
-from superpose.data.own_text import data_directory
 from superpose.data.prepare import prepare
 from superpose.errors import UserError
 
@@ -76,6 +75,8 @@ def test_a_document_too_short_to_cut_is_still_refused_in_one_line(tmp_path):
 
 
 def test_raw_text_is_prepared_once_into_a_cache_keyed_by_its_bytes(tmp_path):
+    from superpose.data.own_text import data_directory
+
     text, cache = tmp_path / "input.txt", tmp_path / "cache"
     text.write_text(numbered_text(200))
     lines: list[str] = []
