@@ -254,7 +254,7 @@ def stream_train(b: Build) -> None:
     w.bar.close()
     if not any(st.val_characters for st in stats):
         raise UserError(f"cannot hold out a validation split: every source is a single document too short to hold out "
-                        f"its last {s.val_fraction:.4g} (under {MIN_TAIL_CHARS} characters); add text or raise "
+                        f"its last {100 * s.val_fraction:.3g}% (under {MIN_TAIL_CHARS} characters); add text or raise "
                         "--val-fraction")
     if b.done.tokens == 0:
         raise UserError(f"no training text: the sources ({', '.join(s.name for s in b.sources)}) hold no document "
