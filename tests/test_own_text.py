@@ -131,3 +131,15 @@ def test_advice_names_the_text_as_text_and_never_as_out(tmp_path, make):
     text, out = command[command.index("--text") + 1], command[command.index("--out") + 1]
     assert out != str(path) or make == "missing"  # never the user's text (a missing path is nobody's)
     assert text == (str(path) if make in ("file", "folder") else "YOUR_TEXT")
+
+
+def test_raw_text_that_is_token_ids_is_refused_before_it_is_hashed_or_cached(tmp_path):
+    from superpose.data.own_text import data_directory
+
+    (tmp_path / "train.bin").write_bytes(bytes(range(256)) * 4)  # a nanoGPT .bin given as --data.path
+    with pytest.raises(UserError) as e:
+        data_directory(str(tmp_path / "train.bin"), tmp_path / "cache", lambda _: None)
+    command = shlex.split(str(e.value).split("import it with ", 1)[1])
+    assert command[command.index("--tokens") + 1] == str(tmp_path / "train.bin")
+    assert command[command.index("--out") + 1] == str(tmp_path / "train-data")
+    assert not (tmp_path / "cache").exists()

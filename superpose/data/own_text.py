@@ -34,13 +34,14 @@ def data_directory(path: str, cache: Path, log: Callable[[str], None] = print) -
     paths = text_paths(path)
     if paths is None:
         return Path(path)
+    sources = corpus.text_sources(paths, log=log)  # what is not text is refused before a byte of it is hashed
     out = cache / f"text-{content_key(paths, cache)[:16]}"
     command = shlex.join(["superpose", "prepare", "--text", *map(str, paths), "--out", str(out)])
     if is_prepared(out):
         log(f"data: {path} is raw text; training on its prepared copy in {out} (made as by: {command})")
         return out
     log(f"data: {path} is raw text, not a prepared data directory; preparing it once into {out}, as: {command}")
-    return prepare_once(out, lambda: corpus.text_sources(paths, log=log), log)
+    return prepare_once(out, lambda: sources, log)
 
 
 def text_paths(path: str) -> list[Path] | None:
