@@ -30,8 +30,9 @@ INT_MAX = 2**63 - 1  # the largest integer torch and numpy hold (int64)
 @dataclass
 class DataConfig:
     path: str = ""
-    """A prepared data directory (`superpose prepare`); empty means the default corpus, prepared
-    on first use into $SUPERPOSE_CACHE (default ~/.cache/superpose)."""
+    """A prepared data directory (`superpose prepare`), or raw text (a file, a folder, several
+    joined by commas: prepared once into $SUPERPOSE_CACHE, keyed by its bytes); empty means the
+    default corpus, prepared on first use into $SUPERPOSE_CACHE (default ~/.cache/superpose)."""
     mix: str = ""
     """A weighted mixture of prepared data directories instead of data.path: "DIR_A=0.5,DIR_B=0.5"
     (weights > 0, normalised to sum 1; at least 2 directories, all with one tokenizer). Each row
