@@ -41,8 +41,12 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if Path(args.out).exists() and not Path(args.out).is_dir():  # before reading gigabytes of text
         raise UserError(f"{args.out} is a file; give --out a directory to create")
     check_seed(args.seed, "--seed")
-    given = [flag for flag, value in (("--text", args.text), ("--hf-dataset", args.hf_dataset),
-                                      ("--tokens", args.tokens)) if value]
+    inputs = (("--text", args.text), ("--hf-dataset", args.hf_dataset), ("--tokens", args.tokens),
+              ("--tokenizer", args.tokenizer))
+    for flag, value in inputs:  # '' would read as no input (the whole default corpus) or as Path('') = "."
+        if value is not None and "" in (value if isinstance(value, list) else [value]):
+            raise UserError(f"{flag} got an empty name; give it a path{' or a dataset name' * (flag == '--hf-dataset')}")
+    given = [flag for flag, value in inputs[:3] if value]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)} are different inputs; prepare one data directory from one of them "
                         "(train on several with --data.mix)")
@@ -54,7 +58,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
                        args.seed, args.eot_token, log=_log)
         return
     if args.text:
-        sources = corpus.text_sources([Path(p) for p in args.text], args.text_field, args.split)
+        sources = corpus.text_sources([Path(p) for p in args.text], args.text_field, args.split, log=_log)
     elif args.hf_dataset:
         sources = [corpus.hub_source(args.hf_dataset, args.hf_config, args.split, args.text_field,
                                      args.data_files or None)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from .core.model import ModelConfig
 from .core.schedule import DECAY_SHAPES, MODES, Schedule, parse_stages
 from .core.superposition import LOSSES, WEIGHT_SCHEMES
+from .data.corpus import prepare_command
 from .data.mixture import parse_mix
 from .data.shards import recorded_vocab_size
 from .checks import seed_problem
@@ -29,8 +30,9 @@ INT_MAX = 2**63 - 1  # the largest integer torch and numpy hold (int64)
 @dataclass
 class DataConfig:
     path: str = ""
-    """A prepared data directory (`superpose prepare`); empty means the default corpus, prepared
-    on first use into $SUPERPOSE_CACHE (default ~/.cache/superpose)."""
+    """A prepared data directory (`superpose prepare`), or raw text (a file, a folder, several
+    joined by commas: prepared once into $SUPERPOSE_CACHE, keyed by its bytes); empty means the
+    default corpus, prepared on first use into $SUPERPOSE_CACHE (default ~/.cache/superpose)."""
     mix: str = ""
     """A weighted mixture of prepared data directories instead of data.path: "DIR_A=0.5,DIR_B=0.5"
     (weights > 0, normalised to sum 1; at least 2 directories, all with one tokenizer). Each row
@@ -332,7 +334,8 @@ def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
         return out
     return out + [f"warning: --data.vocab_size={cfg.data.vocab_size} is ignored: it sizes only the default corpus's "
             f"tokenizer, and the data in {own} brings its own ({theirs} tokens); drop it, pad the model "
-            "with --model.vocab_size, or prepare the data with superpose prepare --vocab-size N"]
+            "with --model.vocab_size, or prepare the data with "
+            + prepare_command("YOUR_TEXT", "DATA_DIR", "--vocab-size", "N")]
 
 
 # Fields a resumed run may change: none of them alters the arithmetic of training, so the resumed

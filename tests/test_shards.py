@@ -135,7 +135,7 @@ BROKEN = {
     "no-doc-index": (lambda d: (d / "train.docs.npy").unlink(), "train.docs.npy is missing"),
     "missing-shard": (lambda d: (d / "val-00000.bin").unlink(), "val-00000.bin is missing"),
     "empty-val": (lambda d: _meta(d, lambda m: m["splits"]["val"].update(shards=[])), "has an empty val split"),
-    "a-file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "does not exist"),
+    "a-file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "is a file: not a prepared data directory"),
 }
 
 

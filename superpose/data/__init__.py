@@ -9,6 +9,7 @@
     journal.py         how far an interrupted prepare got (`.NAME.partial/journal.json`)
     token_import.py    `superpose prepare --tokens`: pre-tokenized ids imported without re-tokenizing
     output.py          what both prepares share: argument checks, the output's lock, the read-back
+    own_text.py        raw text as --data.path: prepared once into the cache, keyed by its bytes
     shards.py          the on-disk format (shards with a header; meta.json, its only writer and reader)
                        and `open_dataset`
     loader.py          `TrainLoader` (shuffled, resumable rows of s*L + 1 tokens) and `val_windows`

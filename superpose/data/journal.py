@@ -15,7 +15,7 @@ from pathlib import Path
 from ..files import sha256_file, write_text
 from .corpus import Source
 from .shards import DATA_FORMAT_VERSION
-from .split import SplitSoFar
+from .split import SPLIT_RULES, SplitSoFar
 
 
 @dataclass
@@ -29,6 +29,9 @@ class SourceStats:
     characters: int = 0
     val_documents: int = 0
     val_characters: int = 0
+    val_tail_from: int | None = None
+    """A one-document source: the character of its document where the held-out tail begins (its
+    validation split is that one block, split.tail_cut); None when whole documents are held out."""
 
     def so_far(self) -> SplitSoFar:
         """How the documents counted so far were split (what a resumed split continues from)."""
@@ -72,7 +75,7 @@ def fingerprint(sources: list[Source], tokenizer: Path | None, vocab_size: int, 
     """What a journal may only be continued with: the same inputs, tokenizer, split and format."""
     return {"sources": [[s.name, s.credit, s.size_bytes] for s in sources], "seed": seed, "val_fraction": val_fraction,
             "tokenizer": sha256_file(tokenizer) if tokenizer else f"bpe-{vocab_size}", "eot": eot_token,
-            "format": DATA_FORMAT_VERSION}
+            "format": DATA_FORMAT_VERSION, "split": SPLIT_RULES}
 
 
 class Journal:
@@ -95,14 +98,19 @@ class Journal:
         write_text(self.path, json.dumps({"fingerprint": self.fingerprint, **asdict(progress)}) + "\n")
 
 
+def finished(partial: Path) -> tuple[int, int]:
+    """(shards, tokens) an interrupted prepare can continue from, as its journal records them."""
+    try:
+        state = json.loads((partial / "journal.json").read_text())
+        return len(state["shards"]), int(state["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, 0
+
+
 def kept(partial: Path, fix: bool = True) -> str:
     """What an interrupted prepare leaves to continue from, as its journal records it: the
     finished shards, or nothing (before the first shard the next prepare starts over)."""
-    try:
-        state = json.loads((partial / "journal.json").read_text())
-        shards, tokens = len(state["shards"]), int(state["tokens"])
-    except (OSError, ValueError, KeyError, TypeError):
-        shards, tokens = 0, 0
+    shards, tokens = finished(partial)
     if not shards:
         return "no shard was finished, so nothing is kept" + ("; run the same command again to start over" if fix else "")
     return (f"the finished shards are kept in {partial} ({shards} shard(s), {tokens:,} tokens)"

@@ -76,14 +76,23 @@ def check_empty(out: Path, log: Callable[[str], None]) -> None:
             f"prepare of {out}")
 
 
+def measured(log: Callable[[str], None]) -> Callable[[Path], None]:
+    """What `shards.publish` runs before the rename: read the directory back (a broken shard fails
+    here, not mid-training) and measure its token-pair mutual information (tst.weights=mi; seconds,
+    see mutual_info.py) into it, so mi.json appears with the data or not at all."""
+    def measure(partial: Path) -> None:
+        dataset = open_dataset(partial)
+        try:
+            record = mutual_info.measure(dataset, log=log)
+        except UserError as e:  # a corpus too small to measure: the data is fine, tst.weights=mi is not
+            log(f"mi: not measured ({e})")
+            return
+        mutual_info.save(partial, record, log=lambda _: None)
+    return measure
+
+
 def finish(out: Path, splits: dict, t0: float, log: Callable[[str], None]) -> Path:
-    """Read the new directory back (a broken shard fails here, not mid-training), measure its
-    token-pair mutual information (tst.weights=mi; seconds, see mutual_info.py), say what it holds."""
-    dataset = open_dataset(out)
-    try:
-        mutual_info.save(out, mutual_info.measure(dataset, log=log), log=log)
-    except UserError as e:  # a corpus too small to measure: the data is fine, tst.weights=mi is not
-        log(f"mi: not measured ({e})")
+    """Say what the new directory holds."""
     log(f"prepare: {splits['train']['tokens']:,} train and {splits['val']['tokens']:,} validation tokens "
         f"({splits['train']['bytes'] / max(splits['train']['tokens'], 1):.2f} bytes/token) in {out} "
         f"[{time.time() - t0:.0f}s]")

@@ -5,8 +5,9 @@ train or the validation split, train documents are encoded in batches by the tok
 parallel `encode_batch_fast` (every core) and appended to token shards. Memory holds one batch
 and the held-out documents (capped), whatever the corpus size.
 
-The validation split is whole documents, deterministic (split.py says which). The held-out
-documents are written in a fixed shuffled order, so the first N validation tokens mix the sources.
+The validation split is whole documents (a one-document source: the tail of its text), deterministic
+(split.py says which). The held-out documents are written in a fixed shuffled order, so the first N
+validation tokens mix the sources.
 
 Interrupted (Ctrl-C, a kill, a full disk), a prepare keeps `.NAME.partial/` beside the output:
 its finished shards and a journal of how far each source got (journal.py). The same command
@@ -44,12 +45,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..files import disk_error, fsync_path, write_error
+from ..files import disk_error, fsync_path, lock_dir, write_error
 from .corpus import Source
-from .journal import Journal, Progress, SourceStats, fingerprint, kept, snapshot
-from .output import check_args, claim, finish, partial_dir
-from .shards import DataMeta, ShardWriter, publish as publish_directory, token_dtype
-from .split import split_stream
+from .journal import Journal, Progress, SourceStats, finished, fingerprint, kept, snapshot
+from .output import check_args, claim, finish, lock_path, measured, partial_dir
+from .shards import DataMeta, ShardWriter, is_prepared, publish as publish_directory, token_dtype
+from .split import MIN_TAIL_CHARS, split_source
 from .tokenizer import (encode_docs, find_eot, ids_to_tokens, load_tokenizer_file, resolve_tokenizer, template_prefix,
                         train_tokenizer)
 
@@ -123,16 +124,39 @@ def prepare(out: Path, sources: list[Source], vocab_size: int = 4096, tokenizer:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         except KeyboardInterrupt:
-            raise UserError(f"prepare of {out} interrupted; {kept(partial)}") from None
+            raise UserError(f"prepare of {out} interrupted; {_leave(partial)}") from None
         except Exception as e:
             os_error = disk_error(e)
             if os_error is None:
                 raise
-            raise write_error(partial, os_error, intact=kept(partial, fix=False),
+            resumable = finished(partial)[0] > 0
+            raise write_error(partial, os_error, intact=_leave(partial, fix=False),
                               fix="free some space and run the same superpose prepare again"
-                              + (" to continue" if kept(partial, fix=False).startswith("the") else ""),
+                              + (" to continue" if resumable else ""),
                               label=f"the data directory {out}") from None
     return finish(out, b.splits, t0, log)
+
+
+def _leave(partial: Path, fix: bool = True) -> str:
+    """What an interrupted prepare leaves (journal.kept), removing the partial directory when no
+    finished shard in it can be continued from: what the message says is kept, and nothing else."""
+    left = kept(partial, fix)
+    if not finished(partial)[0]:
+        shutil.rmtree(partial, ignore_errors=True)
+    return left
+
+
+def prepare_once(out: Path, sources: Callable[[], list[Source]], log: Callable[[str], None] = print,
+                 **settings) -> Path:
+    """`out`, prepared from `sources()` with `settings` unless it already is: a cache entry (the
+    default corpus, a text given to train). A process preparing it at this moment is waited for,
+    and what it built is used."""
+    with lock_dir(out, "data directory", blocking=True, lock_path=lock_path(out)):
+        if is_prepared(out):
+            return out
+        if out.exists():
+            shutil.rmtree(out)  # an older superpose's interrupted attempt: prepare renames into place atomically
+        return prepare(out, sources(), log=log, **settings)
 
 
 # ----------------------------------------------------------------------------- the stages
@@ -183,12 +207,12 @@ def _tokenizer_text(sources: list[Source], val_fraction: float, seed: int) -> li
     """The text a new BPE learns from: every train document of in-memory sources (the default
     corpus, as always), else the first TOKENIZER_TRAIN_BYTES of the train split, streamed."""
     if all(s.in_memory for s in sources):
-        return [d for k, s in enumerate(sources) for _, d, held in split_stream(s, k, val_fraction, seed) if not held]
+        return [d for k, s in enumerate(sources) for _, d, held, _ in split_source(s, k, val_fraction, seed) if not held]
 
     def train_docs() -> Iterator[str]:
         seen = 0
         for k, s in enumerate(sources):
-            for _, d, held in split_stream(s, k, val_fraction, seed):
+            for _, d, held, _ in split_source(s, k, val_fraction, seed):
                 if not held:
                     yield d
                     seen += len(d)
@@ -206,13 +230,17 @@ def stream_train(b: Build) -> None:
         with open(b.partial / "val.jsonl", "a", encoding="utf-8") as val_out:
             for k in range(b.done.source, len(b.sources)):
                 skip = b.done.doc if k == b.done.source else 0
-                for i, doc, held in split_stream(b.sources[k], k, s.val_fraction, s.seed, skip, stats[k].so_far()):
+                for i, doc, held, tail_from in split_source(b.sources[k], k, s.val_fraction, s.seed, skip,
+                                                            stats[k].so_far()):
                     st = stats[k]
-                    st.documents += 1
+                    st.documents += tail_from is None  # a held-out tail is the end of document 0, not another
                     st.characters += len(doc)
                     if held:
-                        st.val_documents += 1
+                        st.val_documents += tail_from is None
                         st.val_characters += len(doc)
+                        if tail_from is not None:
+                            st.val_tail_from = tail_from
+                            _say_tail(b, k, doc)
                         val_out.write(json.dumps(doc) + "\n")
                     elif w.add(doc):
                         w.flush(k, i + 1, val_out, stats)
@@ -224,12 +252,20 @@ def stream_train(b: Build) -> None:
     finally:
         w.pool.shutdown(wait=True, cancel_futures=True)
     w.bar.close()
-    if not any(st.val_documents for st in stats):
-        raise UserError("cannot hold out a validation split: every source has a single document; split your "
-                        "text into documents (one per file, or lines of <|endoftext|>) or add files")
+    if not any(st.val_characters for st in stats):
+        raise UserError(f"cannot hold out a validation split: every source is a single document too short to hold out "
+                        f"its last {100 * s.val_fraction:.3g}% (under {MIN_TAIL_CHARS} characters); add text or raise "
+                        "--val-fraction")
     if b.done.tokens == 0:
         raise UserError(f"no training text: the sources ({', '.join(s.name for s in b.sources)}) hold no document "
                         "besides the held-out ones; add text")
+
+
+def _say_tail(b: Build, k: int, tail: str) -> None:
+    """One line on a one-document source's held-out tail (split.split_source), in tokens."""
+    tokens = len(b.enc.tok.encode(tail, add_special_tokens=False).ids)
+    b.log(f"validation: the last {100 * b.settings.val_fraction:.3g}% of {b.sources[k].credit} ({tokens:,} tokens), "
+          "since it is one document")
 
 
 class _TrainWriter:
@@ -334,7 +370,7 @@ def publish(b: Build) -> None:
     publish_directory(b.partial, b.out, DataMeta(
         e.vocab, e.eot_id, e.tok.id_to_token(e.eot_id), e.prefix, e.dtype.itemsize,
         "tokenizer.json" if s.tokenizer is None else str(s.tokenizer), s.seed, s.val_fraction, b.splits,
-        [asdict(st) for st in d.stats]))
+        [asdict(st) for st in d.stats]), before_rename=measured(b.log))
 
 
 STAGES: tuple[Callable[[Build], None], ...] = (resume, choose_tokenizer, stream_train, hold_out, index_documents,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,11 +215,14 @@ def is_prepared(path: Path) -> bool:
     return (Path(path) / META).is_file()
 
 
-def publish(partial: Path, out: Path, meta: DataMeta) -> None:
+def publish(partial: Path, out: Path, meta: DataMeta, before_rename: Callable[[Path], None] | None = None) -> None:
     """Finish the data directory written into `partial`: meta.json with the integrity record of
-    every file it names, everything fsynced, then renamed to `out` (which is absent or empty)."""
+    every file it names, `before_rename(partial)` (what else goes with the data: mi.json), everything
+    fsynced, then renamed to `out` (which is absent or empty)."""
     record = {"format_version": DATA_FORMAT_VERSION, **asdict(meta), **integrity_record(partial, meta.splits)}
     (partial / META).write_text(json.dumps(record, indent=2) + "\n")
+    if before_rename is not None:
+        before_rename(partial)
     for f in partial.iterdir():  # on the disk before the rename makes the directory visible
         fsync_path(f)
     fsync_path(partial)
@@ -232,11 +236,8 @@ def read_meta(path: Path) -> dict:
     """A data directory's meta.json, its format version and splits checked; a missing directory
     or meta.json, a corrupt one or another format version is a one-line UserError."""
     meta_path = path / META
-    if not path.is_dir():
-        raise UserError(f"data directory {path} does not exist; create it with: superpose prepare --out {path}")
     if not meta_path.is_file():
-        raise UserError(f"{path} is not a prepared data directory (no meta.json); "
-                        f"create it with: superpose prepare --out {path}")
+        raise UserError(_not_prepared(path))
     try:
         meta = json.loads(meta_path.read_text())
         version = meta["format_version"]
@@ -249,6 +250,21 @@ def read_meta(path: Path) -> dict:
         raise UserError(f"{path} has data format v{version}, this superpose reads v{DATA_FORMAT_VERSION}; "
                         "re-run superpose prepare")
     return meta
+
+
+def _not_prepared(path: Path) -> str:
+    """Why `path` is not a data directory, with the prepare command that makes one: the user's
+    text as --text and a new folder beside it as --out, never their text as --out."""
+    from .corpus import data_dir_for, is_text, prepare_command
+
+    if not path.exists():
+        return f"data directory {path} does not exist; create it from your text with: {prepare_command(out=path)}"
+    if is_text(path):
+        what = "is a file" if path.is_file() else "holds text files and no meta.json"
+        return (f"{path} {what}: not a prepared data directory; if that is your text, prepare it with: "
+                f"{prepare_command(path, data_dir_for(path))}")
+    return (f"{path} is not a prepared data directory (no meta.json); create one from your text with: "
+            f"{prepare_command()}")
 
 
 def recorded_vocab_size(path: Path) -> int | None:

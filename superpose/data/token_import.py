@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import disk_error, write_error
-from .output import check_args, claim, finish, partial_dir
+from .output import check_args, claim, finish, measured, partial_dir
 from .prepare import PREPARE_SHARD_TOKENS
 from .shards import DataMeta, ShardWriter, publish, token_dtype
 from .split import VAL_MAX_BYTES, hash_unit
@@ -91,7 +91,7 @@ def prepare_tokens(out: Path, tokens: Path, tokenizer: Path, token_dtype_name: s
                             seed, val_fraction, _write_splits(partial, got, seed),
                             [{"name": "imported tokens", "license": "user-provided", "credit": "pre-tokenized",
                               "documents": got.documents}])
-            publish(partial, out, meta)
+            publish(partial, out, meta, before_rename=measured(log))
         except BaseException as e:  # nothing is kept: an import is a copy, quick to redo
             shutil.rmtree(partial, ignore_errors=True)
             os_error = disk_error(e) if isinstance(e, Exception) else None

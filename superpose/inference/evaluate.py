@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import Dataset, Mixture, open_dataset, open_mixture
+from ..data.corpus import prepare_command
 from ..data.tokenizer import same_tokenizer
 from ..errors import UserError
 
@@ -90,7 +91,8 @@ def open_eval_data(src, data: Path | str | None) -> Dataset | Mixture:
     model_tok = tokenizer_path(src)
     if not same_tokenizer(ds.tokenizer_path, model_tok):
         raise UserError(f"{ds.path} was tokenized with another tokenizer than the model's ({model_tok}); prepare "
-                        f"it with: superpose prepare --tokenizer {model_tok} ...")
+                        "its text with the model's: " + prepare_command("YOUR_TEXT", "NEW_DATA_DIR", "--tokenizer",
+                                                                         str(model_tok)))
     if ds.vocab_size > src.model_config.vocab_size:
         raise UserError(f"{ds.path} has {ds.vocab_size} tokens, more than the model's {src.model_config.vocab_size}")
     return ds

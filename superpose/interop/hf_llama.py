@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core.model import ARCHITECTURES, LLAMA, ModelConfig, architecture
+from ..data.corpus import prepare_command
 from ..errors import UserError
 from ..files import copy_file, file_record, make_dir, sha256_file, write_file, write_text
 
@@ -372,5 +373,5 @@ def check_hf_tokenizer(hf_dir: Path | str, dataset) -> None:
                         "with the model's tokenizer; save it with tokenizer.save_pretrained (a fast tokenizer) first")
     if not same_tokenizer(theirs, dataset.tokenizer_path):
         raise UserError(f"{dataset.path} was tokenized with another tokenizer than {hf_dir}'s; prepare the data with "
-                        f"it: superpose prepare --tokenizer {theirs} --text ... --out DATA_DIR, then "
-                        "--data.path DATA_DIR")
+                        "it: " + prepare_command("YOUR_TEXT", "DATA_DIR", "--tokenizer", str(theirs))
+                        + ", then --data.path DATA_DIR")

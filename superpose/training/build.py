@@ -46,17 +46,20 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_data(cfg: Config, log: Callable[[str], None] = print,
                  par: distributed.Parallel | None = None) -> Dataset | Mixture:
-    """The run's data: the mixture of data.mix, or data.path's directory, or the default corpus
-    (prepared on first use when both are empty). Under torchrun rank 0 of each machine goes first
+    """The run's data: the mixture of data.mix, or data.path's directory (raw text there is
+    prepared once into the cache: data/own_text.py), or the default corpus (prepared on first use
+    when both are empty). Under torchrun rank 0 of each machine goes first
     while the others wait, so no two processes build the corpus at once."""
-    from ..data.default_corpus import ensure_default_corpus
+    from ..data.default_corpus import cache_dir, ensure_default_corpus
+    from ..data.own_text import data_directory
 
     if cfg.data.mix:  # prepared directories only: nothing to build, nothing to wait for
         return open_mixture(cfg.data.mix)
     waits = par is not None and par.distributed and par.local_rank != 0
     if waits:
         par.barrier()
-    ds = open_dataset(Path(cfg.data.path) if cfg.data.path else ensure_default_corpus(cfg.data.vocab_size, log))
+    ds = open_dataset(data_directory(cfg.data.path, cache_dir() / "data", log) if cfg.data.path
+                      else ensure_default_corpus(cfg.data.vocab_size, log))
     if par is not None and par.distributed and not waits:
         par.barrier()
     return ds
@@ -69,8 +72,8 @@ def resolve_vocab(cfg: Config, dataset: Dataset | Mixture) -> Config:
                         f"{dataset.vocab_size} tokens in {dataset.path}; set --model.vocab_size=0 (= from data)")
     cfg = copy.deepcopy(cfg)
     cfg.model.vocab_size = cfg.model.vocab_size or dataset.vocab_size
-    if cfg.data.path:  # stored absolute, so the run resumes and evaluates from any working directory
-        cfg.data.path = str(Path(cfg.data.path).absolute())
+    if cfg.data.path:  # the directory (raw text's prepared copy), absolute: the run resumes and evaluates from anywhere
+        cfg.data.path = str(Path(dataset.path).absolute())
     if cfg.data.mix:
         cfg.data.mix = absolute_mix(cfg.data.mix)
     return cfg
