@@ -33,11 +33,12 @@ from collections.abc import Iterator
 
 from .. import checkpoint
 from ..errors import UserError, notice
-from ..files import LOCK_NAME, DirLock, WriteError, content_checksum, lock_dir, write_text
+from ..files import LOCK_NAME, DirLock, WriteError, content_checksum, is_temp, lock_dir, write_text
 
 RUN_MARK = ".superpose-run.json"
 EXPERIMENT_MARK = ".superpose-experiment.json"
 MARK_VERSION = 1
+_MARK_TEMPS = (f".{RUN_MARK}.tmp-", f".{EXPERIMENT_MARK}.tmp-")  # `files.temp_name` of a mark being written
 # The entries at an experiment's top that hold its arms (what its mark covers), by kind.
 ARMS = {"compare": "seed-*", "sweep": "cells"}
 
@@ -109,8 +110,10 @@ def owning_experiment(path: Path) -> tuple[Path, dict] | None:
 
 
 def _contents(folder: Path) -> list[str]:
-    """What a folder holds besides a lock file (which a lock leaves and no one else reads)."""
-    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME)
+    """What a folder holds besides a lock file and a mark's half-written temporary (what a command
+    killed right after it took the folder leaves: the folder is still as good as empty)."""
+    names = (p.name for p in folder.iterdir())
+    return sorted(n for n in names if n != LOCK_NAME and not (is_temp(n) and n.startswith(_MARK_TEMPS)))
 
 
 def _shown(names: list[str]) -> str:
