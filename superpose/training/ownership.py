@@ -84,8 +84,10 @@ def mark_run(run_dir: Path) -> None:
 
 def mark_experiment(out: Path, kind: str, command: str) -> None:
     """Mark `out` as a compare's or sweep's directory (call it holding the experiment's lock): when
-    it is new, and again once a run of it has finished, so the command it quotes is one that works."""
-    _write_mark(Path(out) / EXPERIMENT_MARK, mark_text(kind, command))
+    it is new, and again once a run of it has finished, so the command it quotes is one that works
+    (a Python call, which has no command line, keeps the one recorded)."""
+    path = Path(out) / EXPERIMENT_MARK
+    _write_mark(path, mark_text(kind, command or (read_mark(path) or {}).get("command", "")))
 
 
 def begin_experiment(out: Path, kind: str, command: str) -> None:
