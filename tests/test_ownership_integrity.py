@@ -161,6 +161,20 @@ def test_a_refused_rerun_keeps_the_mark_and_the_command_it_quotes(tiny_data, exp
     assert "OTHER" not in line
 
 
+def test_a_compare_of_an_older_superpose_is_continued_and_its_mark_sealed(tiny_data, experiments, tmp_path):
+    """Item 1: the rule keeps a compare made before marks were sealed its own: a rerun reuses its
+    finished seed, and leaves the mark in the sealed form."""
+    cmp = tmp_path / "cmp"
+    shutil.copytree(experiments / "cmp", cmp)
+    mark = cmp / ".superpose-experiment.json"
+    mark.write_text(json.dumps({"kind": "compare", "command": "superpose compare A"}))
+    logs = []
+    compare(tiny_config(tiny_data), cmp, seeds=[0], factors=(1.0,), log=logs.append, command="superpose compare A")
+    assert any("seed 0 already done" in line for line in logs), logs
+    record = json.loads(mark.read_text())
+    assert record["kind"] == "compare" and record["command"] == "superpose compare A" and "checksum" in record
+
+
 def test_an_experiment_mark_covers_only_its_own_arms(unfinished_run, tmp_path, cli_run):
     """Item 1: `compare --out .` marked the whole folder, and `train --resume runs/a` beside it was
     refused ever after. The mark (here one of that older superpose) covers only the arms."""
