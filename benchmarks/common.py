@@ -139,7 +139,7 @@ def synthetic_data(path: Path, vocab_size: int, train_tokens: int = 2_000_000, v
     """
     from tokenizers import AddedToken, Tokenizer, models
 
-    from superpose.data.shards import DATA_FORMAT_VERSION, ShardWriter, token_dtype
+    from superpose.data.shards import DATA_FORMAT_VERSION, ShardWriter, integrity_record, token_dtype
 
     path = Path(path)
     if (path / "meta.json").is_file():
@@ -164,7 +164,8 @@ def synthetic_data(path: Path, vocab_size: int, train_tokens: int = 2_000_000, v
     tok.save(str(path / "tokenizer.json"))
     meta = {"format_version": DATA_FORMAT_VERSION, "vocab_size": vocab_size, "eot_id": 0,
             "token_bytes": dtype.itemsize, "tokenizer": "synthetic", "seed": seed, "val_fraction": 0.0,
-            "splits": splits, "sources": [{"name": "synthetic uniform random tokens"}]}
+            "splits": splits, "sources": [{"name": "synthetic uniform random tokens"}],
+            **integrity_record(path, splits)}  # the current format always carries it
     (path / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
 

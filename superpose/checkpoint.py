@@ -28,7 +28,6 @@ run's writer does not prune a held checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -37,10 +36,14 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .files import sha256_file
+from .errors import UserError, notice
+from .files import content_checksum, sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 was written before every meta.json carried its own checksum, so one without it is
+# still opened (saying that it is unchecked); from version 2 on a missing checksum is damage and
+# fails closed, like a wrong one: a check must never skip because its record was deleted.
+READ_VERSIONS = (1, FORMAT_VERSION)
 DIRNAME = "checkpoints"
 FILES = ("model.safetensors", "optimizer.pt", "rng.pt")
 FINAL_FILES = ("model.safetensors", "model.json", "tokenizer.json")  # a finished run's, recorded in summary.json
@@ -136,8 +139,8 @@ def intact(path: Path) -> bool:
     raising: what advice and fallbacks check before they name a checkpoint."""
     try:
         meta = json.loads((path / "meta.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION or meta.get("checksum", meta_checksum(meta)) != \
-                meta_checksum(meta) or not all(isinstance(meta.get(k), t) for k, t in _META_TYPES.items()):
+        if meta.get("format_version") not in READ_VERSIONS or checksum_state(meta) in ("missing", "wrong") or \
+                not all(isinstance(meta.get(k), t) for k, t in _META_TYPES.items()):
             return False
         records = meta["files"]
         return all(isinstance(records.get(n), dict) and (path / n).stat().st_size == records[n].get("bytes")
@@ -187,8 +190,15 @@ def hold(path: Path) -> ReadHold | None:
 def meta_checksum(meta: dict) -> str:
     """The sha256 of meta.json's content without its own `checksum` field (canonical JSON), so an
     edited step, schedule or loader position is caught like a damaged weight file."""
-    body = {k: v for k, v in meta.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return content_checksum(meta)
+
+
+def checksum_state(meta: dict) -> str:
+    """meta.json's own checksum: "ok", "wrong", "missing" (damage in the current format) or
+    "unchecked" (a version-1 meta.json, written before checksums came in)."""
+    if "checksum" in meta:
+        return "ok" if meta["checksum"] == meta_checksum(meta) else "wrong"
+    return "unchecked" if meta.get("format_version") == 1 else "missing"
 
 
 # meta.json's fields a reader relies on, and their JSON types: valid JSON with a wrong type (files:
@@ -213,19 +223,26 @@ def read_meta(path: Path) -> dict:
                         f"{_fix(path)}") from None
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise UserError(f"checkpoint {meta_path} has no format_version: not a superpose checkpoint; {_fix(path)}")
-    if meta["format_version"] != FORMAT_VERSION:
+    if meta["format_version"] not in READ_VERSIONS or isinstance(meta["format_version"], bool):
         raise UserError(f"checkpoint {meta_path} has format version {meta['format_version']!r}, this superpose reads "
-                        f"version {FORMAT_VERSION}: resume it with the superpose that wrote it, or {_fix(path)}")
+                        f"version {' or '.join(map(str, READ_VERSIONS))}: resume it with the superpose that wrote it, "
+                        f"or {_fix(path)}")
     for key, typ in _META_TYPES.items():
         if key not in meta:
             raise UserError(f"checkpoint {meta_path} lacks {key!r}: corrupt; {_fix(path)}")
         if not isinstance(meta[key], typ) or isinstance(meta[key], bool):
             raise UserError(f"checkpoint {meta_path} has {key}={json.dumps(meta[key])[:40]}, not a JSON "
                             f"{'integer' if typ is int else 'object'}: corrupt; {_fix(path)}")
-    # Written by every save since checksums came in; an older meta.json without one is still read.
-    if "checksum" in meta and meta["checksum"] != meta_checksum(meta):
+    state = checksum_state(meta)
+    if state == "wrong":
         raise UserError(f"checkpoint {meta_path} was changed after it was written (its checksum differs): "
                         f"{_fix(path)}")
+    if state == "missing":
+        raise UserError(f"checkpoint {meta_path} has no checksum, which every format-{FORMAT_VERSION} meta.json "
+                        f"carries: it was changed after it was written; {_fix(path)}")
+    if state == "unchecked":
+        notice(f"checkpoint {path} was written by an older superpose (format version 1, before meta.json carried "
+               "a checksum): its files are verified, its meta.json cannot be")
     bad = [n for n, f in meta["files"].items() if not (isinstance(f, dict) and isinstance(f.get("bytes"), int)
                                                          and isinstance(f.get("sha256"), str))]
     if meta["step"] < 0 or bad:

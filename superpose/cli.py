@@ -91,10 +91,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     A run stopped by SIGINT/SIGTERM saves a checkpoint and exits with 128 + the signal number."""
     from .presets import resolve
     from .errors import Interrupted
-    from .files import lock_dir
     from .training import run_training
     from .training.distributed import env_rank
-    from .training.ownership import check_train_dir
+    from .training.ownership import check_train_dir, claim
     from .training.resume import resume_config
 
     try:
@@ -110,7 +109,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
             if not run_dir.is_dir():
                 resume_config(run_dir, overrides)  # says what is wrong with the path, creating nothing
             # The lock before the config is read: another writer could prune the checkpoint read here.
-            with lock_dir(run_dir, "run") if env_rank() == 0 else contextlib.nullcontext():
+            with claim(run_dir, "run") if env_rank() == 0 else contextlib.nullcontext():
                 run_training(resume_config(run_dir, overrides), run_dir, log=_log, resume=True)
         else:
             if args.print_config:  # the resolved config, nothing trained or written

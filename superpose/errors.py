@@ -2,8 +2,21 @@
 for a run stopped cleanly by a signal.
 
 The CLI catches `UserError`, prints its message on one line, and exits non-zero without a
-traceback. Internal invariants use `assert`; anything else that escapes is a bug.
+traceback. Internal invariants use `assert`; anything else that escapes is a bug. `notice` says,
+once, what a user should know that is not an error (a file of an older format opened unchecked).
 """
+
+import sys
+
+_SAID: set[str] = set()
+
+
+def notice(message: str) -> None:
+    """Print `message` as one `superpose: note:` line on stderr, once per process (a directory
+    opened by every arm of a compare is said once)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        print(f"superpose: note: {message}", file=sys.stderr, flush=True)
 
 
 class UserError(ValueError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,14 @@ def sha256_file(path: Path | str) -> str:
     """The hex sha256 of a file's bytes, read in blocks (checkpoint files can be gigabytes)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def content_checksum(record: dict, field: str = "checksum") -> str:
+    """The sha256 of a JSON record without its own `field` (canonical JSON): what a record superpose
+    writes (a checkpoint's meta.json, a run's or experiment's mark) carries, so an edited record,
+    or one made by hand, does not pass for superpose's own."""
+    body = {k: v for k, v in record.items() if k != field}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def file_record(path: Path) -> dict:

@@ -86,9 +86,11 @@ def test_train_out_refuses_a_folder_that_is_not_a_run_and_touches_nothing(tiny_d
         assert snapshot(folder) == before and sorted(p.name for p in folder.iterdir()) == sorted(before)
     (own / "config.json").unlink()  # the advice, followed
     assert cli_run(*train_args(tiny_data, own, "--preset", "cpu-smoke")).returncode == 0
-    failed = tmp_path / "failed"  # a run that stopped before its first checkpoint: its own directory
+    from superpose.training.ownership import RUN_MARK, mark_text
+
+    failed = tmp_path / "failed"  # a run that stopped before its first checkpoint: its own directory (its mark)
     failed.mkdir()
-    for name, text in ((".superpose.lock", "1\n"), ("metrics.jsonl", ""), ("config.json", "{}")):
+    for name, text in ((RUN_MARK, mark_text("run")), ("metrics.jsonl", ""), ("config.json", "{}")):
         (failed / name).write_text(text)
     assert cli_run(*train_args(tiny_data, failed, "--preset", "cpu-smoke")).returncode == 0
 

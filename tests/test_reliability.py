@@ -281,9 +281,13 @@ def test_leftovers_of_a_killed_prepare_or_save_are_removed_and_said(tiny_data, t
     assert not leftover.exists() and not (tmp_path / ".data.lock").exists()
     assert any("removed .data.tmp-4194301 (0.1 MB), left by an interrupted prepare" in m for m in logs), logs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
-    # A save killed mid-write of the final model leaves `.model.safetensors.tmp-PID` in the run.
+    # A save killed mid-write of the final model leaves `.model.safetensors.tmp-PID` in the run
+    # (a run's, by the mark it wrote first).
+    from superpose.training.ownership import RUN_MARK, mark_text
+
     run = tmp_path / "run"
     run.mkdir()
+    (run / RUN_MARK).write_text(mark_text("run"))
     (run / ".model.safetensors.tmp-4194301").write_bytes(b"half")
     logs = []
     run_training(tiny_config(tiny_data, train__steps=2), run, log=logs.append)

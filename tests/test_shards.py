@@ -129,7 +129,7 @@ def _meta(d, change):
 BROKEN = {
     "meta-not-json": (lambda d: (d / "meta.json").write_text("{"), "meta.json is corrupt"),
     "meta-without-splits": (lambda d: _meta(d, lambda m: m.pop("splits")), "meta.json is corrupt"),
-    "data-format": (lambda d: _meta(d, lambda m: m.update(format_version=2)), "has data format v2, this superpose reads v1"),
+    "data-format": (lambda d: _meta(d, lambda m: m.update(format_version=99)), "has data format v99, this superpose reads v1 or v2"),
     "no-tokenizer": (lambda d: (d / "tokenizer.json").unlink(), "has no tokenizer.json"),
     # meta.json's record of every data file (issue 22 item 5) names a missing one before any reader.
     "no-doc-index": (lambda d: (d / "train.docs.npy").unlink(), "train.docs.npy is missing"),
@@ -200,5 +200,5 @@ def test_unreadable_meta_has_no_recorded_vocab_size(tiny_data, tmp_path):
 def test_data_prepared_before_the_integrity_record_still_opens(tiny_data, tmp_path):
     d = tmp_path / "data"
     shutil.copytree(tiny_data, d)
-    _meta(d, lambda m: (m.pop("files"), m.pop("tokenizer_sha256")))
+    _meta(d, lambda m: (m.pop("files"), m.pop("tokenizer_sha256"), m.update(format_version=1)))  # as it was then
     assert open_dataset(d).train.num_tokens == open_dataset(tiny_data).train.num_tokens

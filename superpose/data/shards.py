@@ -27,13 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, notice
 from ..files import file_record, fsync_path, sha256_file
 
 MAGIC = b"SUPERPOS"
 SHARD_VERSION = 1
 HEADER = struct.Struct("<8sIIQ8x")  # magic, version, bytes per token, count, reserved
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2
+# Version 1 directories were prepared before (or while) meta.json recorded the tokenizer and the
+# data files: still read, checked where they carry the record and said to be unchecked where they
+# do not. A version-2 meta.json without its record is damage and fails closed.
+READ_VERSIONS = (1, DATA_FORMAT_VERSION)
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB of uint16)
 
 
@@ -246,9 +250,9 @@ def read_meta(path: Path) -> dict:
                 raise TypeError(f"splits.{split}.shards is not a list")
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UserError(f"{meta_path} is corrupt ({e}); re-run superpose prepare") from None
-    if version != DATA_FORMAT_VERSION:
-        raise UserError(f"{path} has data format v{version}, this superpose reads v{DATA_FORMAT_VERSION}; "
-                        "re-run superpose prepare")
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        raise UserError(f"{path} has data format v{version}, this superpose reads "
+                        f"{' or '.join(f'v{v}' for v in READ_VERSIONS)}; re-run superpose prepare")
     return meta
 
 
@@ -289,15 +293,15 @@ def verify_data(path: Path, meta: dict) -> None:
     """Check a data directory against prepare's record, cheaply: the tokenizer's and
     train.docs.npy's sha256 and every shard's size on each open, the shards' sha256 too while they
     total at most VERIFY_SHARD_BYTES (a multi-gigabyte corpus would pay seconds per open).
-    Directories prepared before the record existed have none to check."""
+    A record that is missing fails closed (`missing_records`), except in an older format."""
     again = "re-run superpose prepare"
-    want = meta.get("tokenizer_sha256")
-    if want is not None and sha256_file(path / "tokenizer.json") != want:
+    if missing_records(path, meta):
+        return
+    want = meta["tokenizer_sha256"]
+    if sha256_file(path / "tokenizer.json") != want:
         raise UserError(f"{path / 'tokenizer.json'} is not the tokenizer this data's tokens were made with (its sha256 "
                         f"differs from meta.json's record); put the original back, or {again}")
-    records = meta.get("files")
-    if records is None:
-        return
+    records = meta["files"]
     if not isinstance(records, dict):
         raise UserError(f"{path / 'meta.json'} has files={json.dumps(records)[:30]}, not its record of the data "
                         f"files: corrupt; {again}")
@@ -311,6 +315,22 @@ def verify_data(path: Path, meta: dict) -> None:
                             f"{rec.get('bytes')}); {again}")
         if (name.endswith(".npy") or shard_bytes <= VERIFY_SHARD_BYTES) and sha256_file(f) != rec.get("sha256"):
             raise UserError(f"data file {f} is corrupt (sha256 differs from meta.json); {again}")
+
+
+def missing_records(path: Path, meta: dict) -> bool:
+    """Whether meta.json lacks its integrity record, which only a version-1 directory may (it is
+    then opened unchecked, said once); in the current format a missing record is a one-line
+    UserError, since a check that skips when its record is deleted checks nothing."""
+    missing = [k for k in ("tokenizer_sha256", "files") if k not in meta]
+    if not missing:
+        return False
+    # The two came in together: version 1 with one of them is a record cut down by hand.
+    if meta["format_version"] != 1 or len(missing) == 1:
+        raise UserError(f"{path / META} lacks its {missing[0]} record: it was changed after prepare wrote it, so "
+                        "the data cannot be verified; re-run superpose prepare")
+    notice(f"{path} was prepared by an older superpose (data format v1, without a record of its tokenizer and "
+           "files): it is used unverified; re-run superpose prepare to have it checked on every open")
+    return True
 
 
 def open_dataset(path: Path | str) -> Dataset:

@@ -28,11 +28,12 @@ from collections.abc import Callable
 
 from ..config import Config
 from ..errors import UserError
-from ..files import copy_file, lock_dir
+from ..files import copy_file
 from .. import checkpoint
 from ..training import Trainer, build_trainer, resolve_data
 from ..training.resume import check_resumable, continue_from
-from ..training.ownership import experiment_advice, mark_experiment
+from ..training.ownership import (EXPERIMENT_MARK, begin_experiment, check_experiment_dir, claim,
+                                  experiment_advice, mark_experiment)
 from .fingerprint import check_same_config
 from .baselines import (OWN, Variant, apply_variant, baseline_name, best_baseline, parse_grid,  # noqa: F401
                         parse_baselines)
@@ -290,8 +291,9 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
 
     # One writer per experiment directory: the arms' run directories, the seeds' results and the
     # reports are written under this lock (an OS lock, dropped by the kernel if we die).
-    with lock_dir(out, "compare directory"), experiment_advice("compare", out, command):
-        mark_experiment(out, "compare", command)  # `train` keeps out of the whole tree from now on
+    check_experiment_dir(out, "compare")  # new, empty or this compare's own: nothing else is written
+    with claim(out, "compare directory", mine=(EXPERIMENT_MARK,)), experiment_advice("compare", out, command):
+        begin_experiment(out, "compare", command)  # `train` keeps out of its arms from now on
         per_seed = {}
         for seed in seeds:
             seed_dir = out / f"seed-{seed}"
@@ -340,6 +342,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
         report["baseline_factors"] = list(factors)
         report["baselines"] = [v.name for v in baselines]
         write_report(out / "report.json", json.dumps(report, indent=2) + "\n")
+        mark_experiment(out, "compare", command)  # the command that finished it, quoted from now on
         for line in report["verdicts"]:
             log(f"compare: {line}")
         log(f"compare: report in {out / 'report.md'}" + (f", plots in {out}/loss_vs_*.png" if len(steps) == 1 else

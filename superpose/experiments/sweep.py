@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 from ..config import Config
 from ..errors import UserError
-from ..files import lock_dir
 from ..training import build_trainer, resolve_data
 from ..training.metrics import environment
-from ..training.ownership import experiment_advice, mark_experiment
+from ..training.ownership import (EXPERIMENT_MARK, begin_experiment, check_experiment_dir, claim,
+                                  experiment_advice, mark_experiment)
 from .fingerprint import check_same_config
 from .stats import stats
 
@@ -54,8 +54,9 @@ def sweep(cfg: Config, out: Path, bag_sizes: list[int], ratios: list[float], see
     if any(s < 2 for s in bag_sizes) or any(not 0 < r <= 1 for r in ratios):
         raise UserError("sweep needs --bag-sizes >= 2 and --ratios in (0, 1]; the baseline (r = 0) is always run")
     # One writer per sweep directory (an OS lock, dropped by the kernel if we die).
-    with lock_dir(out, "sweep directory"), experiment_advice("sweep", out, command):
-        mark_experiment(out, "sweep", command)  # `train` keeps out of the whole tree from now on
+    check_experiment_dir(out, "sweep")  # new, empty or this sweep's own: nothing else is written
+    with claim(out, "sweep directory", mine=(EXPERIMENT_MARK,)), experiment_advice("sweep", out, command):
+        begin_experiment(out, "sweep", command)  # `train` keeps out of its arms from now on
         plan = [(1, 0.0, k) for k in seeds] + [(s, r, k) for k in seeds for r in ratios for s in bag_sizes]
         t0 = time.time()
         results = {}
@@ -89,6 +90,7 @@ def sweep(cfg: Config, out: Path, bag_sizes: list[int], ratios: list[float], see
                    f"TST gain over the baseline at {T} steps (mean of {len(seeds)} seeds; baseline "
                    f"{grid['baseline']['mean']:.4f})")
         write_report(out / "sweep.md", sweep_markdown(grid))
+        mark_experiment(out, "sweep", command)  # the command that finished it, quoted from now on
         best = max(cells, key=lambda c: c["gain"]["mean"])
         log(f"sweep: best s={best['bag_size']}, r={best['ratio']}: gain {best['gain']['mean']:+.4f} nats "
             f"(std {best['gain']['std']:.4f}) over the baseline {grid['baseline']['mean']:.4f}")

@@ -11,6 +11,7 @@ and the caller's config is never changed: the trainer gets a copy with the vocab
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -25,14 +26,13 @@ from ..data import (Dataset, Mixture, MixtureLoader, TrainLoader, open_dataset, 
                     val_windows)
 from ..data.mixture import absolute_mix
 from ..data.tokenizer import load_tokenizer_file
-from .. import files
 from ..checks import check_model_memory, count_params
 from ..errors import UserError
 from .. import checkpoint
 from . import distributed, faults, tracking
 from .metrics import quiet
 from .optimizer import configure_optimizer
-from .ownership import check_train_dir
+from .ownership import RUN_MARK, check_train_dir, claim
 from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
 from .resume import check_resumable, continue_from, newest_unfinished
 from .trainer import Trainer, superposed_loss
@@ -203,8 +203,8 @@ def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print,
     # when the process dies, so a kill -9 leaves nothing stale). A second `train --out` or
     # `--resume` of this directory is refused naming our pid: a requeued job whose old instance
     # still runs must not interleave metrics or prune checkpoints under the other.
-    lock = files.lock_dir(run_dir, "run") if par.is_main else None
-    try:
+    # A run refused before it wrote anything (no data, a bad setting) leaves no folder or lock behind.
+    with claim(run_dir, "run", mine=(RUN_MARK,)) if par.is_main else contextlib.nullcontext():
         if resume:
             ckpt = newest_unfinished(run_dir)
         else:
@@ -216,9 +216,6 @@ def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print,
         if resume:
             continue_from(trainer, ckpt)
         summary = trainer.train()
-    finally:
-        if lock is not None:
-            lock.release()
     distributed.shutdown(par)
     return summary
 

@@ -1,77 +1,220 @@
-"""Which folders `superpose train` may write: its own run directories, empty or new folders, and
-nothing else.
+"""Which folders superpose may write: its own run and experiment directories, empty or new
+folders, and nothing else. Ownership is decided from a mark superpose writes, never from file
+names a hand-made folder or an exported model can also have.
 
     check_train_dir(run_dir, resume)   refuse, before anything is created or locked, a folder
                                        that is not a run's (an exported model, a data directory,
-                                       the user's own files) and any folder inside a compare or
-                                       sweep directory (an arm belongs to its experiment)
-    mark_experiment(out, kind, command)  what compare and sweep leave at their top: the mark that
-                                       makes their whole tree theirs, with the command that
-                                       resumes it
+                                       the user's own files) and any folder among a compare's or
+                                       sweep's arms (an arm belongs to its experiment)
+    check_experiment_dir(out, kind)    the same rule for compare's and sweep's --out: new, empty,
+                                       or this kind of experiment's own directory
+    mark_run(run_dir)                  the mark that makes a folder a run's (.superpose-run.json)
+    begin_experiment / mark_experiment the mark at a compare's or sweep's top: its arms are
+                                       the experiment's, with the command that resumes them
+    claim(directory, what, mine)       lock a directory to write it; a command that fails leaves
+                                       no lock, mark or folder of its own behind in it
 
-Why a mark and not only the experiment's lock: the lock exists only while the experiment runs,
+A mark is a small JSON record sealed with the sha256 of its fields (`files.content_checksum`):
+not a secret, but a file superpose did not write, or one edited, does not pass for one.
+
+Why an experiment mark and not only its lock: the lock exists only while the experiment runs,
 but an arm trained over by hand is lost either way (its result.json then contradicts its
-files), so the tree is refused to `train` whether the experiment is running or not.
+files), so the arms are refused to `train` whether the experiment is running or not. The mark
+covers only the arms (ARMS), so the user's own runs beside an experiment stay theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 from pathlib import Path
 from collections.abc import Iterator
 
-from ..errors import UserError
-from ..files import LOCK_NAME, WriteError, is_temp, write_text
+from .. import checkpoint
+from ..errors import UserError, notice
+from ..files import LOCK_NAME, DirLock, WriteError, content_checksum, is_temp, lock_dir, write_text
 
+RUN_MARK = ".superpose-run.json"
 EXPERIMENT_MARK = ".superpose-experiment.json"
-# What only a superpose run directory holds: the lock `train` takes first, then its metrics log.
-_RUN_MARKS = (LOCK_NAME, "metrics.jsonl")
+MARK_VERSION = 1
+_MARK_TEMPS = (f".{RUN_MARK}.tmp-", f".{EXPERIMENT_MARK}.tmp-")  # `files.temp_name` of a mark being written
+# The entries at an experiment's top that hold its arms (what its mark covers), by kind.
+ARMS = {"compare": "seed-*", "sweep": "cells"}
 
 
-def mark_experiment(out: Path, kind: str, command: str) -> None:
-    """Mark `out` as a compare's or sweep's directory (call it holding the experiment's lock)."""
-    text = json.dumps({"kind": kind, "command": command}) + "\n"
-    mark = Path(out) / EXPERIMENT_MARK
-    if not (mark.is_file() and mark.read_text() == text):
-        write_text(mark, text)
+# ----------------------------------------------------------------------------- marks
+
+def mark_text(kind: str, command: str = "") -> str:
+    """A sealed mark's text: its kind ("run", "compare", "sweep"), the command that continues it."""
+    record = {"kind": kind, "command": command, "mark_version": MARK_VERSION}
+    return json.dumps({**record, "checksum": content_checksum(record)}) + "\n"
 
 
-def owning_experiment(path: Path) -> tuple[Path, dict] | None:
-    """The compare or sweep directory `path` is in (or is), with its mark; None outside any."""
-    path = Path(path).absolute()
-    for folder in (path, *path.parents):
-        mark = folder / EXPERIMENT_MARK
-        if mark.is_file():
-            try:
-                info = json.loads(mark.read_text())
-            except (OSError, ValueError):
-                info = {}
-            return folder, info if isinstance(info, dict) else {}
+def read_mark(path: Path) -> dict | None:
+    """A mark file's record when superpose wrote it (its seal verifies), else None. An experiment
+    mark of an older superpose (kind and command, unsealed) is read as well, with legacy=True."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "checksum" in record:
+        return record if record["checksum"] == content_checksum(record) else None
+    if set(record) == {"kind", "command"} and record["kind"] in ARMS:  # before marks were sealed
+        return {**record, "legacy": True}
     return None
 
 
+def _write_mark(path: Path, text: str) -> None:
+    if not (path.is_file() and path.read_text() == text):
+        write_text(path, text)
+
+
+def is_run(run_dir: Path) -> bool:
+    mark = read_mark(Path(run_dir) / RUN_MARK)
+    return mark is not None and mark.get("kind") == "run"
+
+
+def mark_run(run_dir: Path) -> None:
+    """Mark `run_dir` as a run's (holding its lock, before its other files are written)."""
+    _write_mark(Path(run_dir) / RUN_MARK, mark_text("run"))
+
+
+def mark_experiment(out: Path, kind: str, command: str) -> None:
+    """Mark `out` as a compare's or sweep's directory (call it holding the experiment's lock): when
+    it is new, and again once a run of it has finished, so the command it quotes is one that works
+    (a Python call, which has no command line, keeps the one recorded)."""
+    path = Path(out) / EXPERIMENT_MARK
+    _write_mark(path, mark_text(kind, command or (read_mark(path) or {}).get("command", "")))
+
+
+def begin_experiment(out: Path, kind: str, command: str) -> None:
+    """Mark a new experiment directory with the command that made it; a rerun leaves the mark as
+    it is until it finishes (`mark_experiment`), so a rerun that is refused never rewrites it."""
+    if read_mark(Path(out) / EXPERIMENT_MARK) is None:
+        mark_experiment(out, kind, command)
+
+
+def owning_experiment(path: Path) -> tuple[Path, dict] | None:
+    """The compare or sweep directory whose top `path` is, or whose arms `path` is among, with its
+    mark; None otherwise (a folder beside the arms is not the experiment's)."""
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        info = read_mark(folder / EXPERIMENT_MARK)
+        if info is None or info.get("kind") not in ARMS:
+            continue
+        inside = path.relative_to(folder).parts
+        if not inside or fnmatch.fnmatch(inside[0], ARMS[info["kind"]]):
+            return folder, info
+    return None
+
+
+def _contents(folder: Path) -> list[str]:
+    """What a folder holds besides a lock file and a mark's half-written temporary (what a command
+    killed right after it took the folder leaves: the folder is still as good as empty)."""
+    names = (p.name for p in folder.iterdir())
+    return sorted(n for n in names if n != LOCK_NAME and not (is_temp(n) and n.startswith(_MARK_TEMPS)))
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+# ----------------------------------------------------------------------------- the rules
+
 def check_train_dir(run_dir: Path, resume: bool = False) -> None:
-    """Refuse `run_dir` for `train --out` (resume=False) or `train --resume`, touching nothing."""
+    """Refuse `run_dir` for `train --out` (resume=False) or `train --resume`, touching nothing.
+    A run of an older superpose (no mark) is resumed, saying so: its checkpoints are checksummed
+    records superpose wrote; `--out` on it is refused, since nothing proves the rest is a run's."""
     run_dir = Path(run_dir)
     owner = owning_experiment(run_dir)
     if owner is not None:
         top, info = owner
-        kind = info.get("kind") or "experiment"
+        kind = info["kind"]
         rerun = info.get("command") or f"the superpose {kind} command that made it"
         where = "is" if top == run_dir.absolute() else "is inside"
         raise UserError(f"{run_dir} {where} the {kind} directory {top}: its runs are written and resumed only by "
                         f"that {kind}; rerun it to continue ({rerun}: finished seeds and cells are kept), or "
                         "choose an --out outside it")
-    if resume or not run_dir.is_dir():
+    if not run_dir.is_dir():
+        if resume:
+            checkpoint.newest(run_dir)  # raises: it does not exist, or is a file
         return
-    names = {p.name for p in run_dir.iterdir()}
-    # A killed writer's `.NAME.tmp-PID` is superpose's too (the run removes it when it starts).
-    if names and not (names & set(_RUN_MARKS) or any(is_temp(n) for n in names)):
-        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
-        raise UserError(f"{run_dir} is not empty and not a superpose run directory (it holds {shown}); train "
-                        "writes config.json, tokenizer.json and model.safetensors there, so choose a new or empty "
+    if is_run(run_dir):
+        return
+    older = bool(checkpoint.checkpoints(run_dir))
+    if resume and older:
+        notice(f"{run_dir} is a run of an older superpose (no {RUN_MARK}); resuming it from its checkpoints, "
+               "which are verified as usual")
+        return
+    if resume:
+        raise UserError(f"cannot resume: {run_dir} is not a superpose run directory (no {RUN_MARK} and no "
+                        f"checkpoints); give the --out of a superpose train run that saved a checkpoint")
+    names = _contents(run_dir)
+    if names:
+        hint = f"; it holds an older run: continue it with --resume {run_dir}" if older else ""
+        raise UserError(f"{run_dir} is not empty and not a superpose run directory (it holds {_shown(names)}; no "
+                        f"{RUN_MARK}){hint}; train writes config.json, tokenizer.json and model.safetensors there, "
+                        "so choose a new or empty --out")
+
+
+def check_experiment_dir(out: Path, kind: str) -> None:
+    """Refuse `out` for a compare's or sweep's --out unless it is new, empty, or a `kind`
+    directory (a rerun continues it), touching nothing: an exported model, a data directory, a
+    run, another experiment or its arms, or a folder of the user's own runs is never written."""
+    out = Path(out)
+    owner = owning_experiment(out)
+    if owner is not None and owner[0] != out.absolute():
+        top, info = owner
+        raise UserError(f"{out} is inside the {info['kind']} directory {top}, among its runs; choose an --out "
+                        f"outside it")
+    if not out.is_dir() or not _contents(out):
+        return
+    mark = read_mark(out / EXPERIMENT_MARK)
+    if mark is None or mark.get("kind") not in ARMS:
+        raise UserError(f"{out} is not empty and not a superpose {kind} directory (it holds {_shown(_contents(out))}; "
+                        f"no {EXPERIMENT_MARK}); {kind} writes its runs and reports there, so choose a new or empty "
                         "--out")
+    if mark["kind"] != kind:
+        raise UserError(f"{out} is a superpose {mark['kind']} directory, not a {kind}'s; choose a new or empty --out "
+                        f"for the {kind}")
+
+
+# ----------------------------------------------------------------------------- writing
+
+@contextlib.contextmanager
+def claim(directory: Path, what: str, mine: tuple[str, ...] = ()) -> Iterator[DirLock]:
+    """Hold `directory`'s lock (`files.lock_dir`) while a command writes it. If the command fails
+    having written nothing but its lock and the files named in `mine` (its mark), they are removed
+    again, and the folders the lock created with them: a refused command leaves no trace."""
+    directory = Path(directory)
+    made = [p for p in (directory, *directory.parents) if not p.exists()]  # innermost first
+    before = set(p.name for p in directory.iterdir()) if directory.is_dir() else set()
+    lock = lock_dir(directory, what)
+    try:
+        yield lock
+    except BaseException:
+        if lock.count == 1:  # not inside a caller's hold of the same lock, which decides for itself
+            _undo(directory, before, mine, made)
+        raise
+    finally:
+        lock.release()
+
+
+def _undo(directory: Path, before: set[str], mine: tuple[str, ...], made: list[Path]) -> None:
+    """Remove what a failed command added to `directory`, if that is only its lock and `mine`."""
+    try:
+        added = {p.name for p in directory.iterdir()} - before
+        if not added <= {*mine, LOCK_NAME}:
+            return
+        for name in added:
+            (directory / name).unlink()
+        for folder in made:  # innermost first; one that is not empty (someone else's) stops it
+            folder.rmdir()
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager

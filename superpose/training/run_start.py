@@ -1,5 +1,6 @@
-"""What a run writes into its directory before its first step: config.json, tokenizer.json,
-special_tokens.json and mi.json (the metrics log and the checkpoints come later)."""
+"""What a run writes into its directory before its first step: its mark (.superpose-run.json),
+config.json, tokenizer.json, special_tokens.json and mi.json (the metrics log and the checkpoints
+come later)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from .. import files
 from ..config import Config, save_config
 from ..files import sha256_file
+from .ownership import mark_run
 
 
 def write_run_files(run_dir: Path, cfg: Config, dataset, mi_fit: dict | None, log: Callable[[str], None]) -> None:
@@ -20,6 +22,7 @@ def write_run_files(run_dir: Path, cfg: Config, dataset, mi_fit: dict | None, lo
     gone = files.remove_stale(run_dir)
     if gone:
         log(f"removed leftovers of an interrupted write in {run_dir}: {', '.join(gone)}")
+    mark_run(run_dir)  # first: from now on the folder is a run's, whatever else is written into it
     fix = "free some space and run the command again"
     save_config(cfg, run_dir / "config.json", fix=fix)
     # The tokenizer goes in at the start, not only with the final model, so that every
