@@ -226,13 +226,13 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
     lock-step. Each length then also reports TST's gain against the best baseline: the one with
     the lowest mean final loss there, the compare's own config included."""
     baselines = list(baselines)
-    for v in baselines:  # a bad value fails now, in one line, not after the first seed
-        apply_variant(cfg, v)
     if cfg.schedule().switch_step == 0:
         raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
                         "must get >= 1 step)")
     steps = list(steps or [cfg.train.steps])
     check_lengths(steps, cfg, factors)
+    for v in baselines:  # a bad value fails now, in one line, not after the first seed; by the same rules
+        apply_variant(cfg, v, lambda c: check_lengths(steps, c, factors))
     from .report import tst_label, write_report
 
     # One writer per experiment directory: the arms' run directories, the seeds' results and the
