@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, command
 from .loader import TrainLoader, val_windows
 from .shards import Dataset, open_dataset
 from .tokenizer import same_tokenizer
@@ -135,8 +135,8 @@ def open_mixture(text: str) -> Mixture:
         if other.vocab_size != first.vocab_size or not same_tokenizer(first.tokenizer_path, other.tokenizer_path):
             raise UserError(f"{other.path} was tokenized with another tokenizer ({other.vocab_size} tokens) than "
                             f"{first.path} ({first.vocab_size} tokens), and a mixture has one vocabulary; prepare "
-                            f"it again with: superpose prepare --tokenizer {first.tokenizer_path} --text ... "
-                            f"--out {other.path}")
+                            "it again with: " + command('superpose', 'prepare', '--tokenizer', first.tokenizer_path,
+                                                        '--text', '...', '--out', other.path))
         if (other.eot_id, other.prefix_ids) != (first.eot_id, first.prefix_ids):
             raise UserError(f"{other.path} ends documents with token {other.eot_id} and starts them with "
                             f"{other.prefix_ids}, {first.path} with {first.eot_id} and {first.prefix_ids}; a mixture "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, command
 from ..files import file_record, fsync_path, sha256_file
 
 MAGIC = b"SUPERPOS"
@@ -233,10 +233,11 @@ def read_meta(path: Path) -> dict:
     or meta.json, a corrupt one or another format version is a one-line UserError."""
     meta_path = path / META
     if not path.is_dir():
-        raise UserError(f"data directory {path} does not exist; create it with: superpose prepare --out {path}")
+        raise UserError(f"data directory {path} does not exist; create it with: "
+                        f"{command('superpose', 'prepare', '--out', path)}")
     if not meta_path.is_file():
         raise UserError(f"{path} is not a prepared data directory (no meta.json); "
-                        f"create it with: superpose prepare --out {path}")
+                        f"create it with: {command('superpose', 'prepare', '--out', path)}")
     try:
         meta = json.loads(meta_path.read_text())
         version = meta["format_version"]

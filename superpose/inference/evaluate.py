@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..data import Dataset, Mixture, open_dataset, open_mixture
 from ..data.tokenizer import same_tokenizer
-from ..errors import UserError
+from ..errors import UserError, command
 
 
 def bits_per_byte(nll_sum_nats: float, num_bytes: int) -> float:
@@ -90,7 +90,7 @@ def open_eval_data(src, data: Path | str | None) -> Dataset | Mixture:
     model_tok = tokenizer_path(src)
     if not same_tokenizer(ds.tokenizer_path, model_tok):
         raise UserError(f"{ds.path} was tokenized with another tokenizer than the model's ({model_tok}); prepare "
-                        f"it with: superpose prepare --tokenizer {model_tok} ...")
+                        f"it with: {command('superpose', 'prepare', '--tokenizer', model_tok, '...')}")
     if ds.vocab_size > src.model_config.vocab_size:
         raise UserError(f"{ds.path} has {ds.vocab_size} tokens, more than the model's {src.model_config.vocab_size}")
     return ds

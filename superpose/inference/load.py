@@ -17,7 +17,6 @@ recorded in the checkpoint, when there is one).
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 
 from ..config import Config
 from ..core.model import ModelConfig, Transformer, empty_model
-from ..errors import UserError
+from ..errors import UserError, command
 from ..files import sha256_file
 
 
@@ -154,7 +153,7 @@ def locate(path: Path | str) -> ModelFiles:
     if _is_data_dir(path):  # it has a meta.json too: not a damaged checkpoint, the wrong folder
         raise UserError(f"{path} is a prepared data directory (superpose prepare), not a trained model: give a run "
                         "directory (superpose train --out) or one of its checkpoints/step-N; to score a model on this "
-                        f"data: superpose eval RUN_DIR --data {shlex.quote(str(path))}")
+                        f"data: {command('superpose', 'eval', 'RUN_DIR', '--data', path)}")
     if (path / "meta.json").is_file():
         # Held first, so a live run's writer cannot prune it while it is verified and read.
         held = checkpoint.hold(path)
@@ -195,7 +194,7 @@ def locate(path: Path | str) -> ModelFiles:
     if _looks_like_hf(path):
         raise UserError(f"{path} is a Hugging Face model folder, not a superpose run: load it with "
                         "transformers.AutoModelForCausalLM.from_pretrained, or continue training it with "
-                        f"superpose train --init-from-hf {path}")
+                        f"{command('superpose', 'train', '--init-from-hf', path)}")
     if (path / "metrics.jsonl").is_file():
         raise UserError(f"run {path} has neither a final model (model.safetensors + model.json) nor checkpoints "
                         "yet: let it finish, or train with --checkpoint.every N")

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core.model import ARCHITECTURES, LLAMA, ModelConfig, architecture
-from ..errors import UserError
+from ..errors import UserError, command
 from ..files import copy_file, file_record, make_dir, sha256_file, write_file, write_text
 
 HF_NAME_MAP = LLAMA.hf_names
@@ -372,5 +372,6 @@ def check_hf_tokenizer(hf_dir: Path | str, dataset) -> None:
                         "with the model's tokenizer; save it with tokenizer.save_pretrained (a fast tokenizer) first")
     if not same_tokenizer(theirs, dataset.tokenizer_path):
         raise UserError(f"{dataset.path} was tokenized with another tokenizer than {hf_dir}'s; prepare the data with "
-                        f"it: superpose prepare --tokenizer {theirs} --text ... --out DATA_DIR, then "
+                        "it: " + command('superpose', 'prepare', '--tokenizer', theirs, '--text', '...', '--out',
+                                         'DATA_DIR') + ", then "
                         "--data.path DATA_DIR")
