@@ -45,7 +45,38 @@ CASES = [
          "--baselines optim.warmup_steps=50: a 10-step run decays before its 50-step warmup ends"),
     Case("baselines-field-twice", compare("--baselines", "model.init=normal,model.init=titan"),
          "sets model.init twice"),
+    # --- item 6: readers pointed at a data directory (it has a meta.json too)
+    Case("eval-a-data-directory", ["eval", "{data}"], "is a prepared data directory (superpose prepare), not a trained"),
+    Case("generate-a-data-directory", ["generate", "{data}", "--prompt", "hi"], "is a prepared data directory"),
+    Case("export-a-data-directory", ["export", "{data}", "--hf", "{tmp}/hf"], "is a prepared data directory"),
+    # --- item 7: the tracebacks left
+    Case("tasks-name-not-text", ["eval", "{run}", "--tasks", "{tmp}/t.yaml"], "has task: 5, not a name",
+         setup=lambda tmp, _mp: task_yaml(tmp, "task: 5\n")),
+    Case("tasks-missing-data-file", ["eval", "{run}", "--tasks", "{tmp}/t.yaml"], "names the data file",
+         setup=lambda tmp, _mp: task_yaml(tmp, "task: mine\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                          "    test: /nonexistent/test.jsonl\n")),
+    Case("out-name-too-long", train("--out", "{tmp}/" + "a" * 256), "at most 255"),
+    Case("out-path-too-long", train("--out", "{tmp}/" + "/".join(["b" * 200] * 21)), "a path may have at most"),
+    Case("compare-out-name-too-long", compare("--out", "{tmp}/" + "a" * 256), "at most 255"),
+    Case("prepare-out-name-too-long", ["prepare", "--out", "{tmp}/" + "a" * 256, "--text", "{data}/meta.json"],
+         "at most 255"),
+    Case("data-path-too-long", train("--data.path", "{tmp}/" + "/".join(["b" * 200] * 21)), "a path is too long"),
+    # --- item 8: messages
+    Case("home-unwritable", ["train", "--preset", "cpu-smoke", "--out", "{tmp}/r", *TINY, "--train.steps=2"],
+         "set SUPERPOSE_CACHE to a writable folder, or use data of your own", setup=lambda tmp, mp: no_cache(mp)),
+    Case("prepare-home-unwritable", ["prepare", "--out", "{tmp}/p"], "--data.path DATA_DIR",
+         setup=lambda tmp, mp: no_cache(mp)),
 ]
+
+
+def task_yaml(tmp, text: str) -> None:
+    (tmp / "t.yaml").write_text(text)
+
+
+def no_cache(mp) -> None:
+    """HOME where no folder can be made (/dev/null is a file), and no SUPERPOSE_CACHE."""
+    mp.setenv("HOME", "/dev/null")
+    mp.delenv("SUPERPOSE_CACHE", raising=False)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -60,7 +91,7 @@ def test_hostile_value(case, world, tmp_path, capsys, monkeypatch):  # noqa: F81
     assert len(lines) == 1 and case.needle in lines[0], err
     assert code == case.code, err
     assert digest(world["run"]) == before  # nothing already saved was touched
-    assert not (tmp_path / "c").exists()  # a refused compare creates nothing
+    assert not (tmp_path / "c").exists() and not (tmp_path / "p").exists()  # a refused compare or prepare: nothing
 
 
 # ----------------------------------------------------------------------------- the same rule everywhere
@@ -114,3 +145,124 @@ def test_empty_batches_are_one_value_error():
     for call in calls:
         with pytest.raises(ValueError, match="at least one row"):
             call()
+
+
+# ----------------------------------------------------------------------------- readers (item 6)
+
+def unfinished_copy(run, tmp_path):
+    """The shared run without its final model: a reader takes its newest checkpoint (step 4)."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for name in ("summary.json", "model.safetensors", "model.json"):
+        (copy / name).unlink()
+    return copy
+
+
+@pytest.mark.parametrize("damage", ["stray-empty-step", "newest-without-meta"])
+def test_eval_passes_over_a_step_folder_without_meta_json(world, tmp_path, damage):  # noqa: F811
+    """A step-N without meta.json is a save that never finished (meta.json is written last) or a
+    stray folder, not a checkpoint: eval, generate and load_model take the newest one that has it,
+    as a resume names it, instead of giving up."""
+    from superpose.inference.load import locate
+
+    run = unfinished_copy(world["run"], tmp_path)
+    if damage == "stray-empty-step":
+        (run / "checkpoints" / "step-000009").mkdir()
+        expect = 4
+    else:
+        (run / "checkpoints" / "step-000004" / "meta.json").unlink()
+        expect = 2
+    src = locate(run)
+    assert (src.kind, src.step) == ("checkpoint", expect)
+
+
+def test_a_run_whose_step_folders_all_lack_meta_json_is_one_line(world, tmp_path):  # noqa: F811
+    from superpose.errors import UserError
+    from superpose.inference.load import locate
+
+    run = unfinished_copy(world["run"], tmp_path)
+    for step in ("step-000002", "step-000004"):
+        (run / "checkpoints" / step / "meta.json").unlink()
+    with pytest.raises(UserError, match="has no complete checkpoint"):
+        locate(run)
+
+
+def test_load_model_on_a_data_directory_says_what_it_is(world):  # noqa: F811
+    from superpose.errors import UserError
+    from superpose.inference.load import load_model
+
+    with pytest.raises(UserError, match="is a prepared data directory") as e:
+        load_model(world["data"])
+    assert "corrupt" not in str(e.value) and "--data" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- tracebacks left (item 7)
+
+def test_a_tiny_temperature_samples_like_greedy():
+    """logits / 1e-40 overflowed to inf, softmax gave NaN and torch.multinomial raised."""
+    from superpose.inference.generate import sample_next
+
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
+    for temperature in (1e-40, 1e-300):
+        assert sample_next(logits, temperature, 0, torch.Generator().manual_seed(0)).tolist() == [1, 0]
+    assert sample_next(logits, 1e-40, 2, torch.Generator().manual_seed(0)).tolist() == [1, 0]
+
+
+def test_superpose_lm_eval_without_include_path_names_the_way(monkeypatch, capsys):
+    """superpose_cloze is built from a data directory: lm-eval alone raised 'Tasks not found'."""
+    pytest.importorskip("lm_eval")
+    import sys
+
+    from superpose.interop import lm_eval_adapter
+
+    monkeypatch.setattr(sys, "argv", ["superpose-lm-eval", "--model", "superpose", "--model_args", "path=x",
+                                      "--tasks", "superpose_cloze"])
+    with pytest.raises(SystemExit) as e:
+        lm_eval_adapter.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert "--include_path" in err and "superpose eval RUN_DIR --tasks superpose_cloze" in err
+
+
+def test_more_fewshot_than_examples_is_one_line(world, tmp_path, capsys):  # noqa: F811
+    pytest.importorskip("lm_eval")
+    case = Case("fewshot", [], "")
+    args = ["eval", str(world["run"]), "--tasks", "superpose_cloze", "--limit", "1", "--num-fewshot", "100000"]
+    code, err = run_case(case, args, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("superpose:")] == [
+        "superpose: error: --num-fewshot 100000 is more examples than a task has to draw them from; use fewer (0 for "
+        "none; the paper's evaluation is 0-shot)"]
+
+
+# ----------------------------------------------------------------------------- messages (item 8)
+
+def test_commands_in_messages_are_shell_quoted(tmp_path):
+    """A path with a space or a quote pastes back as one argument."""
+    import shlex
+
+    from superpose.checkpoint import checkpoint_advice
+    from superpose.errors import command
+
+    odd = tmp_path / "my runs" / "it's $HOME"
+    assert shlex.split(command("superpose", "train", "--resume", odd))[-1] == str(odd)
+    advice = checkpoint_advice(odd)  # no checkpoint: the command that started it
+    assert shlex.quote(str(odd)) in advice and f" {odd})" not in advice
+
+
+def test_plot_on_a_full_disk_says_it_once(world, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    code, err = run_case(Case("plot", [], ""), ["plot", str(world["run"]), "--out", str(tmp_path / "p.png")], capsys)
+    lines = [line for line in err.splitlines() if line.startswith("superpose:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].count("metrics.jsonl is only read") == 1 and "free some space" in lines[0]
+    assert not list(tmp_path.iterdir())  # no partial image left
