@@ -340,6 +340,16 @@ def optim_problems(o: OptimConfig) -> list[str]:
     return out
 
 
+def nan_advice(o: OptimConfig) -> str:
+    """What to change after a NaN or Inf: the learning rate and its warmup, unless an optimizer
+    value far outside its usual range is the likelier cause, which is then named first."""
+    unusual = [fix for fix, odd in (("raise --optim.eps (usually 1e-8)", o.eps < 1e-12),
+                                    ("lower --optim.weight_decay (lr x weight_decay is usually <= 1e-3)",
+                                     o.lr * o.weight_decay > 1e-2),
+                                    ("set --optim.grad_clip=1 (0 turns clipping off)", o.grad_clip == 0)) if odd]
+    return "; ".join([*unusual, "lower --optim.lr or raise --optim.warmup_steps"])
+
+
 def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
     """Warnings for overrides the run will not use (torchtitan's rule: say when a setting is
     silently ignored). data.vocab_size sizes only the default corpus's tokenizer: beside

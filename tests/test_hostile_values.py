@@ -108,6 +108,20 @@ def test_the_optim_rules_are_config_problems():
     assert not [p for p in cfg.problems() if p.startswith("optim.")]
 
 
+@pytest.mark.parametrize("setting, advice", [
+    ("--optim.grad_clip=0", "set --optim.grad_clip=1"), ("--optim.eps=1e-20", "raise --optim.eps"),
+    ("--optim.weight_decay=5", "lower --optim.weight_decay")])
+def test_nan_advice_names_an_unusual_optimizer_value_before_the_learning_rate(world, tmp_path, capsys, monkeypatch,  # noqa: F811
+                                                                              setting, advice):
+    from test_checkpoint import inject_nan
+
+    inject_nan(monkeypatch, {1})
+    args = [a.format(data=world["data"], tmp=tmp_path) for a in train(setting)]
+    code, err = run_case(Case("nan", [], ""), args, capsys)
+    line = next(x for x in err.splitlines() if x.startswith("superpose: error:"))
+    assert code == 2 and "loss is nan" in line and line.index(advice) < line.index("lower --optim.lr"), line
+
+
 # ----------------------------------------------------------------------------- the Python API
 
 @pytest.mark.parametrize("weights", [[1e38] * 4, [1e-45] * 4], ids=["sum-overflows", "sum-subnormal"])

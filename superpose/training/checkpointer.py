@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import RESUME_MAY_CHANGE, Config, differences
+from ..config import RESUME_MAY_CHANGE, Config, differences, nan_advice
 from ..core.model import empty_model
 from ..data import Dataset, Mixture
 from ..data.mixture import absolute_mix
@@ -96,7 +96,7 @@ def save_trainer(trainer: Trainer, reason: str = "every") -> Path:
     t, par = trainer, trainer.par
     if not par.all_true(distributed.weights_finite(t.model)):
         raise UserError(f"the weights hold NaN or Inf after step {t.state.step - 1}; not saving them over the last "
-                        "good checkpoint: lower --optim.lr or raise --optim.warmup_steps")
+                        f"good checkpoint: {nan_advice(t.cfg.optim)}")
     progress, step = t.progress(), t.state.step
     meta = _trainer_meta(t, reason, progress)
     if par.mode == "fsdp":  # a collective: the full state, on rank 0 only

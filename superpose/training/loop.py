@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..config import nan_advice
 from ..core.schedule import Phase
 from ..errors import Interrupted, UserError, command
 from .checkpoint import checkpoints
@@ -116,10 +117,10 @@ def stop_or_skip(t, phase: Phase, out: dict) -> None:
         t.log(f"step {step}: batch skipped (train.on_nan=skip), {t.state.skipped_steps} skipped so far")
         return
     found = checkpoints(t.run_dir)
-    kept = (f"the last checkpoint {found[-1][1].name} is untouched; lower --optim.lr or raise "
-            "--optim.warmup_steps in a new run, or resume with --train.on_nan=skip to drop such batches"
-            if found else "no checkpoint was written; lower --optim.lr or raise --optim.warmup_steps, or "
-            "set --train.on_nan=skip to drop such batches")
+    fix = nan_advice(t.cfg.optim)
+    kept = (f"the last checkpoint {found[-1][1].name} is untouched; {fix} in a new run, or resume with "
+            "--train.on_nan=skip to drop such batches"
+            if found else f"no checkpoint was written; {fix}, or set --train.on_nan=skip to drop such batches")
     raise UserError(f"loss is {out['loss']} and grad_norm {out['grad_norm']} at {where}; stopped before the "
                     f"update, {kept}")
 
