@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, notice
+from .errors import UserError, command, notice
 from .files import content_checksum, sha256_file
 
 FORMAT_VERSION = 2
@@ -72,8 +72,9 @@ def newest(run_dir: Path) -> Path:
     if not found and (Path(run_dir) / "metrics.jsonl").is_file() and not (Path(run_dir) / "summary.json").exists():
         # A run that failed before its first save: say how to go on, not only what is missing.
         raise UserError(f"cannot resume: {run_dir} stopped before its first checkpoint, so there is nothing to "
-                        f"resume; start it again in place with the command that started it (superpose train --preset "
-                        f"... --out {run_dir}: its old log is kept), after fixing what stopped it")
+                        "resume; start it again in place with the command that started it ("
+                        f"{command('superpose', 'train', '--preset', '...', '--out', run_dir)}: its old log is "
+                        "kept), after fixing what stopped it")
     if not found:
         what = ("is a file, not a run directory" if Path(run_dir).is_file() else "does not exist"
                 if not Path(run_dir).is_dir() else f"has no checkpoints (no {DIRNAME}/step-N)")
@@ -86,9 +87,10 @@ def checkpoint_advice(run_dir: Path) -> str:
     """How a stopped run goes on: a resume when it has a checkpoint; without one there is nothing
     to resume (a resume would refuse), so the command that started it, which restarts it in place."""
     if checkpoints(run_dir):
-        return f"resume with: superpose train --resume {run_dir}"
-    return (f"start it again with the command that started it (superpose train ... --out {run_dir}): it saved no "
-            "checkpoint yet, so it restarts from step 0 in place")
+        return f"resume with: {command('superpose', 'train', '--resume', run_dir)}"
+    return (f"start it again with the command that started it "
+            f"({command('superpose', 'train', '...', '--out', run_dir)}): it saved no checkpoint yet, so it "
+            "restarts from step 0 in place")
 
 
 def verify_final(run_dir: Path) -> dict:
@@ -125,8 +127,8 @@ def _fix(path: Path) -> str:
             continue
         if m:
             return f"delete {path} to resume from {p.name}, the previous checkpoint"
-        return (f"its checkpoint {p} is intact: use it (superpose eval/generate/export {p}), or write the final "
-                f"model again from it with superpose train --resume {run_dir}")
+        return (f"its checkpoint {p} is intact: use it (superpose eval/generate/export {command(p)}), or write "
+                f"the final model again from it with {command('superpose', 'train', '--resume', run_dir)}")
     if m:
         return ("no older checkpoint is intact (each was verified), so the run must be trained again (superpose "
                 "train --out NEW_DIR)")
@@ -213,7 +215,8 @@ def read_meta(path: Path) -> dict:
     meta_path = path / "meta.json"
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist (any more); another process may be writing this run: "
-                        f"see superpose train --resume {path.parent.parent} for its newest checkpoint")
+                        f"see {command('superpose', 'train', '--resume', path.parent.parent)} for its newest "
+                        "checkpoint")
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         sources = [corpus.hub_source(args.hf_dataset, args.hf_config, args.split, args.text_field,
                                      args.data_files or None)]
     else:
-        sources = default_corpus.default_sources(default_corpus.cache_dir() / "downloads", log=_log)
+        sources = default_corpus.default_sources(default_corpus.cache_folder("downloads"), log=_log)
     prepare(Path(args.out), sources, vocab_size=args.vocab_size,
             tokenizer=Path(args.tokenizer) if args.tokenizer else None,
             val_fraction=args.val_fraction, seed=args.seed, log=_log, eot_token=args.eot_token,
@@ -194,7 +195,7 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
         if any(n != int(n) or n < 1 for n in lengths):
             raise UserError(f"--steps takes positive whole step counts, e.g. 300,600,1200; got {args.steps!r}")
         steps = [int(n) for n in lengths]
-    compare(cfg, Path(args.out), seeds, factors, command=" ".join(["superpose", *sys.argv[1:]]), log=_log,
+    compare(cfg, Path(args.out), seeds, factors, command=shlex.join(["superpose", *sys.argv[1:]]), log=_log,
             steps=steps, baselines=variants, tst_grid=tst_grid)
 
 
@@ -207,7 +208,7 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
     if any(s != int(s) for s in sizes):
         raise UserError(f"--bag-sizes takes integers, got {args.bag_sizes!r}")
     sweep(cfg, Path(args.out), [int(s) for s in sizes], _floats(args.ratios, "--ratios"), seeds,
-          command=" ".join(["superpose", *sys.argv[1:]]), log=_log)
+          command=shlex.join(["superpose", *sys.argv[1:]]), log=_log)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -292,10 +293,44 @@ def _out_of_memory(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
+# Linux's limits (NAME_MAX, PATH_MAX), with room under an output folder for the files superpose
+# writes inside it (checkpoints/step-000000/model.safetensors, .superpose-experiment.json, ...).
+NAME_MAX, PATH_MAX, ROOM_INSIDE = 255, 4096, 64
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse an output path the file system cannot hold, before anything is created: the OSError
+    would come from deep inside, after a lock or a folder was made."""
+    for flag in ("out", "hf", "json", "resume"):
+        value = getattr(args, flag, None)
+        if not value:
+            continue
+        path = Path(value)
+        long_name = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
+        if long_name is not None:
+            raise UserError(f"--{flag}: the name {long_name[:40]}... is {len(os.fsencode(long_name))} bytes; a file "
+                            f"or folder name may have at most {NAME_MAX}: choose a shorter one")
+        if len(os.fsencode(os.path.abspath(path))) + ROOM_INSIDE > PATH_MAX:
+            raise UserError(f"--{flag}: the path is {len(os.fsencode(os.path.abspath(path)))} bytes long; with the "
+                            f"files written inside it, a path may have at most {PATH_MAX - ROOM_INSIDE}: choose a "
+                            "shorter one")
+
+
+def _name_too_long(e: BaseException) -> str | None:
+    """The one line for a path the file system refused as too long (ENAMETOOLONG), else None."""
+    import errno
+
+    if not (isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG):
+        return None
+    return (f"a path is too long for the file system ({str(e.filename)[:60]}...): names may have at most "
+            f"{NAME_MAX} bytes and whole paths {PATH_MAX}; choose a shorter one")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()  # cli_parser.py: each verb's options
     args, extra = parser.parse_known_args(argv)
     try:
+        check_output_paths(args)
         if args.verb == "train":
             cmd_train(args, extra)
         elif args.verb == "compare":
@@ -340,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
                   "--data.seq_len (checkpoints already written are untouched)", file=sys.stderr)
             return 2
 
+        too_long = _name_too_long(e)  # an input path (a data directory, a run) past the file system's limits
+        if too_long is not None:
+            print(f"superpose: error: {rank_tag()}{too_long}", file=sys.stderr)
+            return 2
         line = describe_lost_peer(e)  # another rank failed first: say so in one line, not a traceback
         if line is None:
             raise

@@ -272,14 +272,12 @@ class Config:
                 parse_stages(t.schedule)
             except ValueError as e:
                 out.append(f"tst.schedule: {e}; write it as BAG:FRACTION,... e.g. 8:0.1,4:0.1,2:0.1")
-        need(o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
+        out += optim_problems(o)
         need(o.warmup_steps >= 0, f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
         need(0.0 <= o.decay_frac <= 1.0, f"optim.decay_frac: must be in [0, 1], got {o.decay_frac}")
         need(o.decay_shape in DECAY_SHAPES, f"optim.decay_shape: must be one of {', '.join(DECAY_SHAPES)}, got {o.decay_shape!r}")
         need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio: must be in [0, 1], got {o.min_lr_ratio}")
         need(0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, f"optim.beta1/beta2: must be in [0, 1), got {o.beta1}, {o.beta2}")
-        need(o.eps > 0, f"optim.eps: must be > 0, got {o.eps}")
-        need(o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
         need(o.grad_clip >= 0, f"optim.grad_clip: must be >= 0 (0 disables), got {o.grad_clip}")
         need(tr.steps >= 1, f"train.steps: must be >= 1, got {tr.steps}")
         need(tr.batch_size >= 1, f"train.batch_size: must be >= 1, got {tr.batch_size}")
@@ -316,6 +314,42 @@ class Config:
         if problems:
             raise UserError("invalid config: " + "; ".join(problems))
         return self
+
+
+# AdamW keeps its moments and its eps in float32: an eps below this rounds to 0 (or to a subnormal
+# that sqrt(v) + eps no longer sees), and a weight whose gradient is 0 then takes 0 / 0 = NaN.
+MIN_EPS = 1e-30
+# A peak learning rate above this moves each weight by more than its own scale in one step: the
+# run diverges (or, near float32's range, the update itself overflows), whatever else is set.
+MAX_LR = 1.0
+
+
+def optim_problems(o: OptimConfig) -> list[str]:
+    """The optimizer's fields that would train nothing or NaN, named before any step is taken (so
+    the NaN guard's advice about the learning rate is never the wrong advice)."""
+    out = []
+    if not 0 < o.lr <= MAX_LR:
+        out.append(f"optim.lr: must be in (0, {MAX_LR:g}] (AdamW moves each weight by about lr a step), got {o.lr}")
+    if not MIN_EPS <= o.eps <= 1:
+        out.append(f"optim.eps: must be in [{MIN_EPS:g}, 1] (float32 rounds a smaller one to 0, and a weight with a "
+                   f"zero gradient then updates by 0/0 = NaN), got {o.eps}")
+    if o.weight_decay < 0:
+        out.append(f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+    elif 0 < o.lr <= MAX_LR and o.lr * o.weight_decay >= 1:
+        # Decoupled decay multiplies each decayed weight by 1 - lr * weight_decay every step.
+        out.append(f"optim.weight_decay: times optim.lr must be < 1 (AdamW multiplies the weights by 1 - lr x "
+                   f"weight_decay each step; at >= 1 they vanish or flip sign), got {o.weight_decay} x {o.lr}")
+    return out
+
+
+def nan_advice(o: OptimConfig) -> str:
+    """What to change after a NaN or Inf: the learning rate and its warmup, unless an optimizer
+    value far outside its usual range is the likelier cause, which is then named first."""
+    unusual = [fix for fix, odd in (("raise --optim.eps (usually 1e-8)", o.eps < 1e-12),
+                                    ("lower --optim.weight_decay (lr x weight_decay is usually <= 1e-3)",
+                                     o.lr * o.weight_decay > 1e-2),
+                                    ("set --optim.grad_clip=1 (0 turns clipping off)", o.grad_clip == 0)) if odd]
+    return "; ".join([*unusual, "lower --optim.lr or raise --optim.warmup_steps"])
 
 
 def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:

@@ -35,3 +35,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.signum = signum
+
+
+def command(*words) -> str:
+    """A command line that a message tells the user to run, each word shell-quoted (shlex.join):
+    a path with a space, a quote or a `$` in it pastes back as the one argument it is."""
+    import shlex
+
+    return shlex.join(str(w) for w in words)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 from torch import Tensor
 
+from ..errors import UserError
+
 INIT_SCHEMES = ("normal", "torch", "torch-attn", "torch-mlp", "titan")
 
 
@@ -92,6 +94,19 @@ class CommonConfig:
         if self.init not in INIT_SCHEMES:
             out.append(f"model.init: must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
         return out
+
+    def problems(self) -> list[str]:
+        """Every invalid field (ModelConfig adds each architecture's own checks)."""
+        return self.common_problems()
+
+    def check_buildable(self) -> None:
+        """Raise a ValueError naming every field a model cannot be built with: a Python caller of
+        build_model(ModelConfig(dim=30, n_heads=4)) gets the field, not a shape error from torch."""
+        problems = self.problems()
+        if self.vocab_size == 0:
+            problems.append("model.vocab_size: 0 means 'the tokenizer's size', so set it to that before building a model")
+        if problems:
+            raise UserError("invalid model config: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
         return asdict(self)

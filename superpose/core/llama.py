@@ -46,7 +46,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: CommonConfig):
         super().__init__()
         cfg.resolve()
-        assert cfg.vocab_size > 0, "resolve vocab_size from the tokenizer before building the model"
+        cfg.check_buildable()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layers))
@@ -160,7 +160,11 @@ class Transformer(nn.Module):
         it: they get RoPE positions cache.length .. cache.length+T-1, attend to the cached keys
         and values, and their own are appended. An empty cache computes exactly what no cache does.
         """
-        assert (input_ids is None) != (inputs_embeds is None), "pass exactly one of input_ids, inputs_embeds"
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (B, T) and inputs_embeds (B, T, D)")
+        x, name = (input_ids, "input_ids (B, T)") if inputs_embeds is None else (inputs_embeds, "inputs_embeds (B, T, D)")
+        if x.dim() < 2 or x.shape[0] == 0 or x.shape[1] == 0:  # torch's own error names a reshape deep inside
+            raise ValueError(f"{name} must hold at least one row of at least one position, got shape {tuple(x.shape)}")
         h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         start = 0 if cache is None else cache.length
         positions = torch.arange(start, start + h.shape[1], device=h.device)  # (T,)

@@ -53,6 +53,8 @@ def _tensor(t: object, name: str, shape: str, kind: str | None = None) -> Tensor
     ndim = len(shape.strip("()").split(","))
     if t.dim() != ndim:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.numel() == 0:  # an empty batch: torch's own error names an ambiguous reshape deep inside
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); give at least one row of at least one position")
     if kind == "ids" and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
         raise TypeError(f"{name} must hold integer token ids (torch.long), got {t.dtype}")
     if kind == "float" and not t.dtype.is_floating_point:
@@ -228,6 +230,12 @@ def bag_weights(weights: str | Tensor | None, bag_size: int) -> Tensor:
     if w.numel() != bag_size or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
         raise ValueError(f"bag weights must be {bag_size} non-negative finite numbers, not all zero; got "
                          f"{w.tolist()}")
+    # The losses normalise g~ = s * g / sum(g) in float32: a sum that overflows ([1e38] * 4) makes
+    # every g~ 0 (loss 0, gradient 0: nothing trains), one that is subnormal makes s / sum(g) inf.
+    total = w.sum()
+    if not bool(torch.isfinite(total)) or not bool(torch.isfinite(bag_size / total)):
+        raise ValueError(f"bag weights {w.tolist()} sum to {float(total):g}, which float32 cannot normalise "
+                         "(s * g / sum(g)); scale them to about 1 (only their ratios matter)")
     return w
 
 

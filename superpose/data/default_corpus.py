@@ -283,6 +283,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SUPERPOSE_CACHE") or Path.home() / ".cache" / "superpose")
 
 
+def cache_folder(name: str) -> Path:
+    """cache_dir() / name, created. A cache that cannot be created (HOME read-only, or none) is one
+    line naming both ways around it: another cache, or data of the user's own."""
+    path = cache_dir() / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the superpose cache {path} ({e.strerror or e}); set SUPERPOSE_CACHE to a "
+                        "writable folder, or use data of your own: superpose prepare --text FILES --out DATA_DIR, "
+                        "then train with --data.path DATA_DIR") from None
+    return path
+
+
 def default_data_dir(vocab_size: int) -> Path:
     return cache_dir() / "data" / f"default-v{vocab_size}"
 
@@ -292,5 +305,6 @@ def ensure_default_corpus(vocab_size: int, log: Callable[[str], None] = print) -
     out = default_data_dir(vocab_size)
     if is_prepared(out):
         return out
+    cache_folder("data")  # a cache that cannot be created is said here, naming SUPERPOSE_CACHE
     log(f"prepare: building the default corpus into {out} (once; set SUPERPOSE_CACHE to move it)")
-    return prepare_once(out, lambda: default_sources(cache_dir() / "downloads", log=log), log, vocab_size=vocab_size)
+    return prepare_once(out, lambda: default_sources(cache_folder("downloads"), log=log), log, vocab_size=vocab_size)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, command
 
 FILE = "mi.json"
 PLOT = "mi.png"
@@ -149,7 +149,8 @@ def load(data_dir: Path) -> dict | None:
         fit = record["fit"]
         float(fit["a"]), float(fit["k"]), float(fit["c0"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read {path} ({e}); measure it again with: superpose mi --data {data_dir}") from None
+        raise UserError(f"cannot read {path} ({e}); measure it again with: "
+                        f"{command('superpose', 'mi', '--data', data_dir)}") from None
     return record
 
 

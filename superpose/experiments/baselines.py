@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import Config, set_field
@@ -62,6 +63,9 @@ def parse_baselines(text: str | None) -> list[Variant]:
                 raise UserError(f"--baselines variant {i}: {key} is fixed for every arm (it sets TST, the data and "
                                 "its evaluation, the run length, the seed or the FLOPs of a step); vary options "
                                 "such as model.init or optim.lr")
+            if key in dict(pairs):  # the last one would win without a word
+                raise UserError(f"--baselines variant {i} ({part!r}) sets {key} twice; give each field once per "
+                                "variant, and separate variants with ';' (model.init=normal;model.init=titan)")
             pairs.append((key, value.strip()))
         name = ",".join(f"{k}={v}" for k, v in pairs)
         if name in {v.name for v in out}:
@@ -121,16 +125,22 @@ def grid_edges(cells: dict[str, float], variants: list[Variant]) -> list[str]:
     return out
 
 
-def apply_variant(cfg: Config, variant: Variant | None) -> Config:
+def apply_variant(cfg: Config, variant: Variant | None, check: Callable[[Config], None] | None = None) -> Config:
     """`cfg` with the variant's overrides (a copy; None: `cfg` itself). A bad value is one UserError
-    that names the flag the variant came from."""
+    that names the flag the variant came from.
+
+    The variant's config goes through the same checks as the compare's own: `Config.validate`,
+    then `check` (compare's run-length rules), so a value refused for one arm is refused for all."""
     if variant is None:
         return cfg
     c = copy.deepcopy(cfg)
     try:
         for key, value in variant.overrides:
             set_field(c, key, value)
-        return c.validate()
+        c.validate()
+        if check is not None:
+            check(c)
+        return c
     except UserError as e:
         raise UserError(f"{variant.source} {variant.name}: {e}") from None
 

@@ -279,14 +279,14 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
     `tst_grid`: TST's own cells (`parse_grid`), each one more TST arm per seed and length; TST is
     then the cell with the lowest mean final loss at each length, tuned as hard as the baselines."""
     baselines, tst_grid = _distinct_baselines(cfg, baselines, log), list(tst_grid)
-    for v in baselines:  # a bad value fails now, in one line, not after the first seed
-        apply_variant(cfg, v)
     for c in tst_grid or [None]:
         if apply_variant(cfg, c).schedule().switch_step == 0:
             raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
                             f"must get >= 1 step){f'; --tst-grid cell {c.name} has none' if c else ''}")
     steps = list(steps or [cfg.train.steps])
     check_lengths(steps, cfg, factors)
+    for v in [*tst_grid, *baselines]:  # a bad value fails now, in one line, not after the first seed
+        apply_variant(cfg, v, lambda c: check_lengths(steps, c, factors))  # every arm by the same rules
     from .report import tst_label, write_report
 
     # One writer per experiment directory: the arms' run directories, the seeds' results and the

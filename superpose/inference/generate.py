@@ -29,7 +29,11 @@ def sample_next(logits: Tensor, temperature: float, top_k: int, generator: torch
     sample from softmax(logits / temperature) restricted to the top_k (0 = all) tokens."""
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
-    logits = logits.float() / temperature
+    # Shifted so the largest is 0 before dividing, in float64 (which holds any temperature > 0 the
+    # float32 logits would round to 0): a tiny temperature (1e-40) then sends the others to -inf,
+    # greedy in the limit, never the largest to inf (or 0 / 0) and softmax to NaN.
+    logits = logits.double()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

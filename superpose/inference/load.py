@@ -24,7 +24,7 @@ import torch
 
 from ..config import Config
 from ..core.model import ModelConfig, Transformer, empty_model
-from ..errors import UserError
+from ..errors import UserError, command
 from ..files import sha256_file
 
 
@@ -150,6 +150,10 @@ def locate(path: Path | str) -> ModelFiles:
                         "directory (RUN_DIR/checkpoints/step-NNNNNN)")
     if not path.is_dir():
         raise UserError(f"{path} is a file; give its directory: a run directory or a checkpoint directory")
+    if _is_data_dir(path):  # it has a meta.json too: not a damaged checkpoint, the wrong folder
+        raise UserError(f"{path} is a prepared data directory (superpose prepare), not a trained model: give a run "
+                        "directory (superpose train --out) or one of its checkpoints/step-N; to score a model on this "
+                        f"data: {command('superpose', 'eval', 'RUN_DIR', '--data', path)}")
     if (path / "meta.json").is_file():
         # Held first, so a live run's writer cannot prune it while it is verified and read.
         held = checkpoint.hold(path)
@@ -190,7 +194,7 @@ def locate(path: Path | str) -> ModelFiles:
     if _looks_like_hf(path):
         raise UserError(f"{path} is a Hugging Face model folder, not a superpose run: load it with "
                         "transformers.AutoModelForCausalLM.from_pretrained, or continue training it with "
-                        f"superpose train --init-from-hf {path}")
+                        f"{command('superpose', 'train', '--init-from-hf', path)}")
     if (path / "metrics.jsonl").is_file():
         raise UserError(f"run {path} has neither a final model (model.safetensors + model.json) nor checkpoints "
                         "yet: let it finish, or train with --checkpoint.every N")
@@ -198,20 +202,38 @@ def locate(path: Path | str) -> ModelFiles:
                     "(no meta.json); give the --out directory of superpose train or one of its checkpoints/step-N")
 
 
+def _is_data_dir(path: Path) -> bool:
+    """Whether `path` is a prepared data directory: its meta.json records splits, never a step."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(meta, dict) and "splits" in meta and "step" not in meta
+
+
 def _newest_checkpoint(run_dir: Path) -> ModelFiles:
     """The newest checkpoint of a run, held. A live run's writer may prune the newest one between
     the listing and the hold: then the listing is read again, so a reader never mistakes a
-    checkpoint pruned by a healthy run for a lost one."""
+    checkpoint pruned by a healthy run for a lost one.
+
+    A step-N folder without meta.json is not a checkpoint (meta.json is written last, so it is a
+    save that never finished, or a stray folder): it is passed over for the newest one that has
+    it. A checkpoint that has one and fails verification is refused, never skipped."""
     from .. import checkpoint
 
     for _ in range(20):
-        found = checkpoint.checkpoints(run_dir)
-        if not found:
+        found = [p for _, p in checkpoint.checkpoints(run_dir)]
+        complete = [p for p in found if (p / "meta.json").is_file()]
+        if not complete:
+            if found:
+                raise UserError(f"run {run_dir} has no complete checkpoint: {', '.join(p.name for p in found)} "
+                                "hold no meta.json (saves that never finished); train it again (superpose train "
+                                "--out a new directory)")
             break
         try:
-            return locate(found[-1][1])
+            return locate(complete[-1])
         except UserError:
-            if found[-1][1].is_dir():  # still there: really damaged
+            if complete[-1].is_dir():  # still there: really damaged
                 raise
     return locate(checkpoint.newest(run_dir))
 

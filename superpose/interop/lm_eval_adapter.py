@@ -233,7 +233,29 @@ def main() -> None:
 
     quiet_git()
     try:
+        _check_local_tasks(sys.argv[1:])
         cli_evaluate()
     except UserError as e:
         print(f"superpose-lm-eval: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ValueError as e:
+        if not str(e).startswith("Tasks not found"):  # lm-eval's own words for an unknown task name
+            raise
+        print(f"superpose-lm-eval: {e}; give an lm-eval task name, or --include_path FOLDER holding the task's "
+              "yaml", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _check_local_tasks(argv: list[str]) -> None:
+    """superpose_cloze is built from a data directory, so lm-eval has no such task until it is
+    built into a folder given with --include_path: say how, before lm-eval's traceback does."""
+    from ..tasks import LOCAL_TASKS
+
+    given = {a.split("=", 1)[0] for a in argv}
+    names = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--tasks"]
+    names += [a.split("=", 1)[1] for a in argv if a.startswith("--tasks=")]
+    local = [t for n in names for t in n.split(",") if t.strip() in LOCAL_TASKS]
+    if local and "--include_path" not in given:
+        raise UserError(f"{local[0]} is built from a data directory: run superpose eval RUN_DIR --tasks {local[0]} "
+                        "(it builds and runs it), or build it with python -c \"from superpose.tasks import "
+                        "build_cloze; build_cloze('DATA_DIR', 'tasks')\" and add --include_path tasks")

@@ -38,6 +38,27 @@ def check_task_file(path: Path) -> None:
                         "task: NAME, dataset_path: ..., ...)") from None
     if not isinstance(doc, dict) or not (doc.get("task") or doc.get("group")):
         raise UserError(f"task file {path} names no task (no `task: NAME` entry); write it in lm-eval's task format")
+    if not isinstance(doc.get("task", ""), (str, list)):  # a group lists its tasks; a task is a name
+        raise UserError(f"task file {path} has task: {doc['task']!r}, not a name; write task: NAME (text)")
+    missing = [f for f in _local_files(doc.get("dataset_kwargs")) if not Path(f).exists()]
+    if missing:
+        raise UserError(f"task file {path} names the data file {missing[0]}, which does not exist; fix data_files in "
+                        "the task yaml (a path is read from the current directory)")
+
+
+def _local_files(kwargs) -> list[str]:
+    """The local paths among a task's dataset_kwargs.data_files (a path, a list, or split -> either);
+    URLs (hf://, https://) and glob patterns are left to the datasets library."""
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
+    if isinstance(files, dict):
+        files = list(files.values())
+    out = []
+    for f in files if isinstance(files, list) else [files]:
+        if isinstance(f, list):
+            out += _local_files({"data_files": f})
+        elif isinstance(f, str) and "://" not in f and not any(c in f for c in "*?["):
+            out.append(f)
+    return out
 
 
 def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None, limit: int | None = None,
@@ -74,6 +95,11 @@ def run_tasks(path: Path | str, tasks: list[str], data: Path | str | None = None
         try:
             results = lm_eval.simple_evaluate(model=lm, tasks=specs, task_manager=manager, num_fewshot=num_fewshot,
                                               limit=limit, log_samples=False, bootstrap_iters=1000)
+        except ValueError as e:
+            if num_fewshot is None or "Sample larger than population" not in str(e):
+                raise
+            raise UserError(f"--num-fewshot {num_fewshot} is more examples than a task has to draw them from; use "
+                            "fewer (0 for none; the paper's evaluation is 0-shot)") from None
         except (ConnectionError, OSError) as e:
             if not hub:
                 raise

@@ -27,7 +27,7 @@ from ..data import (Dataset, Mixture, MixtureLoader, TrainLoader, open_dataset, 
 from ..data.mixture import absolute_mix
 from ..data.tokenizer import load_tokenizer_file
 from ..checks import check_model_memory, count_params
-from ..errors import UserError
+from ..errors import UserError, command
 from .. import checkpoint
 from . import distributed, faults, tracking
 from .metrics import quiet
@@ -173,7 +173,7 @@ def mi_fit(schedule: Schedule, dataset: Dataset, run_dir: Path, log: Callable[[s
     record = mutual_info.load(run_dir) or mutual_info.load(dataset.path)
     if record is None:
         log(f"mi: {dataset.path} has no {mutual_info.FILE} (prepared before superpose measured it); measuring now "
-            f"(store it with: superpose mi --data {dataset.path})")
+            f"(store it with: {command('superpose', 'mi', '--data', dataset.path)})")
         record = mutual_info.measure(dataset, log=log)
     for phase in schedule.phases:
         try:
@@ -232,7 +232,8 @@ def restart_if_nothing_saved(run_dir: Path, log: Callable[[str], None]) -> None:
         raise UserError(f"{run_dir} already holds a run, finished and without checkpoints to continue from; "
                         "choose another --out")
     if has_checkpoints:
-        raise UserError(f"{run_dir} already holds a run; choose another --out, or continue it with --resume {run_dir}")
+        raise UserError(f"{run_dir} already holds a run; choose another --out, or continue it with "
+                        f"{command('--resume', run_dir)}")
     n = 1
     while (run_dir / f"metrics.jsonl.failed-{n}").exists():
         n += 1

@@ -24,6 +24,7 @@ import torch
 
 from .. import files
 from ..checkpoint import DIRNAME, FORMAT_VERSION, checkpoint_advice, checkpoints, meta_checksum, step_name
+from ..errors import command
 from ..files import file_record, fsync_path, write_error, write_file
 from . import faults
 
@@ -118,7 +119,8 @@ def _disk_full_fix(run_dir: Path, tmp: Path, needed: int) -> str:
         return (f"the disk has {files.mb(files.free_bytes(root))} free but no room for more files (out of inodes "
                 f"or over a quota: see df -i): delete some files on it, then {go_on}")
     if older and freed >= short:
-        return (f"resume with superpose train --resume {run_dir} --checkpoint.keep=1 (it deletes the {len(older)} "
+        return (f"resume with {command('superpose', 'train', '--resume', run_dir, '--checkpoint.keep=1')} (it "
+                f"deletes the {len(older)} "
                 f"older checkpoint(s), {files.mb(freed)}, before each save), or free {files.mb(short)} and "
                 "resume without it")
     also = f" (or {files.mb(short - freed)} with --checkpoint.keep=1)" if older else ""

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import RESUME_MAY_CHANGE, Config, differences
+from ..config import RESUME_MAY_CHANGE, Config, differences, nan_advice
 from ..core.model import empty_model
 from ..data import Dataset, Mixture
 from ..data.mixture import absolute_mix
-from ..errors import UserError
+from ..errors import UserError, command
 from ..files import WriteError, file_record, sha256_file, write_file
 from . import distributed
 from .optimizer import configure_optimizer
@@ -96,7 +96,7 @@ def save_trainer(trainer: Trainer, reason: str = "every") -> Path:
     t, par = trainer, trainer.par
     if not par.all_true(distributed.weights_finite(t.model)):
         raise UserError(f"the weights hold NaN or Inf after step {t.state.step - 1}; not saving them over the last "
-                        "good checkpoint: lower --optim.lr or raise --optim.warmup_steps")
+                        f"good checkpoint: {nan_advice(t.cfg.optim)}")
     progress, step = t.progress(), t.state.step
     meta = _trainer_meta(t, reason, progress)
     if par.mode == "fsdp":  # a collective: the full state, on rank 0 only
@@ -214,10 +214,12 @@ def _final_fallback(t: Trainer) -> str:
         found = checkpoints(run)
     if found and found[-1][0] == steps:
         return (f"the trained weights are saved in checkpoint {found[-1][1]} (usable with superpose eval/generate/"
-                f"export); free space and resume with: superpose train --resume {run} to write the final model "
+                f"export); free space and resume with: {command('superpose', 'train', '--resume', run)} to write "
+                "the final model "
                 "without redoing a step")
     if found:
-        return (f"the newest checkpoint {found[-1][1].name} is intact: free space and resume with superpose train "
-                f"--resume {run} (it redoes steps {found[-1][0]}-{steps - 1}, bit for bit)")
+        return (f"the newest checkpoint {found[-1][1].name} is intact: free space and resume with "
+                f"{command('superpose', 'train', '--resume', run)} (it redoes steps {found[-1][0]}-{steps - 1}, "
+                "bit for bit)")
     return ("no checkpoint fits either, so the trained weights could not be kept: free space and train again "
             "(checkpoint.every_minutes keeps a resumable state of long runs)")

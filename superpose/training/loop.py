@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..config import nan_advice
 from ..core.schedule import Phase
-from ..errors import Interrupted, UserError
+from ..errors import Interrupted, UserError, command
 from .checkpoint import checkpoints
 from .checkpointer import save_final
 from .distributed import weights_finite
@@ -58,7 +59,7 @@ def run(t, progress: bool = True) -> dict:
                     path = t.save_checkpoint(reason=name)
                     again = "torchrun --nproc_per_node N -m superpose" if t.par.distributed else "superpose"
                     raise Interrupted(signum, f"stopped by {name} after step {t.state.step - 1}; saved "
-                                      f"{path}; continue with: {again} train --resume {t.run_dir}")
+                                      f"{path}; continue with: {again} {command('train', '--resume', t.run_dir)}")
         except BaseException:
             t.bar.close()
             t.metrics.close()
@@ -90,9 +91,11 @@ def stopped_at_once(run_dir: Path, step: int, signum: int) -> str:
     saved = checkpoints(run_dir)
     if saved:
         return (f"stopped at once by a second {name} during step {step}, without saving; the newest "
-                f"checkpoint {saved[-1][1].name} is intact; continue with: superpose train --resume {run_dir}")
+                f"checkpoint {saved[-1][1].name} is intact; continue with: "
+                f"{command('superpose', 'train', '--resume', run_dir)}")
     return (f"stopped at once by a second {name} during step {step}, before any checkpoint was saved; "
-            f"start it again in place with the command that started it (superpose train ... --out {run_dir})")
+            "start it again in place with the command that started it "
+            f"({command('superpose', 'train', '...', '--out', run_dir)})")
 
 
 def stop_or_skip(t, phase: Phase, out: dict) -> None:
@@ -114,10 +117,10 @@ def stop_or_skip(t, phase: Phase, out: dict) -> None:
         t.log(f"step {step}: batch skipped (train.on_nan=skip), {t.state.skipped_steps} skipped so far")
         return
     found = checkpoints(t.run_dir)
-    kept = (f"the last checkpoint {found[-1][1].name} is untouched; lower --optim.lr or raise "
-            "--optim.warmup_steps in a new run, or resume with --train.on_nan=skip to drop such batches"
-            if found else "no checkpoint was written; lower --optim.lr or raise --optim.warmup_steps, or "
-            "set --train.on_nan=skip to drop such batches")
+    fix = nan_advice(t.cfg.optim)
+    kept = (f"the last checkpoint {found[-1][1].name} is untouched; {fix} in a new run, or resume with "
+            "--train.on_nan=skip to drop such batches"
+            if found else f"no checkpoint was written; {fix}, or set --train.on_nan=skip to drop such batches")
     raise UserError(f"loss is {out['loss']} and grad_norm {out['grad_norm']} at {where}; stopped before the "
                     f"update, {kept}")
 

@@ -20,6 +20,7 @@ import torch
 from ..checkpoint import checkpoint_advice
 from ..core.losses import bag_loss
 from ..data import Mixture, MixtureLoader
+from ..errors import command
 from ..files import AppendLog, write_text
 
 
@@ -221,7 +222,7 @@ def truncate_metrics(path: Path, step: int) -> int:
         else:
             dropped += 1
     write_text(path, "".join(keep), intact=f"{path} is unchanged",
-               fix=f"free some space and resume again: superpose train --resume {path.parent}")
+               fix=f"free some space and resume again: {command('superpose', 'train', '--resume', path.parent)}")
     return dropped
 
 
