@@ -9,6 +9,9 @@
 set -euo pipefail
 seed=$1; shift
 root=${GRID_OUT:-runs/tune12k}
+# Each finished cell's summary, config and metrics are copied into the record (runs/ does not
+# outlive the machine; the record does once committed).
+keep=${GRID_RECORD:-$(cd "$(dirname "$0")/.." && pwd)/screen}
 common=(--preset cpu-long --train.steps=12000 --train.seed="$seed" --train.threads=1
         --data.val_tokens=229376 --train.eval_every=1000 --checkpoint.every=500 --checkpoint.every_minutes=5)
 for cell in "$@"; do
@@ -19,12 +22,15 @@ for cell in "$@"; do
     *) echo "grid.sh: unknown arm $arm in $cell (tst or base)" >&2; exit 2 ;;
   esac
   out=$root/$arm-$init-lr$lr-s$seed
-  if [ -f "$out/summary.json" ]; then continue; fi
-  if [ -d "$out/checkpoints" ] && ls "$out"/checkpoints/step-* >/dev/null 2>&1; then
+  name=$(basename "$out")
+  if [ -f "$keep/$name/summary.json" ]; then continue; fi
+  if [ -f "$out/summary.json" ]; then :  # finished, not yet copied
+  elif [ -d "$out/checkpoints" ] && ls "$out"/checkpoints/step-* >/dev/null 2>&1; then
     nice -n 19 .venv/bin/superpose train --resume "$out" --train.threads=1
   else
     rm -rf "$out"
     nice -n 19 .venv/bin/superpose train "${common[@]}" "${tst[@]}" --model.init="$init" --optim.lr="$lr" --out "$out"
   fi
+  mkdir -p "$keep/$name" && cp "$out"/summary.json "$out"/config.json "$out"/metrics.jsonl "$keep/$name/"
   echo "grid.sh: $cell seed $seed: $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['val_loss'])" "$out/summary.json")"
 done
