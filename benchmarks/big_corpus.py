@@ -92,6 +92,21 @@ SOURCES = [
      r"/(_sources|_static)/|/(genindex|search)\.html$"),
     ("sphinx-doc", "BSD-2-Clause", "usr/share/doc/sphinx-doc",
      r"/(_modules|_sources|_static|_images|_downloads)/|/(genindex|search|py-modindex)\.html$"),
+    ("python-dask-doc", "BSD-3-Clause", "usr/share/doc/python-dask-doc/html", r"/(_modules|_sources|_static|_images|_downloads|api|modules)/|/(genindex|search|py-modindex)\.html$"),
+    ("python-skimage-doc", "BSD-3-Clause", "usr/share/doc/python-skimage-doc/html", r"/(_modules|_sources|_static|_images|_downloads|api|modules)/|/(genindex|search|py-modindex)\.html$"),
+    ("numba-doc", "BSD-2-Clause", "usr/share/doc/numba-doc/html", r"/(_modules|_sources|_static|_images|_downloads|api|modules)/|/(genindex|search|py-modindex)\.html$"),
+    ("pylint-doc", "GPL-2.0-or-later", "usr/share/doc/pylint/html", r"/(_modules|_sources|_static|_images|_downloads|api|modules)/|/(genindex|search|py-modindex)\.html$"),
+    ("cinder-doc", "Apache-2.0", "usr/share/doc/cinder-doc/html", r"/(_modules|_sources|_static|_images|_downloads|api|modules)/|/(genindex|search|py-modindex)\.html$"),
+    ("keystone-doc", "Apache-2.0", "usr/share/doc/keystone-doc/html", r"/(_modules|_sources|_static|_images|_downloads|api|modules)/|/(genindex|search|py-modindex)\.html$"),
+    ("octavia-doc", "Apache-2.0", "usr/share/doc/octavia-doc/html", r"/(_modules|_sources|_static|_images|_downloads|api|modules)/|/(genindex|search|py-modindex)\.html$"),
+    ("ffmpeg-doc", "LGPL-2.1-or-later", "usr/share/doc/ffmpeg/manual", ""),
+    ("ant-doc", "Apache-2.0", "usr/share/doc/ant/manual", r"/(index|toc|tasklist|typelist)\.html$"),
+    ("grass-doc", "GPL-2.0-or-later", "usr/share/doc/grass-doc/html", r"/(index|full_index|keywords|topics)\.html$"),
+    ("crystal-doc", "Apache-2.0", "usr/share/doc/crystal/api-docs", r"/(index|search)\.html$"),
+    ("debian-handbook", "GPL-2.0-or-later OR CC-BY-SA-3.0", "usr/share/doc/debian-handbook/html/en-US",
+     r"/(index|ix01)\.html$"),
+    ("lilypond-doc-html", "GFDL-1.3-or-later (no invariant sections)", "usr/share/doc/lilypond/html/Documentation",
+     r"/(internals|snippets|pictures|css|misc|[0-9a-f]{2})/|big-page|/index\.html$"),
 ]
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"}
