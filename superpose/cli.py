@@ -98,14 +98,14 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from .training.resume import resume_config
 
     try:
+        if args.resume and args.init_from_hf:  # the arguments first, then the folder they name
+            raise UserError("--resume continues from the run's own checkpoint; drop --init-from-hf")
+        if args.resume and (args.preset or args.out or args.config):
+            raise UserError("--resume RUN_DIR continues that run with its own config and directory; "
+                            "drop --preset, --config and --out")
         if args.resume or args.out:  # before anything is read, created or locked
             check_train_dir(Path(args.resume or args.out), resume=bool(args.resume))
         if args.resume:
-            if args.init_from_hf:
-                raise UserError("--resume continues from the run's own checkpoint; drop --init-from-hf")
-            if args.preset or args.out or args.config:
-                raise UserError("--resume RUN_DIR continues that run with its own config and directory; "
-                                "drop --preset, --config and --out")
             run_dir = Path(args.resume)
             if not run_dir.is_dir():
                 resume_config(run_dir, overrides)  # says what is wrong with the path, creating nothing

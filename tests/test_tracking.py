@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 
 import pytest
 
@@ -80,10 +81,18 @@ def test_wandb_offline_writes_the_run_into_the_run_directory_and_a_resume_contin
     run_id = (run / "wandb_id").read_text().strip()
     (first,) = wandb_runs(run)
     assert first.name.endswith(run_id)
-    data = next(first.glob("run-*.wandb")).read_bytes()
-    for key in (b"superpose-test", b"train/loss", b"train/lr", b"train/grad_norm", b"eval/val_loss",
-                b"events/switch", b"switch_step"):
-        assert key in data, key
+    keys = (b"superpose-test", b"train/loss", b"train/lr", b"train/grad_norm", b"eval/val_loss", b"events/switch",
+            b"switch_step")
+    # W&B's service process writes the run's file after `finish()` returns (seen: only its 7-byte
+    # header when read at once on a loaded machine), so wait for it, up to a minute.
+    deadline = time.monotonic() + 60
+    while True:
+        data = next(first.glob("run-*.wandb")).read_bytes()
+        missing = [k for k in keys if k not in data]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not missing, missing
     resume(run)
     runs = wandb_runs(run)
     assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)  # the same W&B run, continued
