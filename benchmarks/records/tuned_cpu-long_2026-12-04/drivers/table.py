@@ -1,0 +1,40 @@
+"""The screen's table from the cells copied into screen/ (one summary.json per cell and seed):
+final validation loss per seed and their mean, by arm, init and learning rate, plus the paired
+difference of each TST cell to the best baseline cell where both seeds are in.
+
+    python drivers/table.py            (run from the record's folder; prints Markdown)
+"""
+import json
+import re
+from pathlib import Path
+
+here = Path(__file__).resolve().parent.parent
+cells: dict[tuple[str, str, str], dict[int, float]] = {}
+for summary in sorted(here.glob("screen/*/summary.json")):
+    arm, init, lr, seed = re.fullmatch(r"(tst|base)-(\w+)-lr([\d.e-]+)-s(\d+)", summary.parent.name).groups()
+    cells.setdefault((arm, init, lr), {})[int(seed)] = json.loads(summary.read_text())["val_loss"]
+
+rates = ["1e-3", "1.5e-3", "2e-3", "3e-3"]
+rows = [("base", "normal"), ("base", "torch"), ("tst", "torch"), ("tst", "normal")]
+print("| cell: seed 0 / seed 1 (mean) | " + " | ".join(f"lr {r}" for r in rates) + " |")
+print("|---|" + "---|" * len(rates))
+for arm, init in rows:
+    out = []
+    for lr in rates:
+        got = cells.get((arm, init, lr), {})
+        vals = [f"{got[s]:.4f}" if s in got else "-" for s in (0, 1)]
+        mean = f" ({sum(got.values()) / len(got):.4f})" if len(got) == 2 else ""
+        out.append(" / ".join(vals) + mean)
+    print(f"| {'TST' if arm == 'tst' else 'baseline'}, init = {init} | " + " | ".join(out) + " |")
+
+complete = {k: v for k, v in cells.items() if len(v) == 2}
+base = {k: v for k, v in complete.items() if k[0] == "base"}
+if base:
+    best = min(base, key=lambda k: sum(base[k].values()))
+    print(f"\nBest baseline cell so far (both seeds): init = {best[1]}, lr {best[2]}, mean "
+          f"{sum(base[best].values()) / 2:.4f}.")
+    for k, v in sorted(complete.items()):
+        if k[0] == "tst":
+            d = [base[best][s] - v[s] for s in (0, 1)]
+            print(f"- TST init = {k[1]}, lr {k[2]}: gain over it {d[0]:+.4f} / {d[1]:+.4f} (seeds 0 / 1), "
+                  f"mean {sum(d) / 2:+.4f}")
