@@ -15,12 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 from safetensors.torch import load_file, save_file
 
-from superpose import cli, files
+from superpose import files
 from superpose.config import Config
 from superpose.presets import resolve
 from superpose.data.prepare import prepare
@@ -46,16 +45,6 @@ def superpose(*args, env=None, cwd=None, timeout=300):
                           timeout=timeout)
 
 
-@pytest.fixture
-def cli_run(capsys):
-    """`superpose ARGS` in this process (no interpreter start-up per call): exit status and what
-    it printed, as a subprocess would report them."""
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main([str(a) for a in args])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-    return run
 
 
 def one_line(proc, *needles):
