@@ -30,6 +30,7 @@ from superpose import checkpoint
 from superpose.training import run_training
 from superpose.training.resume import resume_config
 
+import faults
 from conftest import tiny_config, tiny_sources
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,7 +41,7 @@ def quiet(_):
 
 
 def superpose(*args, env=None, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "superpose", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run(faults.cli(*args), capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}, cwd=cwd,
                           timeout=timeout)
 

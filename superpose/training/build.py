@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from ..config import Config
-from ..core.model import build_model, empty_model
+from ..core.model import ModelConfig, Transformer, build_model, empty_model
 from ..core.schedule import Schedule
 from ..data import (Dataset, Mixture, MixtureLoader, TrainLoader, open_dataset, open_mixture, token_byte_lengths,
                     val_windows)
@@ -29,11 +29,12 @@ from ..data.tokenizer import load_tokenizer_file
 from ..checks import check_model_memory, count_params
 from ..errors import UserError, command
 from .. import checkpoint
-from . import distributed, faults, tracking
+from . import distributed, tracking
 from .metrics import quiet
 from .optimizer import configure_optimizer
 from .ownership import RUN_MARK, check_train_dir, claim
-from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
+from .perf import attention_kernel, auto_loss_chunk_rows
+from .state import rng_state
 from .resume import check_resumable, continue_from, newest_unfinished
 from .trainer import Trainer, superposed_loss
 
@@ -93,8 +94,6 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
     """
     tr, d = cfg.train, cfg.data
     tracking.check(cfg.log)  # a missing tracker library, said before anything is built or written
-    if tr.threads:
-        torch.set_num_threads(tr.threads)
     # Under torchrun: join the job (rank, world size, cuda:LOCAL_RANK); otherwise one process.
     if par is None:
         par = distributed.setup(cfg.parallel.mode, resolve_device(tr.device), cfg.parallel.timeout_s,
@@ -121,10 +120,9 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
                        shards=par.world_size if cfg.parallel.mode == "fsdp" else 1,
                        fix="lower --model.dim / --model.n_layers, or train on a device with more memory")
     if state is None:
-        torch.manual_seed(tr.seed)  # the same seed gives the same initial weights in every arm
-        model = build_model(cfg.model, device)
-    else:
-        model = empty_model(cfg.model, device)
+        model, rng = seeded_model(cfg.model, device, tr.seed)
+    else:  # the state's weights and RNG replace what a build would draw
+        model, rng = empty_model(cfg.model, device), {}
     if init_from_hf is not None:  # continue training a Hugging Face Llama (cfg.model is its architecture)
         from ..interop.hf_llama import init_from_hf as load_hf_weights
 
@@ -134,8 +132,6 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
     # phase, since bag_size and the row length are baked in; dynamic=False keeps it that way).
     loss_fn = torch.compile(superposed_loss, dynamic=False) if tr.compile else superposed_loss
     attention_kernel(tr.attention, device)  # refuses a kernel this device lacks, now
-    if tr.keep_freed_memory and device.type == "cpu":
-        keep_freed_memory()  # step-sized CPU buffers are reused, not page-faulted in again (perf.py)
     # train.loss_chunk_rows = -1 (auto): decided once from a micro-batch's positions (either
     # phase has L of them), the vocabulary and the device.
     micro_positions = tr.batch_size // (tr.grad_accum * par.world_size) * d.seq_len
@@ -150,7 +146,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
     else:
         loader = TrainLoader(dataset.train, dataset.train_docs, seed=tr.seed, vocab_size=cfg.model.vocab_size)
     trainer = Trainer(
-        cfg=cfg, run_dir=Path(run_dir), dataset=dataset, log=log, par=par, model=model,
+        cfg=cfg, run_dir=Path(run_dir), dataset=dataset, log=log, par=par, model=model, rng=rng,
         optimizer=configure_optimizer(model, cfg), schedule=cfg.schedule(),
         loader=loader,
         loss_fn=loss_fn, loss_chunk_rows=chunk_rows, fwd=fwd,
@@ -160,7 +156,19 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
         trainer.mi_fit = mi_fit(trainer.schedule, dataset, Path(run_dir), log)
     if state is not None:
         trainer.load_state_dict(state)
-    return faults.arm(trainer)
+    return trainer
+
+
+def seeded_model(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[Transformer, dict]:
+    """The run's initial weights, drawn from torch's generators seeded with train.seed inside a
+    fork of them: the same seed gives the same weights in every arm, and building leaves the
+    process's generators as it found them (compare builds several trainers in one process, and one
+    must not move another's stream). Returns the model and the generator states after the draw:
+    the run's own RNG state, which its checkpoints keep (rng.pt)."""
+    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return build_model(cfg, device), rng_state(device)
 
 
 def mi_fit(schedule: Schedule, dataset: Dataset, run_dir: Path, log: Callable[[str], None]) -> dict:

@@ -26,7 +26,6 @@ from .. import files
 from ..checkpoint import DIRNAME, FORMAT_VERSION, checkpoint_advice, checkpoints, meta_checksum, step_name
 from ..errors import command
 from ..files import file_record, fsync_path, write_error, write_file
-from . import faults
 
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict, rng_state: dict, meta: dict,
          keep: int = 0) -> Path:
@@ -57,7 +56,6 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
         f = tmp / name
         write_file(f, produce, atomic=False, intact=intact, fix=fix, needed=needed,
                    label=f"{name} of checkpoint {final}")
-        faults.kill_point(step, name)
         return file_record(f)
 
     try:
@@ -70,13 +68,10 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
         text = json.dumps(meta, indent=2) + "\n"
         write_file(tmp / "meta.json", lambda p: p.write_text(text), atomic=False, intact=intact, fix=fix,
                    needed=needed, label=f"meta.json of checkpoint {final}")
-        faults.kill_point(step, "meta.json")
         fsync_path(tmp)
         os.rename(tmp, final)
         fsync_path(root)
-        faults.kill_point(step, "renamed")
         write_file(root / "latest", lambda p: p.write_text(final.name + "\n"), intact=intact, fix=fix)
-        faults.kill_point(step, "latest")
     except OSError as e:  # mkdir or rename: the same one line as a failed write
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(final, e, intact, fix, needed, label=f"checkpoint {final}") from None
@@ -171,7 +166,6 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
         try:
             os.rename(p, doomed)
             gone.append(p)
-            faults.kill_point(step, "prune")
             shutil.rmtree(doomed)
         except OSError:  # what is left is removed on resume; never fail a run over a delete
             continue

@@ -45,7 +45,7 @@ from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapse_warning, desc
 from .run_start import write_run_files
 from .tracking import Fanout, open_trackers
 from .perf import compute_context
-from .state import RunState, rng_state, set_rng_state
+from .state import RunState
 from ..core.tst_step import fresh_redraw, phase_targets, phase_weights, superposed_loss, switch
 
 __all__ = ["Trainer", "superposed_loss"]  # superposed_loss: its home is tst_step
@@ -69,6 +69,7 @@ class Trainer:
     fwd: torch.nn.Module | None  # data parallel: what a step calls (DDP, or FSDP2 over `model`); else None
     val: Tensor  # (N, L + 1) held-out windows, the same at every evaluation
     token_bytes: Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
+    rng: dict = field(default_factory=dict)  # the run's generator states (`state.rng_state`), kept in rng.pt
     mi_fit: dict | None = None  # tst.weights=mi: the corpus's mutual-information fit (data/mutual_info.py)
     state: RunState = field(default_factory=RunState)
     extra_evals: frozenset = field(default=frozenset(), init=False)  # 0-based steps evaluated beyond eval_every
@@ -233,7 +234,7 @@ class Trainer:
         """The run state, the data position and the RNG states: what a checkpoint keeps beside the
         weights and the optimizer (in meta.json and rng.pt)."""
         run = dataclasses.replace(self.state, elapsed_s=self.elapsed_s(), last_eval=dict(self.state.last_eval))
-        return {"run": run, "loader": self.loader.state_dict(), "rng": rng_state(self.device)}
+        return {"run": run, "loader": self.loader.state_dict(), "rng": self.rng}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -243,7 +244,7 @@ class Trainer:
     def load_progress(self, state: dict) -> None:
         self.state = dataclasses.replace(state["run"], last_eval=dict(state["run"].last_eval))
         self.loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"], self.device)
+        self.rng = state["rng"]
 
     def save_checkpoint(self, reason: str = "every") -> Path:
         """RUN_DIR/checkpoints/step-NNNNNN/ for the state after `state.step` steps (`checkpointer.save_trainer`)."""
