@@ -72,10 +72,10 @@ def _arm_step_faults(signal_at_step: str, fail_rank: str) -> None:
 
 def _arm_kill_during_save(step: int, point: str) -> None:
     """SUPERPOSE_TEST_KILL_DURING_SAVE: SIGKILL at `point` of checkpoint `step`'s save, found by
-    the calls the save makes there (checkpoint.save's order: each file and its record, meta.json,
+    the calls the save makes there (training/save.py's order: each file and its record, meta.json,
     fsync of the temporary, rename, fsync of checkpoints/, `latest`; prune renames, then deletes)."""
     from superpose.checkpoint import DIRNAME, step_name
-    from superpose.training import checkpoint as ck
+    from superpose.training import save as ck
 
     name = step_name(step)
     real_record, real_fsync, real_write, real_rmtree = ck.file_record, ck.fsync_path, ck.write_file, shutil.rmtree

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from superpose import cli
 from superpose import checkpoint
 from superpose.training import build as build_module
-from superpose.training import loop as loop_module
+from superpose.training.stops import StopSignals
 from superpose.presets import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
@@ -447,7 +447,7 @@ def test_signals_in_process_stop_after_the_step_and_handlers_come_back(tiny_data
     assert [s for s, _ in checkpoint.checkpoints(tmp_path / "run")] == [3]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     # A second signal does not wait for the step: it stops at once, without saving.
-    with loop_module.StopSignals() as stop:
+    with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
@@ -594,7 +594,7 @@ def test_wall_clock_checkpoints_by_default_and_resume_from_them_exactly(tiny_dat
     run = tmp_path / "run"
     t = faults.signal_at(build_trainer(config(tiny_data, checkpoint__keep=0), run, open_dataset(tiny_data), log=quiet),
                          7, "SIGTERM")
-    monkeypatch.setattr(loop_module, "_clock", lambda: t.state.step * 20 * 60)  # 20 minutes a step
+    t.clock = lambda: t.state.step * 20 * 60  # 20 minutes a step
     with pytest.raises(KeyboardInterrupt):
         t.train(progress=False)
     saved = checkpoint.checkpoints(run)

@@ -376,7 +376,7 @@ def test_a_checkpoint_being_read_is_not_pruned_until_the_reader_is_done(unfinish
 
     from superpose.checkpoint import checkpoints
     from superpose.inference.load import locate
-    from superpose.training.checkpoint import prune
+    from superpose.training.save import prune
 
     src = locate(unfinished_run / "checkpoints" / "step-000002")
     prune(unfinished_run, 1)

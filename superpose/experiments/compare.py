@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..files import copy_file
 from .. import checkpoint
 from ..training import Trainer, build_trainer, resolve_data
-from ..training.resume import check_resumable, continue_from
+from ..training.resume import check_resumable
 from ..training.ownership import (EXPERIMENT_MARK, begin_experiment, check_experiment_dir, claim,
                                   experiment_advice, mark_experiment)
 from .fingerprint import check_same_config
@@ -89,7 +89,7 @@ def _arm(cfg: Config, run_dir: Path, ds, log: Callable[[str], None]) -> Trainer:
     ckpt = checkpoint.newest(run_dir)
     check_resumable(ckpt, run_dir, cfg, ds)  # an arm of other settings: one line, nothing touched
     t = build_trainer(cfg, run_dir, ds, log)
-    continue_from(t, ckpt)
+    t.resume_from(ckpt)
     return t
 
 
