@@ -193,7 +193,8 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .experiments.compare import compare, parse_baselines, parse_grid
+    from .experiments.baselines import parse_baselines, parse_grid
+    from .experiments.compare import compare
 
     variants = parse_baselines(args.baselines) + parse_grid(args.baseline_grid, "--baseline-grid")
     tst_grid = parse_grid(args.tst_grid, "--tst-grid", tst=True)

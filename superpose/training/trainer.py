@@ -171,6 +171,46 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
 
+    def train(self, progress: bool = True) -> dict:
+        """begin, step_once until the end, finish; returns the run summary. Checkpoints every
+        checkpoint.every steps and checkpoint.every_minutes of wall time.
+
+        SIGINT/SIGTERM let the current step finish, save a checkpoint and raise `Interrupted`; a
+        second signal stops at once, without saving (the last checkpoint stays as it was).
+        """
+        steps, every, minutes = self.cfg.train.steps, self.cfg.checkpoint.every, self.cfg.checkpoint.every_minutes
+        self.begin(progress)
+        last_save = self.clock()
+
+        def on_repeat(signum: int) -> str:  # the step a second signal interrupts
+            return stopped_at_once(self.run_dir, self.state.step, signum)
+
+        with StopSignals(abort_on_repeat=not self.par.distributed, on_repeat=on_repeat) as stop:
+            try:
+                while self.state.step < steps:
+                    self.step_once()
+                    # Wall time as well as steps: a run whose steps are slow (or whose every=0)
+                    # never loses more than `every_minutes` of work. Ranks agree on the decision.
+                    late = minutes > 0 and self.clock() - last_save >= 60 * minutes
+                    if self.par.distributed and minutes > 0:
+                        late = bool(self.par.max_int(int(late)))
+                    if every and self.state.step % every == 0:
+                        self.save_checkpoint()
+                        last_save = self.clock()
+                    elif late and self.state.step < steps:  # at the end the final model follows at once
+                        self.save_checkpoint(reason="every_minutes")
+                        last_save = self.clock()
+                    # Ranks may see a signal at different steps; they agree to stop after the same one.
+                    signum = self.par.max_int(stop.signum or 0)
+                    if signum and self.state.step < steps:
+                        path = self.save_checkpoint(reason=signal.Signals(signum).name)
+                        raise interrupted(signum, self.state.step, path, self.run_dir, self.par.distributed)
+            except BaseException:
+                self.bar.close()
+                self.metrics.close()
+                raise
+            return self.finish()
+
     def begin(self, progress: bool = True) -> None:
         """Write the run's files (`run_start.write_run_files`), open the metrics log, say what will run."""
         self.par.barrier()  # every rank has checked the run directory before rank 0 writes into it
@@ -227,46 +267,6 @@ class Trainer:
         t = self.cfg.tst
         return switch(self.optimizer, fresh_redraw(self.model), t.reinit, t.reset_optimizer, self.cfg.train.seed,
                       self.state.step)
-
-    def train(self, progress: bool = True) -> dict:
-        """begin, step_once until the end, finish; returns the run summary. Checkpoints every
-        checkpoint.every steps and checkpoint.every_minutes of wall time.
-
-        SIGINT/SIGTERM let the current step finish, save a checkpoint and raise `Interrupted`; a
-        second signal stops at once, without saving (the last checkpoint stays as it was).
-        """
-        steps, every, minutes = self.cfg.train.steps, self.cfg.checkpoint.every, self.cfg.checkpoint.every_minutes
-        self.begin(progress)
-        last_save = self.clock()
-
-        def on_repeat(signum: int) -> str:  # the step a second signal interrupts
-            return stopped_at_once(self.run_dir, self.state.step, signum)
-
-        with StopSignals(abort_on_repeat=not self.par.distributed, on_repeat=on_repeat) as stop:
-            try:
-                while self.state.step < steps:
-                    self.step_once()
-                    # Wall time as well as steps: a run whose steps are slow (or whose every=0)
-                    # never loses more than `every_minutes` of work. Ranks agree on the decision.
-                    late = minutes > 0 and self.clock() - last_save >= 60 * minutes
-                    if self.par.distributed and minutes > 0:
-                        late = bool(self.par.max_int(int(late)))
-                    if every and self.state.step % every == 0:
-                        self.save_checkpoint()
-                        last_save = self.clock()
-                    elif late and self.state.step < steps:  # at the end the final model follows at once
-                        self.save_checkpoint(reason="every_minutes")
-                        last_save = self.clock()
-                    # Ranks may see a signal at different steps; they agree to stop after the same one.
-                    signum = self.par.max_int(stop.signum or 0)
-                    if signum and self.state.step < steps:
-                        path = self.save_checkpoint(reason=signal.Signals(signum).name)
-                        raise interrupted(signum, self.state.step, path, self.run_dir, self.par.distributed)
-            except BaseException:
-                self.bar.close()
-                self.metrics.close()
-                raise
-            return self.finish()
 
     def skip_or_stop(self, phase: Phase, out: dict) -> None:
         """What a NaN or Inf in a step's loss or gradients does (the update was not applied): log
