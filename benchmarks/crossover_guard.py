@@ -23,7 +23,8 @@ from pathlib import Path
 
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
-from superpose.experiments.compare import compare, parse_baselines
+from superpose.experiments.baselines import parse_baselines
+from superpose.experiments.compare import compare
 from superpose.config import Config
 from superpose.errors import UserError
 from superpose.training import resolve_data

@@ -1,6 +1,6 @@
 """The run-directory format, as its readers see it: one self-describing, versioned `step-N`
 directory per checkpoint, and the final model that summary.json vouches for. Training writes
-them (training/checkpoint.py: save, prune); training and inference both read them through here.
+them (training/save.py: save, prune); training and inference both read them through here.
 
     RUN_DIR/checkpoints/
         step-000120/            the state after 120 optimizer steps; a resumed run starts at step 120

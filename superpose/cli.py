@@ -111,7 +111,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
                 resume_config(run_dir, overrides)  # says what is wrong with the path, creating nothing
             # The lock before the config is read: another writer could prune the checkpoint read here.
             with claim(run_dir, "run") if env_rank() == 0 else contextlib.nullcontext():
-                run_training(resume_config(run_dir, overrides), run_dir, log=_log, resume=True)
+                cfg = resume_config(run_dir, overrides)
+                _set_process_state(cfg)
+                run_training(cfg, run_dir, log=_log, resume=True)
         else:
             if args.print_config:  # the resolved config, nothing trained or written
                 print(json.dumps(resolve(args.preset, overrides, args.config).to_dict(), indent=2))
@@ -124,6 +126,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
                 from .interop.hf_llama import config_from_hf
 
                 cfg = config_from_hf(cfg, hf, overrides)
+            _set_process_state(cfg)
             run_training(cfg, Path(args.out), log=_log, init_from_hf=Path(hf) if hf else None)
     except Interrupted as e:
         from .training.distributed import env_rank
@@ -131,6 +134,15 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         if env_rank() == 0:  # under torchrun every rank stops at the same step; rank 0 says so
             print(f"superpose: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
+
+
+def _set_process_state(cfg) -> None:
+    """train.threads and train.keep_freed_memory, for the whole process, once: what train,
+    compare and sweep run is then built and stepped under the same settings."""
+    from .training.build import resolve_device
+    from .training.perf import set_process_state
+
+    set_process_state(cfg.train.threads, cfg.train.keep_freed_memory, resolve_device(cfg.train.device))
 
 
 def _warn_ignored(cfg, overrides: list[str]) -> None:
@@ -158,6 +170,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     cfg = resolve(args.preset, overrides, args.config)
     _warn_ignored(cfg, overrides)
     tracking.check(cfg.log)  # every arm logs to the trackers; a missing library is said before any runs
+    _set_process_state(cfg)
     ds = resolve_data(cfg, _log)
     if not cfg.data.mix:  # the default corpus, once prepared, by its path (a mixture names its directories)
         cfg.data.path = str(ds.path)
@@ -180,7 +193,8 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
-    from .experiments.compare import compare, parse_baselines, parse_grid
+    from .experiments.baselines import parse_baselines, parse_grid
+    from .experiments.compare import compare
 
     variants = parse_baselines(args.baselines) + parse_grid(args.baseline_grid, "--baseline-grid")
     tst_grid = parse_grid(args.tst_grid, "--tst-grid", tst=True)

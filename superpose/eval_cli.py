@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .data import Mixture, token_byte_lengths, val_windows
+from .data import token_byte_lengths, val_windows
 from .data.tokenizer import load_tokenizer_file
 from .errors import UserError
 from .inference.evaluate import next_token_eval, open_eval_data
@@ -55,7 +55,7 @@ def evaluate_loss(path: Path | str, data: Path | str | None = None, val_tokens: 
     tokenizer = load_tokenizer_file(ds.tokenizer_path)
     token_bytes = torch.from_numpy(token_byte_lengths(tokenizer, src.model_config.vocab_size))  # (V,)
     out = next_token_eval(model, windows, batch_size, device, token_bytes, context)
-    return {"model": str(src.path), "step": src.step, "data": ds.spec if isinstance(ds, Mixture) else str(ds.path),
+    return {"model": str(src.path), "step": src.step, "data": ds.spec,
             "seq_len": src.seq_len,
             "val_loss": out["val_loss"], "val_ppl": math.exp(out["val_loss"]), "val_bpb": out["val_bpb"],
             "val_tokens": out["val_tokens"], "val_bytes": out["val_bytes"]}

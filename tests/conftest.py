@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -71,6 +73,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def data_copy(tiny_data, tmp_path) -> Path:
+    """A copy of the tiny data that a test may damage."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    return data
+
+
+@pytest.fixture
+def cli_run(capsys):
+    """`superpose ARGS` in this process (no interpreter start-up per call): exit status and what
+    it printed, as a subprocess would report them."""
+    from superpose import cli
+
+    def run(*args):
+        capsys.readouterr()
+        code = cli.main([str(a) for a in args])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+    return run
 
 
 @pytest.fixture(scope="module")

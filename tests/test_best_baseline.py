@@ -17,7 +17,9 @@ from superpose.data import mutual_info
 from superpose.data.shards import open_dataset
 from superpose.errors import UserError
 from superpose.experiments.baselines import best_baseline
-from superpose.experiments.compare import compare, parse_baselines, plateau_verdict
+from superpose.experiments.baselines import parse_baselines
+from superpose.experiments.compare import compare
+from superpose.experiments.summary import plateau_verdict
 from superpose.experiments.report import interval
 from superpose.experiments.stats import stats
 

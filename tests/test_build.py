@@ -111,6 +111,26 @@ def test_the_trainer_depends_on_the_config_alone(tiny_data, tmp_path):
     a.metrics.close()
 
 
+def test_building_a_trainer_moves_no_other_stream(tiny_data, tmp_path):
+    """compare builds several trainers in one process: building one leaves torch's global
+    generators as they were, so it cannot change the stream another trainer (or the caller) draws."""
+    cfg = tiny_config(tiny_data)
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    a = build_trainer(cfg, tmp_path / "a", open_dataset(tiny_data), log=quiet)
+    assert torch.equal(torch.get_rng_state(), before)
+    a_rng = a.progress()["rng"]["torch"].clone()
+    build_trainer(tiny_config(tiny_data, train__seed=1), tmp_path / "b", open_dataset(tiny_data), log=quiet)
+    assert torch.equal(torch.get_rng_state(), before) and torch.equal(a.progress()["rng"]["torch"], a_rng)
+    # The run's own stream is the one the global generator seeded with train.seed gives.
+    torch.manual_seed(cfg.train.seed)
+    from superpose.core.model import build_model
+
+    plain = build_model(a.cfg.model, torch.device("cpu"))
+    assert all(torch.equal(x, y) for x, y in zip(plain.state_dict().values(), a.model.state_dict().values()))
+    assert torch.equal(torch.get_rng_state(), a_rng)
+
+
 @pytest.mark.parametrize("stop", [2, 5], ids=["phase1", "phase2"])
 def test_a_trainer_built_from_a_state_is_the_trainer_it_came_from(tiny_data, tmp_path, stop):
     cfg = tiny_config(tiny_data)
@@ -119,7 +139,7 @@ def test_a_trainer_built_from_a_state_is_the_trainer_it_came_from(tiny_data, tmp
     while a.state.step < stop:
         a.step_once()
     snap = copy.deepcopy(a.state_dict())
-    torch.manual_seed(123)  # whatever the global RNG holds, the state's RNG is restored
+    torch.manual_seed(123)  # whatever the global RNG holds, the state's RNG is the trainer's
     b = build_trainer(cfg, tmp_path / "b", open_dataset(tiny_data), log=quiet, state=snap)
     assert_same_state(snap, b.state_dict(), "after build")
     b.begin(progress=False)

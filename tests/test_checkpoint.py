@@ -3,8 +3,8 @@
 Every resumed run here must match one uninterrupted run (12 steps, the phase switch at step 6)
 bit for bit: the same per-step losses, the same evaluations, the same final weights, and a
 metrics.jsonl with each step exactly once. Real `superpose` processes are killed with SIGKILL at
-chosen points of a save, or sent SIGTERM/SIGINT before a chosen step, through the test hooks at
-superpose/training/faults.py.
+chosen points of a save, or sent SIGTERM/SIGINT before a chosen step, by the faults of
+tests/faults.py.
 
 Run: .venv/bin/pytest tests/test_checkpoint.py
 """
@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from safetensors.torch import load_file
 from superpose import cli
 from superpose import checkpoint
 from superpose.training import build as build_module
-from superpose.training import loop as loop_module
+from superpose.training.stops import StopSignals
 from superpose.presets import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
@@ -32,6 +31,7 @@ from superpose.core.model import ModelConfig, build_model
 from superpose.training.resume import resume_config
 from superpose.training import build_trainer, run_training
 
+import faults
 from conftest import tiny_config
 
 STEPS = 12  # r = 0.5: phase 1 is steps 0-5, the switch is at step 6
@@ -93,8 +93,8 @@ def resume(run, *overrides, log=quiet):
 
 
 def superpose(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "superpose", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(faults.cli(*args), capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=300)
 
 
 def cli_train(cfg, run):
@@ -437,17 +437,17 @@ def test_new_config_fields_are_validated_together():
     assert resolve("270m", []).checkpoint.every == 1000 and resolve("cpu-smoke", []).checkpoint.every == 0
 
 
-def test_signals_in_process_stop_after_the_step_and_handlers_come_back(tiny_data, tmp_path, monkeypatch):
+def test_signals_in_process_stop_after_the_step_and_handlers_come_back(tiny_data, tmp_path):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    monkeypatch.setenv("SUPERPOSE_TEST_SIGNAL_AT_STEP", "2:SIGTERM")
-    t = build_trainer(config(tiny_data), tmp_path / "run", open_dataset(tiny_data), log=quiet)
+    t = faults.signal_at(build_trainer(config(tiny_data), tmp_path / "run", open_dataset(tiny_data), log=quiet),
+                         2, "SIGTERM")
     with pytest.raises(KeyboardInterrupt) as e:  # superpose.errors.Interrupted
         t.train(progress=False)
     assert e.value.signum == signal.SIGTERM and "stopped by SIGTERM after step 2" in str(e.value)
     assert [s for s, _ in checkpoint.checkpoints(tmp_path / "run")] == [3]
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     # A second signal does not wait for the step: it stops at once, without saving.
-    with loop_module.StopSignals() as stop:
+    with StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.signum == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
@@ -592,14 +592,13 @@ def test_wall_clock_checkpoints_by_default_and_resume_from_them_exactly(tiny_dat
     second step; resuming from such a checkpoint is bit for bit."""
     assert resolve("cpu-smoke", []).checkpoint.every_minutes == 30
     run = tmp_path / "run"
-    monkeypatch.setenv("SUPERPOSE_TEST_SIGNAL_AT_STEP", "7:SIGTERM")
-    t = build_trainer(config(tiny_data, checkpoint__keep=0), run, open_dataset(tiny_data), log=quiet)
-    monkeypatch.setattr(loop_module, "_clock", lambda: t.state.step * 20 * 60)  # 20 minutes a step
+    t = faults.signal_at(build_trainer(config(tiny_data, checkpoint__keep=0), run, open_dataset(tiny_data), log=quiet),
+                         7, "SIGTERM")
+    t.clock = lambda: t.state.step * 20 * 60  # 20 minutes a step
     with pytest.raises(KeyboardInterrupt):
         t.train(progress=False)
     saved = checkpoint.checkpoints(run)
     assert [s for s, _ in saved] == [2, 4, 6, 8] and checkpoint.read_meta(saved[0][1])["reason"] == "every_minutes"
-    monkeypatch.delenv("SUPERPOSE_TEST_SIGNAL_AT_STEP")
     for _, p in saved[3:]:
         shutil.rmtree(p)  # resume from the wall-clock checkpoint at step 6, the phase switch
     resume(run, "--checkpoint.every_minutes=0")

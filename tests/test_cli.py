@@ -7,7 +7,6 @@ SUPERPOSE_OFFLINE=1 skips it).
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -57,11 +56,6 @@ def test_cpu_smoke_end_to_end_on_the_default_corpus(tmp_path_factory):
     assert json.loads((run / "config.json").read_text())["data"]["path"] == ""
 
 
-@pytest.fixture
-def data_copy(tiny_data, tmp_path):
-    d = tmp_path / "data"
-    shutil.copytree(tiny_data, d)
-    return d
 
 
 def tiny_args(data, out):

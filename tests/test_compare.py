@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from superpose.experiments.compare import (baseline_lengths, compare, crossover, iso_loss, speedup_text, stats,
-                               switch_evals)
+from superpose.experiments.compare import baseline_lengths, compare, switch_evals
+from superpose.experiments.stats import crossover, iso_loss, speedup_text, stats
 from superpose.errors import UserError
 from superpose.experiments.sweep import sweep
 

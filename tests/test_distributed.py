@@ -30,6 +30,7 @@ from superpose.errors import UserError
 from superpose.training.resume import resume_config
 from superpose.training import build_trainer, run_training
 
+import faults
 from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +48,10 @@ def as_flags(cfg) -> list[str]:
 
 
 def torchrun(run_dir: Path, cfg, *flags: str, env: dict | None = None) -> subprocess.Popen:
-    """Start `torchrun --nproc_per_node 2 -m superpose train` in its own process group."""
+    """Start `torchrun --nproc_per_node 2 -m superpose train` in its own process group (with the
+    faults of `env` armed: tests/faults.py)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "superpose", "train", "--preset", "cpu-smoke", "--out", str(run_dir), *as_flags(cfg), *flags]
+           str(faults.SCRIPT), "train", "--preset", "cpu-smoke", "--out", str(run_dir), *as_flags(cfg), *flags]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 

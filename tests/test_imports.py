@@ -213,6 +213,6 @@ def test_a_type_only_import_closes_no_cycle_but_a_runtime_one_does(tmp_path):
 
 
 @pytest.mark.parametrize("module,layer", [("superpose.core.model", 1), ("superpose.inference.load", 6),
-                                          ("superpose.training.checkpoint", 8), ("superpose", 10)])
+                                          ("superpose.training.save", 8), ("superpose", 10)])
 def test_layer_of_takes_the_longest_entry(module, layer):
     assert layer_of(module, LAYERS) == layer

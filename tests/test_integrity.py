@@ -14,11 +14,9 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from superpose import cli
 from superpose.errors import UserError
 from superpose.experiments.compare import compare
 from superpose.experiments.sweep import sweep
@@ -32,15 +30,6 @@ def quiet(_):
     pass
 
 
-@pytest.fixture
-def cli_run(capsys):
-    """`superpose ARGS` in this process: exit status and what it printed."""
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main([str(a) for a in args])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-    return run
 
 
 def one_line(proc, *needles) -> str:
@@ -387,7 +376,7 @@ def test_a_checkpoint_being_read_is_not_pruned_until_the_reader_is_done(unfinish
 
     from superpose.checkpoint import checkpoints
     from superpose.inference.load import locate
-    from superpose.training.checkpoint import prune
+    from superpose.training.save import prune
 
     src = locate(unfinished_run / "checkpoints" / "step-000002")
     prune(unfinished_run, 1)
@@ -443,11 +432,6 @@ def test_eval_of_a_run_that_is_training(tiny_data, tmp_path, cli_run):
 
 # ----------------------------------------------------------------------------- item 5: a data directory is tied together
 
-@pytest.fixture
-def data_copy(tiny_data, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    return data
 
 
 def test_prepare_records_the_tokenizer_and_every_data_file(data_copy):

@@ -18,7 +18,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from superpose import cli
 from superpose.errors import UserError
 from superpose.experiments.compare import compare
 from superpose.experiments.sweep import sweep
@@ -36,15 +35,6 @@ def quiet(_):
     pass
 
 
-@pytest.fixture
-def cli_run(capsys):
-    """`superpose ARGS` in this process: exit status and what it printed."""
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main([str(a) for a in args])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-    return run
 
 
 def one_line(proc, *needles) -> str:
@@ -244,11 +234,6 @@ def test_a_run_of_an_older_superpose_resumes_with_a_note(unfinished_run, tiny_da
 
 # ----------------------------------------------------------------------------- item 3: checks never skip
 
-@pytest.fixture
-def data_copy(tiny_data, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_data, data)
-    return data
 
 
 def swap_tokenizer(data: Path) -> None:

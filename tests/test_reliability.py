@@ -15,12 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 from safetensors.torch import load_file, save_file
 
-from superpose import cli, files
+from superpose import files
 from superpose.config import Config
 from superpose.presets import resolve
 from superpose.data.prepare import prepare
@@ -31,6 +30,7 @@ from superpose import checkpoint
 from superpose.training import run_training
 from superpose.training.resume import resume_config
 
+import faults
 from conftest import tiny_config, tiny_sources
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,21 +41,11 @@ def quiet(_):
 
 
 def superpose(*args, env=None, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "superpose", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run(faults.cli(*args), capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}, cwd=cwd,
                           timeout=timeout)
 
 
-@pytest.fixture
-def cli_run(capsys):
-    """`superpose ARGS` in this process (no interpreter start-up per call): exit status and what
-    it printed, as a subprocess would report them."""
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main([str(a) for a in args])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-    return run
 
 
 def one_line(proc, *needles):

@@ -14,13 +14,15 @@
                        and `open_dataset`
     loader.py          `TrainLoader` (shuffled, resumable rows of s*L + 1 tokens) and `val_windows`
     mixture.py         data.mix: several data directories by weight (`open_mixture`, `MixtureLoader`)
+    source.py          `DataSource`: what a run reads, either of the two, never told apart
     mutual_info.py     token-pair mutual information by distance (tst.weights=mi)
 """
 
 from .loader import TrainLoader, val_windows
 from .mixture import Mixture, MixtureLoader, open_mixture
 from .shards import Dataset, open_dataset
+from .source import DataSource, Loader
 from .tokenizer import token_byte_lengths
 
-__all__ = ["Dataset", "Mixture", "MixtureLoader", "TrainLoader", "open_dataset", "open_mixture", "token_byte_lengths",
+__all__ = ["DataSource", "Dataset", "Loader", "Mixture", "MixtureLoader", "TrainLoader", "open_dataset", "open_mixture", "token_byte_lengths",
            "val_windows"]

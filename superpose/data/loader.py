@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import UserError
-from .shards import Dataset, TokenStream
 
 if TYPE_CHECKING:
-    from .mixture import Mixture
+    from .shards import TokenStream
+    from .source import DataSource
 
 MAX_PIECE = 1 << 16  # longest run of one document kept contiguous by the shuffle
 
@@ -50,6 +50,11 @@ class TrainLoader:
     @property
     def tokens_per_epoch(self) -> int:
         return self.stream.num_tokens
+
+    def epoch_record(self) -> dict:
+        """What a metrics line and summary.json add about the epochs beside `epoch_progress`: nothing
+        for one split (a mixture's loader adds each source's)."""
+        return {}
 
     def _order(self) -> None:
         if self._order_epoch == self.epoch:
@@ -111,32 +116,18 @@ class TrainLoader:
         self._order_epoch = -1
 
 
-def val_windows(ds: Dataset | Mixture, seq_len: int, val_tokens: int, vocab_size: int | None = None) -> np.ndarray:
-    """The fixed evaluation set: (N, seq_len + 1) consecutive windows from the start of the
-    held-out split, stride seq_len, covering min(val_tokens, what the split has) targets.
-    A `mixture.Mixture` takes its windows from every source in proportion to the weights.
-    vocab_size: the model's; a token id outside it is one UserError here, as the train split's
-    is in `TrainLoader`, not an IndexError inside the embedding."""
-    if not isinstance(ds, Dataset):
-        return _in_vocab(ds.val_windows(seq_len, val_tokens), vocab_size, ds)
-    return _in_vocab(_windows(ds, seq_len, val_tokens), vocab_size, ds)
+def val_windows(ds: DataSource, seq_len: int, val_tokens: int, vocab_size: int | None = None) -> np.ndarray:
+    """The fixed evaluation set of a data source (`DataSource.val_windows`: (N, seq_len + 1)
+    windows from the start of the held-out split; a mixture's from every source by weight),
+    checked against the model's vocabulary `vocab_size`: a token id outside it is one UserError
+    here, as the train split's is in `TrainLoader`, not an IndexError inside the embedding."""
+    return _in_vocab(ds.val_windows(seq_len, val_tokens), vocab_size, ds)
 
 
 def _in_vocab(windows: np.ndarray, vocab_size: int | None, ds) -> np.ndarray:
     if vocab_size is not None and windows.size:
         bad = int(windows.max()) if int(windows.max()) >= vocab_size else int(windows.min())
         if not 0 <= bad < vocab_size:
-            where = getattr(ds, "spec", None) or ds.path
-            raise UserError(f"token id {bad} in the validation split of {where} is outside the model's vocabulary "
+            raise UserError(f"token id {bad} in the validation split of {ds.spec} is outside the model's vocabulary "
                             f"({vocab_size}); the data and its tokenizer do not match: prepare the data again")
     return windows
-
-
-def _windows(ds: Dataset, seq_len: int, val_tokens: int) -> np.ndarray:
-    n = min(val_tokens, ds.val.num_tokens - 1) // seq_len
-    if n < 1:
-        raise UserError(f"the validation split has {ds.val.num_tokens} tokens, fewer than one row of "
-                        f"{seq_len + 1}; prepare with more text or a larger --val-fraction")
-    flat = ds.val.read(0, n * seq_len + 1)
-    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    return flat[idx]

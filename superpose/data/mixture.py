@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import sha256_file
 from .corpus import prepare_command
-from .loader import TrainLoader, val_windows
+from .loader import TrainLoader
 from .shards import Dataset, open_dataset
 from .tokenizer import same_tokenizer
 
@@ -103,6 +104,32 @@ class Mixture:
         """"DIR_A=0.5,DIR_B=0.5" with the normalised weights: how logs and reports name it."""
         return ",".join(f"{s.path}={w:.4g}" for s, w in zip(self.sources, self.weights))
 
+    @property
+    def described(self) -> str:
+        return f"the mixture {self.spec}"
+
+    def summary(self) -> dict:
+        """summary.json's name of the data."""
+        return {"data_mix": self.spec}
+
+    def sources_line(self) -> str:
+        """The start-of-run line naming each source with its weight and size."""
+        return "data: a mixture, each row drawn from one source by weight: " + "; ".join(
+            f"{s.path} weight {w:.3g} ({s.train.num_tokens:,} train tokens)" for s, w in zip(self.sources, self.weights))
+
+    def loader(self, seed: int, vocab_size: int) -> MixtureLoader:
+        """The training rows: each from one source, drawn by weight (`MixtureLoader`)."""
+        return MixtureLoader(self, seed=seed, vocab_size=vocab_size)
+
+    def fingerprint(self) -> dict:
+        """What a resumed run checks its data against: the vocabulary, every source's split and
+        weight (in "sources"), the token counts summed over them."""
+        sources = [{"weight": float(w), "train_tokens": s.train.num_tokens, "val_tokens": s.val.num_tokens}
+                   for s, w in zip(self.sources, self.weights)]
+        return {"vocab_size": self.vocab_size, "tokenizer_sha256": sha256_file(self.tokenizer_path),
+                "train_tokens": sum(s["train_tokens"] for s in sources),
+                "val_tokens": sum(s["val_tokens"] for s in sources), "sources": sources}
+
     def val_windows(self, seq_len: int, val_tokens: int) -> np.ndarray:
         """(N, seq_len + 1) windows from the start of each source's held-out split, source by
         source, N_i of them from source i in proportion to its weight, N = val_tokens // seq_len in
@@ -119,7 +146,7 @@ class Mixture:
         # cumulative weights.
         cuts = np.round(n * np.concatenate([[0.0], np.cumsum(self.weights)])).astype(np.int64)
         counts = np.minimum(np.diff(cuts), have)
-        return np.concatenate([val_windows(s, seq_len, int(k) * seq_len)
+        return np.concatenate([s.val_windows(seq_len, int(k) * seq_len)
                                for s, k in zip(self.sources, counts) if k > 0])
 
 
@@ -218,6 +245,10 @@ class MixtureLoader:
     def epoch_progress(self) -> float:
         """The epochs of the most-read source: past 1.0, some rows repeat data."""
         return max(self.source_epochs)
+
+    def epoch_record(self) -> dict:
+        """What a metrics line and summary.json add beside `epoch_progress`: each source's epochs."""
+        return {"source_epochs": self.source_epochs}
 
     def state_dict(self) -> dict:
         return {"rows": self.rows, "seed": self.seed, "sources": [loader.state_dict() for loader in self.loaders]}

@@ -188,6 +188,45 @@ class Dataset:
     def tokenizer_path(self) -> Path:
         return self.path / "tokenizer.json"
 
+    @property
+    def spec(self) -> str:
+        """How logs, reports and summaries name the data: its directory."""
+        return str(self.path)
+
+    @property
+    def described(self) -> str:
+        return f"the data in {self.path}"
+
+    def fingerprint(self) -> dict:
+        """What a resumed run checks its data against: the vocabulary and the train split."""
+        return {"vocab_size": self.vocab_size, "tokenizer_sha256": sha256_file(self.tokenizer_path),
+                "train_tokens": self.train.num_tokens, "val_tokens": self.val.num_tokens}
+
+    def summary(self) -> dict:
+        """summary.json's name of the data."""
+        return {"data_dir": str(self.path)}
+
+    def sources_line(self) -> str | None:
+        """A start-of-run line about the sources of a mixture; one directory has none."""
+        return None
+
+    def loader(self, seed: int, vocab_size: int):
+        """The training rows: a `TrainLoader` over the train split."""
+        from .loader import TrainLoader
+
+        return TrainLoader(self.train, self.train_docs, seed=seed, vocab_size=vocab_size)
+
+    def val_windows(self, seq_len: int, val_tokens: int) -> np.ndarray:
+        """(N, seq_len + 1) consecutive windows from the start of the held-out split, stride
+        seq_len, covering min(val_tokens, what the split has) targets."""
+        n = min(val_tokens, self.val.num_tokens - 1) // seq_len
+        if n < 1:
+            raise UserError(f"the validation split has {self.val.num_tokens} tokens, fewer than one row of "
+                            f"{seq_len + 1}; prepare with more text or a larger --val-fraction")
+        flat = self.val.read(0, n * seq_len + 1)
+        idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+        return flat[idx]
+
 
 VERIFY_SHARD_BYTES = 1 << 30  # shards up to this size in all are sha256-checked on every open (about a second)
 

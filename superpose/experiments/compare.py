@@ -31,15 +31,13 @@ from ..errors import UserError
 from ..files import copy_file
 from .. import checkpoint
 from ..training import Trainer, build_trainer, resolve_data
-from ..training.resume import check_resumable, continue_from
+from ..training.resume import check_resumable
 from ..training.ownership import (EXPERIMENT_MARK, begin_experiment, check_experiment_dir, claim,
                                   experiment_advice, mark_experiment)
 from .fingerprint import check_same_config
-from .baselines import (OWN, Variant, apply_variant, baseline_name, best_baseline, parse_grid,  # noqa: F401
-                        parse_baselines)
-from .stats import clear_of_noise, crossover, iso_loss, speedup_text, stats  # noqa: F401 (also imported from here)
-from .summary import (PHASE1_TAIL, data_unigram_entropy, length_summary, plateau_verdict,  # noqa: F401
-                      summarize, summarize_scan, verdicts)
+from .baselines import Variant, apply_variant, baseline_name
+from .stats import iso_loss, stats
+from .summary import PHASE1_TAIL, data_unigram_entropy, length_summary, summarize, summarize_scan
 
 DEFAULT_LENGTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 _NEW_OUT = "use a new --out for other settings (finished seeds are reused only with the settings they were run with)"
@@ -89,7 +87,7 @@ def _arm(cfg: Config, run_dir: Path, ds, log: Callable[[str], None]) -> Trainer:
     ckpt = checkpoint.newest(run_dir)
     check_resumable(ckpt, run_dir, cfg, ds)  # an arm of other settings: one line, nothing touched
     t = build_trainer(cfg, run_dir, ds, log)
-    continue_from(t, ckpt)
+    t.resume_from(ckpt)
     return t
 
 
@@ -109,25 +107,44 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
     shorter baseline length branches off it where its own decay starts, so every baseline length
     costs only its decay steps. -> {"by_steps": {str(T): result of length T}} for the compare's own
     TST config, or {"tst_cells": {str(T): {cell: result}}} with a TST grid."""
-    s, r, decay = cfg.tst.bag_size, cfg.tst.ratio, cfg.optim.decay_frac
+    decay = cfg.optim.decay_frac
     needs = {T: baseline_lengths(T, factors, decay, cfg.optim.warmup_steps) for T in steps_list}
     lengths = sorted(set().union(*needs.values()))
     ds = resolve_data(cfg)  # a data directory or a mixture (data.mix)
-    quiet = lambda m: None  # noqa: E731 - the arms' own lines would interleave unreadably
     one = len(steps_list) == 1
     cells = list(tst_cells) or [None]
-    tsts = {(c, T): _arm(apply_variant(_arm_config(cfg, seed, T, s, r), c), out / tst_dir(c, T, one), ds,
-                         log if one and len(cells) == 1 else quiet)
+    tsts = {(c, T): _arm(apply_variant(_arm_config(cfg, seed, T, cfg.tst.bag_size, cfg.tst.ratio), c),
+                         out / tst_dir(c, T, one), ds, log if one and len(cells) == 1 else _quiet)
             for c in cells for T in steps_list}
     for (_, T), t in tsts.items():  # see the jump at the switch and the recovery after it
         t.extra_evals = frozenset(switch_evals(t.schedule.switch_step, cfg.train.eval_every, T))
-    trunk_steps = lengths[-1]
     runs = [_Run(tst_dir(c, T, False), t) for (c, T), t in tsts.items()]
-    # One trunk per baseline (None: the compare's own config), each with its decay branches.
-    trunks: dict[Trainer, tuple[Variant | None, dict[int, int]]] = {}
+    trunks = _baseline_trunks(cfg, out, seed, lengths, ds, variants, runs)
+    finished = _lockstep(cfg, out, seed, runs, trunks, ds, log)
+    # Every length reads its iso-loss point off all the decayed baselines the seed trained, not only
+    # its own multiples: they are the same runs.
+    results = {str(T): {"" if c is None else c.name: _seed_result(finished, tsts[c, T], lengths, variants)
+                        for c in cells} for T in steps_list}
+    if tst_cells:
+        return {"tst_cells": results, "baselines": [v.name for v in variants], "tst_grid": [c.name for c in cells]}
+    return {"by_steps": {T: r[""] for T, r in results.items()}, "baselines": [v.name for v in variants]}
+
+
+def _quiet(_: str) -> None:
+    """The log of the arms that are not the one TST run: their lines would interleave unreadably."""
+
+
+def _baseline_trunks(cfg: Config, out: Path, seed: int, lengths: list[int], ds, variants: list[Variant],
+                     runs: list[_Run]) -> dict[Trainer, tuple[Variant | None, dict[int, int]]]:
+    """One baseline trunk per baseline (None: the compare's own config) as long as the longest of
+    `lengths`, each with the trunk steps where its shorter lengths branch off (trunk step ->
+    branch length). Appends the trunks, and branches already taken before an interruption, to
+    `runs`."""
+    trunk_steps, decay = lengths[-1], cfg.optim.decay_frac
+    trunks = {}
     for v in [None, *variants]:
         vcfg = apply_variant(_arm_config(cfg, seed, trunk_steps, 1, 0.0), v)
-        trunk = _arm(vcfg, out / baseline_name(v, trunk_steps), ds, quiet)
+        trunk = _arm(vcfg, out / baseline_name(v, trunk_steps), ds, _quiet)
         branch_at = {n - round(decay * n): n for n in lengths[:-1]}  # trunk step -> branch length
         for b in sorted(b for b in branch_at if b < trunk.state.step):  # branched before an interruption
             n = branch_at.pop(b)
@@ -136,9 +153,17 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
                 raise UserError(f"{bdir} lacks the checkpoint its trunk branched it with; remove {out} and run the "
                                 "same command again to train this seed anew")
             runs.append(_Run(baseline_name(v, n), _arm(apply_variant(_arm_config(cfg, seed, n, 1, 0.0), v), bdir, ds,
-                                                       quiet)))
+                                                       _quiet)))
         trunks[trunk] = (v, branch_at)
         runs.append(_Run(baseline_name(v, trunk_steps), trunk))
+    return trunks
+
+
+def _lockstep(cfg: Config, out: Path, seed: int, runs: list[_Run], trunks: dict, ds,
+              log: Callable[[str], None]) -> dict[str, Trainer]:
+    """Step every run of a seed one step at a time, round by round, branching each decay branch off
+    its trunk when the trunk reaches its branch step, saving checkpoints as a run would, and
+    saying the progress every 30 s. Returns the finished trainers by run name."""
     for run in runs:
         run.trainer.begin(progress=False)
     finished: dict[str, Trainer] = {}
@@ -153,19 +178,7 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
             t = run.trainer
             if t in trunks and t.state.step in trunks[t][1]:
                 v, branch_at = trunks[t]
-                n = branch_at.pop(t.state.step)
-                # The trunk's whole state (weights, optimizer, run state, data position, RNG), copied.
-                bcfg = apply_variant(_arm_config(cfg, seed, n, 1, 0.0), v)
-                bdir = out / baseline_name(v, n)
-                shutil.rmtree(bdir, ignore_errors=True)  # begun before an interruption the trunk did not outlive
-                branch = build_trainer(bcfg, bdir, ds, quiet, state=copy.deepcopy(t.state_dict()))
-                branch.run_dir.mkdir(parents=True, exist_ok=True)
-                # The branch's log starts with the trunk's history: it is the full run of that length.
-                copy_file(t.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl",
-                          fix="free some space and run the same command again: finished seeds are kept")
-                branch.begin(progress=False)
-                branch.save_checkpoint()  # so an interrupted compare can continue it without its trunk
-                runs.append(_Run(baseline_name(v, n), branch))
+                runs.append(_branch(cfg, out, seed, t, v, branch_at.pop(t.state.step), ds))
             if t.state.step < t.cfg.train.steps:
                 t.step_once()
                 done_steps += 1
@@ -184,13 +197,23 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
             eta = (last_log - t0) / max(done_steps, 1) * (total_steps - done_steps)
             log(f"compare: seed {seed}: {done_steps}/{total_steps} steps of all runs, {last_log - t0:.0f}s, "
                 f"eta {eta:.0f}s")
-    # Every length reads its iso-loss point off all the decayed baselines the seed trained, not only
-    # its own multiples: they are the same runs.
-    results = {str(T): {"" if c is None else c.name: _seed_result(finished, tsts[c, T], lengths, variants)
-                        for c in cells} for T in steps_list}
-    if tst_cells:
-        return {"tst_cells": results, "baselines": [v.name for v in variants], "tst_grid": [c.name for c in cells]}
-    return {"by_steps": {T: r[""] for T, r in results.items()}, "baselines": [v.name for v in variants]}
+    return finished
+
+
+def _branch(cfg: Config, out: Path, seed: int, trunk: Trainer, v: Variant | None, n: int, ds) -> _Run:
+    """The decay branch of length `n` off `trunk` at its current step: a trainer built from the
+    trunk's whole state (weights, optimizer, run state, data position, RNG), begun and saved."""
+    bcfg = apply_variant(_arm_config(cfg, seed, n, 1, 0.0), v)
+    bdir = out / baseline_name(v, n)
+    shutil.rmtree(bdir, ignore_errors=True)  # begun before an interruption the trunk did not outlive
+    branch = build_trainer(bcfg, bdir, ds, _quiet, state=copy.deepcopy(trunk.state_dict()))
+    branch.run_dir.mkdir(parents=True, exist_ok=True)
+    # The branch's log starts with the trunk's history: it is the full run of that length.
+    copy_file(trunk.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl",
+              fix="free some space and run the same command again: finished seeds are kept")
+    branch.begin(progress=False)
+    branch.save_checkpoint()  # so an interrupted compare can continue it without its trunk
+    return _Run(baseline_name(v, n), branch)
 
 
 def _records(trainer: Trainer, kind: str) -> list[dict]:
@@ -279,75 +302,98 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
     `tst_grid`: TST's own cells (`parse_grid`), each one more TST arm per seed and length; TST is
     then the cell with the lowest mean final loss at each length, tuned as hard as the baselines."""
     baselines, tst_grid = _distinct_baselines(cfg, baselines, log), list(tst_grid)
-    for c in tst_grid or [None]:
-        if apply_variant(cfg, c).schedule().switch_step == 0:
-            raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
-                            f"must get >= 1 step){f'; --tst-grid cell {c.name} has none' if c else ''}")
     steps = list(steps or [cfg.train.steps])
-    check_lengths(steps, cfg, factors)
-    for v in [*tst_grid, *baselines]:  # a bad value fails now, in one line, not after the first seed
-        apply_variant(cfg, v, lambda c: check_lengths(steps, c, factors))  # every arm by the same rules
-    from .report import tst_label, write_report
-
+    _check_arms(cfg, steps, factors, baselines, tst_grid)
     # One writer per experiment directory: the arms' run directories, the seeds' results and the
     # reports are written under this lock (an OS lock, dropped by the kernel if we die).
     check_experiment_dir(out, "compare")  # new, empty or this compare's own: nothing else is written
     with claim(out, "compare directory", mine=(EXPERIMENT_MARK,)), experiment_advice("compare", out, command):
         begin_experiment(out, "compare", command)  # `train` keeps out of its arms from now on
-        per_seed = {}
-        for seed in seeds:
-            seed_dir = out / f"seed-{seed}"
-            done = seed_dir / "result.json"
-            if done.is_file():
-                per_seed[seed] = _reuse(done, seed, steps, factors, baselines, tst_grid)
-                # Steps are checked by _reuse, and each seed sets its own train.seed.
-                check_same_config(per_seed[seed].get("config"), cfg, f"seed {seed}", done, _NEW_OUT,
-                                  ignore=("train.steps", "train.seed"))
-                log(f"compare: seed {seed} already done, reusing {done}")
-                continue
-            if any(checkpoint.checkpoints(arm) for arm in seed_dir.glob("*/")):
-                log(f"compare: seed {seed}: continuing its arms from their checkpoints in {seed_dir}")
-            lengths = sorted(set().union(*(baseline_lengths(T, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
-                                           for T in steps)))
-            extra = f" and {len(baselines)} more baseline(s) ({'; '.join(v.name for v in baselines)})" if baselines else ""
-            log(f"compare: seed {seed}: TST ({tst_label(cfg.to_dict()['tst'])}) at {', '.join(map(str, steps))} "
-                f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk){extra}, in lock-step")
-            per_seed[seed] = {**run_seed(cfg, seed_dir, seed, steps, factors, log, baselines, tst_grid), "steps": steps,
-                              "factors": list(factors), "config": cfg.to_dict()}  # checked when it is reused
-            write_report(done, json.dumps(per_seed[seed], indent=1) + "\n")
-        from .report import plot_compare, plot_gain_vs_length, write_compare_markdown, write_scan_markdown
-
-        entropy = data_unigram_entropy(cfg)
-        subs, chosen = [], {k: {"by_steps": {}} for k in seeds}  # each length's TST: the best --tst-grid cell
-        for T in steps:
-            cfg_T = copy.deepcopy(cfg)
-            cfg_T.train.steps = T
-            by_seed, grid = tst_cell_results(per_seed, seeds, T)
-            for k in seeds:
-                chosen[k]["by_steps"][str(T)] = by_seed[k]
-            lengths = sorted({b["steps"] for k in seeds for b in by_seed[k]["baseline"]})
-            sub = summarize(cfg_T, by_seed, lengths, command, entropy, grid, tst_grid, baselines)
-            where = out if len(steps) == 1 else out / f"steps-{T}"
-            where.mkdir(exist_ok=True)
-            plot_compare(sub, by_seed, where)
-            write_compare_markdown(sub, where / "report.md")
-            subs.append(sub)
-        if len(steps) == 1:
-            report = subs[0]
-            report["lengths"] = [length_summary(report)]
-        else:
-            report = summarize_scan(cfg, subs, chosen, command)
-            plot_gain_vs_length(report, out / "gain_vs_length.png")
-            write_scan_markdown(report, out / "report.md")
-        report["baseline_factors"] = list(factors)
-        report["baselines"] = [v.name for v in baselines]
-        write_report(out / "report.json", json.dumps(report, indent=2) + "\n")
+        per_seed = {seed: _seed(cfg, out, seed, steps, factors, log, baselines, tst_grid) for seed in seeds}
+        report = _write_reports(cfg, out, per_seed, steps, factors, command, baselines, tst_grid)
         mark_experiment(out, "compare", command)  # the command that finished it, quoted from now on
         for line in report["verdicts"]:
             log(f"compare: {line}")
         log(f"compare: report in {out / 'report.md'}" + (f", plots in {out}/loss_vs_*.png" if len(steps) == 1 else
                                                           f", gain vs length in {out / 'gain_vs_length.png'}"))
         return report
+
+
+def _check_arms(cfg: Config, steps: list[int], factors: tuple[float, ...], baselines: list[Variant],
+                tst_grid: list[Variant]) -> None:
+    """Refuse, before anything runs, a compare without a TST arm or with a length some arm cannot
+    use: every TST cell and baseline by the same rules, in one line."""
+    for c in tst_grid or [None]:
+        if apply_variant(cfg, c).schedule().switch_step == 0:
+            raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
+                            f"must get >= 1 step){f'; --tst-grid cell {c.name} has none' if c else ''}")
+    check_lengths(steps, cfg, factors)
+    for v in [*tst_grid, *baselines]:
+        apply_variant(cfg, v, lambda c: check_lengths(steps, c, factors))
+
+
+def _seed(cfg: Config, out: Path, seed: int, steps: list[int], factors: tuple[float, ...],
+          log: Callable[[str], None], baselines: list[Variant], tst_grid: list[Variant]) -> dict:
+    """One seed's result: reused from its result.json when an earlier compare finished it (with
+    the same settings), else run (its arms continued from their checkpoints) and written there."""
+    from .report import tst_label, write_report
+
+    seed_dir = out / f"seed-{seed}"
+    done = seed_dir / "result.json"
+    if done.is_file():
+        result = _reuse(done, seed, steps, factors, baselines, tst_grid)
+        # Steps are checked by _reuse, and each seed sets its own train.seed.
+        check_same_config(result.get("config"), cfg, f"seed {seed}", done, _NEW_OUT,
+                          ignore=("train.steps", "train.seed"))
+        log(f"compare: seed {seed} already done, reusing {done}")
+        return result
+    if any(checkpoint.checkpoints(arm) for arm in seed_dir.glob("*/")):
+        log(f"compare: seed {seed}: continuing its arms from their checkpoints in {seed_dir}")
+    lengths = sorted(set().union(*(baseline_lengths(T, factors, cfg.optim.decay_frac, cfg.optim.warmup_steps)
+                                   for T in steps)))
+    extra = f" and {len(baselines)} more baseline(s) ({'; '.join(v.name for v in baselines)})" if baselines else ""
+    log(f"compare: seed {seed}: TST ({tst_label(cfg.to_dict()['tst'])}) at {', '.join(map(str, steps))} "
+        f"steps and the baseline at {', '.join(map(str, lengths))} steps (one trunk){extra}, in lock-step")
+    result = {**run_seed(cfg, seed_dir, seed, steps, factors, log, baselines, tst_grid), "steps": steps,
+              "factors": list(factors), "config": cfg.to_dict()}  # checked when it is reused
+    write_report(done, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _write_reports(cfg: Config, out: Path, per_seed: dict, steps: list[int], factors: tuple[float, ...],
+                   command: str, baselines: list[Variant], tst_grid: list[Variant]) -> dict:
+    """report.json, report.md and the plots: one set per length (under steps-T/ when there are
+    several, with the gain-vs-length report on top). Returns the top-level report."""
+    from .report import (plot_compare, plot_gain_vs_length, write_compare_markdown, write_report,
+                         write_scan_markdown)
+
+    seeds = list(per_seed)
+    entropy = data_unigram_entropy(cfg)
+    subs, chosen = [], {k: {"by_steps": {}} for k in seeds}  # each length's TST: the best --tst-grid cell
+    for T in steps:
+        cfg_T = copy.deepcopy(cfg)
+        cfg_T.train.steps = T
+        by_seed, grid = tst_cell_results(per_seed, seeds, T)
+        for k in seeds:
+            chosen[k]["by_steps"][str(T)] = by_seed[k]
+        lengths = sorted({b["steps"] for k in seeds for b in by_seed[k]["baseline"]})
+        sub = summarize(cfg_T, by_seed, lengths, command, entropy, grid, tst_grid, baselines)
+        where = out if len(steps) == 1 else out / f"steps-{T}"
+        where.mkdir(exist_ok=True)
+        plot_compare(sub, by_seed, where)
+        write_compare_markdown(sub, where / "report.md")
+        subs.append(sub)
+    if len(steps) == 1:
+        report = subs[0]
+        report["lengths"] = [length_summary(report)]
+    else:
+        report = summarize_scan(cfg, subs, chosen, command)
+        plot_gain_vs_length(report, out / "gain_vs_length.png")
+        write_scan_markdown(report, out / "report.md")
+    report["baseline_factors"] = list(factors)
+    report["baselines"] = [v.name for v in baselines]
+    write_report(out / "report.json", json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def _distinct_baselines(cfg: Config, variants: list[Variant], log: Callable[[str], None]) -> list[Variant]:

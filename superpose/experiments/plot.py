@@ -35,7 +35,7 @@ AXES = {"step": (None, "optimizer steps"), "tokens": ("tokens_seen", "raw tokens
 """--x: the train/eval record field each axis reads (steps are `step` + 1) and its label."""
 
 FIGSIZE, DPI = (11.0, 7.5), 120  # DPI is save_figure's: the PNG is 1320 x 900 pixels
-FINISHED = "summary.json"  # the trainer writes it last: a run without it is not finished (checkpointer.save_final)
+FINISHED = "summary.json"  # the trainer writes it last: a run without it is not finished (training/save.py save_final)
 FIX = "free some space and run the same command again"  # after intact="metrics.jsonl is only read"
 
 

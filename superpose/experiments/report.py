@@ -56,21 +56,8 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         switch_x = []
         for i, seed in enumerate(sorted(per_seed, key=int)):
+            _plot_seed(ax, per_seed[seed], key, pts_key(name), tst_label(cfg["tst"]), first=i == 0)
             r = per_seed[seed]
-            x = [e[key] + (1 if key == "step" else 0) for e in r["tst"]["curve"]]
-            ax.plot(x, [e["val_loss"] for e in r["tst"]["curve"]], color=TST_COLOR, alpha=0.8, lw=1.2,
-                    label=f"TST {tst_label(cfg['tst'])}" if i == 0 else None)
-            bx = [e[key] + (1 if key == "step" else 0) for e in r["baseline_curve"]]
-            ax.plot(bx, [e["val_loss"] for e in r["baseline_curve"]], color=BASE_COLOR, alpha=0.5, lw=1, ls="--",
-                    label="baseline at stable LR (not decayed)" if i == 0 else None)
-            pts = pts_key(name)
-            ax.plot([b[pts] for b in r["baseline"]], [b["val_loss"] for b in r["baseline"]], color=BASE_COLOR,
-                    marker="o", ms=4, lw=1.2, label="baseline after decay, per length" if i == 0 else None)
-            ax.plot([r["tst"][pts]],
-                    [r["tst"]["val_loss"]], color=TST_COLOR, marker="*", ms=10)
-            for j, v in enumerate(r.get("variants", {}).values()):  # --baselines: their final losses
-                ax.plot([v[pts]], [v["val_loss"]], color="black", marker="s", ms=4, ls="none",
-                        label="other baselines, final" if i == 0 and j == 0 else None)
             switch_x.append({"time": r["tst"]["switch_time_s"], "step": r["tst"]["switch_step"],
                              "tokens": phase1_tokens}[name])
         ax.axvline(sum(switch_x) / len(switch_x), color="gray", ls=":", lw=1, label="TST phase switch")
@@ -101,6 +88,24 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _plot_seed(ax, r: dict, key: str, pts: str, tst_name: str, first: bool) -> None:
+    """One seed's curves on a loss_vs_* axis: TST's eval curve and final loss, the baseline trunk
+    at the stable LR, each decayed baseline length, other baselines' final losses (labelled once,
+    on the `first` seed). key: the curves' x field; pts: the final points' (`pts_key`)."""
+    x = [e[key] + (1 if key == "step" else 0) for e in r["tst"]["curve"]]
+    ax.plot(x, [e["val_loss"] for e in r["tst"]["curve"]], color=TST_COLOR, alpha=0.8, lw=1.2,
+            label=f"TST {tst_name}" if first else None)
+    bx = [e[key] + (1 if key == "step" else 0) for e in r["baseline_curve"]]
+    ax.plot(bx, [e["val_loss"] for e in r["baseline_curve"]], color=BASE_COLOR, alpha=0.5, lw=1, ls="--",
+            label="baseline at stable LR (not decayed)" if first else None)
+    ax.plot([b[pts] for b in r["baseline"]], [b["val_loss"] for b in r["baseline"]], color=BASE_COLOR,
+            marker="o", ms=4, lw=1.2, label="baseline after decay, per length" if first else None)
+    ax.plot([r["tst"][pts]], [r["tst"]["val_loss"]], color=TST_COLOR, marker="*", ms=10)
+    for j, v in enumerate(r.get("variants", {}).values()):  # --baselines: their final losses
+        ax.plot([v[pts]], [v["val_loss"]], color="black", marker="s", ms=4, ls="none",
+                label="other baselines, final" if first and j == 0 else None)
 
 
 def pts_key(axis: str) -> str:
@@ -231,9 +236,8 @@ def _fmt(st: dict, digits: int = 4, suffix: str = "") -> str:
 
 
 def write_compare_markdown(rep: dict, path: Path) -> None:
-    cfg = rep["config"]
-    m, d, t, o, tr = cfg["model"], cfg["data"], cfg["tst"], cfg["optim"], cfg["train"]
-    env = rep["environment"]
+    """report.md of one compare length: verdict, setup, the runs' results, the measures."""
+    t = rep["config"]["tst"]
     lines = [
         f"# superpose compare: TST ({tst_label(t)}) vs the matched-FLOPs baseline",
         "",
@@ -243,6 +247,29 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
         "",
         *[f"- {v}" for v in rep["verdicts"]],
         "",
+        *_setup_lines(rep),
+        *_result_lines(rep),
+        *_measure_lines(rep),
+        "",
+        f"Iso-loss kinds per seed: {', '.join(rep['iso_loss_kinds'])} (interpolated between baseline lengths, or a "
+        "bound when TST's loss lies outside them).",
+        "",
+        "![loss vs time](loss_vs_time.png)",
+        "",
+        "![loss vs step](loss_vs_step.png)",
+        "",
+        "![loss vs tokens](loss_vs_tokens.png)",
+        "",
+    ]
+    write_report(path, "\n".join(lines))
+
+
+def _setup_lines(rep: dict) -> list[str]:
+    """report.md's setup: model, data, training, baseline lengths, noise control, machine, command."""
+    cfg = rep["config"]
+    m, d, o, tr = cfg["model"], cfg["data"], cfg["optim"], cfg["train"]
+    env = rep["environment"]
+    return [
         "## Setup",
         "",
         f"- model: d={m['dim']}, {m['n_layers']} layers, {m['n_heads']} heads ({m['n_kv_heads']} kv), "
@@ -258,6 +285,13 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
         f"Python {env['python']}" + (f", GPU {env['cuda']}" if env.get("cuda") else ""),
         f"- command: `{rep['command']}`" if rep["command"] else "",
         "",
+    ]
+
+
+def _result_lines(rep: dict) -> list[str]:
+    """report.md's results table: TST, every baseline length, other baselines, the TST grid's cells."""
+    tr = rep["config"]["train"]
+    lines = [
         "## Results",
         "",
         "| run | steps | final val loss | val bits/byte | train wall clock (s) | raw tokens read |",
@@ -278,7 +312,12 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
     for name, st in grid["cells"].items():  # TST is the best of these; the row above repeats it in full
         lines.append(f"| TST {name}{' (best: the TST above)' if name == grid['best'] else ''} | {tr['steps']} | "
                      f"{_fmt(st)} | | | |")
-    lines += [
+    return lines
+
+
+def _measure_lines(rep: dict) -> list[str]:
+    """report.md's measures table: the gains and speedups with their intervals and per-seed values."""
+    lines = [
         "",
         "| measure | mean ± std | 95% interval | per seed |",
         "|---|---|---|---|",
@@ -307,19 +346,7 @@ def write_compare_markdown(rep: dict, path: Path) -> None:
             label += " (bound: " + (bound[kinds.pop()] if len(kinds) == 1 else "mixed kinds, see below") + ")"
             ci = "n/a (bound)"
         lines.append(f"| {label} | {_fmt(st, digits)} | {ci} | {', '.join(f'{v:.{digits}f}' for v in st['values'])} |")
-    lines += [
-        "",
-        f"Iso-loss kinds per seed: {', '.join(rep['iso_loss_kinds'])} (interpolated between baseline lengths, or a "
-        "bound when TST's loss lies outside them).",
-        "",
-        "![loss vs time](loss_vs_time.png)",
-        "",
-        "![loss vs step](loss_vs_step.png)",
-        "",
-        "![loss vs tokens](loss_vs_tokens.png)",
-        "",
-    ]
-    write_report(path, "\n".join(lines))
+    return lines
 
 
 def plot_sweep(grid: dict, path: Path, title: str) -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Dataset, Mixture, open_dataset, open_mixture
+from ..data import DataSource, open_dataset, open_mixture
 from ..data.corpus import prepare_command
 from ..data.tokenizer import same_tokenizer
 from ..errors import UserError
@@ -70,7 +70,7 @@ def next_token_eval(forward: Callable[[Tensor], Tensor], windows: Tensor, batch_
     return out
 
 
-def open_eval_data(src, data: Path | str | None) -> Dataset | Mixture:
+def open_eval_data(src, data: Path | str | None) -> DataSource:
     """The data directory to evaluate on: `data`, else the run's own (a run on data.mix: its
     mixture, each source's share of the windows); its tokenizer must be the model's."""
     from .load import tokenizer_path

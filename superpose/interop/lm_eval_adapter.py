@@ -40,9 +40,6 @@ from .hf_llama import MANIFEST as EXPORT_MANIFEST
 from ..inference.generate import generate_ids
 from ..inference.load import special_tokens
 
-MODEL_ARGS = ("path", "max_length", "batch_size", "device", "max_batch_size")
-
-
 @register_model("superpose")
 class SuperposeLM(LM):
     def __init__(self, model, tokenizer, max_length: int, batch_size: int = 16, src=None):

@@ -1,7 +1,7 @@
-"""Training: build a run once (`build`), step it (`trainer`), persist it (`checkpointer`, which
-writes through `checkpoint`) and continue it (`resume`), on one process or many (`distributed`),
+"""Training: build a run once (`build`), step it (`trainer`: its loop and its checkpoints), write
+its files (`save`), stop it early (`stops`) and continue it (`resume`), on one process or many (`distributed`),
 with its numbers (`metrics`), its run state (`state`) and the execution choices that change
-speed, not results (`perf`). `faults` arms the crash tests."""
+speed, not results (`perf`)."""
 
 from .build import build_trainer, resolve_data, run_training
 from .trainer import Trainer

@@ -20,21 +20,21 @@ from collections.abc import Callable
 import torch
 
 from ..config import Config
-from ..core.model import build_model, empty_model
+from ..core.model import ModelConfig, Transformer, build_model, empty_model
 from ..core.schedule import Schedule
-from ..data import (Dataset, Mixture, MixtureLoader, TrainLoader, open_dataset, open_mixture, token_byte_lengths,
-                    val_windows)
+from ..data import DataSource, Dataset, open_dataset, open_mixture, token_byte_lengths, val_windows
 from ..data.mixture import absolute_mix
 from ..data.tokenizer import load_tokenizer_file
 from ..checks import check_model_memory, count_params
 from ..errors import UserError, command
 from .. import checkpoint
-from . import distributed, faults, tracking
+from . import distributed, tracking
 from .metrics import quiet
 from .optimizer import configure_optimizer
 from .ownership import RUN_MARK, check_train_dir, claim
-from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
-from .resume import check_resumable, continue_from, newest_unfinished
+from .perf import attention_kernel, auto_loss_chunk_rows
+from .state import rng_state
+from .resume import check_resumable, newest_unfinished
 from .trainer import Trainer, superposed_loss
 
 
@@ -45,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_data(cfg: Config, log: Callable[[str], None] = print,
-                 par: distributed.Parallel | None = None) -> Dataset | Mixture:
+                 par: distributed.Parallel | None = None) -> DataSource:
     """The run's data: the mixture of data.mix, or data.path's directory (raw text there is
     prepared once into the cache: data/own_text.py), or the default corpus (prepared on first use
     when both are empty). Under torchrun rank 0 of each machine goes first
@@ -65,7 +65,7 @@ def resolve_data(cfg: Config, log: Callable[[str], None] = print,
     return ds
 
 
-def resolve_vocab(cfg: Config, dataset: Dataset | Mixture) -> Config:
+def resolve_vocab(cfg: Config, dataset: DataSource) -> Config:
     """A copy of `cfg` whose model.vocab_size 0 ("from the data") is the tokenizer's size."""
     if 0 < cfg.model.vocab_size < dataset.vocab_size:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
@@ -79,7 +79,7 @@ def resolve_vocab(cfg: Config, dataset: Dataset | Mixture) -> Config:
     return cfg
 
 
-def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None = None,
+def build_trainer(cfg: Config, run_dir: Path, dataset: DataSource | None = None,
                   log: Callable[[str], None] = print, *, par: distributed.Parallel | None = None,
                   init_from_hf: Path | None = None, state: dict | None = None) -> Trainer:
     """Everything a run needs, built once.
@@ -93,8 +93,6 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
     """
     tr, d = cfg.train, cfg.data
     tracking.check(cfg.log)  # a missing tracker library, said before anything is built or written
-    if tr.threads:
-        torch.set_num_threads(tr.threads)
     # Under torchrun: join the job (rank, world size, cuda:LOCAL_RANK); otherwise one process.
     if par is None:
         par = distributed.setup(cfg.parallel.mode, resolve_device(tr.device), cfg.parallel.timeout_s,
@@ -104,12 +102,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
         log = quiet
     for note in par.notes:
         log(note)
-    W, K = par.world_size, tr.grad_accum
-    if par.distributed and tr.batch_size % (W * K):
-        near = W * K * max(1, round(tr.batch_size / (W * K)))
-        raise UserError(f"train.batch_size={tr.batch_size} (the global batch) must be divisible by the {W} "
-                        f"processes x train.grad_accum={K}: each process takes batch_size/{W} rows in {K} "
-                        f"micro-batches; use a multiple of {W * K}, e.g. --train.batch_size={near}")
+    check_batch_split(tr.batch_size, tr.grad_accum, par)
     if dataset is None:
         dataset = resolve_data(cfg, log, par)
     if init_from_hf is not None:
@@ -120,47 +113,77 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
     check_model_memory(count_params(cfg.model.resolve()), device, training=True, what="the model",
                        shards=par.world_size if cfg.parallel.mode == "fsdp" else 1,
                        fix="lower --model.dim / --model.n_layers, or train on a device with more memory")
-    if state is None:
-        torch.manual_seed(tr.seed)  # the same seed gives the same initial weights in every arm
-        model = build_model(cfg.model, device)
-    else:
-        model = empty_model(cfg.model, device)
-    if init_from_hf is not None:  # continue training a Hugging Face Llama (cfg.model is its architecture)
-        from ..interop.hf_llama import init_from_hf as load_hf_weights
-
-        load_hf_weights(model, init_from_hf)
-        log(f"model: weights from the Hugging Face folder {init_from_hf}")
+    model, rng = initial_model(cfg, device, state is not None, init_from_hf, log)
     # train.compile: model, bag superposition and loss compiled as one function (one graph per
     # phase, since bag_size and the row length are baked in; dynamic=False keeps it that way).
     loss_fn = torch.compile(superposed_loss, dynamic=False) if tr.compile else superposed_loss
     attention_kernel(tr.attention, device)  # refuses a kernel this device lacks, now
-    if tr.keep_freed_memory and device.type == "cpu":
-        keep_freed_memory()  # step-sized CPU buffers are reused, not page-faulted in again (perf.py)
-    # train.loss_chunk_rows = -1 (auto): decided once from a micro-batch's positions (either
-    # phase has L of them), the vocabulary and the device.
-    micro_positions = tr.batch_size // (tr.grad_accum * par.world_size) * d.seq_len
-    chunk_rows = (tr.loss_chunk_rows if tr.loss_chunk_rows >= 0 else
-                  auto_loss_chunk_rows(micro_positions, cfg.model.vocab_size, cfg.model.dim, device))
     # Data parallel: the module a step calls (FSDP2 shards `model`'s parameters in place, so the
     # optimizer is built after it).
     fwd = distributed.wrap(model, par, loss_fn, cfg.parallel.mixed_precision) if par.distributed else None
     tokenizer = load_tokenizer_file(dataset.tokenizer_path)
-    if isinstance(dataset, Mixture):  # each row from one source, drawn by weight
-        loader = MixtureLoader(dataset, seed=tr.seed, vocab_size=cfg.model.vocab_size)
-    else:
-        loader = TrainLoader(dataset.train, dataset.train_docs, seed=tr.seed, vocab_size=cfg.model.vocab_size)
     trainer = Trainer(
-        cfg=cfg, run_dir=Path(run_dir), dataset=dataset, log=log, par=par, model=model,
+        cfg=cfg, run_dir=Path(run_dir), dataset=dataset, log=log, par=par, model=model, rng=rng,
         optimizer=configure_optimizer(model, cfg), schedule=cfg.schedule(),
-        loader=loader,
-        loss_fn=loss_fn, loss_chunk_rows=chunk_rows, fwd=fwd,
+        loader=dataset.loader(tr.seed, cfg.model.vocab_size),
+        loss_fn=loss_fn, loss_chunk_rows=loss_chunk_rows(cfg, par), fwd=fwd,
         val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens, cfg.model.vocab_size)),  # (N, L + 1)
         token_bytes=torch.from_numpy(token_byte_lengths(tokenizer, cfg.model.vocab_size)))  # (V,)
     if cfg.tst.weights == "mi":
         trainer.mi_fit = mi_fit(trainer.schedule, dataset, Path(run_dir), log)
     if state is not None:
         trainer.load_state_dict(state)
-    return faults.arm(trainer)
+    return trainer
+
+
+def initial_model(cfg: Config, device: torch.device, from_state: bool, init_from_hf: Path | None,
+                  log: Callable[[str], None]) -> tuple[Transformer, dict]:
+    """The model a run starts from, and its RNG state: drawn from train.seed (`seeded_model`), or
+    left uninitialised when a state's weights and RNG replace it (from_state); then a Hugging
+    Face Llama's weights when init_from_hf names one (cfg.model is its architecture)."""
+    if from_state:
+        model, rng = empty_model(cfg.model, device), {}
+    else:
+        model, rng = seeded_model(cfg.model, device, cfg.train.seed)
+    if init_from_hf is not None:
+        from ..interop.hf_llama import init_from_hf as load_hf_weights
+
+        load_hf_weights(model, init_from_hf)
+        log(f"model: weights from the Hugging Face folder {init_from_hf}")
+    return model, rng
+
+
+def check_batch_split(batch_size: int, grad_accum: int, par: distributed.Parallel) -> None:
+    """Data parallel: each process takes batch_size / W rows of a step in grad_accum micro-batches,
+    so the global batch must divide evenly; else one line with the nearest size that does."""
+    W, K = par.world_size, grad_accum
+    if par.distributed and batch_size % (W * K):
+        near = W * K * max(1, round(batch_size / (W * K)))
+        raise UserError(f"train.batch_size={batch_size} (the global batch) must be divisible by the {W} "
+                        f"processes x train.grad_accum={K}: each process takes batch_size/{W} rows in {K} "
+                        f"micro-batches; use a multiple of {W * K}, e.g. --train.batch_size={near}")
+
+
+def loss_chunk_rows(cfg: Config, par: distributed.Parallel) -> int:
+    """train.loss_chunk_rows, with -1 (auto) decided once from a micro-batch's positions (either
+    phase has L of them), the vocabulary and the device."""
+    tr = cfg.train
+    if tr.loss_chunk_rows >= 0:
+        return tr.loss_chunk_rows
+    micro_positions = tr.batch_size // (tr.grad_accum * par.world_size) * cfg.data.seq_len
+    return auto_loss_chunk_rows(micro_positions, cfg.model.vocab_size, cfg.model.dim, par.device)
+
+
+def seeded_model(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[Transformer, dict]:
+    """The run's initial weights, drawn from torch's generators seeded with train.seed inside a
+    fork of them: the same seed gives the same weights in every arm, and building leaves the
+    process's generators as it found them (compare builds several trainers in one process, and one
+    must not move another's stream). Returns the model and the generator states after the draw:
+    the run's own RNG state, which its checkpoints keep (rng.pt)."""
+    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return build_model(cfg, device), rng_state(device)
 
 
 def mi_fit(schedule: Schedule, dataset: Dataset, run_dir: Path, log: Callable[[str], None]) -> dict:
@@ -214,7 +237,7 @@ def run_training(cfg: Config, run_dir: Path, log: Callable[[str], None] = print,
             check_resumable(ckpt, run_dir, cfg, dataset)  # before the build, which checks the vocabulary too
         trainer = build_trainer(cfg, run_dir, dataset, log, par=par, init_from_hf=init_from_hf)
         if resume:
-            continue_from(trainer, ckpt)
+            trainer.resume_from(ckpt)
         summary = trainer.train()
     distributed.shutdown(par)
     return summary

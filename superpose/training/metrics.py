@@ -19,7 +19,6 @@ import torch
 
 from ..checkpoint import checkpoint_advice
 from ..core.losses import bag_loss
-from ..data import Mixture, MixtureLoader
 from ..errors import command
 from ..files import AppendLog, write_text
 
@@ -82,21 +81,19 @@ def run_summary(trainer) -> dict:
     """summary.json of a finished run: its counters, final evaluation, data plan and environment."""
     t, st = trainer, trainer.state
     plan = data_plan(t.schedule, t.cfg.train.batch_size, t.cfg.data.seq_len, t.loader.tokens_per_epoch)
-    mixture = isinstance(t.dataset, Mixture)  # data.mix: no one data directory
     return {"steps": t.cfg.train.steps, "tokens_seen": st.tokens_seen, "skipped_steps": st.skipped_steps,
             "wall_s": t.elapsed_s(), "train_time_s": st.train_time_s, "parameters": t.model.num_params(),
-            **st.last_eval, **({"data_mix": t.dataset.spec, "source_epochs": t.loader.source_epochs} if mixture
-                               else {"data_dir": str(t.dataset.path)}),
+            **st.last_eval, **t.dataset.summary(), **t.loader.epoch_record(),
             "parallel": {"mode": t.par.mode, "world_size": t.par.world_size}, "data": plan,
             "environment": environment()}
 
 
-def describe_run(cfg, model, par, schedule, train_tokens: int, mixture: Mixture | None = None) -> list[str]:
+def describe_run(cfg, model, par, schedule, train_tokens: int, sources_line: str | None = None) -> list[str]:
     """The lines a run logs when it starts: processes, model, phases, and how much of the train
     split each phase reads, with a warning when the run repeats data.
 
-    mixture: data.mix's sources, named with their weights and sizes; train_tokens is then the
-    mixture's tokens per epoch of its most-read source (`MixtureLoader.tokens_per_epoch`)."""
+    sources_line: a mixture's line naming its sources (`DataSource.sources_line`); train_tokens is
+    then the mixture's tokens per epoch of its most-read source (`MixtureLoader.tokens_per_epoch`)."""
     tr, lines = cfg.train, []
     if par.distributed:
         share = tr.batch_size // par.world_size
@@ -124,10 +121,8 @@ def describe_run(cfg, model, par, schedule, train_tokens: int, mixture: Mixture 
     plan = data_plan(schedule, tr.batch_size, cfg.data.seq_len, train_tokens)
     n = plan["train_tokens"]
     split, has = "the train split", "the train split has"
-    if mixture is not None:
-        lines.append("data: a mixture, each row drawn from one source by weight: " + "; ".join(
-            f"{s.path} weight {w:.3g} ({s.train.num_tokens:,} train tokens)"
-            for s, w in zip(mixture.sources, mixture.weights)))
+    if sources_line is not None:
+        lines.append(sources_line)
         split, has = "its most-read source", "one epoch of its most-read source is"
     lines.append(f"data: phase 1 reads {plan['phase1_tokens']:,} and phase 2 {plan['phase2_tokens']:,} raw tokens; "
                  f"{has} {n:,} ({plan['total_tokens'] / n:.2f} epochs in all)")
@@ -263,7 +258,6 @@ def train_record(where: dict, out: dict, st, loader, elapsed_s: float, step_time
            "grad_norm": out["grad_norm"] if out["finite"] else None, "tokens_seen": st.tokens_seen,
            "epoch": loader.epoch_progress, "elapsed_s": elapsed_s, "train_time_s": st.train_time_s,
            "step_time_s": step_time, "data_time_s": out["data_time_s"], "tokens_per_s": raw_tokens / step_time,
-           "skipped_steps": st.skipped_steps, **({} if out["finite"] else {"skipped": True})}
-    if isinstance(loader, MixtureLoader):  # "epoch" is the most-read source's; here each one's
-        rec["source_epochs"] = loader.source_epochs
+           "skipped_steps": st.skipped_steps, **({} if out["finite"] else {"skipped": True}),
+           **loader.epoch_record()}  # a mixture's: each source's epochs ("epoch" is the most-read one's)
     return rec

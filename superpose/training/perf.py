@@ -58,20 +58,28 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbe
 # heap to twice its peak. At most 1 GiB of free memory is kept at the top of the heap.
 KEEP_BLOCKS_UP_TO = 64 << 20
 KEEP_FREE_TOP = 1 << 30
-_kept = False
+
+
+def set_process_state(threads: int, keep_freed: bool, device: torch.device) -> None:
+    """The settings of train.* that belong to the process, not to one run: torch's thread count
+    (train.threads; 0 keeps torch's default) and, on CPU, `keep_freed_memory`. The entry point
+    (`superpose train`, compare, sweep) sets them once, before anything is built: compare and
+    sweep build several trainers in one process, and building one must not change what the
+    others run under."""
+    if threads:
+        torch.set_num_threads(threads)
+    if keep_freed and device.type == "cpu":
+        keep_freed_memory()  # step-sized CPU buffers are reused, not page-faulted in again
 
 
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap threshold to 64 MiB and its trim threshold to 1 GiB for this process
-    (once); True if applied.
+    (setting them again changes nothing); True if applied.
 
     Blocks up to 64 MiB then come from the heap and go back to it when freed, so a training
     loop's same-sized tensors reuse the same pages every step. A no-op (False) where the C
     library is not glibc (macOS, musl, Windows).
     """
-    global _kept
-    if _kept:
-        return True
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -81,8 +89,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    _kept = bool(mallopt(_M_MMAP_THRESHOLD, KEEP_BLOCKS_UP_TO) and mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_TOP))
-    return _kept
+    return bool(mallopt(_M_MMAP_THRESHOLD, KEEP_BLOCKS_UP_TO) and mallopt(_M_TRIM_THRESHOLD, KEEP_FREE_TOP))
 
 
 # train.loss_chunk_rows = -1 (auto) fuses the LM head into the loss on CPU once a micro-batch's

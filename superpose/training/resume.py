@@ -3,7 +3,7 @@
 A resume continues the run bit for bit, so only fields that cannot change the arithmetic
 (RESUME_MAY_CHANGE: paths, device, logging, checkpoint cadence, ...) may be overridden, and a
 checkpoint from another model shape, vocabulary or data is refused in one line
-(`checkpointer.check_compatible`).
+(`check_compatible`). `Trainer.load_checkpoint` restores one through `read_weights_and_optimizer`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import copy
 import json
 from pathlib import Path
 
-from ..config import RESUME_MAY_CHANGE, Config, parse_overrides, set_field
-from ..data import Dataset, Mixture
+import torch
+
+from ..config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, set_field
+from ..data import DataSource
 from ..data.mixture import absolute_mix
 from ..errors import UserError
 from .. import checkpoint
-from . import checkpointer
-from .checkpoint import remove_leftovers
-from .metrics import truncate_metrics
 
 
 def resume_config(run_dir: Path, overrides: list[str] = ()) -> Config:
@@ -75,29 +74,68 @@ def newest_unfinished(run_dir: Path) -> Path:
     return checkpoint.newest(run_dir)
 
 
-def check_resumable(ckpt: Path, run_dir: Path, cfg: Config, dataset: Dataset | Mixture) -> None:
+def check_resumable(ckpt: Path, run_dir: Path, cfg: Config, dataset: DataSource) -> None:
     """Refuse a checkpoint that does not fit `cfg` and `dataset`, or the run's own config.json
     (a checkpoint copied in from another run disagrees with it). Its files are verified later,
     when the trainer restores it."""
     meta = checkpoint.read_meta(ckpt)
-    checkpointer.check_compatible(meta, ckpt / "meta.json", cfg, dataset)
+    check_compatible(meta, ckpt / "meta.json", cfg, dataset)
     try:
         own = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
     except (OSError, ValueError, UserError):
         own = None
     if own is not None:
-        checkpointer.check_compatible(meta, ckpt / "meta.json", own, dataset)
+        check_compatible(meta, ckpt / "meta.json", own, dataset)
 
 
-def continue_from(trainer, ckpt: Path) -> None:
-    """Restore `ckpt` into a freshly built trainer, remove what interrupted saves left behind, and
-    cut metrics.jsonl back to the checkpoint's step, so each step appears once."""
-    trainer.load_checkpoint(ckpt)
-    main, run_dir, st = trainer.par.is_main, trainer.run_dir, trainer.state  # only rank 0 touches the run directory
-    gone = remove_leftovers(run_dir) if main else []
-    dropped = truncate_metrics(run_dir / "metrics.jsonl", st.step) if main else 0
-    steps = trainer.cfg.train.steps
-    phase = trainer.schedule.phase(min(st.step, steps - 1))
-    trainer.log(f"resuming {run_dir} from {ckpt.name}: step {st.step} of {steps}, phase {phase.index} "
-                f"(s={phase.bag_size}), {st.tokens_seen:,} tokens seen; {dropped} metrics lines past it dropped"
-                + (f"; removed leftovers of interrupted saves: {', '.join(gone)}" if gone else ""))
+def check_compatible(meta: dict, meta_path: Path, cfg: Config, ds: DataSource) -> None:
+    """Refuse a checkpoint that does not belong to this run: another model shape, another
+    vocabulary or data, or any config field outside RESUME_MAY_CHANGE changed."""
+    try:
+        saved = Config.from_dict(meta["config"])
+    except UserError as e:
+        raise UserError(f"checkpoint {meta_path} holds a config this superpose cannot read ({e})") from None
+    fp, here = meta["data"], ds.fingerprint()
+    where = ds.described
+    if fp.get("vocab_size") != here["vocab_size"] or fp.get("tokenizer_sha256") != here["tokenizer_sha256"]:
+        raise UserError(f"checkpoint {meta_path} was trained with another vocabulary ({fp.get('vocab_size')} tokens, "
+                        f"tokenizer sha256 {str(fp.get('tokenizer_sha256'))[:12]}) than {where} "
+                        f"({ds.vocab_size} tokens, {here['tokenizer_sha256'][:12]}); resume on the run's own data")
+    if fp.get("sources") != here.get("sources"):  # a mixture's sources (weights, splits); None for one directory
+        def say(sources):
+            return "one data directory" if sources is None else "sources of " + ", ".join(
+                f"{s['train_tokens']:,} train tokens (weight {s['weight']:.4g})" for s in sources)
+        raise UserError(f"checkpoint {meta_path} was trained on {say(fp.get('sources'))}, {where} has "
+                        f"{say(here.get('sources'))}; resume on the run's own data")
+    if fp.get("train_tokens") != here["train_tokens"]:
+        raise UserError(f"checkpoint {meta_path} was trained on a train split of {fp.get('train_tokens')} tokens, the "
+                        f"data in {ds.path} has {here['train_tokens']}; resume on the run's own data")
+    changed = [(k, a, b) for k, a, b in differences(saved, cfg) if k not in RESUME_MAY_CHANGE
+               and not (k == "model.vocab_size" and b == 0)  # 0 = from the data, checked just above
+               and not (k == "data.mix" and a and b and absolute_mix(a) == absolute_mix(b))]  # relative paths
+    shape = [(k, a, b) for k, a, b in changed if k.startswith("model.")]
+    if shape:
+        what = "vocabulary" if [k for k, _, _ in shape] == ["model.vocab_size"] else "model shape"
+        raise UserError(f"checkpoint {meta_path} holds another {what}: " + ", ".join(
+            f"{k}={a} there, {b} here" for k, a, b in shape))
+    if changed:
+        raise UserError(f"checkpoint {meta_path} was written with other settings: " + ", ".join(
+            f"{k}={a!r} there, {b!r} here" for k, a, b in changed) +
+            f"; a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}")
+
+
+def read_weights_and_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                               device: torch.device | str) -> dict:
+    """A checkpoint's weights and optimizer state into `model` and `optimizer`, refusing files
+    that do not fit them. Returns the optimizer state as read."""
+    checkpoint.load_weights(path, model)
+    opt = checkpoint.load_torch(path, "optimizer.pt", device)
+    try:
+        optimizer.load_state_dict(opt)
+        fits = all(st["exp_avg"].shape == p.shape for p, st in optimizer.state.items())
+    except (ValueError, KeyError, TypeError, RuntimeError):
+        fits = False
+    if not fits:
+        raise UserError(f"checkpoint file {path / 'optimizer.pt'} does not fit this model's optimizer "
+                        "(another model shape)")
+    return opt

@@ -40,14 +40,11 @@ class RunState:
 
 
 def rng_state(device: torch.device) -> dict:
-    """torch's generator states: {"torch": CPU state, "cuda": every GPU's (when training on one)}."""
+    """torch's generator states: {"torch": CPU state, "cuda": every GPU's (when training on one)}.
+    Nothing in a training step draws from them (the data order is the loader's, the switch's
+    re-draw has its own generator); a run records them after drawing its initial weights
+    (`build.seeded_model`), so that a draw added later would continue exactly on resume."""
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state_all(state["cuda"])

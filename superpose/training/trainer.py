@@ -13,17 +13,20 @@ reaches the weights: the run stops (train.on_nan=stop) or drops that batch (skip
 every TST function reduces to the ordinary computation, so a baseline run (r = 0 or s = 1) and
 phase 2 run exactly the code of plain next-token training.
 
-A `Trainer` only steps: `build.build_trainer` makes one (process group, model, optimizer, data),
-`loop.run` steps it to the end (checkpoints, signals, NaN handling), `checkpointer` persists it,
-and its whole state is `state_dict()`. The phase's loss and the switch are `tst_step`'s, shared
-with the Hugging Face TSTTrainer. Under torchrun every rank runs this same loop on its rows of the
-global batch, with the collectives of `distributed.py`.
+`build.build_trainer` makes a `Trainer` (process group, model, optimizer, data); the Trainer owns
+its loop (`train`: begin, step_once to the end with checkpoints, signals and NaN handling,
+finish) and its checkpoints (`save_checkpoint`, `load_checkpoint`, through the plain functions
+of `save.py` and `resume.py`), and its whole state is `state_dict()`. The phase's loss and the
+switch are `tst_step`'s, shared with the Hugging Face TSTTrainer. Under torchrun every rank runs
+this same loop on its rows of the global batch, with the collectives of `distributed.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import platform
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,20 +35,27 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..config import Config
-from ..core.model import Transformer
+from .. import checkpoint
+from ..config import Config, nan_advice
+from ..core.model import Transformer, empty_model
 from ..core.schedule import Phase, Schedule
 from ..core.superposition import count_valid_targets
-from ..data import Dataset, Mixture, MixtureLoader, TrainLoader
+from ..data import DataSource, Loader
+from ..errors import UserError
+from ..files import WriteError
 from ..inference.evaluate import next_token_eval
-from . import checkpointer, distributed, loop
-from .loop import newest_checkpoint_note
+from . import distributed
 from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapse_warning, describe_run, router_metrics,
-                      switch_record, train_record)
+                      run_summary, switch_record, train_record, truncate_metrics)
+from .optimizer import configure_optimizer
+from .resume import check_compatible, read_weights_and_optimizer
 from .run_start import write_run_files
+from .save import final_fallback_advice, remove_leftovers, save, save_final
+from .stops import (StopSignals, interrupted, newest_checkpoint_note, non_finite_error, non_finite_lines,
+                    stopped_at_once)
 from .tracking import Fanout, open_trackers
 from .perf import compute_context
-from .state import RunState, rng_state, set_rng_state
+from .state import RunState
 from ..core.tst_step import fresh_redraw, phase_targets, phase_weights, superposed_loss, switch
 
 __all__ = ["Trainer", "superposed_loss"]  # superposed_loss: its home is tst_step
@@ -57,21 +67,25 @@ class Trainer:
 
     cfg: Config  # the run's config, its vocabulary resolved from the data
     run_dir: Path
-    dataset: Dataset | Mixture
+    dataset: DataSource
     log: Callable[[str], None]
     par: distributed.Parallel
     model: Transformer
     optimizer: torch.optim.Optimizer
     schedule: Schedule
-    loader: TrainLoader | MixtureLoader
+    loader: Loader
     loss_fn: Callable[..., Tensor]  # superposed_loss, or its torch.compile-d version (train.compile)
     loss_chunk_rows: int  # train.loss_chunk_rows with -1 (auto) decided
     fwd: torch.nn.Module | None  # data parallel: what a step calls (DDP, or FSDP2 over `model`); else None
     val: Tensor  # (N, L + 1) held-out windows, the same at every evaluation
     token_bytes: Tensor  # (V,) UTF-8 bytes per token id, for bits per byte
+    rng: dict = field(default_factory=dict)  # the run's generator states (`state.rng_state`), kept in rng.pt
     mi_fit: dict | None = None  # tst.weights=mi: the corpus's mutual-information fit (data/mutual_info.py)
     state: RunState = field(default_factory=RunState)
     extra_evals: frozenset = field(default=frozenset(), init=False)  # 0-based steps evaluated beyond eval_every
+    metrics: MetricsLog | NoMetrics = field(default_factory=NoMetrics, init=False)  # metrics.jsonl, opened by begin
+    bar: ProgressBar = field(default_factory=lambda: ProgressBar(0, enabled=False), init=False)  # made by begin
+    clock: Callable[[], float] = field(default=time.monotonic, init=False, repr=False)  # checkpoint.every_minutes'
     _t0: float | None = field(default=None, init=False, repr=False)  # perf_counter at the run's start, set by begin
     _collapse_warned: set = field(default_factory=set, init=False, repr=False)  # phases with an expert-collapse warning
     _weights: dict = field(default_factory=dict, init=False, repr=False)  # target bag size -> its slot weights
@@ -157,6 +171,46 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
 
+    def train(self, progress: bool = True) -> dict:
+        """begin, step_once until the end, finish; returns the run summary. Checkpoints every
+        checkpoint.every steps and checkpoint.every_minutes of wall time.
+
+        SIGINT/SIGTERM let the current step finish, save a checkpoint and raise `Interrupted`; a
+        second signal stops at once, without saving (the last checkpoint stays as it was).
+        """
+        steps, every, minutes = self.cfg.train.steps, self.cfg.checkpoint.every, self.cfg.checkpoint.every_minutes
+        self.begin(progress)
+        last_save = self.clock()
+
+        def on_repeat(signum: int) -> str:  # the step a second signal interrupts
+            return stopped_at_once(self.run_dir, self.state.step, signum)
+
+        with StopSignals(abort_on_repeat=not self.par.distributed, on_repeat=on_repeat) as stop:
+            try:
+                while self.state.step < steps:
+                    self.step_once()
+                    # Wall time as well as steps: a run whose steps are slow (or whose every=0)
+                    # never loses more than `every_minutes` of work. Ranks agree on the decision.
+                    late = minutes > 0 and self.clock() - last_save >= 60 * minutes
+                    if self.par.distributed and minutes > 0:
+                        late = bool(self.par.max_int(int(late)))
+                    if every and self.state.step % every == 0:
+                        self.save_checkpoint()
+                        last_save = self.clock()
+                    elif late and self.state.step < steps:  # at the end the final model follows at once
+                        self.save_checkpoint(reason="every_minutes")
+                        last_save = self.clock()
+                    # Ranks may see a signal at different steps; they agree to stop after the same one.
+                    signum = self.par.max_int(stop.signum or 0)
+                    if signum and self.state.step < steps:
+                        path = self.save_checkpoint(reason=signal.Signals(signum).name)
+                        raise interrupted(signum, self.state.step, path, self.run_dir, self.par.distributed)
+            except BaseException:
+                self.bar.close()
+                self.metrics.close()
+                raise
+            return self.finish()
+
     def begin(self, progress: bool = True) -> None:
         """Write the run's files (`run_start.write_run_files`), open the metrics log, say what will run."""
         self.par.barrier()  # every rank has checked the run directory before rank 0 writes into it
@@ -167,8 +221,8 @@ class Trainer:
                                       trackers)
         else:
             self.metrics = NoMetrics()
-        mixture = self.dataset if isinstance(self.dataset, Mixture) else None
-        for line in describe_run(self.cfg, self.model, self.par, self.schedule, self.loader.tokens_per_epoch, mixture):
+        for line in describe_run(self.cfg, self.model, self.par, self.schedule, self.loader.tokens_per_epoch,
+                                 self.dataset.sources_line()):
             self.log(line)
         self.bar = ProgressBar(self.cfg.train.steps, enabled=progress and self.par.is_main, initial=self.state.step)
         self._t0 = time.perf_counter() - self.state.elapsed_s
@@ -185,7 +239,7 @@ class Trainer:
         t0 = time.perf_counter()
         out = self.train_step(phase)
         if not out["finite"]:
-            loop.stop_or_skip(self, phase, out)
+            self.skip_or_stop(phase, out)
         step_time = time.perf_counter() - t0
         st.train_time_s += step_time
         where = {"step": st.step, "phase": phase.index, "bag_size": phase.bag_size}
@@ -214,13 +268,31 @@ class Trainer:
         return switch(self.optimizer, fresh_redraw(self.model), t.reinit, t.reset_optimizer, self.cfg.train.seed,
                       self.state.step)
 
-    def finish(self) -> dict:
-        """Close the log, save the final model and summary (`loop.finish`)."""
-        return loop.finish(self)
+    def skip_or_stop(self, phase: Phase, out: dict) -> None:
+        """What a NaN or Inf in a step's loss or gradients does (the update was not applied): log
+        it, then count the dropped batch (train.on_nan=skip) or stop with a UserError (stop)."""
+        step = self.state.step
+        weights_ok = self.par.all_true(distributed.weights_finite(self.model))
+        line, where = non_finite_lines(out, phase, step, weights_ok)
+        self.log(line)
+        self.metrics.write({"type": "non_finite", "step": step, "phase": phase.index, "bag_size": phase.bag_size,
+                            "loss": str(out["loss"]), "grad_norm": str(out["grad_norm"]), "lr": out["lr"],
+                            "bad_grads": out["bad_grads"], "action": self.cfg.train.on_nan})
+        if self.cfg.train.on_nan != "skip":
+            raise non_finite_error(out, where, self.run_dir, self.cfg.optim)
+        self.state.skipped_steps += 1
+        self.log(f"step {step}: batch skipped (train.on_nan=skip), {self.state.skipped_steps} skipped so far")
 
-    def train(self, progress: bool = True) -> dict:
-        """begin, step_once until the end, finish (`loop.run`: checkpoints, SIGINT/SIGTERM)."""
-        return loop.run(self, progress)
+    def finish(self) -> dict:
+        """Close the log, save the final model and summary.json; returns the summary."""
+        self.bar.close()
+        self.metrics.close()
+        summary = run_summary(self)
+        self.save_final(summary)
+        self.log(f"done: val_loss {summary['val_loss']:.4f}, val_bpb {summary['val_bpb']:.4f}, "
+                 f"{summary['wall_s']:.0f}s; model in {self.run_dir}")
+        self.par.barrier()  # no rank leaves before rank 0 has written the model
+        return summary
 
     # ------------------------------------------------------------------ state
 
@@ -233,7 +305,7 @@ class Trainer:
         """The run state, the data position and the RNG states: what a checkpoint keeps beside the
         weights and the optimizer (in meta.json and rng.pt)."""
         run = dataclasses.replace(self.state, elapsed_s=self.elapsed_s(), last_eval=dict(self.state.last_eval))
-        return {"run": run, "loader": self.loader.state_dict(), "rng": rng_state(self.device)}
+        return {"run": run, "loader": self.loader.state_dict(), "rng": self.rng}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -243,15 +315,102 @@ class Trainer:
     def load_progress(self, state: dict) -> None:
         self.state = dataclasses.replace(state["run"], last_eval=dict(state["run"].last_eval))
         self.loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"], self.device)
+        self.rng = state["rng"]
+
+    # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, reason: str = "every") -> Path:
-        """RUN_DIR/checkpoints/step-NNNNNN/ for the state after `state.step` steps (`checkpointer.save_trainer`)."""
-        return checkpointer.save_trainer(self, reason)
+        """RUN_DIR/checkpoints/step-NNNNNN/ for the state after `state.step` steps.
+
+        Data parallel: every rank calls it; rank 0 writes the single-process format (under FSDP the
+        full model and optimizer state are first gathered to it), the others wait for it."""
+        if not self.par.all_true(distributed.weights_finite(self.model)):
+            raise UserError(f"the weights hold NaN or Inf after step {self.state.step - 1}; not saving them over the "
+                            f"last good checkpoint: {nan_advice(self.cfg.optim)}")
+        progress, step = self.progress(), self.state.step
+        meta = self.checkpoint_meta(reason, progress)
+        if self.par.mode == "fsdp":  # a collective: the full state, on rank 0 only
+            model, optim_state = distributed.gather_full_state(self.model, self.optimizer, self.cfg.model)
+        else:
+            model, optim_state = self.model, self.optimizer.state_dict()
+        path = self.run_dir / checkpoint.DIRNAME / checkpoint.step_name(step)
+        if self.par.is_main:
+            path = save(self.run_dir, step, model, optim_state, progress["rng"], meta, keep=self.cfg.checkpoint.keep)
+        self.par.barrier()  # no rank goes on, or exits on a signal, before the checkpoint is complete
+        return path
+
+    def checkpoint_meta(self, reason: str, progress: dict) -> dict:
+        """meta.json's content for `progress()` (save adds the files, the step and the checksum):
+        the run state and loader position, and what makes the directory explain itself."""
+        step, steps = self.state.step, self.cfg.train.steps
+        phase = self.schedule.phase(min(step, steps - 1))  # the phase the run continues in
+        # The LR and the phase are functions of the step; recorded so the directory explains itself.
+        schedule = {"total_steps": steps, "phase_switch_step": self.schedule.switch_step,
+                    "next_lr": self.schedule.lr(min(step, steps - 1))}
+        return {**progress["run"].to_dict(), "phase": phase.index, "bag_size": phase.bag_size, "schedule": schedule,
+                "loader": progress["loader"], "data": self.dataset.fingerprint(), "reason": reason,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": {"torch": torch.__version__, "python": platform.python_version()},
+                "parallel": {"mode": self.par.mode, "world_size": self.par.world_size}, "config": self.cfg.to_dict()}
 
     def load_checkpoint(self, path: Path) -> dict:
-        """Verify a checkpoint, check that it fits this run, restore it; returns its meta."""
-        return checkpointer.restore_trainer(self, Path(path))
+        """Verify a checkpoint directory, check it fits this run (model shape, vocabulary, data
+        and every config field a resume may not change), then restore it. Returns its meta."""
+        path = Path(path)
+        meta = checkpoint.verify(path) if self.par.is_main else checkpoint.read_meta(path)  # rank 0 checks the files
+        check_compatible(meta, path / "meta.json", self.cfg, self.dataset)
+        if self.par.mode == "fsdp":
+            # Rank 0 reads the full state into a plain CPU model and optimizer, then broadcasts it
+            # into every rank's shards: any world size resumes any checkpoint.
+            plain = optim_state = None
+            if self.par.is_main:
+                plain = empty_model(self.cfg.model, "cpu")
+                optim_state = read_weights_and_optimizer(path, plain, configure_optimizer(plain, self.cfg), "cpu")
+            distributed.load_full_state(self.model, self.optimizer, plain, optim_state)
+        else:
+            read_weights_and_optimizer(path, self.model, self.optimizer, self.device)
+        self.load_progress({"run": RunState.from_dict(meta), "loader": meta["loader"],
+                            "rng": checkpoint.load_torch(path, "rng.pt")})
+        return meta
+
+    def resume_from(self, ckpt: Path) -> None:
+        """Restore `ckpt`, remove what interrupted saves left behind, and cut metrics.jsonl back to
+        the checkpoint's step, so each step appears once."""
+        self.load_checkpoint(ckpt)
+        main, st = self.par.is_main, self.state  # only rank 0 touches the run directory
+        gone = remove_leftovers(self.run_dir) if main else []
+        dropped = truncate_metrics(self.run_dir / "metrics.jsonl", st.step) if main else 0
+        steps = self.cfg.train.steps
+        phase = self.schedule.phase(min(st.step, steps - 1))
+        self.log(f"resuming {self.run_dir} from {ckpt.name}: step {st.step} of {steps}, phase {phase.index} "
+                 f"(s={phase.bag_size}), {st.tokens_seen:,} tokens seen; {dropped} metrics lines past it dropped"
+                 + (f"; removed leftovers of interrupted saves: {', '.join(gone)}" if gone else ""))
+
+    def save_final(self, summary: dict) -> None:
+        """The final model and summary.json (`save.save_final`), by rank 0 (under FSDP from the
+        gathered full weights). A full disk here must not lose the run: the weights are still in
+        memory, so the final state is saved as a checkpoint (which --resume turns into the final
+        model without redoing a step) when there is room for it; the one-line error says what is
+        on disk and what to do."""
+        model = self.model
+        if self.par.mode == "fsdp":  # a collective: every rank takes part, rank 0 gets the plain model
+            model, _ = distributed.gather_full_state(self.model, None, self.cfg.model)
+        if not self.par.is_main:
+            return
+        try:
+            save_final(self.run_dir, model, self.cfg.model.to_dict(), self.dataset.tokenizer_path, summary)
+        except WriteError as e:
+            if not e.disk_full:
+                raise
+            steps, found = self.cfg.train.steps, checkpoint.checkpoints(self.run_dir)
+            if not (found and found[-1][0] == steps) and self.par.mode != "fsdp":  # FSDP would need every rank
+                try:
+                    progress = self.progress()
+                    save(self.run_dir, steps, self.model, self.optimizer.state_dict(), progress["rng"],
+                         self.checkpoint_meta("final", progress), keep=self.cfg.checkpoint.keep)
+                except UserError:
+                    pass
+            raise WriteError(f"{e}; {final_fallback_advice(self.run_dir, steps)}", e.path, True, e.what) from None
 
 
 def _update(model, optimizer, params: list, grad_norm: Tensor, finite: bool, grad_clip: float) -> list[str]:

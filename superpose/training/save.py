@@ -1,5 +1,7 @@
-"""Writing checkpoints (the format and its readers: superpose/checkpoint.py): `save` one
-`step-N` directory atomically, `prune` to the newest K, `remove_leftovers` of killed saves.
+"""Writing a run's files (the format and its readers: superpose/checkpoint.py): `save` one
+`step-N` checkpoint directory atomically, `prune` to the newest K, `remove_leftovers` of killed
+saves, and `save_final`, the finished run's model. Plain functions over a module, state dicts and
+a meta dict: what goes in them is the `Trainer`'s (`Trainer.save_checkpoint`).
 
 Crash safety. A save writes everything into `.tmp-step-000120-<pid>/`, fsyncs every file and the
 directory, renames it to `step-000120/` (atomic on POSIX) and fsyncs `checkpoints/`. So a
@@ -23,10 +25,10 @@ from pathlib import Path
 import torch
 
 from .. import files
-from ..checkpoint import DIRNAME, FORMAT_VERSION, checkpoint_advice, checkpoints, meta_checksum, step_name
+from ..checkpoint import (DIRNAME, FINAL_FILES, FORMAT_VERSION, checkpoint_advice, checkpoints, meta_checksum,
+                          step_name)
 from ..errors import command
-from ..files import file_record, fsync_path, write_error, write_file
-from . import faults
+from ..files import WriteError, file_record, fsync_path, write_error, write_file
 
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict, rng_state: dict, meta: dict,
          keep: int = 0) -> Path:
@@ -57,7 +59,6 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
         f = tmp / name
         write_file(f, produce, atomic=False, intact=intact, fix=fix, needed=needed,
                    label=f"{name} of checkpoint {final}")
-        faults.kill_point(step, name)
         return file_record(f)
 
     try:
@@ -70,13 +71,10 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
         text = json.dumps(meta, indent=2) + "\n"
         write_file(tmp / "meta.json", lambda p: p.write_text(text), atomic=False, intact=intact, fix=fix,
                    needed=needed, label=f"meta.json of checkpoint {final}")
-        faults.kill_point(step, "meta.json")
         fsync_path(tmp)
         os.rename(tmp, final)
         fsync_path(root)
-        faults.kill_point(step, "renamed")
         write_file(root / "latest", lambda p: p.write_text(final.name + "\n"), intact=intact, fix=fix)
-        faults.kill_point(step, "latest")
     except OSError as e:  # mkdir or rename: the same one line as a failed write
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(final, e, intact, fix, needed, label=f"checkpoint {final}") from None
@@ -87,6 +85,51 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer_state: dict
         prune(run_dir, keep)
     return final
 
+
+def save_final(run_dir: Path, model: torch.nn.Module, model_config: dict, tokenizer_path: Path, summary: dict) -> None:
+    """The final model in the run directory: plain Llama weights, architecture and tokenizer,
+    nothing about TST; then summary.json, which records each file's size and sha256 (every
+    reader verifies them) and marks the run finished. Each file is written atomically. A full
+    disk removes the partial final model (it would be read as the run's result) and raises the
+    WriteError, for the caller to keep the run (`Trainer.finish`)."""
+    from safetensors.torch import save_model
+
+    def fix() -> str:
+        return f"free some space and {checkpoint_advice(run_dir)}"
+
+    try:
+        # summary.json goes last: a run without it is unfinished, and a resume completes it.
+        architecture = json.dumps(model_config, indent=2) + "\n"
+        for name, produce in (("model.safetensors", lambda p: save_model(model, str(p))),
+                              ("model.json", lambda p: p.write_text(architecture)),
+                              ("tokenizer.json", lambda p: shutil.copyfile(tokenizer_path, p))):
+            write_file(run_dir / name, produce, intact="the final model is not written yet", fix=fix)
+        # config.json too: it decides what eval measures (context, data, evaluation tokens).
+        summary["files"] = {name: file_record(run_dir / name) for name in (*FINAL_FILES, "config.json")}
+        text = json.dumps(summary, indent=2) + "\n"
+        write_file(run_dir / "summary.json", lambda p: p.write_text(text), intact="the final model is written",
+                   fix=fix)
+    except WriteError as e:
+        if e.disk_full:
+            for name in FINAL_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        raise
+
+
+def final_fallback_advice(run_dir: Path, steps: int) -> str:
+    """After the final model failed to write for lack of space (and the final state was saved as
+    a checkpoint where it fit): what is on disk and how to go on."""
+    found = checkpoints(run_dir)
+    if found and found[-1][0] == steps:
+        return (f"the trained weights are saved in checkpoint {found[-1][1]} (usable with superpose eval/generate/"
+                f"export); free space and resume with: {command('superpose', 'train', '--resume', run_dir)} to "
+                "write the final model without redoing a step")
+    if found:
+        return (f"the newest checkpoint {found[-1][1].name} is intact: free space and resume with "
+                f"{command('superpose', 'train', '--resume', run_dir)} (it redoes steps {found[-1][0]}-{steps - 1}, "
+                "bit for bit)")
+    return ("no checkpoint fits either, so the trained weights could not be kept: free space and train again "
+            "(checkpoint.every_minutes keeps a resumable state of long runs)")
 
 
 def _torch_save(obj, path: Path) -> None:
@@ -171,7 +214,6 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
         try:
             os.rename(p, doomed)
             gone.append(p)
-            faults.kill_point(step, "prune")
             shutil.rmtree(doomed)
         except OSError:  # what is left is removed on resume; never fail a run over a delete
             continue

@@ -1,4 +1,4 @@
-"""Persisting a trainer (training/checkpointer.py): what is saved is what is restored, and only into
+"""Persisting a trainer (`Trainer.save_checkpoint` / `load_checkpoint`, training/save.py): what is saved is what is restored, and only into
 the run it belongs to.
 
 What this adds to test_checkpoint.py (resumed runs reproduce the uninterrupted run's losses,
@@ -16,7 +16,7 @@ crashes and full disks) and test_reliability.py (damaged final models refused by
 - the final save records each file's size and sha256 as the files are, and the final weights are
   the trainer's.
 
-Run: .venv/bin/pytest tests/test_checkpointer.py
+Run: .venv/bin/pytest tests/test_save_restore.py
 """
 
 import copy
@@ -33,8 +33,9 @@ from superpose.data.prepare import prepare
 from superpose.errors import UserError
 from superpose.files import sha256_file
 from superpose.training import build as build_module
-from superpose.training import build_trainer, checkpoint
-from superpose.training.checkpointer import data_fingerprint, read_weights_and_optimizer
+from superpose import checkpoint
+from superpose.training import build_trainer
+from superpose.training.resume import read_weights_and_optimizer
 from superpose.training.optimizer import configure_optimizer
 
 from conftest import make_documents, tiny_config
@@ -100,21 +101,21 @@ def test_data_may_move_but_not_change(tiny_data, tmp_path):
     a.metrics.close()
     moved = tmp_path / "moved"
     shutil.copytree(tiny_data, moved)
-    assert data_fingerprint(open_dataset(moved)) == data_fingerprint(open_dataset(tiny_data))
+    assert open_dataset(moved).fingerprint() == open_dataset(tiny_data).fingerprint()
     build_trainer(cfg_of(moved), tmp_path / "b", open_dataset(moved), log=quiet).load_checkpoint(path)
     # The same tokenizer over other text: another train split, refused by its size.
     other = prepare(tmp_path / "other", [corpus.Source("x", "CC0", "generated", make_documents(300, 9))],
                     tokenizer=tiny_data / "tokenizer.json", val_fraction=0.05, log=quiet)
-    fp = data_fingerprint(open_dataset(other))
-    assert fp["tokenizer_sha256"] == data_fingerprint(open_dataset(tiny_data))["tokenizer_sha256"]
+    fp = open_dataset(other).fingerprint()
+    assert fp["tokenizer_sha256"] == open_dataset(tiny_data).fingerprint()["tokenizer_sha256"]
     c = build_trainer(cfg_of(other), tmp_path / "c", open_dataset(other), log=quiet)
     with pytest.raises(UserError) as e:
         c.load_checkpoint(path)
     msg = str(e.value)
     assert "\n" not in msg and "was trained on a train split of" in msg and f"{fp['train_tokens']}" in msg, msg
     # A mixture's fingerprint is its sources' (sizes and weights), summed for the totals.
-    mix = data_fingerprint(open_mixture(f"{tiny_data}=3,{moved}=1"))
-    one = data_fingerprint(open_dataset(tiny_data))
+    mix = open_mixture(f"{tiny_data}=3,{moved}=1").fingerprint()
+    one = open_dataset(tiny_data).fingerprint()
     assert [s["weight"] for s in mix["sources"]] == [0.75, 0.25]
     assert mix["train_tokens"] == 2 * one["train_tokens"] and mix["val_tokens"] == 2 * one["val_tokens"]
 
