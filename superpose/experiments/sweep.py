@@ -92,8 +92,10 @@ def sweep(cfg: Config, out: Path, bag_sizes: list[int], ratios: list[float], see
         write_report(out / "sweep.md", sweep_markdown(grid))
         mark_experiment(out, "sweep", command)  # the command that finished it, quoted from now on
         best = max(cells, key=lambda c: c["gain"]["mean"])
-        log(f"sweep: best s={best['bag_size']}, r={best['ratio']}: gain {best['gain']['mean']:+.4f} nats "
-            f"(std {best['gain']['std']:.4f}) over the baseline {grid['baseline']['mean']:.4f}")
+        g = best["gain"]  # the interval next to the mean; one seed has none
+        spread = f"95% +/-{g['ci95']:.4f} over {g['n']} seeds" if g["n"] > 1 else "1 seed: no interval"
+        log(f"sweep: best s={best['bag_size']}, r={best['ratio']}: gain {g['mean']:+.4f} nats ({spread}) over the "
+            f"baseline {grid['baseline']['mean']:.4f}")
         return grid
 
 
