@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.model import ModelConfig
-from .core.schedule import DECAY_SHAPES, MODES, Schedule, parse_stages
-from .core.superposition import LOSSES, WEIGHT_SCHEMES
+from .core.schedule import DECAY_SHAPES, Schedule
+from .core.tst_spec import TSTSpec
 from .data.corpus import prepare_command
 from .data.mixture import parse_mix
 from .data.shards import recorded_vocab_size
@@ -46,33 +46,6 @@ class DataConfig:
     """L: positions per training row. Phase-1 rows read s*L raw tokens into the same L positions."""
     val_tokens: int = 65536
     """Validation tokens scored at each evaluation (the first ones of the held-out split)."""
-
-
-@dataclass
-class TSTConfig:
-    bag_size: int = 4
-    """s: raw tokens averaged into one position in phase 1. 1 disables TST."""
-    ratio: float = 0.3
-    """r: fraction of optimizer steps spent in phase 1 (paper: 0.2-0.4). 0 disables TST."""
-    weights: str = "uniform"
-    """Per-slot weights of the multi-hot loss: uniform, power (1/i), exp (e^-i), or mi: fitted to
-    the corpus's token-pair mutual information (`superpose mi`; see `mi_bag_weights`)."""
-    mode: str = "full"
-    """Which side phase 1 bags (paper §5.2): full (the method), input (bagged input, predict the
-    first token of the next bag) or output (ordinary token input, predict the next s tokens)."""
-    loss: str = "mce"
-    """The bag loss: mce (the paper's multi-hot cross-entropy) or mce_alt (-log of the probability
-    mass on the bag, paper App. C.2)."""
-    schedule: str = ""
-    """A bag-size curriculum, "8:0.1,4:0.1,2:0.1": stages of bag size : fraction of the steps, then
-    next-token training. Replaces bag_size and ratio; empty means one stage of bag_size for ratio."""
-    reset_optimizer: bool = False
-    """At the switch to next-token training, drop the optimizer state (AdamW's moments and step
-    count) and start it afresh (the AOMTS ablation: it hurt there)."""
-    reinit: str = "none"
-    """At the switch to next-token training, re-draw these weights from their initial distribution
-    (paper Table 2: it wipes out the gain): none, embeddings, head or both. Their optimizer
-    state is reset too."""
 
 
 @dataclass
@@ -144,7 +117,6 @@ class TrainConfig:
 
 
 ON_NAN = ("stop", "skip")
-REINIT = ("none", "embeddings", "head", "both")
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 MIXED_PRECISION = ("none", "bf16")
 ATTENTION_KERNELS = ("auto", "math", "flash", "efficient", "cudnn")
@@ -200,7 +172,7 @@ class LogConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    tst: TSTConfig = field(default_factory=TSTConfig)
+    tst: TSTSpec = field(default_factory=TSTSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -212,10 +184,9 @@ class Config:
 
     def schedule(self) -> Schedule:
         """The run's phases and learning rate as functions of the step (core/schedule.py)."""
-        o, t = self.optim, self.tst
-        return Schedule.tst(self.train.steps, t.ratio, t.bag_size, t.mode, t.schedule, peak_lr=o.lr,
-                            warmup_steps=o.warmup_steps, decay_frac=o.decay_frac, min_lr_ratio=o.min_lr_ratio,
-                            decay_shape=o.decay_shape)
+        o = self.optim
+        return Schedule(tuple(self.tst.phases(self.train.steps)), peak_lr=o.lr, warmup_steps=o.warmup_steps,
+                        decay_frac=o.decay_frac, min_lr_ratio=o.min_lr_ratio, decay_shape=o.decay_shape)
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
@@ -256,22 +227,7 @@ class Config:
                  "drop --data.path (data.mix names every directory) or --data.mix")
             need(t.weights != "mi", "tst.weights=mi weighs the bags by one data directory's mutual information, and "
                  "data.mix mixes several; use another tst.weights, or data.path")
-        need(t.bag_size >= 1, f"tst.bag_size: must be an integer >= 1 (1 disables TST), got {t.bag_size}")
-        need(0.0 <= t.ratio <= 1.0, f"tst.ratio: must be in [0, 1] (0 disables TST), got {t.ratio}")
-        need(t.weights in WEIGHT_SCHEMES, f"tst.weights: must be one of {', '.join(WEIGHT_SCHEMES)}, got {t.weights!r}")
-        need(t.mode in MODES, f"tst.mode: must be one of {', '.join(MODES)}, got {t.mode!r}")
-        need(t.loss in LOSSES, f"tst.loss: must be one of {', '.join(LOSSES)}, got {t.loss!r}")
-        need(t.reinit in REINIT, f"tst.reinit: must be one of {', '.join(REINIT)}, got {t.reinit!r}")
-        if t.mode == "input":  # one target per position: nothing for slot weights or a bag loss to act on
-            need(t.weights == "uniform", f"tst.weights={t.weights} weighs the slots of a target bag, but tst.mode=input "
-                 "predicts one token per position; drop it or use tst.mode=full/output")
-            need(t.loss == "mce", "tst.loss=mce_alt scores a target bag, but tst.mode=input predicts one token per "
-                 "position (where it equals plain cross-entropy); drop it or use tst.mode=full/output")
-        if t.schedule:
-            try:
-                parse_stages(t.schedule)
-            except ValueError as e:
-                out.append(f"tst.schedule: {e}; write it as BAG:FRACTION,... e.g. 8:0.1,4:0.1,2:0.1")
+        out += t.problems()
         out += optim_problems(o)
         need(o.warmup_steps >= 0, f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
         need(0.0 <= o.decay_frac <= 1.0, f"optim.decay_frac: must be in [0, 1], got {o.decay_frac}")

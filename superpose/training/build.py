@@ -35,7 +35,8 @@ from .optimizer import configure_optimizer
 from .ownership import RUN_MARK, check_train_dir, claim
 from .perf import attention_kernel, auto_loss_chunk_rows, keep_freed_memory
 from .resume import check_resumable, continue_from, newest_unfinished
-from .trainer import Trainer, superposed_loss
+from ..core.tst_step import model_loss
+from .trainer import Trainer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,7 +133,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
         log(f"model: weights from the Hugging Face folder {init_from_hf}")
     # train.compile: model, bag superposition and loss compiled as one function (one graph per
     # phase, since bag_size and the row length are baked in; dynamic=False keeps it that way).
-    loss_fn = torch.compile(superposed_loss, dynamic=False) if tr.compile else superposed_loss
+    loss_fn = torch.compile(model_loss, dynamic=False) if tr.compile else model_loss
     attention_kernel(tr.attention, device)  # refuses a kernel this device lacks, now
     if tr.keep_freed_memory and device.type == "cpu":
         keep_freed_memory()  # step-sized CPU buffers are reused, not page-faulted in again (perf.py)
