@@ -1,6 +1,6 @@
 """The run as a function of the step: which phase it is in, and its learning rate.
 
-    schedule = cfg.schedule()   (a run's: config.Config.schedule, its phases from core/tst_spec.py)
+    schedule = cfg.build_schedule()   (a run's: config.Config.build_schedule, its phases from core/tst_spec.py)
     schedule.phase(k)      the Phase of 0-based step k: its bag size s (1 = next-token training)
     schedule.lr(k)         warmup-stable-decay learning rate at step k, blind to the phases
     schedule.switch_step   the first next-token step (0 for a baseline run)

@@ -62,6 +62,12 @@ class Mode(StrEnum):
         """Targets per position: s, or 1 for one next token."""
         return 1 if self is Mode.INPUT else bag_size
 
+    def describe(self, bag_size: int) -> str:
+        """What a phase of this mode reads and predicts, for the start-of-run lines."""
+        return {Mode.FULL: f"bags of s={bag_size} in, next bag out",
+                Mode.INPUT: f"bags of s={bag_size} in, the next bag's first token out",
+                Mode.OUTPUT: f"tokens in, the next s={bag_size} tokens out"}[self]
+
 
 def mode_of(mode: str) -> Mode:
     """`tst.mode` text -> its Mode; a ValueError naming the known ones otherwise."""
@@ -348,7 +354,7 @@ def target_coefficients(targets: Tensor, weights: str | Tensor | None, ignore_in
 
 def chunked_multi_hot_cross_entropy(
     hidden: Tensor,
-    weight: Tensor,
+    head: Tensor,
     targets: Tensor,
     weights: str | Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
@@ -358,22 +364,22 @@ def chunked_multi_hot_cross_entropy(
 ) -> Tensor:
     """The LM head and the bag loss fused, `chunk_rows` positions at a time.
 
-    hidden: (B, L, D) final hidden states (after the last norm); weight: (V, D) LM head;
-    targets: (B, L, s). Equal to `multi_hot_cross_entropy(hidden @ weight.T, targets, ...)`,
+    hidden: (B, L, D) final hidden states (after the last norm); head: (V, D) the LM head's
+    weight; targets: (B, L, s). Equal to `multi_hot_cross_entropy(hidden @ head.T, targets, ...)`,
     but the (B*L, V) logits never exist at once: each chunk's logits are made, reduced to its
-    loss and to its gradients with respect to `hidden` and `weight`, and dropped. Peak memory is
+    loss and to its gradients with respect to `hidden` and `head`, and dropped. Peak memory is
     chunk_rows x V instead of B*L x V (in float32), independent of the sequence length. With
     s = 1 it is the ordinary next-token loss. reduction: "mean" or "sum", and loss
     (a core/losses.py entry's name) as in `multi_hot_cross_entropy`.
     """
     B, L, D = _tensor(hidden, "hidden", "(B, L, D)", "float").shape
-    if _tensor(weight, "weight", "(V, D)", "float").shape[1] != D:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}, but its D must match hidden's {D}")
+    if _tensor(head, "head", "(V, D)", "float").shape[1] != D:
+        raise ValueError(f"head has shape {tuple(head.shape)}, but its D must match hidden's {D}")
     s = _targets_for(hidden.shape, targets).shape[-1]
     _size(chunk_rows, "chunk_rows")
     _check_target_ids(targets, ignore_index)
     coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
-    return ChunkedLinearNLL.apply(hidden.reshape(B * L, D), weight, targets.reshape(B * L, s).clamp(min=0),
+    return ChunkedLinearNLL.apply(hidden.reshape(B * L, D), head, targets.reshape(B * L, s).clamp(min=0),
                                   coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s), chunk_rows)
 
 

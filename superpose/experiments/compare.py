@@ -280,7 +280,7 @@ def compare(cfg: Config, out: Path, seeds: list[int], factors: tuple[float, ...]
     then the cell with the lowest mean final loss at each length, tuned as hard as the baselines."""
     baselines, tst_grid = _distinct_baselines(cfg, baselines, log), list(tst_grid)
     for c in tst_grid or [None]:
-        if apply_variant(cfg, c).schedule().switch_step == 0:
+        if apply_variant(cfg, c).build_schedule().switch_step == 0:
             raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
                             f"must get >= 1 step){f'; --tst-grid cell {c.name} has none' if c else ''}")
     steps = list(steps or [cfg.train.steps])

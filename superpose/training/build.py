@@ -66,8 +66,9 @@ def resolve_data(cfg: Config, log: Callable[[str], None] = print,
     return ds
 
 
-def resolve_vocab(cfg: Config, dataset: Dataset | Mixture) -> Config:
-    """A copy of `cfg` whose model.vocab_size 0 ("from the data") is the tokenizer's size."""
+def resolve_from_data(cfg: Config, dataset: Dataset | Mixture) -> Config:
+    """A copy of `cfg` with what the opened data decides: model.vocab_size 0 ("from the data")
+    becomes the tokenizer's size, and data.path / data.mix name their directories absolutely."""
     if 0 < cfg.model.vocab_size < dataset.vocab_size:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                         f"{dataset.vocab_size} tokens in {dataset.path}; set --model.vocab_size=0 (= from data)")
@@ -117,7 +118,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
         from ..interop.hf_llama import check_hf_tokenizer
 
         check_hf_tokenizer(init_from_hf, dataset)
-    cfg = resolve_vocab(cfg, dataset)
+    cfg = resolve_from_data(cfg, dataset)
     check_model_memory(count_params(cfg.model.resolve()), device, training=True, what="the model",
                        shards=par.world_size if cfg.parallel.mode == "fsdp" else 1,
                        fix="lower --model.dim / --model.n_layers, or train on a device with more memory")
@@ -152,7 +153,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: Dataset | Mixture | None 
         loader = TrainLoader(dataset.train, dataset.train_docs, seed=tr.seed, vocab_size=cfg.model.vocab_size)
     trainer = Trainer(
         cfg=cfg, run_dir=Path(run_dir), dataset=dataset, log=log, par=par, model=model,
-        optimizer=configure_optimizer(model, cfg), schedule=cfg.schedule(),
+        optimizer=configure_optimizer(model, cfg), schedule=cfg.build_schedule(),
         loader=loader,
         loss_fn=loss_fn, loss_chunk_rows=chunk_rows, fwd=fwd,
         val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens, cfg.model.vocab_size)),  # (N, L + 1)
