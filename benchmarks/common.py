@@ -195,10 +195,10 @@ def bench_config(preset: str, overrides: list[str], data: str | None, vocab_size
         workdir = Path(workdir or cache_dir() / "bench")  # $SUPERPOSE_CACHE/bench
         data = str(synthetic_data(workdir / f"synthetic-v{vocab}", vocab))
     from superpose.data import open_dataset
-    from superpose.training.build import resolve_vocab
+    from superpose.training.build import resolve_from_data
 
     cfg.data.path = data
-    return resolve_vocab(cfg, open_dataset(data)).validate()  # as the trainer does: the data's vocabulary
+    return resolve_from_data(cfg, open_dataset(data)).validate()  # as the trainer does: the data's vocabulary
 
 
 def bench_trainer(cfg, run_dir: Path):

@@ -57,7 +57,7 @@ def main() -> None:
     from superpose.data import open_mixture
     from superpose.data.mixture import parse_mix
     from superpose.training import build_trainer
-    from superpose.training.build import resolve_vocab
+    from superpose.training.build import resolve_from_data
 
     cfg = preset(args.preset)
     for key, value in parse_overrides([o if o.startswith("--") else "--" + o for o in args.set]):
@@ -74,7 +74,7 @@ def main() -> None:
         mix = f"{a}=0.5,{b}=0.5"
     cfg.data.path, cfg.data.mix = "", mix
     mixture = open_mixture(mix)
-    cfg = resolve_vocab(cfg, mixture).validate()
+    cfg = resolve_from_data(cfg, mixture).validate()
     single = copy.deepcopy(cfg)
     single.data.mix, single.data.path = "", parse_mix(cfg.data.mix)[0][0]
 

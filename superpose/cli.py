@@ -159,7 +159,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     so every arm and cell reads the same data directory."""
     from .presets import resolve
     from .training import tracking
-    from .training.build import resolve_data, resolve_vocab
+    from .training.build import resolve_data, resolve_from_data
 
     if args.bag_size is not None:
         overrides = [*overrides, f"--tst.bag_size={args.bag_size}"]
@@ -174,7 +174,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     ds = resolve_data(cfg, _log)
     if not cfg.data.mix:  # the default corpus, once prepared, by its path (a mixture names its directories)
         cfg.data.path = str(ds.path)
-    cfg = resolve_vocab(cfg, ds)
+    cfg = resolve_from_data(cfg, ds)
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     check_seed(args.seed0, "--seed0")

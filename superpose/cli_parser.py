@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .overrides import RESUMABLE
+
 WATCH_EVERY = 10.0  # plot --watch's default seconds between looks at metrics.jsonl
 
 
@@ -57,9 +59,8 @@ def _train(sub) -> None:
     pt.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     pt.add_argument("--out", help="run directory to create")
     pt.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest checkpoint, exactly "
-                    "(only --data.path, --train.device/threads/eval_every/log_every/on_nan/keep_freed_memory, "
-                    "--checkpoint.*, --parallel.mode/timeout_s and the speed options --train.compile/attention, "
-                    "--optim.fused may change; under torchrun at any number of processes)")
+                    f"(only {', '.join('--' + entry for entry in RESUMABLE)} may change; under torchrun at any "
+                    "number of processes)")
     pt.add_argument("--init-from-hf", metavar="HF_DIR", help="start from a Hugging Face Llama or Qwen3-MoE folder's "
                     "weights; the architecture comes from its config.json, the data must use its tokenizer")
 

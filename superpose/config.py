@@ -15,16 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core.model import ModelConfig
-from .core.schedule import DECAY_SHAPES, MODES, Schedule, parse_stages
-from .core.superposition import LOSSES, WEIGHT_SCHEMES
+from .core.schedule import DECAY_SHAPES, Schedule
+from .core.tst_spec import TSTSpec
 from .data.corpus import prepare_command
 from .data.mixture import parse_mix
 from .data.shards import recorded_vocab_size
 from .checks import seed_problem
 from .errors import UserError
-from .overrides import parse_overrides, set_field
+from .overrides import RESUMABLE, parse_overrides, set_field
 
 INT_MAX = 2**63 - 1  # the largest integer torch and numpy hold (int64)
+
+
+def failed(*checks: tuple[bool, str]) -> list[str]:
+    """The messages of the (ok, message) checks that failed: a section's `problems`."""
+    return [msg for ok, msg in checks if not ok]
 
 
 @dataclass
@@ -47,32 +52,20 @@ class DataConfig:
     val_tokens: int = 65536
     """Validation tokens scored at each evaluation (the first ones of the held-out split)."""
 
-
-@dataclass
-class TSTConfig:
-    bag_size: int = 4
-    """s: raw tokens averaged into one position in phase 1. 1 disables TST."""
-    ratio: float = 0.3
-    """r: fraction of optimizer steps spent in phase 1 (paper: 0.2-0.4). 0 disables TST."""
-    weights: str = "uniform"
-    """Per-slot weights of the multi-hot loss: uniform, power (1/i), exp (e^-i), or mi: fitted to
-    the corpus's token-pair mutual information (`superpose mi`; see `mi_bag_weights`)."""
-    mode: str = "full"
-    """Which side phase 1 bags (paper §5.2): full (the method), input (bagged input, predict the
-    first token of the next bag) or output (ordinary token input, predict the next s tokens)."""
-    loss: str = "mce"
-    """The bag loss: mce (the paper's multi-hot cross-entropy) or mce_alt (-log of the probability
-    mass on the bag, paper App. C.2)."""
-    schedule: str = ""
-    """A bag-size curriculum, "8:0.1,4:0.1,2:0.1": stages of bag size : fraction of the steps, then
-    next-token training. Replaces bag_size and ratio; empty means one stage of bag_size for ratio."""
-    reset_optimizer: bool = False
-    """At the switch to next-token training, drop the optimizer state (AdamW's moments and step
-    count) and start it afresh (the AOMTS ablation: it hurt there)."""
-    reinit: str = "none"
-    """At the switch to next-token training, re-draw these weights from their initial distribution
-    (paper Table 2: it wipes out the gain): none, embeddings, head or both. Their optimizer
-    state is reset too."""
+    def problems(self) -> list[str]:
+        out = failed((self.seq_len >= 1, f"data.seq_len: must be >= 1, got {self.seq_len}"),
+                     (self.val_tokens >= self.seq_len,
+                      f"data.val_tokens: must be >= data.seq_len ({self.seq_len}), got {self.val_tokens}"),
+                     (self.vocab_size >= 257,
+                      f"data.vocab_size: must be >= 257 (256 bytes + end-of-text), got {self.vocab_size}"))
+        if self.mix:
+            try:
+                parse_mix(self.mix)
+            except ValueError as e:
+                out.append(f"data.mix: {e}; write it as DIR=WEIGHT,DIR=WEIGHT,... e.g. data/a=0.5,data/b=0.5")
+            out += failed((not self.path, "data.path: a run reads one data directory (data.path) or a mixture "
+                           "(data.mix), not both; drop --data.path (data.mix names every directory) or --data.mix"))
+        return out
 
 
 @dataclass
@@ -99,6 +92,17 @@ class OptimConfig:
     fused: bool = False
     """AdamW's fused kernel (`torch.optim.AdamW(fused=True)`, CPU and CUDA): one kernel for all
     parameters instead of a few per tensor group. The same update up to float rounding."""
+
+    def problems(self) -> list[str]:
+        return optim_problems(self) + failed(
+            (self.warmup_steps >= 0, f"optim.warmup_steps: must be >= 0, got {self.warmup_steps}"),
+            (0.0 <= self.decay_frac <= 1.0, f"optim.decay_frac: must be in [0, 1], got {self.decay_frac}"),
+            (self.decay_shape in DECAY_SHAPES,
+             f"optim.decay_shape: must be one of {', '.join(DECAY_SHAPES)}, got {self.decay_shape!r}"),
+            (0.0 <= self.min_lr_ratio <= 1.0, f"optim.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}"),
+            (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0,
+             f"optim.beta1/beta2: must be in [0, 1), got {self.beta1}, {self.beta2}"),
+            (self.grad_clip >= 0, f"optim.grad_clip: must be >= 0 (0 disables), got {self.grad_clip}"))
 
 
 @dataclass
@@ -142,9 +146,29 @@ class TrainConfig:
     the run ends before the update, leaving the last checkpoint untouched) or skip (the batch is
     dropped without an update, the step still counts, and metrics count `skipped_steps`)."""
 
+    def problems(self) -> list[str]:
+        seed = seed_problem(self.seed, "train.seed")
+        B, accum = self.batch_size, self.grad_accum
+        return failed(
+            (self.steps >= 1, f"train.steps: must be >= 1, got {self.steps}"),
+            (B >= 1, f"train.batch_size: must be >= 1, got {B}"),
+            (accum >= 1, f"train.grad_accum: must be >= 1, got {accum}"),
+            (seed is None, f"train.seed: {seed and seed.removeprefix('train.seed ')}"),
+            (B < 1 or accum < 1 or B % accum == 0, f"train.grad_accum: must divide train.batch_size={B}, got {accum}"),
+            (self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+             f"train.device: must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
+            (self.dtype in ("float32", "bfloat16"), f"train.dtype: must be float32 or bfloat16, got {self.dtype!r}"),
+            (self.eval_every >= 0, f"train.eval_every: must be >= 0, got {self.eval_every}"),
+            (self.log_every >= 1, f"train.log_every: must be >= 1, got {self.log_every}"),
+            (self.threads >= 0, f"train.threads: must be >= 0, got {self.threads}"),
+            (self.loss_chunk_rows >= -1,
+             f"train.loss_chunk_rows: must be >= -1 (-1 = auto, 0 = unfused), got {self.loss_chunk_rows}"),
+            (self.attention in ATTENTION_KERNELS,
+             f"train.attention: must be one of {', '.join(ATTENTION_KERNELS)}, got {self.attention!r}"),
+            (self.on_nan in ON_NAN, f"train.on_nan: must be one of {', '.join(ON_NAN)}, got {self.on_nan!r}"))
+
 
 ON_NAN = ("stop", "skip")
-REINIT = ("none", "embeddings", "head", "both")
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 MIXED_PRECISION = ("none", "bf16")
 ATTENTION_KERNELS = ("auto", "math", "flash", "efficient", "cudnn")
@@ -163,6 +187,12 @@ class CheckpointConfig:
     """Keep the newest K checkpoints, deleting older ones once a new one is complete (or before a
     save, down to K - 1 but never the newest, when the disk has too little room for it); 0 keeps all."""
 
+    def problems(self) -> list[str]:
+        return failed(
+            (self.every >= 0, f"checkpoint.every: must be >= 0 (0 = only on SIGINT/SIGTERM), got {self.every}"),
+            (self.keep >= 0, f"checkpoint.keep: must be >= 0 (0 = keep all), got {self.keep}"),
+            (not self.every_minutes < 0, f"checkpoint.every_minutes: must be >= 0 (0 = off), got {self.every_minutes}"))
+
 
 @dataclass
 class ParallelConfig:
@@ -176,6 +206,14 @@ class ParallelConfig:
     reduced in float32, float32 master weights and optimizer state)."""
     timeout_s: int = 1800
     """Seconds a rank waits for the others in a collective before the job fails (a hung rank)."""
+
+    def problems(self) -> list[str]:
+        return failed(
+            (self.mode in PARALLEL_MODES,
+             f"parallel.mode: must be one of {', '.join(PARALLEL_MODES)}, got {self.mode!r}"),
+            (self.mixed_precision in MIXED_PRECISION,
+             f"parallel.mixed_precision: must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"),
+            (self.timeout_s >= 1, f"parallel.timeout_s: must be >= 1, got {self.timeout_s}"))
 
 
 @dataclass
@@ -200,7 +238,7 @@ class LogConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    tst: TSTConfig = field(default_factory=TSTConfig)
+    tst: TSTSpec = field(default_factory=TSTSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -210,12 +248,12 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def schedule(self) -> Schedule:
-        """The run's phases and learning rate as functions of the step (core/schedule.py)."""
-        o, t = self.optim, self.tst
-        return Schedule.tst(self.train.steps, t.ratio, t.bag_size, t.mode, t.schedule, peak_lr=o.lr,
-                            warmup_steps=o.warmup_steps, decay_frac=o.decay_frac, min_lr_ratio=o.min_lr_ratio,
-                            decay_shape=o.decay_shape)
+    def build_schedule(self) -> Schedule:
+        """The run's phases and learning rate as functions of the step (core/schedule.py). Not
+        `tst.schedule`, which is the text of a bag-size curriculum, one input to the phases."""
+        o = self.optim
+        return Schedule(tuple(self.tst.phases(self.train.steps)), peak_lr=o.lr, warmup_steps=o.warmup_steps,
+                        decay_frac=o.decay_frac, min_lr_ratio=o.min_lr_ratio, decay_shape=o.decay_shape)
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
@@ -237,75 +275,12 @@ class Config:
         out += [f"{section.name}.{f.name}: must be at most {INT_MAX:,}, got {value}"
                 for section in dataclasses.fields(self) for f in dataclasses.fields(getattr(self, section.name))
                 if isinstance(value := getattr(getattr(self, section.name), f.name), int) and abs(value) > INT_MAX]
-        out += self.model.problems()
-        d, t, o, tr, ck = self.data, self.tst, self.optim, self.train, self.checkpoint
-
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                out.append(msg)
-
-        need(d.seq_len >= 1, f"data.seq_len: must be >= 1, got {d.seq_len}")
-        need(d.val_tokens >= d.seq_len, f"data.val_tokens: must be >= data.seq_len ({d.seq_len}), got {d.val_tokens}")
-        need(d.vocab_size >= 257, f"data.vocab_size: must be >= 257 (256 bytes + end-of-text), got {d.vocab_size}")
-        if d.mix:
-            try:
-                parse_mix(d.mix)
-            except ValueError as e:
-                out.append(f"data.mix: {e}; write it as DIR=WEIGHT,DIR=WEIGHT,... e.g. data/a=0.5,data/b=0.5")
-            need(not d.path, "data.path: a run reads one data directory (data.path) or a mixture (data.mix), not both; "
-                 "drop --data.path (data.mix names every directory) or --data.mix")
-            need(t.weights != "mi", "tst.weights=mi weighs the bags by one data directory's mutual information, and "
-                 "data.mix mixes several; use another tst.weights, or data.path")
-        need(t.bag_size >= 1, f"tst.bag_size: must be an integer >= 1 (1 disables TST), got {t.bag_size}")
-        need(0.0 <= t.ratio <= 1.0, f"tst.ratio: must be in [0, 1] (0 disables TST), got {t.ratio}")
-        need(t.weights in WEIGHT_SCHEMES, f"tst.weights: must be one of {', '.join(WEIGHT_SCHEMES)}, got {t.weights!r}")
-        need(t.mode in MODES, f"tst.mode: must be one of {', '.join(MODES)}, got {t.mode!r}")
-        need(t.loss in LOSSES, f"tst.loss: must be one of {', '.join(LOSSES)}, got {t.loss!r}")
-        need(t.reinit in REINIT, f"tst.reinit: must be one of {', '.join(REINIT)}, got {t.reinit!r}")
-        if t.mode == "input":  # one target per position: nothing for slot weights or a bag loss to act on
-            need(t.weights == "uniform", f"tst.weights={t.weights} weighs the slots of a target bag, but tst.mode=input "
-                 "predicts one token per position; drop it or use tst.mode=full/output")
-            need(t.loss == "mce", "tst.loss=mce_alt scores a target bag, but tst.mode=input predicts one token per "
-                 "position (where it equals plain cross-entropy); drop it or use tst.mode=full/output")
-        if t.schedule:
-            try:
-                parse_stages(t.schedule)
-            except ValueError as e:
-                out.append(f"tst.schedule: {e}; write it as BAG:FRACTION,... e.g. 8:0.1,4:0.1,2:0.1")
-        out += optim_problems(o)
-        need(o.warmup_steps >= 0, f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
-        need(0.0 <= o.decay_frac <= 1.0, f"optim.decay_frac: must be in [0, 1], got {o.decay_frac}")
-        need(o.decay_shape in DECAY_SHAPES, f"optim.decay_shape: must be one of {', '.join(DECAY_SHAPES)}, got {o.decay_shape!r}")
-        need(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio: must be in [0, 1], got {o.min_lr_ratio}")
-        need(0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0, f"optim.beta1/beta2: must be in [0, 1), got {o.beta1}, {o.beta2}")
-        need(o.grad_clip >= 0, f"optim.grad_clip: must be >= 0 (0 disables), got {o.grad_clip}")
-        need(tr.steps >= 1, f"train.steps: must be >= 1, got {tr.steps}")
-        need(tr.batch_size >= 1, f"train.batch_size: must be >= 1, got {tr.batch_size}")
-        need(tr.grad_accum >= 1, f"train.grad_accum: must be >= 1, got {tr.grad_accum}")
-        seed = seed_problem(tr.seed, "train.seed")
-        need(seed is None, f"train.seed: {seed and seed.removeprefix('train.seed ')}")
-        if tr.batch_size >= 1 and tr.grad_accum >= 1:
-            need(tr.batch_size % tr.grad_accum == 0,
-                 f"train.grad_accum: must divide train.batch_size={tr.batch_size}, got {tr.grad_accum}")
-        need(tr.device == "auto" or tr.device == "cpu" or tr.device.startswith("cuda"),
-             f"train.device: must be auto, cpu, cuda or cuda:N, got {tr.device!r}")
-        need(tr.dtype in ("float32", "bfloat16"), f"train.dtype: must be float32 or bfloat16, got {tr.dtype!r}")
-        need(tr.eval_every >= 0, f"train.eval_every: must be >= 0, got {tr.eval_every}")
-        need(tr.log_every >= 1, f"train.log_every: must be >= 1, got {tr.log_every}")
-        need(tr.threads >= 0, f"train.threads: must be >= 0, got {tr.threads}")
-        need(tr.loss_chunk_rows >= -1,
-             f"train.loss_chunk_rows: must be >= -1 (-1 = auto, 0 = unfused), got {tr.loss_chunk_rows}")
-        need(tr.attention in ATTENTION_KERNELS,
-             f"train.attention: must be one of {', '.join(ATTENTION_KERNELS)}, got {tr.attention!r}")
-        need(tr.on_nan in ON_NAN, f"train.on_nan: must be one of {', '.join(ON_NAN)}, got {tr.on_nan!r}")
-        need(ck.every >= 0, f"checkpoint.every: must be >= 0 (0 = only on SIGINT/SIGTERM), got {ck.every}")
-        need(ck.keep >= 0, f"checkpoint.keep: must be >= 0 (0 = keep all), got {ck.keep}")
-        need(not ck.every_minutes < 0, f"checkpoint.every_minutes: must be >= 0 (0 = off), got {ck.every_minutes}")
-        pa = self.parallel
-        need(pa.mode in PARALLEL_MODES, f"parallel.mode: must be one of {', '.join(PARALLEL_MODES)}, got {pa.mode!r}")
-        need(pa.mixed_precision in MIXED_PRECISION,
-             f"parallel.mixed_precision: must be one of {', '.join(MIXED_PRECISION)}, got {pa.mixed_precision!r}")
-        need(pa.timeout_s >= 1, f"parallel.timeout_s: must be >= 1, got {pa.timeout_s}")
+        out += self.model.problems() + self.data.problems()
+        if self.data.mix and self.tst.weights == "mi":
+            out.append("tst.weights=mi weighs the bags by one data directory's mutual information, and data.mix mixes "
+                       "several; use another tst.weights, or data.path")
+        for section in (self.tst, self.optim, self.train, self.checkpoint, self.parallel):
+            out += section.problems()
         return out
 
     def validate(self) -> Config:
@@ -372,18 +347,19 @@ def ignored_settings(cfg: Config, overrides: list[str]) -> list[str]:
             + prepare_command("YOUR_TEXT", "DATA_DIR", "--vocab-size", "N")]
 
 
-# Fields a resumed run may change: none of them alters the arithmetic of training, so the resumed
-# run stays bit-identical to an uninterrupted one (on the same device and thread count). Every
-# other field is fixed by the checkpoint. parallel.mode and the number of processes (which is not
-# in the config) change only the order of floating-point sums: same update to float tolerance.
-# So do the execution choices train.compile, train.attention and optim.fused (kernels, not math);
-# train.keep_freed_memory changes nothing but speed. data.path may move with its data; data.mix
-# may not change at all: its weights decide which source every later row comes from.
-RESUME_MAY_CHANGE = ("data.path", "train.device", "train.threads", "train.eval_every", "train.log_every",
-                     "train.on_nan", "checkpoint.every", "checkpoint.every_minutes", "checkpoint.keep", "parallel.mode",
-                     "parallel.timeout_s",
-                     "train.compile", "train.attention", "train.keep_freed_memory", "optim.fused",
-                     "log.tensorboard", "log.wandb", "log.wandb_name")
+def _resume_keys() -> tuple[str, ...]:
+    """`overrides.RESUMABLE` ("section.a/b", "section.*") as the `section.field` keys it names."""
+    every = {f.name: [g.name for g in dataclasses.fields(f.default_factory)] for f in dataclasses.fields(Config)}
+    keys = []
+    for entry in RESUMABLE:
+        section, names = entry.split(".")
+        keys += [f"{section}.{name}" for name in (every[section] if names == "*" else names.split("/"))]
+    assert all(k.split(".")[1] in every[k.split(".")[0]] for k in keys), "RESUMABLE names a field Config lacks"
+    return tuple(keys)
+
+
+RESUME_MAY_CHANGE = _resume_keys()
+"""The fields a resumed run may change (`overrides.RESUMABLE`, which the --resume help prints), one key each."""
 
 
 def differences(a: Config, b: Config) -> list[tuple[str, object, object]]:

@@ -15,6 +15,20 @@ import typing
 from .errors import UserError
 
 
+# Fields a resumed run may change: none of them alters the arithmetic of training, so the resumed
+# run stays bit-identical to an uninterrupted one (on the same device and thread count). Every
+# other field is fixed by the checkpoint. parallel.mode and the number of processes (which is not
+# in the config) change only the order of floating-point sums: same update to float tolerance.
+# So do the execution choices train.compile, train.attention and optim.fused (kernels, not math);
+# train.keep_freed_memory changes nothing but speed. data.path may move with its data; data.mix
+# may not change at all: its weights decide which source every later row comes from. Trackers
+# (log.*) never touch the arithmetic. Written as the --resume help prints it (cli_parser.py);
+# config.RESUME_MAY_CHANGE is the same, one `section.field` key each. It lives here, beside the
+# override text it governs, so the command line's help needs no torch import.
+RESUMABLE = ("data.path", "train.device/threads/eval_every/log_every/on_nan/compile/attention/keep_freed_memory",
+             "optim.fused", "checkpoint.*", "parallel.mode/timeout_s", "log.*")
+
+
 def field_types(obj) -> dict[str, type]:
     return typing.get_type_hints(type(obj))
 

@@ -12,7 +12,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import CheckpointConfig, Config, DataConfig, OptimConfig, TrainConfig, TSTConfig
+from .config import CheckpointConfig, Config, DataConfig, OptimConfig, TrainConfig
+from .core.tst_spec import TSTSpec
 from .core.model import QWEN3_MOE, ModelConfig
 from .errors import UserError
 from .overrides import field_types, parse_overrides, set_field
@@ -23,7 +24,7 @@ def _cpu_smoke() -> Config:
     return Config(
         model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64),
         data=DataConfig(seq_len=64, val_tokens=8192),
-        tst=TSTConfig(bag_size=4, ratio=0.3),
+        tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=3e-3, warmup_steps=5),
         train=TrainConfig(steps=40, batch_size=8, eval_every=20, log_every=10),
     )
@@ -34,7 +35,7 @@ def _cpu_small() -> Config:
     return Config(
         model=ModelConfig(dim=128, n_layers=4, n_heads=4, max_seq_len=128),
         data=DataConfig(seq_len=128, val_tokens=65536),
-        tst=TSTConfig(bag_size=4, ratio=0.3),
+        tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=3e-3, warmup_steps=50),
         train=TrainConfig(steps=600, batch_size=16, eval_every=100),
     )
@@ -49,7 +50,7 @@ def _cpu_long() -> Config:
     return Config(
         model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, init="torch"),
         data=DataConfig(seq_len=64, val_tokens=65536),
-        tst=TSTConfig(bag_size=4, ratio=0.3),
+        tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=3e-3, warmup_steps=100),
         train=TrainConfig(steps=6000, batch_size=16, eval_every=500, log_every=100),
     )
@@ -63,7 +64,7 @@ def _gpu_30m() -> Config:
     return Config(
         model=ModelConfig(dim=512, n_layers=8, n_heads=8, max_seq_len=256, init="torch"),
         data=DataConfig(seq_len=256, val_tokens=2**17),
-        tst=TSTConfig(bag_size=4, ratio=0.3),
+        tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=2e-3, warmup_steps=100),
         train=TrainConfig(steps=2000, batch_size=32, dtype="bfloat16", eval_every=250),
     )
@@ -77,7 +78,7 @@ def _paper(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int,
         model=ModelConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                           ffn_dim=ffn_dim, rope_theta=500000.0, max_seq_len=2048),
         data=DataConfig(seq_len=2048, val_tokens=2**20, vocab_size=32768),
-        tst=TSTConfig(bag_size=6, ratio=0.3),
+        tst=TSTSpec(bag_size=6, ratio=0.3),
         optim=OptimConfig(lr=lr, warmup_steps=2000, decay_frac=0.1),
         train=TrainConfig(steps=20000, batch_size=1024, grad_accum=32, dtype="bfloat16", eval_every=1000),
         checkpoint=CheckpointConfig(every=1000, keep=2),
@@ -93,7 +94,7 @@ def _cpu_moe() -> Config:
         model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, norm_eps=1e-6, arch=QWEN3_MOE.name,
                           n_experts=8, top_k=2, moe_ffn_dim=96),
         data=DataConfig(seq_len=64, val_tokens=8192),
-        tst=TSTConfig(bag_size=4, ratio=0.3),
+        tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=3e-3, warmup_steps=5),
         train=TrainConfig(steps=40, batch_size=8, eval_every=20, log_every=10),
     )
@@ -117,7 +118,7 @@ def _paper_moe() -> Config:
                           max_seq_len=8192, arch=QWEN3_MOE.name, n_experts=96, top_k=8, moe_ffn_dim=768,
                           ffn_dim=4096, vocab_size=151936),
         data=DataConfig(seq_len=8192, val_tokens=2**20),
-        tst=TSTConfig(bag_size=16, ratio=0.25),
+        tst=TSTSpec(bag_size=16, ratio=0.25),
         optim=OptimConfig(lr=3e-4, warmup_steps=2000, decay_frac=0.1),
         train=TrainConfig(steps=50000, batch_size=1024, grad_accum=64, dtype="bfloat16", eval_every=1000),
         checkpoint=CheckpointConfig(every=1000, keep=2),

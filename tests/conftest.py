@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from superpose.data import corpus
-from superpose.config import Config, DataConfig, OptimConfig, TrainConfig, TSTConfig
+from superpose.config import Config, DataConfig, OptimConfig, TrainConfig
+from superpose.core.tst_spec import TSTSpec
 from superpose.core.model import ModelConfig
 from superpose.data.prepare import prepare
 
@@ -54,7 +55,7 @@ def tiny_config(data: Path, **overrides) -> Config:
     cfg = Config(
         model=ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32),
         data=DataConfig(path=str(data), seq_len=16, val_tokens=1024),
-        tst=TSTConfig(bag_size=4, ratio=0.5),
+        tst=TSTSpec(bag_size=4, ratio=0.5),
         optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_frac=0.25),
         train=TrainConfig(steps=8, batch_size=4, eval_every=4, log_every=100, seed=0),
     )

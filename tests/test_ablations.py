@@ -15,13 +15,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from superpose.core.model import build_model
-from superpose.core.schedule import Schedule, build_phases, parse_stages
+from superpose.core.schedule import Phase, build_phases, parse_stages
+from superpose.core.tst_spec import TSTSpec
 from superpose.core.superposition import (bag_targets, bag_weights, chunked_multi_hot_cross_entropy,
                                           count_valid_targets, mi_bag_weights, multi_hot_cross_entropy,
                                           next_window_targets)
 from superpose.data import mutual_info, open_dataset
 from superpose.training import build_trainer
-from superpose.training.trainer import superposed_loss
+from superpose.core.tst_step import model_loss
 
 from conftest import tiny_config
 from test_checkpoint import resume, start, superpose
@@ -146,7 +147,7 @@ def test_with_one_slot_both_losses_are_plain_cross_entropy():
 # ----------------------------------------------------------------------------- the modes, end to end
 
 @pytest.mark.parametrize("mode", ["input", "output"])
-def test_superposed_loss_of_each_mode_matches_a_direct_loop(mode):
+def test_model_loss_of_each_mode_matches_a_direct_loop(mode):
     """Values and gradients of the trainer's loss against the method written out by hand."""
     cfg = tiny_config_model()
     torch.manual_seed(0)
@@ -154,7 +155,7 @@ def test_superposed_loss_of_each_mode_matches_a_direct_loop(mode):
     B, L, s, V = 2, 8, 4, cfg.vocab_size
     T = s * L if mode == "input" else L
     rows = torch.randint(0, V, (B, T + 1))
-    got = superposed_loss(model, rows, s, "power", mode=mode)
+    got = model_loss(model, rows, Phase.of(s, mode), "power")
     g_got = torch.autograd.grad(got, [p for p in model.parameters()])
     # by hand
     x, y = rows[:, :-1], rows[:, 1:]
@@ -215,10 +216,10 @@ def test_curriculum_stages_round_to_their_cumulative_share():
     assert [(p.index, p.bag_size, p.start, p.end) for p in phases] == \
         [(1, 8, 0, 10), (1, 4, 10, 25), (1, 2, 25, 30), (2, 1, 30, 100)]
     # a one-stage curriculum is two-phase TST
-    assert Schedule.tst(600, 0.3, 4).phases == Schedule.tst(600, 0.0, 1, stages="4:0.3").phases
+    assert TSTSpec(bag_size=4, ratio=0.3).phases(600) == TSTSpec(bag_size=1, ratio=0.0, schedule="4:0.3").phases(600)
     # FLOP-matched: every stage reads rows of s*L raw tokens into L positions
     assert [p.row_tokens(128) for p in phases] == [1024, 512, 256, 128]
-    assert Schedule.tst(10, 0.5, 4, mode="output").phases[0].row_tokens(128) == 128
+    assert TSTSpec(bag_size=4, ratio=0.5, mode="output").phases(10)[0].row_tokens(128) == 128
 
 
 @pytest.mark.parametrize("text,needle", [("8:0.5,4:0.6", "past 1"), ("8-0.1", "BAG:FRACTION"),
@@ -420,8 +421,8 @@ def test_hf_trainer_runs_a_curriculum_with_mce_alt_and_the_switch_options(tmp_pa
         output_dir=str(tmp_path / "out"), max_steps=8, per_device_train_batch_size=2, learning_rate=1e-2,
         lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, report_to=[],
         save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = TSTTrainer(model=model, args=args, train_tokens=tokens, seq_len=L, schedule="3:0.25,2:0.25",
-                         loss="mce_alt", bag_weights="power", reset_optimizer=True, reinit="embeddings")
+    tst = TSTSpec(schedule="3:0.25,2:0.25", loss="mce_alt", weights="power", reset_optimizer=True, reinit="embeddings")
+    trainer = TSTTrainer(model=model, args=args, train_tokens=tokens, seq_len=L, tst=tst)
     trainer.train()
     assert [h["bag_size"] for h in trainer.state.log_history if "loss" in h] == [3, 3, 2, 2, 1, 1, 1, 1]
     assert all(int(st["step"]) == 4 for st in trainer.optimizer.state_dict()["state"].values())
@@ -459,11 +460,11 @@ def test_hf_trainer_refuses_what_superpose_refuses(tmp_path):
 
     args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=4, report_to=[], use_cpu=True)
     ok = dict(train_tokens=torch.arange(2000) % V, seq_len=L)
-    for extra, needle in (({"schedule": "4:0.7,2:0.7"}, "past 1"), ({"mode": "input", "bag_weights": "power"},
+    for extra, needle in (({"schedule": "4:0.7,2:0.7"}, "past 1"), ({"mode": "input", "weights": "power"},
                                                                      "predicts one token"),
                           ({"reinit": "all"}, "tst.reinit")):
         with pytest.raises(UserError, match=needle):
-            TSTTrainer(model=small_hf_models()["llama"], args=args, **ok, **extra)
+            TSTTrainer(model=small_hf_models()["llama"], args=args, **ok, tst=TSTSpec(**extra))
 
 
 # ----------------------------------------------------------------------------- data parallel

@@ -318,14 +318,14 @@ def test_other_vocabulary_or_model_is_refused(stopped_run, tiny_data, tmp_path, 
 
 def inject_nan(monkeypatch, at_steps):
     """Make the loss (and so every gradient) NaN at the given steps of a run started at step 0."""
-    real, calls = build_module.superposed_loss, []
+    real, calls = build_module.model_loss, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) - 1 in at_steps else loss
 
-    monkeypatch.setattr(build_module, "superposed_loss", poisoned)  # the loss build_trainer hands the trainer
+    monkeypatch.setattr(build_module, "model_loss", poisoned)  # the loss build_trainer hands the trainer
 
 
 def test_nan_stops_before_the_update_and_keeps_the_last_checkpoint(tiny_data, tmp_path, reference, monkeypatch):

@@ -25,6 +25,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 from superpose import cli, load_model, load_tokenizer  # noqa: E402
+from superpose.core.tst_spec import TSTSpec  # noqa: E402
 from superpose.data import open_dataset  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose.interop.hf_llama import (HF_NAME_MAP, config_from_hf, export_hf, from_hf_name, read_hf_config,  # noqa: E402
@@ -269,7 +270,7 @@ def test_tst_trainer_crosses_the_switch_in_one_run(tmp_path):
         learning_rate=1e-2, lr_scheduler_type="linear", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
     held_out = torch.randint(0, V, (200,), generator=torch.Generator().manual_seed(4))
-    trainer = TSTTrainer(model=model, args=args, train_tokens=tokens, seq_len=L, bag_size=S, tst_ratio=0.5,
+    trainer = TSTTrainer(model=model, args=args, train_tokens=tokens, seq_len=L, tst=TSTSpec(bag_size=S, ratio=0.5),
                          eval_tokens=held_out)
     shapes = batch_shapes(trainer)
     trainer.train()
@@ -303,7 +304,7 @@ def test_tst_trainer_crosses_the_switch_in_one_run(tmp_path):
 
 def test_tst_trainer_errors(tmp_path):
     model = small_hf_models()["llama"]
-    ok = dict(train_tokens=torch.arange(500) % V, seq_len=L, bag_size=S, tst_ratio=0.3)
+    ok = dict(train_tokens=torch.arange(500) % V, seq_len=L, tst=TSTSpec(bag_size=S, ratio=0.3))
     args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     with pytest.raises(UserError, match="max_steps"):
         TSTTrainer(model=model, args=args, **ok)

@@ -27,6 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 transformers = pytest.importorskip("transformers")
 
+from superpose.core.tst_spec import TSTSpec  # noqa: E402
 from superpose.data import TrainLoader, open_dataset, val_windows  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose.hf import DataError, TSTTrainer  # noqa: E402
@@ -80,7 +81,7 @@ def test_dataset_trains_through_the_switch_and_resumes(tmp_path):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_dict({"input_ids": random_docs(30)})
     first = TSTTrainer(model=tiny_llama(), args=train_args(tmp_path / "a", save_strategy="steps", save_steps=5),
-                       train_dataset=ds, seq_len=L, bag_size=S, tst_ratio=0.5)
+                       train_dataset=ds, seq_len=L, tst=TSTSpec(bag_size=S, ratio=0.5))
     shapes = batch_shapes(first)
     first.train()
     assert shapes == [(2, S * L + 1)] * 10 + [(2, L + 1)] * 10
@@ -93,7 +94,7 @@ def test_dataset_trains_through_the_switch_and_resumes(tmp_path):
     assert 1 < logs[-1]["epoch"] < 2
 
     resumed = TSTTrainer(model=tiny_llama(seed=1), args=train_args(tmp_path / "b"), train_dataset=ds, seq_len=L,
-                         bag_size=S, tst_ratio=0.5)
+                         tst=TSTSpec(bag_size=S, ratio=0.5))
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-5"))
     assert resumed.state.global_step == 20
     for (name, a), b in zip(first.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -117,7 +118,7 @@ def test_documents_ids_dataset_and_text_give_the_same_rows(tiny_data, tokenizer,
 
     def trainer(data, **kw):  # the tokenizer's eos joins the documents (the Llama config's is 2)
         return TSTTrainer(model=tiny_llama(320), args=train_args(tmp_path, max_steps=10), train_dataset=data,
-                          processing_class=tokenizer, seq_len=L, bag_size=S, tst_ratio=0.5, **kw)
+                          processing_class=tokenizer, seq_len=L, tst=TSTSpec(bag_size=S, ratio=0.5), **kw)
 
     want = rows_of(trainer(ids), 30)
     assert rows_of(trainer(datasets.Dataset.from_dict({"input_ids": ids})), 30) == want
@@ -148,7 +149,7 @@ def test_open_dataset_gives_the_native_loaders_rows(tiny_data, tokenizer, tmp_pa
     the native evaluation windows of its held-out split."""
     data = open_dataset(tiny_data)
     args = train_args(tmp_path, max_steps=10, seed=7)
-    kw = dict(seq_len=L, bag_size=S, tst_ratio=0.5)
+    kw = dict(seq_len=L, tst=TSTSpec(bag_size=S, ratio=0.5))
     trainer = TSTTrainer(model=tiny_llama(320), args=args, train_dataset=data, eval_dataset=data, **kw)
     native = TrainLoader(data.train, data.train_docs, seed=7, vocab_size=320)
     want = [native.next_rows(1, S * L if i < 10 else L)[0].tolist() for i in range(30)]
@@ -235,7 +236,7 @@ def test_wrong_data_is_one_line(tmp_path):
     model, args = tiny_llama(), train_args(tmp_path, max_steps=4)
 
     def make(**kw):
-        return lambda: TSTTrainer(model=model, args=args, **{"seq_len": L, "bag_size": S, "tst_ratio": 0.5, **kw})
+        return lambda: TSTTrainer(model=model, args=args, **{"seq_len": L, "tst": TSTSpec(bag_size=S, ratio=0.5), **kw})
 
     docs = random_docs(20)
     cases = [
@@ -267,7 +268,7 @@ def test_wrong_dataset_is_one_line(tmp_path):
     model, args = tiny_llama(), train_args(tmp_path, max_steps=4)
 
     def make(ds, **kw):
-        return lambda: TSTTrainer(model=model, args=args, train_dataset=ds, seq_len=L, bag_size=S, tst_ratio=0.5,
+        return lambda: TSTTrainer(model=model, args=args, train_dataset=ds, seq_len=L, tst=TSTSpec(bag_size=S, ratio=0.5),
                                   **kw)
 
     ids = random_docs(20)
@@ -296,6 +297,7 @@ import sys
 sys.modules["datasets"] = None  # import datasets -> ImportError, as when it is not installed
 import numpy as np, torch, transformers
 torch.set_num_threads(1)
+from superpose.core.tst_spec import TSTSpec
 from superpose.hf import TSTTrainer
 cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                num_attention_heads=2, max_position_embeddings=32)
@@ -303,7 +305,7 @@ args = transformers.TrainingArguments(output_dir=sys.argv[1], max_steps=2, repor
                                       save_strategy="no", disable_tqdm=True, per_device_train_batch_size=2)
 for data in ([list(range(3, 60))] * 3, np.arange(3, 200) % 97, torch.arange(3, 200) % 97):
     t = TSTTrainer(model=transformers.LlamaForCausalLM(cfg), args=args, train_dataset=data, seq_len=8,
-                   bag_size=2, tst_ratio=0.5)
+                   tst=TSTSpec(bag_size=2, ratio=0.5))
     t.train()
     assert t.state.global_step == 2
 print("ok")

@@ -333,8 +333,8 @@ def api_cases():
          ValueError, "targets"),
         ("targets-float", lambda: sp.multi_hot_cross_entropy(logits, torch.zeros(2, 3, 2)), TypeError, "targets"),
         ("logits-2d", lambda: sp.multi_hot_cross_entropy(torch.randn(6, 10), t3), ValueError, "logits"),
-        ("chunked-weight-d", lambda: sp.chunked_multi_hot_cross_entropy(torch.randn(2, 3, 4), torch.randn(10, 5), t3),
-         ValueError, "weight"),
+        ("chunked-head-d", lambda: sp.chunked_multi_hot_cross_entropy(torch.randn(2, 3, 4), torch.randn(10, 5), t3),
+         ValueError, "head"),
         ("count-targets-2d", lambda: sp.count_valid_targets(torch.zeros(2, 3, dtype=torch.long)), ValueError,
          "targets"),
     ]

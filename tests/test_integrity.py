@@ -237,6 +237,7 @@ def test_tst_trainer_refuses_nan_bag_weights_before_training(tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
+    from superpose.core.tst_spec import TSTSpec
     from superpose.interop.hf_trainer import TSTTrainer
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -246,7 +247,8 @@ def test_tst_trainer_refuses_nan_bag_weights_before_training(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 64, 4096)
     for bad in ([1.0, float("nan"), 1.0, 1.0], torch.tensor([-1.0, 1.0, 1.0, 1.0]), {"a": 1e300, "k": -1.0}):
         with pytest.raises(ValueError, match="bag_weights"):
-            TSTTrainer(model, args, train_tokens=tokens, seq_len=8, bag_size=4, tst_ratio=0.5, bag_weights=bad)
+            TSTTrainer(model, args, train_tokens=tokens, seq_len=8, tst=TSTSpec(bag_size=4, ratio=0.5),
+                       bag_weights=bad)
 
 
 def test_an_mi_fit_that_overflows_is_refused_for_a_run(tiny_data, tmp_path, cli_run):

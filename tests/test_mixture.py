@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from superpose import cli
-from superpose.config import Config, DataConfig, TSTConfig
+from superpose.config import Config, DataConfig
+from superpose.core.tst_spec import TSTSpec
 from superpose.data import MixtureLoader, TrainLoader, open_dataset, open_mixture, val_windows
 from superpose.data import corpus
 from superpose.data.mixture import parse_mix
@@ -153,7 +154,7 @@ def test_bad_mix_syntax_is_named(mix, needle):
 def test_mix_alongside_path_or_mi_weights_is_refused():
     both = Config(data=DataConfig(path="x", mix="a=1,b=1")).problems()
     assert any("drop --data.path (data.mix names every directory)" in p for p in both), both
-    mi = Config(data=DataConfig(mix="a=1,b=1"), tst=TSTConfig(weights="mi")).problems()
+    mi = Config(data=DataConfig(mix="a=1,b=1"), tst=TSTSpec(weights="mi")).problems()
     assert any("tst.weights=mi" in p and "data.mix mixes several" in p for p in mi), mi
     assert parse_mix(" a=1 , b=3 ") == [("a", 1.0), ("b", 3.0)]
 

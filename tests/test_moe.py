@@ -32,7 +32,9 @@ from superpose.errors import UserError  # noqa: E402
 from superpose.inference.generate import generate_ids  # noqa: E402
 from superpose.training import build_trainer, run_training  # noqa: E402
 from superpose.training.resume import resume_config  # noqa: E402
-from superpose.training.trainer import superposed_loss  # noqa: E402
+from superpose.core.schedule import Phase  # noqa: E402
+from superpose.core.tst_spec import TSTSpec  # noqa: E402
+from superpose.core.tst_step import model_loss  # noqa: E402
 
 from conftest import random_weights, tiny_config  # noqa: E402
 
@@ -247,7 +249,7 @@ def test_training_loss_equals_hf_superposition_loss_with_the_router_aux_loss(moe
     n = count_valid_targets(next_bag_targets(rows[:, 1:], bag_size))
     log = []
     with torch.no_grad():
-        mine = superposed_loss(ours, rows, bag_size, router_log=log) / n
+        mine = model_loss(ours, rows, Phase.of(bag_size), router_log=log) / n
         hf = superposition_loss(theirs, rows, bag_size, reduction="sum") / n
         plain = superposition_loss(theirs, rows, bag_size, reduction="none").sum() / n  # no aux term
         if bag_size == 1:
@@ -276,7 +278,7 @@ def test_tst_trainer_trains_a_transformers_moe_across_the_switch(tmp_path):
                                           learning_rate=1e-3, report_to=[], logging_steps=1, use_cpu=True,
                                           save_strategy="no", disable_tqdm=True)
     tokens = torch.randint(0, 64, (4000,), generator=torch.Generator().manual_seed(0)).numpy()
-    trainer = TSTTrainer(model=model, args=args, train_tokens=tokens, seq_len=8, bag_size=4, tst_ratio=0.5)
+    trainer = TSTTrainer(model=model, args=args, train_tokens=tokens, seq_len=8, tst=TSTSpec(bag_size=4, ratio=0.5))
     # A phase-1 step optimises the multi-hot loss plus 0.5 x the router's aux loss, as transformers computes it.
     rows = torch.as_tensor(tokens[:33])[None]  # (1, s*L + 1)
     with torch.no_grad():
@@ -357,7 +359,7 @@ def test_grad_accumulation_is_exact_for_the_aux_loss(tiny_data, tmp_path):
     halves = []
     for micro in rows.chunk(2):
         log = []
-        superposed_loss(one.model, micro, 4, router_log=log)
+        model_loss(one.model, micro, Phase.of(4), router_log=log)
         halves.append(log[0][0])
     out = two.train_step(two.schedule.phase(0))
     from superpose.core.superposition import count_valid_targets, next_bag_targets

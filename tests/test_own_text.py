@@ -102,14 +102,14 @@ def test_raw_text_is_prepared_once_into_a_cache_keyed_by_its_bytes(tmp_path):
 
 
 def test_train_compare_and_sweep_resolve_raw_text_to_the_prepared_copy(tmp_path, monkeypatch):
-    from superpose.training.build import resolve_data, resolve_vocab
+    from superpose.training.build import resolve_data, resolve_from_data
 
     monkeypatch.setenv("SUPERPOSE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "input.txt").write_text(numbered_text(200))
     cfg = Config(data=DataConfig(path=str(tmp_path / "input.txt")))
     ds = resolve_data(cfg, log=lambda _: None)
     assert ds.path.parent == tmp_path / "cache" / "data"
-    assert resolve_vocab(cfg, ds).data.path == str(ds.path.absolute())  # the run records the directory
+    assert resolve_from_data(cfg, ds).data.path == str(ds.path.absolute())  # the run records the directory
 
 
 @pytest.mark.parametrize("make", ["file", "folder", "missing", "run"])

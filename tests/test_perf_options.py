@@ -22,7 +22,7 @@ from superpose.errors import UserError
 from superpose.training.perf import AUTO_FUSE_MIN_LOGITS, attention_kernel, auto_loss_chunk_rows, keep_freed_memory
 from superpose.superposition import chunked_multi_hot_cross_entropy, multi_hot_cross_entropy, next_bag_targets
 from superpose.training import build_trainer
-from superpose.training.trainer import superposed_loss
+from superpose.core.tst_step import model_loss
 
 from conftest import tiny_config
 
@@ -102,7 +102,7 @@ def test_compiled_model_and_loss_train_like_eager(tiny_data, tmp_path, default_r
         pytest.skip("torch.compile on CPU needs a C++ compiler")
     torch._dynamo.reset()
     t, rec = run(tiny_config(tiny_data, train__compile=True), tmp_path / "compiled")
-    assert t.loss_fn is not superposed_loss  # the compiled wrapper
+    assert t.loss_fn is not model_loss  # the compiled wrapper
     assert {r["phase"] for r in rec} == {1, 2}  # a graph per phase, both right
     assert_same_run(rec, default_run[1], rel=1e-4)
     # The compiled run saves plain parameter names (no _orig_mod.): its model loads anywhere.

@@ -242,8 +242,8 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_go_on(tiny_data, tmp_
     --resume" and `--resume` "has no checkpoints": a dead end. Now --resume says how to go on and
     the same --out starts the run again, keeping the old log."""
     run = tmp_path / "run"
-    real = build_module.superposed_loss
-    monkeypatch.setattr(build_module, "superposed_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = build_module.model_loss
+    monkeypatch.setattr(build_module, "model_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     raises_one_line(lambda: run_training(tiny_config(tiny_data, train__steps=4), run, log=quiet),
                     "loss is nan", "no checkpoint was written")
     monkeypatch.undo()

@@ -56,14 +56,14 @@ def cfg_of(data, **kw):
 
 def nan_at(monkeypatch, steps):
     """The loss (and so every gradient) NaN at the given 0-based steps of a run built after this."""
-    real, calls = build_module.superposed_loss, []
+    real, calls = build_module.model_loss, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) - 1 in steps else loss
 
-    monkeypatch.setattr(build_module, "superposed_loss", poisoned)
+    monkeypatch.setattr(build_module, "model_loss", poisoned)
 
 
 def started(data, run_dir, stop):

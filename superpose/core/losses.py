@@ -4,7 +4,7 @@ An entry says what the loss is (its math: the coefficients the fused kernel weig
 with, which also fix its target layout, its unreduced form and its normaliser) and what the run's
 start-of-run lines call it. `multi_hot_cross_entropy`, `chunked_multi_hot_cross_entropy` and
 `count_valid_targets` (core/superposition.py) look the entry up; nothing else branches on a loss's
-name. A new loss is one `BagLoss` in `ENTRIES`.
+name. A new loss is one `BagLoss` in `LOSSES`.
 
 Every function here takes valid (B, L, s) bool, the targets that are not ignored, and g (s,) the
 slot weights g_i as `bag_weights` gives them; g~ = s * g / sum(g) (all 1 when uniform).
@@ -96,13 +96,12 @@ MCE = BagLoss("mce", "multi-hot", mce_coefficients, mce_unreduced, mce_count)
 MCE_ALT = BagLoss("mce_alt", "bag-mass (MCEAlt)", alt_coefficients, alt_unreduced, alt_count)
 """-log of the (weighted) probability mass on the bag, one term per position."""
 
-ENTRIES = (MCE, MCE_ALT)
-BAG_LOSSES: dict[str, BagLoss] = {loss.name: loss for loss in ENTRIES}
-LOSSES = tuple(BAG_LOSSES)
+LOSSES: dict[str, BagLoss] = {loss.name: loss for loss in (MCE, MCE_ALT)}
+"""The registry: `tst.loss` name -> its entry (`name in LOSSES`, `', '.join(LOSSES)` for messages)."""
 
 
 def bag_loss(name: str) -> BagLoss:
     """The entry of `tst.loss` = name; a ValueError naming the known ones otherwise."""
-    if name not in BAG_LOSSES:
+    if name not in LOSSES:
         raise ValueError(f"unknown bag loss {name!r}; use one of {', '.join(LOSSES)}")
-    return BAG_LOSSES[name]
+    return LOSSES[name]

@@ -1,6 +1,6 @@
 """The run as a function of the step: which phase it is in, and its learning rate.
 
-    schedule = cfg.schedule()   (a run's: config.Config.schedule; or Schedule.tst(steps, r, s, ...))
+    schedule = cfg.build_schedule()   (a run's: config.Config.build_schedule, its phases from core/tst_spec.py)
     schedule.phase(k)      the Phase of 0-based step k: its bag size s (1 = next-token training)
     schedule.lr(k)         warmup-stable-decay learning rate at step k, blind to the phases
     schedule.switch_step   the first next-token step (0 for a baseline run)
@@ -21,12 +21,7 @@ import math
 from dataclasses import dataclass
 from collections.abc import Sequence
 
-MODES = ("full", "input", "output")
-"""Which side of the model a superposition phase bags (paper §5.2, Fig. 6):
-full   bagged input, next-bag target (the method);
-input  bagged input, one target: the first token of the next bag (the token right after the bag);
-output ordinary token input (rows of L raw tokens, no extra data), each position's target is the
-       next s tokens (the multi-hot loss over a sliding window)."""
+from .superposition import Mode
 
 
 @dataclass(frozen=True)
@@ -40,7 +35,8 @@ class Phase:
     bag_size: int
     start: int
     end: int
-    mode: str = "full"
+    mode: str = Mode.FULL
+    """Which side(s) the phase bags (`superposition.Mode`)."""
 
     @property
     def num_steps(self) -> int:
@@ -49,12 +45,20 @@ class Phase:
     @property
     def input_bag(self) -> int:
         """Raw tokens averaged into one input position (1: ordinary token input)."""
-        return self.bag_size if self.mode in ("full", "input") else 1
+        return Mode(self.mode).input_bag(self.bag_size)
 
     @property
     def target_bag(self) -> int:
         """Targets per position (1: one next token)."""
-        return self.bag_size if self.mode in ("full", "output") else 1
+        return Mode(self.mode).target_bag(self.bag_size)
+
+    @classmethod
+    def of(cls, bag_size: int, mode: str = Mode.FULL) -> Phase:
+        """The phase of bags of `bag_size` (1: next-token training) for a loss outside a run's
+        plan, such as one batch's: it covers step 0 only."""
+        if bag_size == 1:
+            return cls(2, "next-token", 1, 0, 1)
+        return cls(1, "superposition", bag_size, 0, 1, mode)
 
     def row_tokens(self, seq_len: int) -> int:
         """Raw input tokens a row of this phase reads: s*L when the input is bagged, else L."""
@@ -101,7 +105,7 @@ def build_phases(total_steps: int, ratio: float, bag_size: int, mode: str = "ful
         acc += f
         end = min(round(acc * total_steps), total_steps)
         if end > start:
-            name = "superposition" + ("" if mode == "full" else f" ({mode} only)")
+            name = "superposition" + ("" if mode == Mode.FULL else f" ({mode} only)")
             phases.append(Phase(1, name if len(stages) == 1 else f"{name} s={s}", s, start, end, mode))
             start = end
     if start < total_steps:
@@ -161,15 +165,6 @@ class Schedule:
     decay_frac: float = 0.0
     min_lr_ratio: float = 0.0
     decay_shape: str = "linear"
-
-    @classmethod
-    def tst(cls, total_steps: int, ratio: float, bag_size: int, mode: str = "full", stages: str = "",
-            **lr) -> Schedule:
-        """Phase 1 for round(ratio * total_steps) steps with bags of `bag_size` (or the curriculum
-        `stages`, "s:fraction,..." as `parse_stages` reads it), then phase 2 (`build_phases`);
-        `lr` takes the remaining fields (peak_lr, warmup_steps, ...)."""
-        return cls(tuple(build_phases(total_steps, ratio, bag_size, mode, parse_stages(stages) if stages else None)),
-                   **lr)
 
     @property
     def total_steps(self) -> int:

@@ -23,6 +23,7 @@ entries of core/losses.py (`loss=` names one); their fused kernels are core/loss
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +32,48 @@ from torch import Tensor
 from .loss_kernels import ChunkedLinearNLL, WeightedNLL
 from .losses import LOSSES, MCE, bag_loss
 
-__all__ = ["IGNORE_INDEX", "LOSSES", "WEIGHT_SCHEMES", "bag_entropy_floor", "bag_targets", "bag_weights",
-           "chunked_multi_hot_cross_entropy", "count_valid_targets", "input_bag", "mi_bag_weights", "multi_hot_cross_entropy",
+__all__ = ["IGNORE_INDEX", "LOSSES", "WEIGHT_SCHEMES", "Mode", "bag_entropy_floor", "bag_targets", "bag_weights",
+           "chunked_multi_hot_cross_entropy", "count_valid_targets", "mi_bag_weights", "multi_hot_cross_entropy",
            "next_bag_targets", "next_window_targets", "superpose_embeddings", "superpose_token_embeddings",
            "target_coefficients"]
 
 IGNORE_INDEX = -100
 WEIGHT_SCHEMES = ("uniform", "power", "exp", "mi")
+"""The named slot weightings `bag_weights` knows (`tst.weights`); "mi" needs a corpus's fit."""
+
+
+class Mode(StrEnum):
+    """Which side of the model a superposition phase bags (paper §5.2, Fig. 6): the one place
+    that says how many raw tokens an input position reads and how many targets it has."""
+
+    FULL = "full"
+    """Bagged input, next-bag target (the method)."""
+    INPUT = "input"
+    """Bagged input, one target: the first token of the next bag (the token right after the bag)."""
+    OUTPUT = "output"
+    """Ordinary token input (rows of L raw tokens, no extra data), each position's target the next
+    s tokens (the multi-hot loss over a sliding window)."""
+
+    def input_bag(self, bag_size: int) -> int:
+        """Raw tokens averaged into one input position: s, or 1 for ordinary token input."""
+        return 1 if self is Mode.OUTPUT else bag_size
+
+    def target_bag(self, bag_size: int) -> int:
+        """Targets per position: s, or 1 for one next token."""
+        return 1 if self is Mode.INPUT else bag_size
+
+    def describe(self, bag_size: int) -> str:
+        """What a phase of this mode reads and predicts, for the start-of-run lines."""
+        return {Mode.FULL: f"bags of s={bag_size} in, next bag out",
+                Mode.INPUT: f"bags of s={bag_size} in, the next bag's first token out",
+                Mode.OUTPUT: f"tokens in, the next s={bag_size} tokens out"}[self]
+
+
+def mode_of(mode: str) -> Mode:
+    """`tst.mode` text -> its Mode; a ValueError naming the known ones otherwise."""
+    if mode not in list(Mode):
+        raise ValueError(f"unknown superposition mode {mode!r}; use {', '.join(Mode)}")
+    return Mode(mode)
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -161,12 +197,6 @@ def next_window_targets(labels: Tensor, window: int, ignore_index: int = IGNORE_
     return padded.unfold(1, window, 1)  # (B, L, s), a strided view: row t is padded[t : t+s]
 
 
-def input_bag(bag_size: int, mode: str = "full") -> int:
-    """Raw tokens averaged into one input position: s when `mode` bags the input (full, input), 1
-    when it does not (output: ordinary token input). `bag_targets` gives the target side."""
-    return 1 if mode == "output" else bag_size
-
-
 def bag_targets(labels: Tensor, bag_size: int, mode: str = "full", ignore_index: int = IGNORE_INDEX) -> Tensor:
     """The targets of a superposition phase from its rows' next-token labels.
 
@@ -177,14 +207,10 @@ def bag_targets(labels: Tensor, bag_size: int, mode: str = "full", ignore_index:
     output: labels (B, L)   -> (B, L, s), the next s tokens (`next_window_targets`).
     With bag_size = 1 every mode gives the next-token labels (B, L, 1).
     """
-    if mode == "output":
+    mode = mode_of(mode)
+    if mode is Mode.OUTPUT:
         return next_window_targets(labels, bag_size, ignore_index)
-    targets = next_bag_targets(labels, bag_size, ignore_index)
-    if mode == "input":
-        return targets[..., :1]
-    if mode != "full":
-        raise ValueError(f"unknown superposition mode {mode!r}; use full, input or output")
-    return targets
+    return next_bag_targets(labels, bag_size, ignore_index)[..., :mode.target_bag(bag_size)]
 
 
 def mi_bag_weights(fit: dict, bag_size: int) -> Tensor:
@@ -328,7 +354,7 @@ def target_coefficients(targets: Tensor, weights: str | Tensor | None, ignore_in
 
 def chunked_multi_hot_cross_entropy(
     hidden: Tensor,
-    weight: Tensor,
+    head: Tensor,
     targets: Tensor,
     weights: str | Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
@@ -338,22 +364,22 @@ def chunked_multi_hot_cross_entropy(
 ) -> Tensor:
     """The LM head and the bag loss fused, `chunk_rows` positions at a time.
 
-    hidden: (B, L, D) final hidden states (after the last norm); weight: (V, D) LM head;
-    targets: (B, L, s). Equal to `multi_hot_cross_entropy(hidden @ weight.T, targets, ...)`,
+    hidden: (B, L, D) final hidden states (after the last norm); head: (V, D) the LM head's
+    weight; targets: (B, L, s). Equal to `multi_hot_cross_entropy(hidden @ head.T, targets, ...)`,
     but the (B*L, V) logits never exist at once: each chunk's logits are made, reduced to its
-    loss and to its gradients with respect to `hidden` and `weight`, and dropped. Peak memory is
+    loss and to its gradients with respect to `hidden` and `head`, and dropped. Peak memory is
     chunk_rows x V instead of B*L x V (in float32), independent of the sequence length. With
     s = 1 it is the ordinary next-token loss. reduction: "mean" or "sum", and loss
     (a core/losses.py entry's name) as in `multi_hot_cross_entropy`.
     """
     B, L, D = _tensor(hidden, "hidden", "(B, L, D)", "float").shape
-    if _tensor(weight, "weight", "(V, D)", "float").shape[1] != D:
-        raise ValueError(f"weight has shape {tuple(weight.shape)}, but its D must match hidden's {D}")
+    if _tensor(head, "head", "(V, D)", "float").shape[1] != D:
+        raise ValueError(f"head has shape {tuple(head.shape)}, but its D must match hidden's {D}")
     s = _targets_for(hidden.shape, targets).shape[-1]
     _size(chunk_rows, "chunk_rows")
     _check_target_ids(targets, ignore_index)
     coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
-    return ChunkedLinearNLL.apply(hidden.reshape(B * L, D), weight, targets.reshape(B * L, s).clamp(min=0),
+    return ChunkedLinearNLL.apply(hidden.reshape(B * L, D), head, targets.reshape(B * L, s).clamp(min=0),
                                   coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s), chunk_rows)
 
 

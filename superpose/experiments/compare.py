@@ -324,7 +324,7 @@ def _check_arms(cfg: Config, steps: list[int], factors: tuple[float, ...], basel
     """Refuse, before anything runs, a compare without a TST arm or with a length some arm cannot
     use: every TST cell and baseline by the same rules, in one line."""
     for c in tst_grid or [None]:
-        if apply_variant(cfg, c).schedule().switch_step == 0:
+        if apply_variant(cfg, c).build_schedule().switch_step == 0:
             raise UserError("compare needs a TST arm: set --bag-size >= 2 and --ratio > 0, or --tst.schedule (phase 1 "
                             f"must get >= 1 step){f'; --tst-grid cell {c.name} has none' if c else ''}")
     check_lengths(steps, cfg, factors)

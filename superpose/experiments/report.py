@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import Config  # noqa: E402
+from ..core.tst_spec import TSTSpec  # noqa: E402
 from ..files import write_file, write_text  # noqa: E402
 from .stats import speedup_text  # noqa: E402
 
@@ -35,8 +37,9 @@ TST_COLOR, BASE_COLOR = "tab:red", "tab:blue"
 def tst_label(t: dict) -> str:
     """The TST arm in a few words: "s=4, r=0.3", a curriculum, and any ablation option set."""
     out = [f"s={t['bag_size']}, r={t['ratio']}" if not t.get("schedule") else f"curriculum {t['schedule']}"]
-    defaults = {"mode": "full", "loss": "mce", "weights": "uniform", "reset_optimizer": False, "reinit": "none"}
-    out += [f"{k}={t[k]}" for k, v in defaults.items() if t.get(k, v) != v]
+    defaults = dataclasses.asdict(TSTSpec())  # the ablation options, by their defaults
+    out += [f"{k}={t[k]}" for k in ("mode", "loss", "weights", "reset_optimizer", "reinit")
+            if t.get(k, defaults[k]) != defaults[k]]
     return ", ".join(out)
 
 
@@ -48,7 +51,7 @@ def plot_compare(report: dict, per_seed: dict, out: Path) -> list[Path]:
     baseline's real loss-for-budget curve. The dotted vertical line is TST's phase switch."""
     cfg = report["config"]
     B, L = cfg["train"]["batch_size"], cfg["data"]["seq_len"]
-    phase1_tokens = Config.from_dict(cfg).schedule().raw_tokens(B, L)[1]  # modes and curricula included
+    phase1_tokens = Config.from_dict(cfg).build_schedule().raw_tokens(B, L)[1]  # modes and curricula included
     axes_spec = {"time": ("train_time_s", "training wall clock (s)"), "step": ("step", "optimizer step"),
                  "tokens": ("tokens_seen", "raw tokens read")}
     paths = []

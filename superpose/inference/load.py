@@ -63,7 +63,7 @@ class ModelFiles:
     @property
     def phase1_steps(self) -> int:
         """Steps of phase 1 (superposition) in the run this model comes from; 0 without TST."""
-        return self.run_config.schedule().switch_step if self.run_config is not None else 0
+        return self.run_config.build_schedule().switch_step if self.run_config is not None else 0
 
     @property
     def is_phase1(self) -> bool:

@@ -4,14 +4,16 @@
                                                      embeddings and `inputs_embeds`, positions 0..L-1
     next_token_loss(model, input_ids)                phase 2: the model's ordinary forward and CE
     TokenRows(tokens, seq_len, bag_size, phase1_rows)  rows of s*L + 1 tokens, then of L + 1
-    TSTTrainer(model=..., args=..., train_dataset=..., seq_len=L, bag_size=s, tst_ratio=r)
+    TSTTrainer(model=..., args=..., train_dataset=..., seq_len=L, tst=TSTSpec(bag_size=s, ratio=r))
         a `transformers.Trainer` that runs phase 1 for the first round(r * max_steps) optimizer
         steps and next-token training after, in one run: one optimizer, one LR scheduler, one
         shuffled token stream that carries on across the switch (the data side: `hf_data`).
 
-The paper's ablations work here as in `superpose train`: mode="input"|"output", loss="mce_alt",
-bag_weights="power"|"exp"|a tensor|a mutual-information fit, schedule="8:0.1,4:0.1" (a bag-size
-curriculum), reset_optimizer=True and reinit="embeddings"|"head"|"both" at the switch.
+The TST settings are superpose's own `TSTSpec` (core/tst_spec.py: the `tst` section of
+`superpose train`, with its defaults and checks), so the paper's ablations work here as there:
+mode="input"|"output", loss="mce_alt", weights="power"|"exp", schedule="8:0.1,4:0.1" (a bag-size
+curriculum), reset_optimizer=True and reinit="embeddings"|"head"|"both" at the switch; slot
+weights a string cannot name (a tensor, a mutual-information fit) are `bag_weights=`.
 
 Rows follow superpose's own loader: a row of `s*L + 1` raw tokens holds the inputs (the first
 s*L) and the next-token labels (the last s*L). The TST math is `superpose.superposition`'s, so a
@@ -27,12 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.losses import MCE
-from ..core.schedule import Schedule
+from ..core.schedule import Phase, Schedule
 from ..core.superposition import bag_weights as bag_weights_of
-from ..core.superposition import count_valid_targets, input_bag, multi_hot_cross_entropy, superpose_embeddings
+from ..core.superposition import mode_of, multi_hot_cross_entropy, superpose_embeddings
+from ..core.tst_spec import TSTSpec
+from ..core.tst_step import RouterTerm, phase_weights, switch, tst_loss
 from ..errors import UserError
 from ..inference.evaluate import next_token_eval
-from ..core.tst_step import phase_inputs, phase_targets, phase_weights, switch
 from .hf_data import DataError, ShuffledRows, TokenRows, token_source
 
 try:
@@ -100,20 +103,23 @@ def superposition_loss(model, input_ids: Tensor, bag_size: int, weights: str | T
     In phase 1 its routers route the superposed positions (see docs/moe.md).
     """
     emb = _input_embeddings(model)
-    s_in = input_bag(bag_size, mode)
+    phase = Phase.of(bag_size, mode_of(mode))
+    s_in = phase.input_bag
     if input_ids.ndim != 2 or (input_ids.shape[1] - 1) % s_in or input_ids.shape[1] < s_in + 1:
         raise UserError(f"input_ids has shape {tuple(input_ids.shape)}; superposition_loss takes (B, s*L + 1) rows, "
                         f"here s={bag_size}: the first s*L tokens are the input, the last s*L the labels")
-    x, _ = phase_inputs(input_ids, bag_size, mode)  # (B, s*L), (B, L) for mode="output"
-    h = superpose_embeddings(emb(x), s_in)  # (B, L, D)
-    B, L = h.shape[:2]
-    positions = torch.arange(L, device=h.device).expand(B, L)  # (B, L): bag j gets RoPE position j
-    logits, aux = _forward(model, inputs_embeds=h, position_ids=positions)  # (B, L, V), MoE: coef * aux
-    targets = phase_targets(input_ids, bag_size, mode)  # (B, L, s), (B, L, 1) for mode="input"
-    total = multi_hot_cross_entropy(logits, targets, weights, reduction=reduction, loss=loss)
-    if aux is None or reduction == "none":
-        return total
-    return total + (aux if reduction == "mean" else aux * count_valid_targets(targets, weights, loss=loss))
+
+    def forward(h: Tensor) -> tuple[Tensor, RouterTerm | None]:  # h (B, L, D) -> logits (B, L, V)
+        B, L = h.shape[:2]
+        positions = torch.arange(L, device=h.device).expand(B, L)  # (B, L): bag j gets RoPE position j
+        logits, aux = _forward(model, inputs_embeds=h, position_ids=positions)  # MoE: coef * aux
+        if aux is None or reduction == "none":
+            return logits, None
+        return logits, (lambda n: aux) if reduction == "mean" else (lambda n: aux * n)
+
+    return tst_loss(phase, lambda x, s: superpose_embeddings(emb(x), s), forward, input_ids, weights, loss,
+                    score=lambda out, targets, w, kind: multi_hot_cross_entropy(out, targets, w, reduction=reduction,
+                                                                                loss=kind))
 
 
 def next_token_loss(model, input_ids: Tensor) -> Tensor:
@@ -154,8 +160,7 @@ class _TextEpoch(TrainerCallback):
         state.epoch = self.trainer.epoch_at(state.global_step)
 
 
-def _check_arguments(args, bag_size: int, tst_ratio: float, kwargs: dict, processing_class, train: tuple,
-                     evaluation: tuple):
+def _check_arguments(args, tst: TSTSpec, kwargs: dict, processing_class, train: tuple, evaluation: tuple):
     """TSTTrainer's arguments, or a UserError (a DataError for the data) saying what to change;
     returns the tokenizer (processing_class, or transformers < 4.46's tokenizer= taken out of kwargs).
     train, evaluation: the (..._tokens, ..._dataset) pairs, at most one of each given."""
@@ -163,8 +168,12 @@ def _check_arguments(args, bag_size: int, tst_ratio: float, kwargs: dict, proces
         raise UserError("TSTTrainer needs TrainingArguments(max_steps=N): phase 1 is a fraction of the steps")
     if args.dataloader_num_workers:
         raise UserError("TSTTrainer reads its token rows in the main process: set dataloader_num_workers=0")
-    if bag_size < 1 or not 0.0 <= tst_ratio <= 1.0:
-        raise UserError(f"bag_size must be >= 1 and tst_ratio in [0, 1], got {bag_size} and {tst_ratio}")
+    if not isinstance(tst, TSTSpec):
+        raise UserError(f"tst= takes a TSTSpec (from superpose.core.tst_spec import TSTSpec), got "
+                        f"{type(tst).__name__}")
+    problems = tst.problems()  # the same checks, and messages, as superpose's own config
+    if problems:
+        raise UserError("; ".join(problems))
     if kwargs.get("data_collator") is not None:
         raise UserError("TSTTrainer packs its own rows and collates them itself; do not pass data_collator")
     if "tokenizer" in kwargs:  # the name transformers < 4.46 used for processing_class
@@ -186,10 +195,11 @@ class TSTTrainer(Trainer):
 
         trainer = TSTTrainer(model=model, args=TrainingArguments(max_steps=1000, ...),
                              train_dataset=ds, eval_dataset=held_out, processing_class=tokenizer,
-                             seq_len=512, bag_size=4, tst_ratio=0.3)
+                             seq_len=512, tst=TSTSpec(bag_size=4, ratio=0.3))
         trainer.train()
 
-    The first round(tst_ratio * max_steps) optimizer steps are phase 1: each row holds
+    tst: the TST settings (core/tst_spec.py; default TSTSpec()). The first round(ratio *
+    max_steps) optimizer steps are phase 1 (the stages of tst.schedule, if given): each row holds
     bag_size*seq_len + 1 tokens and the loss is `superposition_loss`. After that, rows hold
     seq_len + 1 tokens and the loss is `next_token_loss`. The optimizer, the LR scheduler (over
     all max_steps) and the position in the text carry across the switch: phase 2 reads on where
@@ -216,31 +226,21 @@ class TSTTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, model=None, args=None, *, train_dataset=None, eval_dataset=None, seq_len: int,
-                 bag_size: int = 4, tst_ratio: float = 0.3, processing_class=None, dataset_column: str | None = None,
-                 train_tokens=None, eval_tokens=None, bag_weights: str | Tensor | dict | None = None,
-                 mode: str = "full", loss: str = MCE.name, schedule: str = "", reset_optimizer: bool = False,
-                 reinit: str = "none", **kwargs):
-        processing_class = _check_arguments(args, bag_size, tst_ratio, kwargs, processing_class,
-                                            (train_tokens, train_dataset), (eval_tokens, eval_dataset))
-        # The same checks as superpose's own config (modes, losses, curricula, switch options).
-        from ..config import Config
-
-        cfg = Config()
-        cfg.tst.bag_size, cfg.tst.ratio, cfg.tst.mode, cfg.tst.loss = bag_size, tst_ratio, mode, loss
-        cfg.tst.schedule, cfg.tst.reset_optimizer, cfg.tst.reinit = schedule, reset_optimizer, reinit
-        cfg.tst.weights = bag_weights if isinstance(bag_weights, str) else "uniform"
-        problems = [p for p in cfg.problems() if p.startswith("tst.")]
-        if problems:
-            raise UserError("; ".join(problems))
-        self.schedule = Schedule.tst(args.max_steps, tst_ratio, bag_size, mode, schedule)  # the LR stays the Trainer's
-        self.seq_len, self.bag_weights, self.loss_kind = seq_len, bag_weights, loss
+                 tst: TSTSpec | None = None, processing_class=None, dataset_column: str | None = None,
+                 train_tokens=None, eval_tokens=None, bag_weights: Tensor | dict | None = None, **kwargs):
+        tst = TSTSpec() if tst is None else tst
+        processing_class = _check_arguments(args, tst, kwargs, processing_class, (train_tokens, train_dataset),
+                                            (eval_tokens, eval_dataset))
+        self.schedule = Schedule(tuple(tst.phases(args.max_steps)))  # the LR stays the Trainer's
+        self.tst, self.seq_len = tst, seq_len
+        self.bag_weights = tst.weights if bag_weights is None else bag_weights
         for phase in self.schedule.phases:  # NaN, negative or all-zero weights: refused now, not NaN weights later
             if phase.target_bag > 1:
                 try:
-                    bag_weights_of(phase_weights(bag_weights, phase.target_bag), phase.target_bag)
+                    bag_weights_of(phase_weights(self.bag_weights, phase.target_bag), phase.target_bag)
                 except ValueError as e:
                     raise ValueError(f"bag_weights: {e}") from None
-        self.reset_optimizer, self.reinit, self._switched = reset_optimizer, reinit, False
+        self._switched = False
         self.rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         stages = [(p.num_steps * self.rows_per_step, p.input_bag) for p in self.schedule.phases if p.index == 1]
 
@@ -290,7 +290,8 @@ class TSTTrainer(Trainer):
         assert rows.shape[1] == T + 1, f"step {step} expects rows of {T + 1} tokens, got {rows.shape[1]}"
         if phase.bag_size > 1 and model.training:
             weights = phase_weights(self.bag_weights, phase.target_bag)  # a fit: the weights of this bag size
-            loss = superposition_loss(model, rows, phase.bag_size, weights, mode=phase.mode, loss=self.loss_kind)
+            loss = superposition_loss(model, rows, phase.bag_size, weights, mode=phase.mode,
+                                      loss=self.tst.phase_loss(phase))
         else:
             loss = next_token_loss(model, rows)
         return (loss, None) if return_outputs else loss
@@ -312,7 +313,7 @@ class TSTTrainer(Trainer):
             return {f"{part} embeddings": modules[part].weight for part in parts}
 
         inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the torch optimizer
-        return switch(inner, redraw, self.reinit, self.reset_optimizer, self.args.seed, self.state.global_step)
+        return switch(inner, redraw, self.tst.reinit, self.tst.reset_optimizer, self.args.seed, self.state.global_step)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation is next-token loss, in either phase: superpose's own evaluation of the batch's

@@ -39,14 +39,15 @@ from ..presets import PRESETS
 from .arch import titan_model_spec
 from .data import SuperposeDataLoader
 from .loss import MultiHotLoss
-from .trainer import TSTConfig, TSTTrainer
+from ..core.tst_spec import TSTSpec
+from .trainer import TSTTrainer
 
 
 SUPERPOSE_DATA = "superpose"  # `dataset` of tst_config: a superpose data directory (--dataloader.path)
 DEBUG_VOCAB = 4096  # the debug configs read superpose's default corpus, whose default tokenizer has 4096 tokens
 
 
-def tst_config(model: ModelConfig, flavor: str, *, tst: TSTConfig, seq_len: int, local_batch_size: int,
+def tst_config(model: ModelConfig, flavor: str, *, tst: TSTSpec, seq_len: int, local_batch_size: int,
                global_batch_size: int, steps: int, lr: float, warmup_steps: int, decay_ratio: float,
                hf_assets_path: str, dataset: str, attention: str = "sdpa", dtype: str = "float32",
                checkpoint_interval: int = 1000) -> TSTTrainer.Config:
@@ -74,7 +75,7 @@ def tst_config(model: ModelConfig, flavor: str, *, tst: TSTConfig, seq_len: int,
 
 def tst_llama3_debug() -> TSTTrainer.Config:
     model = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=DEBUG_VOCAB)
-    return tst_config(model, "tst_debug", tst=TSTConfig(bag_size=4, ratio=0.3), seq_len=64, local_batch_size=8,
+    return tst_config(model, "tst_debug", tst=TSTSpec(bag_size=4, ratio=0.3), seq_len=64, local_batch_size=8,
                       global_batch_size=-1, steps=40, lr=3e-3, warmup_steps=5, decay_ratio=0.2,
                       hf_assets_path="", dataset=SUPERPOSE_DATA, checkpoint_interval=10)
 
@@ -82,7 +83,7 @@ def tst_llama3_debug() -> TSTTrainer.Config:
 def tst_qwen3_moe_debug() -> TSTTrainer.Config:
     model = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=DEBUG_VOCAB, norm_eps=1e-6,
                         arch=QWEN3_MOE.name, n_experts=8, top_k=2, moe_ffn_dim=96)
-    return tst_config(model, "tst_moe_debug", tst=TSTConfig(bag_size=4, ratio=0.3), seq_len=64,
+    return tst_config(model, "tst_moe_debug", tst=TSTSpec(bag_size=4, ratio=0.3), seq_len=64,
                       local_batch_size=8, global_batch_size=-1, steps=40, lr=3e-3, warmup_steps=5, decay_ratio=0.2,
                       hf_assets_path="", dataset=SUPERPOSE_DATA, checkpoint_interval=10)
 
@@ -90,7 +91,7 @@ def tst_qwen3_moe_debug() -> TSTTrainer.Config:
 def tst_llama3_270m() -> TSTTrainer.Config:
     cfg = PRESETS["270m"]()
     cfg.model.vocab_size = 128256  # the Llama-3 tokenizer, as in the paper: 254M parameters untied
-    return tst_config(cfg.model, "tst_270m", tst=TSTConfig(bag_size=cfg.tst.bag_size, ratio=cfg.tst.ratio),
+    return tst_config(cfg.model, "tst_270m", tst=cfg.tst,
                       seq_len=cfg.data.seq_len, local_batch_size=16, global_batch_size=cfg.train.batch_size,
                       steps=cfg.train.steps, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps,
                       decay_ratio=cfg.optim.decay_frac, hf_assets_path="./assets/hf/Llama-3.1-8B", dataset="c4",
@@ -106,7 +107,7 @@ def tst_llama3_270m_data() -> TSTTrainer.Config:
 
 def tst_qwen3_10b_a1b() -> TSTTrainer.Config:
     cfg = PRESETS["10b-a1b"]()
-    return tst_config(cfg.model, "tst_10b_a1b", tst=TSTConfig(bag_size=cfg.tst.bag_size, ratio=cfg.tst.ratio),
+    return tst_config(cfg.model, "tst_10b_a1b", tst=cfg.tst,
                       seq_len=cfg.data.seq_len, local_batch_size=2, global_batch_size=cfg.train.batch_size,
                       steps=cfg.train.steps, lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps,
                       decay_ratio=cfg.optim.decay_frac, hf_assets_path="./assets/hf/Qwen3-30B-A3B", dataset="c4")

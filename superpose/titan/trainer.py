@@ -49,59 +49,30 @@ from torchtitan.models.common.attention import ScaledDotProductAttention
 from torchtitan.tools.logging import logger
 from torchtitan.trainer import Trainer
 
-from ..core.schedule import MODES, Phase, build_phases, lookup, parse_stages
 from ..core.losses import MCE
-from ..core.superposition import LOSSES, bag_targets, count_valid_targets, superpose_embeddings
+from ..core.schedule import Phase, lookup
+from ..core.superposition import bag_targets, count_valid_targets, superpose_embeddings
+from ..core.tst_spec import TSTSpec
+from ..core.tst_step import phase_weights
 from ..errors import UserError
 from ..files import make_dir, write_text
 from .compat import ensure_torch_api, gloo_sum_reductions
 from .data import SuperposeDataLoader, resolve_data_dir
 from .loss import MultiHotLoss
 
-WEIGHTS = ("uniform", "power", "exp")  # "mi" needs a corpus fit superpose's prepare makes
-
-
-@dataclass(kw_only=True, slots=True)
-class TSTConfig:
-    """Token Superposition Training, as `--tst.<field>` on torchtitan's command line."""
-
-    bag_size: int = 6
-    """s: raw tokens averaged into one position in phase 1. 1 disables TST."""
-    ratio: float = 0.3
-    """r: fraction of training.steps in phase 1. 0 disables TST."""
-    weights: str = "uniform"
-    """Bag slot weights of the multi-hot loss: uniform, power (1/i) or exp (e^-i)."""
-    mode: str = "full"
-    """full (the method), input (bagged input, one target) or output (token input, s targets)."""
-    loss: str = "mce"
-    """mce (the paper's multi-hot cross-entropy) or mce_alt (paper App. C.2)."""
-    schedule: str = ""
-    """A bag-size curriculum "8:0.1,4:0.1": replaces bag_size and ratio (superpose's tst.schedule)."""
-
-    def phases(self, steps: int) -> list[Phase]:
-        """superpose's phases over `steps` optimizer steps (0-based)."""
-        stages = parse_stages(self.schedule) if self.schedule else None
-        return build_phases(steps, self.ratio, self.bag_size, self.mode, stages)
-
 
 def _problems(cfg: TSTTrainer.Config) -> list[str]:
-    """Every reason this TST run cannot go, as one-line messages."""
-    t, p, out = cfg.tst, cfg.parallelism, []
-    if t.bag_size < 1:
-        out.append(f"tst.bag_size must be >= 1, got {t.bag_size}")
-    if not 0.0 <= t.ratio <= 1.0:
-        out.append(f"tst.ratio must be in [0, 1], got {t.ratio}")
-    if t.weights not in WEIGHTS:
-        out.append(f"tst.weights must be one of {', '.join(WEIGHTS)} in torchtitan, got {t.weights!r}")
-    if t.mode not in MODES:
-        out.append(f"tst.mode must be one of {', '.join(MODES)}, got {t.mode!r}")
-    if t.loss not in LOSSES:
-        out.append(f"tst.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}")
-    if t.schedule:
-        try:
-            parse_stages(t.schedule)
-        except ValueError as e:
-            out.append(f"tst.schedule: {e}")
+    """Every reason this TST run cannot go, as one-line messages: the spec's own checks
+    (`TSTSpec.problems`, superpose's), then what torchtitan cannot do."""
+    t, p = cfg.tst, cfg.parallelism
+    out = t.problems()
+    if t.weights == "mi":
+        out.append("tst.weights=mi is not offered in torchtitan: its weights come from a corpus fit that superpose's "
+                   "prepare makes; use uniform, power or exp")
+    out += [f"tst.{name}={value} is not offered in torchtitan (the switch there carries everything); drop it or "
+            "train with superpose or the Hugging Face TSTTrainer"
+            for name, value, off in (("reset_optimizer", t.reset_optimizer, False), ("reinit", t.reinit, "none"))
+            if value != off]
     workers, b = getattr(cfg.dataloader, "num_workers", 0), cfg.training.local_batch_size
     if workers > 0 and not out:
         bags = sorted({p.input_bag for p in t.phases(cfg.training.steps) if p.input_bag > 1 and b % p.input_bag})
@@ -158,7 +129,9 @@ class TSTTrainer(Trainer):
 
     @dataclass(kw_only=True, slots=True)
     class Config(Trainer.Config):
-        tst: TSTConfig = field(default_factory=TSTConfig)
+        tst: TSTSpec = field(default_factory=TSTSpec)
+        """Token Superposition Training, as `--tst.<field>` (superpose's `TSTSpec`: the same
+        fields, defaults and checks as `superpose train --tst.<field>`)."""
 
         def __post_init__(self):
             Trainer.Config.__post_init__(self)
@@ -206,7 +179,7 @@ class TSTTrainer(Trainer):
         plan = {"format": PLAN_FORMAT, "steps": c.training.steps, "switch_step": switch,
                 "phases": [{"name": p.name, "start": p.start, "end": p.end, "bag_size": p.bag_size,
                             "mode": p.mode} for p in self.phases],
-                "tst": {f: getattr(c.tst, f) for f in TSTConfig.__slots__},
+                "tst": dataclasses.asdict(c.tst),
                 "hf_assets_path": str(Path(c.hf_assets_path).resolve()),
                 "model": dataclasses.asdict(c.model_spec.superpose_model)}
         make_dir(Path(folder), "checkpoint folder")
@@ -235,10 +208,10 @@ class TSTTrainer(Trainer):
         return superpose_embeddings(out, self._input_bag) if self._input_bag > 1 else None
 
     def _weights(self, phase: Phase) -> str:
-        return self.config.tst.weights if phase.target_bag > 1 else "uniform"
+        return phase_weights(self.config.tst.weights, phase.target_bag)
 
     def _loss_kind(self, phase: Phase) -> str:
-        return self.config.tst.loss if phase.target_bag > 1 else MCE.name
+        return self.config.tst.phase_loss(phase)
 
     def tst_batch(self, batches: list[tuple[dict[str, torch.Tensor], torch.Tensor]], phase: Phase
                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -35,7 +35,8 @@ from .ownership import RUN_MARK, check_train_dir, claim
 from .perf import attention_kernel, auto_loss_chunk_rows
 from .state import rng_state
 from .resume import check_resumable, newest_unfinished
-from .trainer import Trainer, superposed_loss
+from ..core.tst_step import model_loss
+from .trainer import Trainer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,8 +66,9 @@ def resolve_data(cfg: Config, log: Callable[[str], None] = print,
     return ds
 
 
-def resolve_vocab(cfg: Config, dataset: DataSource) -> Config:
-    """A copy of `cfg` whose model.vocab_size 0 ("from the data") is the tokenizer's size."""
+def resolve_from_data(cfg: Config, dataset: DataSource) -> Config:
+    """A copy of `cfg` with what the opened data decides: model.vocab_size 0 ("from the data")
+    becomes the tokenizer's size, and data.path / data.mix name their directories absolutely."""
     if 0 < cfg.model.vocab_size < dataset.vocab_size:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                         f"{dataset.vocab_size} tokens in {dataset.path}; set --model.vocab_size=0 (= from data)")
@@ -109,14 +111,14 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: DataSource | None = None,
         from ..interop.hf_llama import check_hf_tokenizer
 
         check_hf_tokenizer(init_from_hf, dataset)
-    cfg = resolve_vocab(cfg, dataset)
+    cfg = resolve_from_data(cfg, dataset)
     check_model_memory(count_params(cfg.model.resolve()), device, training=True, what="the model",
                        shards=par.world_size if cfg.parallel.mode == "fsdp" else 1,
                        fix="lower --model.dim / --model.n_layers, or train on a device with more memory")
     model, rng = initial_model(cfg, device, state is not None, init_from_hf, log)
     # train.compile: model, bag superposition and loss compiled as one function (one graph per
     # phase, since bag_size and the row length are baked in; dynamic=False keeps it that way).
-    loss_fn = torch.compile(superposed_loss, dynamic=False) if tr.compile else superposed_loss
+    loss_fn = torch.compile(model_loss, dynamic=False) if tr.compile else model_loss
     attention_kernel(tr.attention, device)  # refuses a kernel this device lacks, now
     # Data parallel: the module a step calls (FSDP2 shards `model`'s parameters in place, so the
     # optimizer is built after it).
@@ -124,7 +126,7 @@ def build_trainer(cfg: Config, run_dir: Path, dataset: DataSource | None = None,
     tokenizer = load_tokenizer_file(dataset.tokenizer_path)
     trainer = Trainer(
         cfg=cfg, run_dir=Path(run_dir), dataset=dataset, log=log, par=par, model=model, rng=rng,
-        optimizer=configure_optimizer(model, cfg), schedule=cfg.schedule(),
+        optimizer=configure_optimizer(model, cfg), schedule=cfg.build_schedule(),
         loader=dataset.loader(tr.seed, cfg.model.vocab_size),
         loss_fn=loss_fn, loss_chunk_rows=loss_chunk_rows(cfg, par), fwd=fwd,
         val=torch.from_numpy(val_windows(dataset, d.seq_len, d.val_tokens, cfg.model.vocab_size)),  # (N, L + 1)

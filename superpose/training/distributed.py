@@ -166,7 +166,7 @@ class TSTForward(nn.Module):
     DDP syncs gradients through hooks set up by its own forward, and FSDP2 all-gathers the
     root's parameters (embedding, final norm, LM head) in the root module's forward; phase 1
     calls `model.embed` outside `model.forward`, so the wrappers wrap this module instead.
-    forward(rows, bag_size, ...) returns `loss_fn(model, rows, ...)` (the summed loss);
+    forward(rows, phase, ...) returns `loss_fn(model, rows, phase, ...)` (the summed loss);
     forward(input_ids, logits=True) returns the plain model's logits (evaluation under FSDP).
     """
 
@@ -175,13 +175,12 @@ class TSTForward(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
 
-    def forward(self, rows: Tensor, bag_size: int = 1, weights: str | Tensor = "uniform", chunk_rows: int = 0,
-                logits: bool = False, router_log: list | None = None, mode: str = "full", loss: str = "mce",
+    def forward(self, rows: Tensor, phase=None, weights: str | Tensor = "uniform", loss: str = "mce",
+                chunk_rows: int = 0, logits: bool = False, router_log: list | None = None,
                 targets: Tensor | None = None) -> Tensor:
         if logits:
             return self.model(rows)  # (b, T, V)
-        return self.loss_fn(self.model, rows, bag_size, weights, chunk_rows, router_log, mode, loss,
-                            targets)  # scalar, summed
+        return self.loss_fn(self.model, rows, phase, weights, loss, chunk_rows, router_log, targets)  # scalar, summed
 
 
 def _allreduce_sum_hook(state, bucket):

@@ -19,6 +19,7 @@ import torch
 
 from ..checkpoint import checkpoint_advice
 from ..core.losses import bag_loss
+from ..core.superposition import Mode
 from ..errors import command
 from ..files import AppendLog, write_text
 
@@ -109,9 +110,7 @@ def describe_run(cfg, model, par, schedule, train_tokens: int, sources_line: str
     loss = bag_loss(t.loss).label
     weights = f", {t.weights} slot weights" if t.weights != "uniform" else ""
     for p in schedule.phases:
-        what = {"full": f"bags of s={p.bag_size} in, next bag out ({loss} loss{weights})",
-                "input": f"bags of s={p.bag_size} in, the next bag's first token out",
-                "output": f"tokens in, the next s={p.bag_size} tokens out ({loss} loss{weights})"}[p.mode]
+        what = Mode(p.mode).describe(p.bag_size) + (f" ({loss} loss{weights})" if p.target_bag > 1 else "")
         what = what if p.index == 1 else "next-token loss"
         lines.append(f"phase {p.index} ({p.name}): steps {p.start}-{p.end - 1}, {what}")
     switch = [w for w, on in (("optimizer state reset", t.reset_optimizer),

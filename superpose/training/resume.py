@@ -48,7 +48,7 @@ def _same(cfg: Config, key: str, value: str) -> bool:
         set_field(probe, key, value)
     except UserError:
         return False
-    if key == "data.mix" and probe.data.mix and cfg.data.mix:  # stored with absolute paths (resolve_vocab)
+    if key == "data.mix" and probe.data.mix and cfg.data.mix:  # stored with absolute paths (resolve_from_data)
         try:
             return absolute_mix(probe.data.mix) == absolute_mix(cfg.data.mix)
         except ValueError:

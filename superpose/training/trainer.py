@@ -3,7 +3,7 @@
     for step in 0..T-1:
         phase = schedule.phase(step)                 # phase 1: bags of s; phase 2: s = 1
         rows  = loader.next_rows(B, s * L)           # (B, s*L + 1) raw tokens, position carried on
-        loss  = sum over micro-batches of superposed_loss(...) / global valid-target count
+        loss  = sum over micro-batches of model_loss(...) / global valid-target count
         clip, AdamW step with lr = schedule.lr(step) # the learning rate never looks at the phase
         log one JSON line; evaluate next-token loss on held-out tokens every eval_every steps
         every checkpoint.every steps, and on SIGINT/SIGTERM: save RUN_DIR/checkpoints/step-N/
@@ -56,9 +56,9 @@ from .stops import (StopSignals, interrupted, newest_checkpoint_note, non_finite
 from .tracking import Fanout, open_trackers
 from .perf import compute_context
 from .state import RunState
-from ..core.tst_step import fresh_redraw, phase_targets, phase_weights, superposed_loss, switch
+from ..core.tst_step import fresh_redraw, phase_targets, phase_weights, switch
 
-__all__ = ["Trainer", "superposed_loss"]  # superposed_loss: its home is tst_step
+__all__ = ["Trainer"]
 
 
 @dataclass(eq=False)
@@ -74,7 +74,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     loader: Loader
-    loss_fn: Callable[..., Tensor]  # superposed_loss, or its torch.compile-d version (train.compile)
+    loss_fn: Callable[..., Tensor]  # tst_step.model_loss, or its torch.compile-d version (train.compile)
     loss_chunk_rows: int  # train.loss_chunk_rows with -1 (auto) decided
     fwd: torch.nn.Module | None  # data parallel: what a step calls (DDP, or FSDP2 over `model`); else None
     val: Tensor  # (N, L + 1) held-out windows, the same at every evaluation
@@ -113,9 +113,9 @@ class Trainer:
 
     def train_step(self, phase: Phase) -> dict:
         cfg = self.cfg
-        B, L, s, accum = cfg.train.batch_size, cfg.data.seq_len, phase.bag_size, cfg.train.grad_accum
+        B, L, accum = cfg.train.batch_size, cfg.data.seq_len, cfg.train.grad_accum
         T = phase.row_tokens(L)  # raw input tokens per row: s*L when the input is bagged, else L
-        weights, mode, kind = self.bag_weights(phase), phase.mode, cfg.tst.loss
+        weights, kind = self.bag_weights(phase), cfg.tst.phase_loss(phase)
         lr = self.schedule.lr(self.state.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -127,7 +127,7 @@ class Trainer:
         # The normaliser is fixed before any forward pass, over the whole global batch (summed over
         # ranks), so the sum of micro-batch and rank gradients equals the gradient of the
         # full-batch mean exactly.
-        targets = phase_targets(rows, s, mode)  # (B, L, s) or (B, L, 1): the normaliser's and the loss's
+        targets = phase_targets(rows, phase)  # (B, L, s) or (B, L, 1): the normaliser's and the loss's
         denom = self.par.sum(count_valid_targets(targets, weights, loss=kind))
         loss_total = torch.zeros((), device=self.device)
         router_log = []  # an MoE model's (aux * targets, expert counts (M, E)) per micro-batch; empty if dense
@@ -136,8 +136,8 @@ class Trainer:
             # Gradients are summed over ranks on the last micro-batch only (DDP no_sync / FSDP).
             with distributed.grad_sync(self.fwd, self.par, last=i == len(micros) - 1):
                 with self.context():
-                    args = (micro, s, weights, self.loss_chunk_rows)
-                    kw = {"router_log": router_log, "mode": mode, "loss": kind, "targets": tgt}
+                    args = (micro, phase, weights, kind, self.loss_chunk_rows)
+                    kw = {"router_log": router_log, "targets": tgt}
                     loss = (self.loss_fn(self.model, *args, **kw) if self.fwd is None else self.fwd(*args, **kw)) / denom
                 loss.backward()
             loss_total += loss.detach()
