@@ -50,6 +50,17 @@ def tiny_data(tmp_path_factory) -> Path:
     return prepare(out, tiny_sources(), vocab_size=320, val_fraction=0.05, log=lambda m: None)
 
 
+def one_line(proc, *needles) -> str:
+    """A CLI user error: exit status 2, no traceback, exactly one error line holding every needle."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("superpose: error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 def tiny_config(data: Path, **overrides) -> Config:
     """A ~30k-parameter model that trains a step in milliseconds on the tiny data."""
     cfg = Config(

@@ -21,26 +21,13 @@ from superpose.errors import UserError
 from superpose.experiments.compare import compare
 from superpose.experiments.sweep import sweep
 
-from conftest import tiny_config
+from conftest import one_line, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(_):
     pass
-
-
-
-
-def one_line(proc, *needles) -> str:
-    """Exit status 2, no traceback, exactly one error line holding every needle."""
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("superpose: error:")]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -433,7 +420,6 @@ def test_eval_of_a_run_that_is_training(tiny_data, tmp_path, cli_run):
 
 
 # ----------------------------------------------------------------------------- item 5: a data directory is tied together
-
 
 
 def test_prepare_records_the_tokenizer_and_every_data_file(data_copy):

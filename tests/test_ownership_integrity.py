@@ -22,7 +22,7 @@ from superpose.errors import UserError
 from superpose.experiments.compare import compare
 from superpose.experiments.sweep import sweep
 
-from conftest import tiny_config
+from conftest import one_line, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,19 +33,6 @@ MODEL = ["--model.dim=32", "--model.n_layers=2", "--model.n_heads=4", "--model.n
 
 def quiet(_):
     pass
-
-
-
-
-def one_line(proc, *needles) -> str:
-    """Exit status 2, no traceback, exactly one error line holding every needle."""
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("superpose: error:")]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
@@ -233,7 +220,6 @@ def test_a_run_of_an_older_superpose_resumes_with_a_note(unfinished_run, tiny_da
 
 
 # ----------------------------------------------------------------------------- item 3: checks never skip
-
 
 
 def swap_tokenizer(data: Path) -> None:

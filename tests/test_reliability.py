@@ -31,7 +31,7 @@ from superpose.training import run_training
 from superpose.training.resume import resume_config
 
 import faults
-from conftest import tiny_config, tiny_sources
+from conftest import one_line, tiny_config, tiny_sources
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,19 +44,6 @@ def superpose(*args, env=None, cwd=None, timeout=300):
     return subprocess.run(faults.cli(*args), capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}, cwd=cwd,
                           timeout=timeout)
-
-
-
-
-def one_line(proc, *needles):
-    """Exit status 2, no traceback, exactly one error line holding every needle."""
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("superpose: error:")]
-    assert len(lines) == 1, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def raises_one_line(fn, *needles):
