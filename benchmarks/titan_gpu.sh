@@ -10,6 +10,7 @@
 # record shows whether the loader keeps up with phase 1's s-times-more text.
 #   bash benchmarks/titan_gpu.sh                # 300 steps, the switch at step 150
 #   STEPS=500 MICRO=8 bash benchmarks/titan_gpu.sh
+#   STEPS=100 DOCS=4000 bash benchmarks/titan_gpu.sh   # a shorter check (fewer synthetic documents to tokenize)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/cuda_setup.sh
@@ -18,13 +19,14 @@ cuda_setup benchmarks/titan_gpu.sh
 STEPS=${STEPS:-300}
 MICRO=${MICRO:-16}      # rows of 2048 positions per micro-batch
 ACCUM=${ACCUM:-4}       # micro-batches per optimizer step
+DOCS=${DOCS:-20000}     # synthetic documents of 200-2,000 words for the tokenizer and the shards
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 start_record titan_gpu  # sets $gpu and $record; all output from here goes to the terminal and the record
 echo "# TST in torchtitan vs superpose's trainer, 270M shape, $gpu ($(date '+%Y-%m-%d %H:%M %Z'))"
 echo
-echo "Command: \`bash benchmarks/titan_gpu.sh\` (STEPS=$STEPS MICRO=$MICRO ACCUM=$ACCUM; git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+echo "Command: \`bash benchmarks/titan_gpu.sh\` (STEPS=$STEPS MICRO=$MICRO ACCUM=$ACCUM DOCS=$DOCS; git $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
 echo "torchtitan's tps counts positions (L per row in both phases); the TST lines give raw tokens/s (s per"
 echo "position in phase 1) and the share of time spent loading data."
 echo
@@ -33,13 +35,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 .venv/bin/python -c 'import torch, torchtitan; print("torch", torch.__version__, "torchtitan", torchtitan.__version__)'
 
 # Synthetic documents, a 32k BPE trained on them, tokenized once into a superpose data directory.
-.venv/bin/python - "$work" <<'PY'
+.venv/bin/python - "$work" "$DOCS" <<'PY'
 import json, random, sys
 from pathlib import Path
 d = Path(sys.argv[1])
 rng = random.Random(0)
 words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(60000)]
-docs = [" ".join(rng.choice(words) for _ in range(rng.randint(200, 2000))) for _ in range(20000)]
+docs = [" ".join(rng.choice(words) for _ in range(rng.randint(200, 2000))) for _ in range(int(sys.argv[2]))]
 (d / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
 PY
 start=$(date +%s)

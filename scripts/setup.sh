@@ -8,6 +8,9 @@
 #   SUPERPOSE_TORCH_INDEX  a pip index URL to take torch from (e.g. PyTorch's CPU-only index)
 #   SUPERPOSE_TITAN=0      leave out the torchtitan extra (superpose[titan]: torchtitan, triton: a 0.29 GB
 #                          download, 1 GB installed); tests/test_titan.py then skips
+#   SUPERPOSE_SYSTEM_PACKAGES=1  build .venv on the interpreter's own packages (--system-site-packages),
+#                          e.g. a container image's CUDA torch; `pip check` then judges packages superpose
+#                          did not install, so its conflicts are printed as a warning, not a failure
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${SUPERPOSE_PYTHON:-python3}
@@ -17,7 +20,10 @@ EXTRAS=test
 [ "${SUPERPOSE_TITAN:-1}" = 0 ] || { EXTRAS=test,titan; TORCH_RANGE=">=2.11,<2.15"; }  # torchtitan 0.3.0: torch >= 2.11
 
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "superpose needs Python >= 3.11" >&2; exit 1; }
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+system=${SUPERPOSE_SYSTEM_PACKAGES:-0}
+venv_args=()
+[ "$system" = 1 ] && venv_args=(--system-site-packages)
+[ -x .venv/bin/python ] || "$PY" -m venv "${venv_args[@]}" .venv
 pip() {  # pip, quiet, failing setup when it fails (this machine's pip.conf warnings left out)
   local log rc=0
   log=$(mktemp)
@@ -50,9 +56,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 if ! check=$(.venv/bin/python -m pip --disable-pip-version-check check 2>&1); then
   echo "$check" >&2
-  rm -f "$stamp"  # the next run resolves again
-  echo "setup: pip check found conflicting packages in .venv (above); rerun bash scripts/setup.sh to resolve again, or remove .venv first" >&2
-  exit 1
+  if [ "$system" = 1 ]; then
+    echo "setup: warning: pip check found conflicts (above) among the interpreter's own packages (SUPERPOSE_SYSTEM_PACKAGES=1); superpose does not manage them" >&2
+  else
+    rm -f "$stamp"  # the next run resolves again
+    echo "setup: pip check found conflicting packages in .venv (above); rerun bash scripts/setup.sh to resolve again, or remove .venv first" >&2
+    exit 1
+  fi
 fi
 echo "$want" >"$stamp"
 .venv/bin/python -c 'import torch, superpose; print(f"setup: superpose {superpose.__version__}, torch {torch.__version__}", flush=True)' >&2
