@@ -17,7 +17,7 @@ PY=${SUPERPOSE_PYTHON:-python3}
 TORCH_CPU=2.13.0          # the CPU wheel we test with
 TORCH_RANGE=">=2.5,<2.15"  # what pyproject.toml accepts
 EXTRAS=test
-[ "${SUPERPOSE_TITAN:-1}" = 0 ] || { EXTRAS=test,titan; TORCH_RANGE=">=2.11,<2.15"; }  # torchtitan 0.3.0: torch >= 2.11
+[ "${SUPERPOSE_TITAN:-1}" = 0 ] || { EXTRAS=test,titan; TORCH_RANGE=">=2.13,<2.15"; }  # torchtitan 0.3.0: torch >= 2.13
 
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "superpose needs Python >= 3.11" >&2; exit 1; }
 system=${SUPERPOSE_SYSTEM_PACKAGES:-0}

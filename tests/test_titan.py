@@ -394,6 +394,24 @@ def test_other_torchtitan_versions_are_refused_in_one_line():
         check_version("0.4.0")
 
 
+def test_a_torch_without_what_torchtitan_imports_is_refused_in_one_line():
+    """torch 2.11 (an H200 image's) lacks torch.distributed.fsdp.DataParallelMeshDims: torchtitan 0.3.0
+    then died in its imports under torchrun; superpose.titan says so in one line first."""
+    import types
+
+    import torch.distributed.fsdp as fsdp
+
+    from superpose.titan.compat import TitanVersionError, check_torch
+
+    check_torch()  # the torch installed here has it
+    assert hasattr(fsdp, "DataParallelMeshDims")
+    old = types.ModuleType("torch.distributed.fsdp")  # a torch 2.11 stand-in: no DataParallelMeshDims
+    with pytest.raises(TitanVersionError, match=r"^torch \S+ is installed; torchtitan 0\.3\.0 needs torch >= 2\.13 "
+                                                r"\(it imports torch\.distributed\.fsdp\.DataParallelMeshDims\): "
+                                                r"pip install 'torch>=2\.13,<2\.15'$"):
+        check_torch(old)
+
+
 def test_private_torchtitan_names_only_in_compat():
     """torchtitan's underscore names (which change without notice) are used in compat.py alone."""
     import re

@@ -32,6 +32,7 @@ import torch
 from ..errors import UserError
 
 SUPPORTED_TORCHTITAN = ("0.3.0",)
+TORCH_FLOOR = "2.13"  # the oldest torch superpose.titan is tested with (2.11 lacks what torchtitan imports)
 
 
 class TitanVersionError(UserError, ImportError):
@@ -51,7 +52,21 @@ def check_version(installed: str | None = None) -> str:
         raise TitanVersionError(f"torchtitan {installed} is installed; superpose.titan supports "
                                 f"{' or '.join(SUPPORTED_TORCHTITAN)}: pip install torchtitan=="
                                 f"{SUPPORTED_TORCHTITAN[-1]}")
+    check_torch()
     return installed
+
+
+def check_torch(fsdp: types.ModuleType | None = None) -> None:
+    """torchtitan 0.3.0 imports `torch.distributed.fsdp.DataParallelMeshDims`, which torch 2.11 lacks
+    (seen on an H200 image: the run died in torchtitan's imports, under torchrun, with a traceback).
+    Checked by the name itself, not a version number, and said in one line before anything starts."""
+    if fsdp is None:
+        import torch.distributed.fsdp as fsdp
+    if not hasattr(fsdp, "DataParallelMeshDims"):
+        raise TitanVersionError(f"torch {torch.__version__} is installed; torchtitan "
+                                f"{SUPPORTED_TORCHTITAN[-1]} needs torch >= {TORCH_FLOOR} (it imports "
+                                f"torch.distributed.fsdp.DataParallelMeshDims): pip install "
+                                f"'torch>={TORCH_FLOOR},<2.15'")
 
 
 def private_llama3() -> types.SimpleNamespace:
