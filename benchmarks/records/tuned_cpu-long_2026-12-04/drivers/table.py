@@ -2,10 +2,14 @@
 final validation loss per seed and their mean, by arm, init and learning rate, plus the paired
 difference of each TST cell to the best baseline cell where both seeds are in.
 
-    python drivers/table.py            (run from the record's folder; prints Markdown)
+    python drivers/table.py            (prints Markdown)
+    python drivers/table.py --notes    (also writes it into NOTES.md, between its table markers)
 """
+import contextlib
+import io
 import json
 import re
+import sys
 from pathlib import Path
 
 here = Path(__file__).resolve().parent.parent
@@ -14,27 +18,40 @@ for summary in sorted(here.glob("screen/*/summary.json")):
     arm, init, lr, seed = re.fullmatch(r"(tst|base)-(\w+)-lr([\d.e-]+)-s(\d+)", summary.parent.name).groups()
     cells.setdefault((arm, init, lr), {})[int(seed)] = json.loads(summary.read_text())["val_loss"]
 
-rates = ["1e-3", "1.5e-3", "2e-3", "3e-3"]
-rows = [("base", "normal"), ("base", "torch"), ("tst", "torch"), ("tst", "normal")]
-print("| cell: seed 0 / seed 1 (mean) | " + " | ".join(f"lr {r}" for r in rates) + " |")
-print("|---|" + "---|" * len(rates))
-for arm, init in rows:
-    out = []
-    for lr in rates:
-        got = cells.get((arm, init, lr), {})
-        vals = [f"{got[s]:.4f}" if s in got else "-" for s in (0, 1)]
-        mean = f" ({sum(got.values()) / len(got):.4f})" if len(got) == 2 else ""
-        out.append(" / ".join(vals) + mean)
-    print(f"| {'TST' if arm == 'tst' else 'baseline'}, init = {init} | " + " | ".join(out) + " |")
+rates = sorted({k[2] for k in cells} | {"1e-3", "1.5e-3", "2e-3", "3e-3"}, key=float)  # plus widened ones
+def table() -> None:
+    rows = [("base", "normal"), ("base", "torch"), ("tst", "torch"), ("tst", "normal")]
+    print("| cell: seed 0 / seed 1 (mean) | " + " | ".join(f"lr {r}" for r in rates) + " |")
+    print("|---|" + "---|" * len(rates))
+    for arm, init in rows:
+        out = []
+        for lr in rates:
+            got = cells.get((arm, init, lr), {})
+            vals = [f"{got[s]:.4f}" if s in got else "-" for s in (0, 1)]
+            mean = f" ({sum(got.values()) / len(got):.4f})" if len(got) == 2 else ""
+            out.append(" / ".join(vals) + mean)
+        print(f"| {'TST' if arm == 'tst' else 'baseline'}, init = {init} | " + " | ".join(out) + " |")
 
-complete = {k: v for k, v in cells.items() if len(v) == 2}
-base = {k: v for k, v in complete.items() if k[0] == "base"}
-if base:
-    best = min(base, key=lambda k: sum(base[k].values()))
-    print(f"\nBest baseline cell so far (both seeds): init = {best[1]}, lr {best[2]}, mean "
-          f"{sum(base[best].values()) / 2:.4f}.")
-    for k, v in sorted(complete.items()):
-        if k[0] == "tst":
-            d = [base[best][s] - v[s] for s in (0, 1)]
-            print(f"- TST init = {k[1]}, lr {k[2]}: gain over it {d[0]:+.4f} / {d[1]:+.4f} (seeds 0 / 1), "
-                  f"mean {sum(d) / 2:+.4f}")
+    complete = {k: v for k, v in cells.items() if len(v) == 2}
+    base = {k: v for k, v in complete.items() if k[0] == "base"}
+    if base:
+        best = min(base, key=lambda k: sum(base[k].values()))
+        print(f"\nBest baseline cell so far (both seeds): init = {best[1]}, lr {best[2]}, mean "
+              f"{sum(base[best].values()) / 2:.4f}.")
+        for k, v in sorted(complete.items()):
+            if k[0] == "tst":
+                d = [base[best][s] - v[s] for s in (0, 1)]
+                print(f"- TST init = {k[1]}, lr {k[2]}: gain over it {d[0]:+.4f} / {d[1]:+.4f} (seeds 0 / 1), "
+                      f"mean {sum(d) / 2:+.4f}")
+
+
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    table()
+print(out.getvalue(), end="")
+if "--notes" in sys.argv[1:]:
+    notes = here / "NOTES.md"
+    text, n = re.subn(r"(<!-- table -->\n).*?(<!-- /table -->)", lambda m: m[1] + out.getvalue() + m[2],
+                      notes.read_text(), flags=re.S)
+    assert n == 1, "NOTES.md needs one <!-- table --> ... <!-- /table --> block"
+    notes.write_text(text)
