@@ -2,9 +2,11 @@
 # Issue 30's 12,000-step tuning grid on the screen seeds, one `superpose train` run per cell, so
 # the grid survives being stopped: a cell with summary.json is done, one with a run directory is
 # continued with `train --resume` from its newest checkpoint (bit for bit), others start fresh.
-# Each cell is one arm: "tst" (the preset's s = 4, r = 0.3) or "base" (r = 0), an init and a rate.
+# Each cell is one arm: "tst" (the preset's s = 4, r = 0.3) or "base" (r = 0), an init and a rate,
+# and for stage 2 a warmup and a decay fraction (default 100 and 0.2, the stage-1 schedule; a cell
+# with other values is named ...-wWARMUP-dDECAY).
 #
-#   usage: grid.sh SEED ARM:INIT:LR [ARM:INIT:LR ...]      e.g. grid.sh 0 base:normal:1e-3 tst:torch:1e-3
+#   usage: grid.sh SEED ARM:INIT:LR[:WARMUP:DECAY] ...     e.g. grid.sh 0 base:normal:1e-3 tst:torch:2e-3:400:0.4
 #   two at a time on 2 cores, one torch thread each (drivers/README in NOTES.md has the exact calls)
 set -euo pipefail
 seed=$1; shift
@@ -15,13 +17,15 @@ keep=${GRID_RECORD:-$(cd "$(dirname "$0")/.." && pwd)/screen}
 common=(--preset cpu-long --train.steps=12000 --train.seed="$seed" --train.threads=1
         --data.val_tokens=229376 --train.eval_every=1000 --checkpoint.every=500 --checkpoint.every_minutes=5)
 for cell in "$@"; do
-  IFS=: read -r arm init lr <<<"$cell"
+  IFS=: read -r arm init lr warmup decay <<<"$cell"
+  warmup=${warmup:-100}; decay=${decay:-0.2}
   case $arm in
     tst) tst=() ;;
     base) tst=(--tst.ratio=0) ;;
     *) echo "grid.sh: unknown arm $arm in $cell (tst or base)" >&2; exit 2 ;;
   esac
-  out=$root/$arm-$init-lr$lr-s$seed
+  sched=""; [ "$warmup:$decay" = 100:0.2 ] || sched="-w$warmup-d$decay"
+  out=$root/$arm-$init-lr$lr$sched-s$seed
   name=$(basename "$out")
   if [ -f "$keep/$name/summary.json" ]; then continue; fi
   if [ -f "$out/summary.json" ]; then :  # finished, not yet copied
@@ -29,7 +33,8 @@ for cell in "$@"; do
     nice -n 19 .venv/bin/superpose train --resume "$out" --train.threads=1
   else
     rm -rf "$out"
-    nice -n 19 .venv/bin/superpose train "${common[@]}" "${tst[@]}" --model.init="$init" --optim.lr="$lr" --out "$out"
+    nice -n 19 .venv/bin/superpose train "${common[@]}" "${tst[@]}" --model.init="$init" --optim.lr="$lr" \
+      --optim.warmup_steps="$warmup" --optim.decay_frac="$decay" --out "$out"
   fi
   mkdir -p "$keep/$name" && cp "$out"/summary.json "$out"/config.json "$out"/metrics.jsonl "$keep/$name/"
   echo "grid.sh: $cell seed $seed: $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['val_loss'])" "$out/summary.json")"

@@ -13,12 +13,33 @@ import sys
 from pathlib import Path
 
 here = Path(__file__).resolve().parent.parent
-cells: dict[tuple[str, str, str], dict[int, float]] = {}
+cells: dict[tuple[str, str, str], dict[int, float]] = {}  # stage 1: warmup 100, decay 0.2
+stage2: dict[tuple[str, str, str, str, str], dict[int, float]] = {}  # (arm, init, lr, warmup, decay)
 for summary in sorted(here.glob("screen/*/summary.json")):
-    arm, init, lr, seed = re.fullmatch(r"(tst|base)-(\w+)-lr([\d.e-]+)-s(\d+)", summary.parent.name).groups()
-    cells.setdefault((arm, init, lr), {})[int(seed)] = json.loads(summary.read_text())["val_loss"]
+    name = re.fullmatch(r"(tst|base)-(\w+)-lr([\d.e-]+?)(?:-w(\d+)-d([\d.]+))?-s(\d+)", summary.parent.name)
+    arm, init, lr, warmup, decay, seed = name.groups()
+    loss = json.loads(summary.read_text())["val_loss"]
+    if warmup is None:
+        cells.setdefault((arm, init, lr), {})[int(seed)] = loss
+    else:
+        stage2.setdefault((arm, init, lr, warmup, decay), {})[int(seed)] = loss
 
 rates = sorted({k[2] for k in cells} | {"1e-3", "1.5e-3", "2e-3", "3e-3"}, key=float)  # plus widened ones
+
+
+def schedules() -> None:
+    """Stage 2: each arm's stage-1 winner at warmup x decay (the (100, 0.2) cell is stage 1's)."""
+    print("\n| stage 2: seed 0 / seed 1 (mean) | warmup 100, decay 0.2 | " +
+          " | ".join(f"warmup {w}, decay {d}" for w, d in (("100", "0.4"), ("400", "0.2"), ("400", "0.4"))) + " |")
+    print("|---|---|---|---|---|")
+    for arm, init, lr in sorted({k[:3] for k in stage2}):
+        row = [cells.get((arm, init, lr), {})] + [stage2.get((arm, init, lr, w, d), {})
+                                                  for w, d in (("100", "0.4"), ("400", "0.2"), ("400", "0.4"))]
+        print(f"| {'TST' if arm == 'tst' else 'baseline'}, init = {init}, lr {lr} | " + " | ".join(
+            " / ".join(f"{got[s]:.4f}" if s in got else "-" for s in (0, 1))
+            + (f" ({sum(got.values()) / 2:.4f})" if len(got) == 2 else "") for got in row) + " |")
+
+
 def table() -> None:
     rows = [("base", "normal"), ("base", "torch"), ("tst", "torch"), ("tst", "normal")]
     print("| cell: seed 0 / seed 1 (mean) | " + " | ".join(f"lr {r}" for r in rates) + " |")
@@ -48,6 +69,8 @@ def table() -> None:
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     table()
+    if stage2:
+        schedules()
 print(out.getvalue(), end="")
 if "--notes" in sys.argv[1:]:
     notes = here / "NOTES.md"
