@@ -289,6 +289,16 @@ def gather_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None,
     return plain, (_optim_by_index(optim_state) if optim_state is not None else None)
 
 
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_cfg, par: Parallel
+               ) -> tuple[nn.Module | None, dict | None]:
+    """What a checkpoint saves, in any mode: the model and the optimizer state (None without an
+    optimizer) in the single-process format; under FSDP gathered to rank 0 (`gather_full_state`, a
+    collective: every rank calls it; the others get (None, None))."""
+    if par.mode == "fsdp":
+        return gather_full_state(model, optimizer, model_cfg)
+    return model, optimizer.state_dict() if optimizer is not None else None
+
+
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, plain: nn.Module | None,
                     optim_state: dict | None) -> None:
     """FSDP: rank 0's full model (a plain model) and optimizer state (single-process format)
