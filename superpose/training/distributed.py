@@ -25,8 +25,8 @@ single-process code.
   so every rank takes the same one. Only rank 0 logs and writes files.
 - **Checkpoints** keep the single-process format (checkpoint.py): under FSDP the full
   (unsharded) model and optimizer states are gathered to rank 0 with
-  `torch.distributed.checkpoint.state_dict` and written there; loading reads them on rank 0 and
-  broadcasts them into the shards. A checkpoint therefore resumes at any world size and in any
+  `torch.distributed.checkpoint.state_dict` and written there (`full_state`); loading reads them on
+  rank 0 and broadcasts them into the shards (`resume.restore_weights_and_optimizer`). A checkpoint therefore resumes at any world size and in any
   mode, and the final model.safetensors is the plain model a single process writes.
 """
 
