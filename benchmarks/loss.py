@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from common import interleaved, load_average, median, print_machine, spread
 
 from superpose.training.perf import keep_freed_memory
-from superpose.superposition import (
+from superpose.core.superposition import (
     chunked_multi_hot_cross_entropy,
     count_valid_targets,
     multi_hot_cross_entropy,

@@ -11,28 +11,17 @@
 
 Each layer imports only from those listed above it (tests/test_imports.py holds the order).
 
-`superpose.superposition` and `superpose.hf` are the documented paths of the TST math and of
-`TSTTrainer`; `load_model` / `load_tokenizer` open a run or checkpoint. The CLI is `superpose`
-(or `python -m superpose`). ARCHITECTURE.md draws the data flow, file by file.
+Each public name has one import path, the module that defines it; this file re-exports nothing
+(and so imports no torch). Where the often-used ones live:
+
+    superpose.core.model             ModelConfig, build_model
+    superpose.core.superposition     superpose_embeddings, next_bag_targets, multi_hot_cross_entropy
+    superpose.inference.load         load_model, load_tokenizer (a run or a checkpoint)
+    superpose.interop.hf_trainer     TSTTrainer, superposition_loss (TST for any HF causal LM)
+    superpose.interop.lm_eval_adapter  SuperposeLM (importing it registers "superpose" with lm-eval)
+
+The CLI is `superpose` (or `python -m superpose`). ARCHITECTURE.md draws the data flow, file by
+file.
 """
 
-from importlib import import_module
-
-from .errors import UserError
-
 __version__ = "0.1.0"
-
-# Imported on first use (PEP 562), not here: importing the package must not import torch, so the
-# CLI (`superpose.cli`, whose import runs this file first) starts inside its own error handling,
-# and a Ctrl-C during the seconds torch takes to import is one line, not a traceback.
-_LAZY = {"ModelConfig": ".core.model", "Transformer": ".core.model", "build_model": ".core.model",
-         "multi_hot_cross_entropy": ".core.superposition", "next_bag_targets": ".core.superposition",
-         "superpose_embeddings": ".core.superposition", "load_model": ".inference.load",
-         "load_tokenizer": ".inference.load"}
-__all__ = ["UserError", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,8 @@
     superpose plot RUN_DIR [RUN_DIR ...] [--out PNG] [--x step|tokens|time] [--watch [--every SECONDS]]
     superpose presets
 
-Every mistake a user can make ends in one line on stderr and exit status 2, no traceback.
+Every mistake a user can make ends in one line on stderr and exit status 2, no traceback
+(cli_errors.py: the failures that are not a UserError but have a plain cause).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 
 from .checks import check_seed
+from .cli_errors import check_output_paths, failure_line
 from .cli_parser import build_parser
 from .errors import UserError
 
@@ -298,48 +300,6 @@ def _short(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    """Whether `e` is an allocation that failed: MemoryError (numpy's ArrayMemoryError too),
-    torch's OutOfMemoryError (CUDA), or the RuntimeError torch's CPU allocator raises."""
-    torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", ()) if torch is not None else ()
-    return isinstance(e, (MemoryError, *([oom] if oom else []))) or (
-        isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
-
-
-# Linux's limits (NAME_MAX, PATH_MAX), with room under an output folder for the files superpose
-# writes inside it (checkpoints/step-000000/model.safetensors, .superpose-experiment.json, ...).
-NAME_MAX, PATH_MAX, ROOM_INSIDE = 255, 4096, 64
-
-
-def check_output_paths(args: argparse.Namespace) -> None:
-    """Refuse an output path the file system cannot hold, before anything is created: the OSError
-    would come from deep inside, after a lock or a folder was made."""
-    for flag in ("out", "hf", "json", "resume"):
-        value = getattr(args, flag, None)
-        if not value:
-            continue
-        path = Path(value)
-        long_name = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
-        if long_name is not None:
-            raise UserError(f"--{flag}: the name {long_name[:40]}... is {len(os.fsencode(long_name))} bytes; a file "
-                            f"or folder name may have at most {NAME_MAX}: choose a shorter one")
-        if len(os.fsencode(os.path.abspath(path))) + ROOM_INSIDE > PATH_MAX:
-            raise UserError(f"--{flag}: the path is {len(os.fsencode(os.path.abspath(path)))} bytes long; with the "
-                            f"files written inside it, a path may have at most {PATH_MAX - ROOM_INSIDE}: choose a "
-                            "shorter one")
-
-
-def _name_too_long(e: BaseException) -> str | None:
-    """The one line for a path the file system refused as too long (ENAMETOOLONG), else None."""
-    import errno
-
-    if not (isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG):
-        return None
-    return (f"a path is too long for the file system ({str(e.filename)[:60]}...): names may have at most "
-            f"{NAME_MAX} bytes and whole paths {PATH_MAX}; choose a shorter one")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()  # cli_parser.py: each verb's options
     args, extra = parser.parse_known_args(argv)
@@ -381,21 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit's flush
         return 141  # 128 + SIGPIPE, as a shell tool killed by it
     except Exception as e:
-        from .training.distributed import describe_lost_peer, rank_tag
+        from .training.distributed import rank_tag
 
-        if _out_of_memory(e):  # a batch or context too large for this machine
-            what = str(e).splitlines()[0] if str(e) else "an allocation failed"
-            print(f"superpose: error: {rank_tag()}out of memory ({what[:200]}); lower --train.batch_size or "
-                  "--data.seq_len (checkpoints already written are untouched)", file=sys.stderr)
-            return 2
-
-        too_long = _name_too_long(e)  # an input path (a data directory, a run) past the file system's limits
-        if too_long is not None:
-            print(f"superpose: error: {rank_tag()}{too_long}", file=sys.stderr)
-            return 2
-        line = describe_lost_peer(e)  # another rank failed first: say so in one line, not a traceback
-        if line is None:
+        said = failure_line(e)  # out of memory, a path too long, another rank that failed first
+        if said is None:
             raise
+        line, status = said
         print(f"superpose: error: {rank_tag()}{line}", file=sys.stderr)
-        return 1
+        return status
     return 0

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from superpose import cli, load_model, load_tokenizer  # noqa: E402
+from superpose import cli  # noqa: E402
+from superpose.inference.load import load_model, load_tokenizer, locate  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose import checkpoint  # noqa: E402
 from superpose.inference.generate import generate_ids  # noqa: E402
-from superpose.inference.load import locate  # noqa: E402
 from superpose.core.model import KVCache, ModelConfig, build_model  # noqa: E402
 from superpose.data.prepare import prepare  # noqa: E402
 
@@ -301,7 +301,7 @@ def test_lm_eval_by_name_through_its_own_cli_and_python_api(run, tmp_path):
     assert "fatal:" not in proc.stderr and "superpose_cloze" in proc.stdout
     (result,) = cli_out.rglob("results_*.json")
     acc = json.loads(result.read_text())["results"]["superpose_cloze"]["acc,none"]
-    import superpose.lm_eval_adapter  # noqa: F401  (registers "superpose" with lm-eval)
+    import superpose.interop.lm_eval_adapter  # noqa: F401  (registers "superpose" with lm-eval)
     from lm_eval.tasks import TaskManager
 
     py = lm_eval.simple_evaluate(model="superpose", model_args=f"path={run}", tasks=["superpose_cloze"], limit=12,

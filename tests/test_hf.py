@@ -4,7 +4,7 @@
   1e-5 in float32) and token ids; the name map round-trips; phase-1 checkpoints are refused.
 - `--init-from-hf`: the exported weights start a new run exactly; conflicting overrides and another
   tokenizer are refused.
-- `superpose.hf.superposition_loss` on Llama, Qwen2 and GPT-NeoX built from small local configs
+- `superpose.interop.hf_trainer.superposition_loss` on Llama, Qwen2 and GPT-NeoX built from small local configs
   equals a manual computation (and superpose's own loss for the same Llama), and `TSTTrainer`
   crosses the phase switch in one run, matching a hand-written loop step for step.
 
@@ -24,15 +24,16 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 transformers = pytest.importorskip("transformers")
 
-from superpose import cli, load_model, load_tokenizer  # noqa: E402
+from superpose import cli  # noqa: E402
+from superpose.inference.load import load_model, load_tokenizer  # noqa: E402
 from superpose.core.tst_spec import TSTSpec  # noqa: E402
 from superpose.data import open_dataset  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose.interop.hf_llama import (HF_NAME_MAP, config_from_hf, export_hf, from_hf_name, read_hf_config,  # noqa: E402
                                  to_hf_name)
-from superpose.hf import TokenRows, TSTTrainer, next_token_loss, superposition_loss  # noqa: E402
+from superpose.interop.hf_trainer import TokenRows, TSTTrainer, next_token_loss, superposition_loss  # noqa: E402
 from superpose.core.model import ModelConfig, build_model  # noqa: E402
-from superpose.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings  # noqa: E402
+from superpose.core.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings  # noqa: E402
 from superpose.training import build_trainer  # noqa: E402
 
 from conftest import random_weights, tiny_config  # noqa: E402

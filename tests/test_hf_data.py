@@ -30,8 +30,8 @@ transformers = pytest.importorskip("transformers")
 from superpose.core.tst_spec import TSTSpec  # noqa: E402
 from superpose.data import TrainLoader, open_dataset, val_windows  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
-from superpose.hf import DataError, TSTTrainer  # noqa: E402
-from superpose.interop.hf_data import ShuffledRows, token_source  # noqa: E402
+from superpose.interop.hf_data import DataError, ShuffledRows, token_source  # noqa: E402
+from superpose.interop.hf_trainer import TSTTrainer  # noqa: E402
 
 from conftest import make_documents  # noqa: E402
 from test_hf import batch_shapes  # noqa: E402
@@ -290,7 +290,7 @@ def test_wrong_dataset_is_one_line(tmp_path):
 
 
 def test_list_and_array_forms_work_without_datasets(tmp_path):
-    """`datasets` is an optional extra: with it unimportable, superpose.hf imports and trains on
+    """`datasets` is an optional extra: with it unimportable, superpose.interop.hf_trainer imports and trains on
     documents and arrays (the library never imports it at the top)."""
     code = """
 import sys
@@ -298,7 +298,7 @@ sys.modules["datasets"] = None  # import datasets -> ImportError, as when it is 
 import numpy as np, torch, transformers
 torch.set_num_threads(1)
 from superpose.core.tst_spec import TSTSpec
-from superpose.hf import TSTTrainer
+from superpose.interop.hf_trainer import TSTTrainer
 cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                num_attention_heads=2, max_position_embeddings=32)
 args = transformers.TrainingArguments(output_dir=sys.argv[1], max_steps=2, report_to=[], use_cpu=True,

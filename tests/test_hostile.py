@@ -351,7 +351,7 @@ def test_user_error_is_a_value_error():
     Python callers can now catch as the ValueError they are; the CLI still prints them in one line."""
     assert issubclass(UserError, ValueError)
     with pytest.raises(ValueError, match="does not exist"):
-        from superpose import load_model
+        from superpose.inference.load import load_model
 
         load_model("/nonexistent/run")
 

@@ -32,8 +32,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("superpose.interop", "superpose.tasks", "superpose.titan"),  # Hugging Face, lm-eval, torchtitan
     ("superpose.training",),  # build a run, step it, write checkpoints, resume
     ("superpose.experiments",),  # compare, sweep, their reports and plots
-    ("superpose", "superpose.__main__", "superpose.cli", "superpose.cli_parser", "superpose.eval_cli",  # entry points,
-     "superpose.hf", "superpose.lm_eval_adapter", "superpose.superposition"),  # the documented import paths
+    ("superpose", "superpose.__main__", "superpose.cli", "superpose.cli_errors", "superpose.cli_parser",  # the verbs
+     "superpose.eval_cli"),
 )
 
 # Cycles allowed by name (none: the architecture registry removed the last, core/model <-> core/moe).

@@ -6,7 +6,7 @@
   `torch._grouped_mm` fails on an empty expert, so training on CPU always takes the loop).
 - `superpose export --hf` of a trained MoE run loads as `Qwen3MoeForCausalLM` with the same logits
   (max |diff| <= 1e-5 in float32), dense layers included; `--init-from-hf` reads it back exactly;
-  superpose's training loss (with the aux term) equals `superpose.hf.superposition_loss` on the
+  superpose's training loss (with the aux term) equals `superpose.interop.hf_trainer.superposition_loss` on the
   exported model in both phases, and `TSTTrainer` trains a transformers MoE across the switch.
 - Training logs the aux loss and the expert load in both phases, warns on a collapse; resume is
   bit for bit across the switch; generate and eval work; bad MoE configs are one line, exit 2.
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 
-from superpose import cli, load_model  # noqa: E402
+from superpose import cli  # noqa: E402
+from superpose.inference.load import load_model  # noqa: E402
 from superpose.presets import resolve  # noqa: E402
 from superpose.core import moe  # noqa: E402
 from superpose.core.model import ModelConfig, build_model  # noqa: E402
@@ -241,7 +242,7 @@ def test_init_from_hf_reads_the_moe_folder_back(moe_run, exported, tiny_data, tm
 def test_training_loss_equals_hf_superposition_loss_with_the_router_aux_loss(moe_run, exported, bag_size):
     transformers = pytest.importorskip("transformers")
     from superpose.core.superposition import count_valid_targets, next_bag_targets
-    from superpose.hf import next_token_loss, superposition_loss
+    from superpose.interop.hf_trainer import next_token_loss, superposition_loss
 
     ours = load_model(moe_run[0])
     theirs = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
@@ -263,7 +264,7 @@ def test_training_loss_equals_hf_superposition_loss_with_the_router_aux_loss(moe
 def test_tst_trainer_trains_a_transformers_moe_across_the_switch(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    from superpose.hf import TSTTrainer
+    from superpose.interop.hf_trainer import TSTTrainer
     from superpose.interop.hf_trainer import router_aux_coef
 
     from superpose.core.superposition import multi_hot_cross_entropy, next_bag_targets

@@ -20,7 +20,7 @@ from superpose.presets import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
 from superpose.training.perf import AUTO_FUSE_MIN_LOGITS, attention_kernel, auto_loss_chunk_rows, keep_freed_memory
-from superpose.superposition import chunked_multi_hot_cross_entropy, multi_hot_cross_entropy, next_bag_targets
+from superpose.core.superposition import chunked_multi_hot_cross_entropy, multi_hot_cross_entropy, next_bag_targets
 from superpose.training import build_trainer
 from superpose.core.tst_step import model_loss
 
@@ -227,7 +227,7 @@ def test_gpu_benchmark_says_clearly_that_it_needs_a_gpu():
 
 @pytest.mark.parametrize("s", [1, 3])
 def test_fused_bag_lookup_is_the_bag_mean_of_the_lookup(s):
-    from superpose.superposition import superpose_embeddings, superpose_token_embeddings
+    from superpose.core.superposition import superpose_embeddings, superpose_token_embeddings
 
     torch.manual_seed(3)
     w = torch.randn(50, 8, requires_grad=True)

@@ -254,12 +254,13 @@ def _defined_in_source(dotted: str) -> bool:
 
 def test_documented_python_paths_import():
     """Every `superpose.x.y` the README, ARCHITECTURE.md and docs/ name, and every name their code
-    imports, resolves; the paths code moved away from still give the same objects."""
+    imports, resolves; the short paths that once re-exported them are gone (one path per name)."""
     text = "".join(p.read_text() for p in [*DOCS, ROOT / "ARCHITECTURE.md"])
     names = set(re.findall(r"`(superpose(?:\.\w+)+)", text))
     for module, imported in re.findall(r"from (superpose(?:\.\w+)*) import ([\w, ]+)", text):
         names |= {f"{module}.{n.strip()}" for n in imported.split(",")}
-    assert "superpose.superposition.multi_hot_cross_entropy" in names and "superpose.hf.TSTTrainer" in names
+    assert "superpose.core.superposition.multi_hot_cross_entropy" in names
+    assert "superpose.interop.hf_trainer.TSTTrainer" in names and "superpose.inference.load.load_model" in names
     assert "superpose.titan.config_registry" in names and "superpose.data.open_dataset" in names
     titan = importlib.util.find_spec("torchtitan") is not None
     for name in sorted(names):
@@ -267,10 +268,12 @@ def test_documented_python_paths_import():
             assert _defined_in_source(name), name
         else:
             _resolve(name)
-    for old, new in (("superpose.lm_eval_adapter.SuperposeLM", "superpose.interop.lm_eval_adapter.SuperposeLM"),
-                     ("superpose.hf.TSTTrainer", "superpose.interop.hf_trainer.TSTTrainer"),
-                     ("superpose.superposition.next_bag_targets", "superpose.core.superposition.next_bag_targets")):
-        assert _resolve(old) is _resolve(new), old
+    for old in ("lm_eval_adapter", "hf", "superposition"):
+        assert not (ROOT / "superpose" / f"{old}.py").exists(), old
+    for old in ("load_model", "ModelConfig", "multi_hot_cross_entropy"):
+        assert not hasattr(importlib.import_module("superpose"), old), old
+    stale = re.findall(r"superpose\.(?:superposition|hf|lm_eval_adapter)\b|from superpose import (?!cli\b)\w+", text)
+    assert not stale, stale
 
 
 def test_defined_in_source_can_fail():

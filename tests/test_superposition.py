@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from superpose.superposition import (
+from superpose.core.superposition import (
     IGNORE_INDEX,
     bag_weights,
     count_valid_targets,
@@ -161,7 +161,7 @@ def test_bag_weights_shapes_and_errors():
 @pytest.mark.parametrize("s,reduction,weights", [(1, "sum", None), (4, "sum", None), (4, "mean", "power"),
                                                   (3, "sum", "exp")])
 def test_chunked_fused_head_equals_dense(s, reduction, weights):
-    from superpose.superposition import chunked_multi_hot_cross_entropy
+    from superpose.core.superposition import chunked_multi_hot_cross_entropy
 
     torch.manual_seed(4)
     B, L, D, V = 2, 6, 8, 29

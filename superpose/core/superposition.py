@@ -18,6 +18,8 @@ and predicts one token (`bag_targets(..., mode="input")`), output-only reads ord
 predicts the next s (`next_window_targets`), and MCEAlt (App. C.2, `losses.MCE_ALT`) scores the
 probability mass on the bag instead of the mean log-probability of its tokens. The losses are
 entries of core/losses.py (`loss=` names one); their fused kernels are core/loss_kernels.py.
+Every public function checks its arguments (core/arg_checks.py): a wrong shape, dtype or value is
+a ValueError or TypeError naming the argument.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .arg_checks import check_size, check_target_ids, check_targets, check_tensor
 from .loss_kernels import ChunkedLinearNLL, WeightedNLL
-from .losses import LOSSES, MCE, bag_loss
+from .losses import MCE, bag_loss
 
-__all__ = ["IGNORE_INDEX", "LOSSES", "WEIGHT_SCHEMES", "Mode", "bag_entropy_floor", "bag_targets", "bag_weights",
+__all__ = ["IGNORE_INDEX", "WEIGHT_SCHEMES", "Mode", "bag_entropy_floor", "bag_targets", "bag_weights",
            "chunked_multi_hot_cross_entropy", "count_valid_targets", "mi_bag_weights", "multi_hot_cross_entropy",
            "next_bag_targets", "next_window_targets", "superpose_embeddings", "superpose_token_embeddings",
            "target_coefficients"]
@@ -76,45 +79,6 @@ def mode_of(mode: str) -> Mode:
     return Mode(mode)
 
 
-# ----------------------------------------------------------------------------- argument checks
-# The public functions check what they are given and raise ValueError (wrong shape or value) or
-# TypeError (wrong type or dtype) naming the argument, instead of an AssertionError, "not enough
-# values to unpack" or an error from deep inside torch.
-
-def _tensor(t: object, name: str, shape: str, kind: str | None = None) -> Tensor:
-    """`t` as a Tensor with len(shape.split(",")) dimensions and, kind "ids", an integer dtype or,
-    kind "float", a floating dtype."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(t).__name__}")
-    ndim = len(shape.strip("()").split(","))
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if t.numel() == 0:  # an empty batch: torch's own error names an ambiguous reshape deep inside
-        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); give at least one row of at least one position")
-    if kind == "ids" and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
-        raise TypeError(f"{name} must hold integer token ids (torch.long), got {t.dtype}")
-    if kind == "float" and not t.dtype.is_floating_point:
-        raise TypeError(f"{name} must be floating point (an integer mean would be floored), got {t.dtype}")
-    return t
-
-
-def _size(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def _targets_for(logits_shape: tuple[int, ...], targets: object, name: str = "targets") -> Tensor:
-    """targets (B, L, s) of integer ids whose (B, L) match the logits' or hidden states'."""
-    _tensor(targets, name, "(B, L, s)", "ids")
-    if tuple(targets.shape[:2]) != tuple(logits_shape[:2]):
-        raise ValueError(f"{name} has shape {tuple(targets.shape)}, but (B, L) must match the logits' "
-                         f"{tuple(logits_shape[:2])}")
-    return targets
-
-
 def superpose_embeddings(embeds: Tensor, bag_size: int) -> Tensor:
     """Average each bag of `bag_size` contiguous token embeddings into one position.
 
@@ -125,8 +89,8 @@ def superpose_embeddings(embeds: Tensor, bag_size: int) -> Tensor:
     bf16 embeddings lose no precision to the accumulation. With s = 1 the input is returned
     unchanged.
     """
-    _tensor(embeds, "embeds", "(B, L*s, D)", "float")
-    if _size(bag_size, "bag_size") == 1:
+    check_tensor(embeds, "embeds", "(B, L*s, D)", "float")
+    if check_size(bag_size, "bag_size") == 1:
         return embeds
     B, T, D = embeds.shape
     if T % bag_size:
@@ -146,9 +110,9 @@ def superpose_token_embeddings(input_ids: Tensor, weight: Tensor, bag_size: int)
     float32 table (the trainer's master weights) the result is the same float32 mean; other
     dtypes take the unfused path, which accumulates in float32.
     """
-    _tensor(input_ids, "input_ids", "(B, L*s)", "ids")
-    _tensor(weight, "weight", "(V, D)", "float")
-    if _size(bag_size, "bag_size") == 1:
+    check_tensor(input_ids, "input_ids", "(B, L*s)", "ids")
+    check_tensor(weight, "weight", "(V, D)", "float")
+    if check_size(bag_size, "bag_size") == 1:
         return F.embedding(input_ids, weight)
     if weight.dtype != torch.float32:
         return superpose_embeddings(F.embedding(input_ids, weight), bag_size)
@@ -169,8 +133,8 @@ def next_bag_targets(labels: Tensor, bag_size: int, ignore_index: int = IGNORE_I
     tokens (j+1)*s .. (j+1)*s+s-1. That keeps the prediction causal. Only the last position's
     slot 0 reaches the one extra label token; its slots 1..s-1 are `ignore_index`.
     """
-    _tensor(labels, "labels", "(B, L*s)", "ids")
-    _size(bag_size, "bag_size")
+    check_tensor(labels, "labels", "(B, L*s)", "ids")
+    check_size(bag_size, "bag_size")
     B, T = labels.shape
     if T % bag_size:
         raise ValueError(f"label length {T} is not a multiple of bag_size {bag_size}")
@@ -188,8 +152,8 @@ def next_window_targets(labels: Tensor, window: int, ignore_index: int = IGNORE_
     token sequence, so a row reads L + 1 tokens as in next-token training and no extra data;
     only the last s-1 positions lose targets. With window = 1 these are the next-token labels.
     """
-    _tensor(labels, "labels", "(B, L)", "ids")
-    _size(window, "window")
+    check_tensor(labels, "labels", "(B, L)", "ids")
+    check_size(window, "window")
     B, L = labels.shape
     if window == 1:
         return labels.view(B, L, 1)
@@ -308,9 +272,9 @@ def multi_hot_cross_entropy(
 
     With s = 1 both are exactly `F.cross_entropy` (same kernel, same bits).
     """
-    B, L, V = _tensor(logits, "logits", "(B, L, V)", "float").shape
-    s = _targets_for(logits.shape, targets).shape[-1]
-    _check_target_ids(targets, ignore_index)
+    B, L, V = check_tensor(logits, "logits", "(B, L, V)", "float").shape
+    s = check_targets(logits.shape, targets).shape[-1]
+    check_target_ids(targets, ignore_index)
     if s == 1 and reduction in ("mean", "sum"):
         return F.cross_entropy(
             logits.reshape(B * L, V).float(), targets.reshape(B * L), ignore_index=ignore_index, reduction=reduction
@@ -325,18 +289,6 @@ def multi_hot_cross_entropy(
     coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
     return WeightedNLL.apply(logits.reshape(B * L, V), targets.reshape(B * L, s).clamp(min=0),
                              coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s))
-
-
-def _check_target_ids(targets: Tensor, ignore_index: int) -> None:
-    """Refuse a negative target id other than `ignore_index`: the gathers below would clamp or wrap
-    it into some other token's loss without a word. (Skipped inside torch.compile's graph: the
-    trainer's targets come from data checked against the vocabulary when it is loaded.)"""
-    if torch.compiler.is_compiling():
-        return
-    bad = (targets < 0) & (targets != ignore_index)
-    if bool(bad.any()):
-        raise ValueError(f"targets hold the negative id {int(targets[bad][0])}; token ids are >= 0, and only "
-                         f"ignore_index ({ignore_index}) marks a slot without a target")
 
 
 def target_coefficients(targets: Tensor, weights: str | Tensor | None, ignore_index: int, reduction: str,
@@ -372,12 +324,12 @@ def chunked_multi_hot_cross_entropy(
     s = 1 it is the ordinary next-token loss. reduction: "mean" or "sum", and loss
     (a core/losses.py entry's name) as in `multi_hot_cross_entropy`.
     """
-    B, L, D = _tensor(hidden, "hidden", "(B, L, D)", "float").shape
-    if _tensor(head, "head", "(V, D)", "float").shape[1] != D:
+    B, L, D = check_tensor(hidden, "hidden", "(B, L, D)", "float").shape
+    if check_tensor(head, "head", "(V, D)", "float").shape[1] != D:
         raise ValueError(f"head has shape {tuple(head.shape)}, but its D must match hidden's {D}")
-    s = _targets_for(hidden.shape, targets).shape[-1]
-    _size(chunk_rows, "chunk_rows")
-    _check_target_ids(targets, ignore_index)
+    s = check_targets(hidden.shape, targets).shape[-1]
+    check_size(chunk_rows, "chunk_rows")
+    check_target_ids(targets, ignore_index)
     coef, mix = target_coefficients(targets, weights, ignore_index, reduction, loss)
     return ChunkedLinearNLL.apply(hidden.reshape(B * L, D), head, targets.reshape(B * L, s).clamp(min=0),
                                   coef.reshape(B * L, -1), None if mix is None else mix.reshape(B * L, s), chunk_rows)
@@ -391,7 +343,7 @@ def count_valid_targets(targets: Tensor, weights: str | Tensor | None = None, ig
     tokens; with s = 1 it is the number of ordinary next-token targets. For MCEAlt,
     whose terms are per position, the number of positions with a valid target.
     """
-    _tensor(targets, "targets", "(B, L, s)", "ids")
+    check_tensor(targets, "targets", "(B, L, s)", "ids")
     g = bag_weights(weights, targets.shape[-1]).to(targets.device)
     return bag_loss(loss).count(targets != ignore_index, g)
 

@@ -2,6 +2,7 @@
 
     corpus.py          `Source`, and the user's text as documents: a reader per file format (`FORMATS`),
                        datasets folders, hub names
+    datasets_text.py   what reads through the datasets library: save_to_disk folders, hub names
     default_corpus.py  the default corpus: fetched (pip, apt), cleaned, prepared into the cache on first use
     split.py           which documents are held out for validation (in memory, streamed, resumed)
     tokenizer.py       byte-level BPE, end-of-text, a document's token layout, bytes per token (bits per byte)

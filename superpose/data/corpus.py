@@ -9,6 +9,7 @@ yields, one document each:
   .parquet, .arrow                      each row's `text_field` column (pyarrow, batch by batch)
   a `datasets.save_to_disk` folder      each row's `text_field` (datasets.load_from_disk)
   a Hugging Face dataset name           `hub_source`: datasets.load_dataset(..., streaming=True)
+The last two read through the datasets library (datasets_text.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .datasets_text import disk_documents, hub_documents, is_datasets_folder
 
 
 @dataclass
@@ -227,47 +229,6 @@ def _table_documents(path: Path, compression: None, field: str) -> Iterator[str]
         raise UserError(f"cannot read {path} as {path.suffix[1:]} ({str(exc).splitlines()[0]}); check the file") from None
 
 
-def is_datasets_folder(path: Path) -> bool:
-    """A folder written by `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
-    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
-
-
-def _rows_documents(rows, field: str, where: str) -> Iterator[str]:
-    """Documents from a `datasets` Dataset / IterableDataset, row by row."""
-    names = getattr(rows, "column_names", None)
-    if names is not None and field not in names:
-        raise UserError(f"{where} has no column {field!r} (it has {', '.join(names[:8])}); name the text column "
-                        "with --text-field")
-    for row in rows:
-        text = row.get(field)
-        if not isinstance(text, str):
-            raise UserError(f"{where} has a row whose {field!r} is not a string ({type(text).__name__}); name the text "
-                            "column with --text-field")
-        if text.strip():
-            yield text.strip()
-
-
-def _need_datasets(what: str):
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(f"{what} needs the datasets library: pip install 'superpose[data]'") from None
-    return datasets
-
-
-def _disk_documents(path: Path, field: str, split: str) -> Iterator[str]:
-    datasets = _need_datasets(f"{path} (a datasets folder)")
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(f"cannot load the datasets folder {path} ({exc}); save it with save_to_disk") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise UserError(f"{path} has the splits {', '.join(ds)}, not {split!r}; choose one with --split")
-        ds = ds[split]
-    yield from _rows_documents(ds, field, str(path))
-
-
 def text_files(path: Path) -> list[Path]:
     """The files prepare reads from `path`: the file itself, or a folder's text files (recursively,
     sorted, hidden ones left out); [] for a folder without any."""
@@ -362,7 +323,7 @@ def text_sources(paths: list[Path], text_field: str = "text", split: str = "trai
         if not files:
             continue
         if path.is_dir() and is_datasets_folder(path):
-            docs = (lambda p=path: _disk_documents(p, text_field, split))
+            docs = (lambda p=path: disk_documents(p, text_field, split))
             size = sum(f.stat().st_size for f in path.rglob("*.arrow"))
         else:
             for f in files:  # refuse a mislabelled file now, not after hours of the ones before it
@@ -404,16 +365,6 @@ def hub_source(name: str, config: str | None = None, split: str = "train", text_
     """A Hugging Face dataset by name (`datasets.load_dataset`), streamed: rows are read as prepare
     asks, so a corpus of any size goes through in bounded memory. `name` may also be a builder
     such as "json" or "parquet" with local `data_files`."""
-    datasets = _need_datasets(f"the dataset {name!r}")
-
-    def docs() -> Iterator[str]:
-        try:
-            rows = datasets.load_dataset(name, config, split=split, data_files=data_files, streaming=streaming)
-        except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
-            first = " ".join(str(exc).split())[:300]
-            raise UserError(f"cannot load the dataset {name!r} ({first}); check the name, --hf-config and --split, "
-                            "and that the hub is reachable") from None
-        yield from _rows_documents(rows, text_field, f"the dataset {name!r}")
-
+    docs = hub_documents(name, config, split, text_field, data_files, streaming)
     return Source(name, "see the dataset card", f"Hugging Face dataset {name}" + (f" ({config})" if config else ""),
                   docs, None)

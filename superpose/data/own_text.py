@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..files import write_text
 from . import corpus
+from .datasets_text import is_datasets_folder
 from .prepare import prepare_once
 from .shards import is_prepared
 
@@ -76,6 +77,6 @@ def content_key(paths: list[Path], cache: Path) -> str:
 
 
 def _files(path: Path) -> list[Path]:
-    if path.is_dir() and corpus.is_datasets_folder(path):
+    if path.is_dir() and is_datasets_folder(path):
         return sorted(f for f in path.rglob("*") if f.is_file())
     return corpus.text_files(path)

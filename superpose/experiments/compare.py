@@ -9,7 +9,9 @@ A branch is bit for bit the straight baseline run of that length.
 
 All runs of a seed advance in lock-step, one optimizer step each in turn, in one process, so a
 slow spell of the machine hits every arm alike. Each run's wall clock is the time spent in its
-own training steps (`train_time_s`), without evaluation.
+own training steps (`train_time_s`), without evaluation. An interrupted compare continues: a
+finished seed is read back from its result.json, the others' arms from their checkpoints
+(arms.py runs the arms: their configs, directories, resume and the lock-step itself).
 
     equal_steps_loss_gain = baseline(1x) final val loss - TST final val loss
     iso_loss_speedup      = wall clock the decayed baseline needs to reach TST's final val loss,
@@ -20,27 +22,24 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
+from .. import checkpoint
 from ..config import Config
 from ..errors import UserError
-from ..files import copy_file
-from .. import checkpoint
-from ..training import Trainer, build_trainer, resolve_data
-from ..training.resume import check_resumable
+from ..training import Trainer, resolve_data
 from ..training.ownership import (EXPERIMENT_MARK, begin_experiment, check_experiment_dir, claim,
                                   experiment_advice, mark_experiment)
-from .fingerprint import check_same_config
+from .arms import Run, arm_config, baseline_trunks, lockstep, quiet, start_arm, tst_dir
 from .baselines import Variant, apply_variant, baseline_name
+from .fingerprint import check_same_config
 from .stats import iso_loss, stats
 from .summary import PHASE1_TAIL, data_unigram_entropy, length_summary, summarize, summarize_scan
 
 DEFAULT_LENGTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 _NEW_OUT = "use a new --out for other settings (finished seeds are reused only with the settings they were run with)"
+
 
 def baseline_lengths(steps: int, factors: tuple[float, ...], decay_frac: float, warmup: int) -> list[int]:
     lengths = sorted({round(f * steps) for f in factors} | {steps})
@@ -49,20 +48,6 @@ def baseline_lengths(steps: int, factors: tuple[float, ...], decay_frac: float, 
             raise UserError(f"baseline length {n} steps decays before its {warmup}-step warmup ends; drop the "
                             "shortest --baseline-lengths or lower --optim.warmup_steps")
     return lengths
-
-
-@dataclass
-class _Run:
-    name: str
-    trainer: Trainer
-
-
-def _arm_config(cfg: Config, seed: int, steps: int, bag_size: int, ratio: float) -> Config:
-    c = copy.deepcopy(cfg)
-    c.train.seed, c.train.steps, c.tst.bag_size, c.tst.ratio = seed, steps, bag_size, ratio
-    if ratio == 0 or bag_size == 1:  # the baseline: nothing of TST, curriculum included
-        c.tst = type(c.tst)(bag_size=1, ratio=0.0)
-    return c.validate()
 
 
 def switch_evals(switch: int, eval_every: int, steps: int) -> set[int]:
@@ -76,26 +61,6 @@ def switch_evals(switch: int, eval_every: int, steps: int) -> set[int]:
         k *= 2
     regular = (lambda e: (e + 1) % eval_every == 0) if eval_every else (lambda e: False)
     return {e for e in out if 0 <= e < steps - 1 and not regular(e)}
-
-
-def _arm(cfg: Config, run_dir: Path, ds, log: Callable[[str], None]) -> Trainer:
-    """An arm of a seed, continued from its newest checkpoint when an interrupted compare left one
-    (bit for bit, as `train --resume`); an arm that saved nothing is started again from scratch."""
-    if not checkpoint.checkpoints(run_dir):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return build_trainer(cfg, run_dir, ds, log)
-    ckpt = checkpoint.newest(run_dir)
-    check_resumable(ckpt, run_dir, cfg, ds)  # an arm of other settings: one line, nothing touched
-    t = build_trainer(cfg, run_dir, ds, log)
-    t.resume_from(ckpt)
-    return t
-
-
-def tst_dir(cell: Variant | None, T: int, one_length: bool) -> str:
-    """The run directory of a TST arm: tst (one length, the compare's own TST config), tst-T (a
-    length scan), tst-<cell> and tst-<cell>-T for the cells of --tst-grid."""
-    name = "tst" if cell is None else f"tst-{cell.slug}"
-    return name if one_length else f"{name}-{T}"
 
 
 def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: tuple[float, ...],
@@ -113,14 +78,14 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
     ds = resolve_data(cfg)  # a data directory or a mixture (data.mix)
     one = len(steps_list) == 1
     cells = list(tst_cells) or [None]
-    tsts = {(c, T): _arm(apply_variant(_arm_config(cfg, seed, T, cfg.tst.bag_size, cfg.tst.ratio), c),
-                         out / tst_dir(c, T, one), ds, log if one and len(cells) == 1 else _quiet)
+    tsts = {(c, T): start_arm(apply_variant(arm_config(cfg, seed, T, cfg.tst.bag_size, cfg.tst.ratio), c),
+                         out / tst_dir(c, T, one), ds, log if one and len(cells) == 1 else quiet)
             for c in cells for T in steps_list}
     for (_, T), t in tsts.items():  # see the jump at the switch and the recovery after it
         t.extra_evals = frozenset(switch_evals(t.schedule.switch_step, cfg.train.eval_every, T))
-    runs = [_Run(tst_dir(c, T, False), t) for (c, T), t in tsts.items()]
-    trunks = _baseline_trunks(cfg, out, seed, lengths, ds, variants, runs)
-    finished = _lockstep(cfg, out, seed, runs, trunks, ds, log)
+    runs = [Run(tst_dir(c, T, False), t) for (c, T), t in tsts.items()]
+    trunks = baseline_trunks(cfg, out, seed, lengths, ds, variants, runs)
+    finished = lockstep(cfg, out, seed, runs, trunks, ds, log)
     # Every length reads its iso-loss point off all the decayed baselines the seed trained, not only
     # its own multiples: they are the same runs.
     results = {str(T): {"" if c is None else c.name: _seed_result(finished, tsts[c, T], lengths, variants)
@@ -128,92 +93,6 @@ def run_seed(cfg: Config, out: Path, seed: int, steps_list: list[int], factors: 
     if tst_cells:
         return {"tst_cells": results, "baselines": [v.name for v in variants], "tst_grid": [c.name for c in cells]}
     return {"by_steps": {T: r[""] for T, r in results.items()}, "baselines": [v.name for v in variants]}
-
-
-def _quiet(_: str) -> None:
-    """The log of the arms that are not the one TST run: their lines would interleave unreadably."""
-
-
-def _baseline_trunks(cfg: Config, out: Path, seed: int, lengths: list[int], ds, variants: list[Variant],
-                     runs: list[_Run]) -> dict[Trainer, tuple[Variant | None, dict[int, int]]]:
-    """One baseline trunk per baseline (None: the compare's own config) as long as the longest of
-    `lengths`, each with the trunk steps where its shorter lengths branch off (trunk step ->
-    branch length). Appends the trunks, and branches already taken before an interruption, to
-    `runs`."""
-    trunk_steps, decay = lengths[-1], cfg.optim.decay_frac
-    trunks = {}
-    for v in [None, *variants]:
-        vcfg = apply_variant(_arm_config(cfg, seed, trunk_steps, 1, 0.0), v)
-        trunk = _arm(vcfg, out / baseline_name(v, trunk_steps), ds, _quiet)
-        branch_at = {n - round(decay * n): n for n in lengths[:-1]}  # trunk step -> branch length
-        for b in sorted(b for b in branch_at if b < trunk.state.step):  # branched before an interruption
-            n = branch_at.pop(b)
-            bdir = out / baseline_name(v, n)
-            if not checkpoint.checkpoints(bdir):
-                raise UserError(f"{bdir} lacks the checkpoint its trunk branched it with; remove {out} and run the "
-                                "same command again to train this seed anew")
-            runs.append(_Run(baseline_name(v, n), _arm(apply_variant(_arm_config(cfg, seed, n, 1, 0.0), v), bdir, ds,
-                                                       _quiet)))
-        trunks[trunk] = (v, branch_at)
-        runs.append(_Run(baseline_name(v, trunk_steps), trunk))
-    return trunks
-
-
-def _lockstep(cfg: Config, out: Path, seed: int, runs: list[_Run], trunks: dict, ds,
-              log: Callable[[str], None]) -> dict[str, Trainer]:
-    """Step every run of a seed one step at a time, round by round, branching each decay branch off
-    its trunk when the trunk reaches its branch step, saving checkpoints as a run would, and
-    saying the progress every 30 s. Returns the finished trainers by run name."""
-    for run in runs:
-        run.trainer.begin(progress=False)
-    finished: dict[str, Trainer] = {}
-    t0 = time.time()
-    # Steps still to go: each run's own, and each branch not yet taken (it runs from its branch point).
-    total_steps = (sum(run.trainer.cfg.train.steps - run.trainer.state.step for run in runs)
-                   + sum(n - b for _, branch_at in trunks.values() for b, n in branch_at.items()))
-    done_steps, last_log = 0, time.time()
-    every, minutes, last_save = cfg.checkpoint.every, cfg.checkpoint.every_minutes, time.time()
-    while runs:
-        for run in list(runs):
-            t = run.trainer
-            if t in trunks and t.state.step in trunks[t][1]:
-                v, branch_at = trunks[t]
-                runs.append(_branch(cfg, out, seed, t, v, branch_at.pop(t.state.step), ds))
-            if t.state.step < t.cfg.train.steps:
-                t.step_once()
-                done_steps += 1
-                if every and t.state.step % every == 0 or t.state.step == t.cfg.train.steps:
-                    t.save_checkpoint()  # at the end too: an interrupted compare then re-steps nothing of it
-            if t.state.step == t.cfg.train.steps:
-                t.finish()
-                finished[run.name] = t
-                runs.remove(run)
-        if minutes > 0 and time.time() - last_save >= 60 * minutes and runs:  # a round's arms, saved together
-            for run in runs:
-                run.trainer.save_checkpoint(reason="every_minutes")
-            last_save = time.time()
-        if time.time() - last_log > 30 or not runs:
-            last_log = time.time()
-            eta = (last_log - t0) / max(done_steps, 1) * (total_steps - done_steps)
-            log(f"compare: seed {seed}: {done_steps}/{total_steps} steps of all runs, {last_log - t0:.0f}s, "
-                f"eta {eta:.0f}s")
-    return finished
-
-
-def _branch(cfg: Config, out: Path, seed: int, trunk: Trainer, v: Variant | None, n: int, ds) -> _Run:
-    """The decay branch of length `n` off `trunk` at its current step: a trainer built from the
-    trunk's whole state (weights, optimizer, run state, data position, RNG), begun and saved."""
-    bcfg = apply_variant(_arm_config(cfg, seed, n, 1, 0.0), v)
-    bdir = out / baseline_name(v, n)
-    shutil.rmtree(bdir, ignore_errors=True)  # begun before an interruption the trunk did not outlive
-    branch = build_trainer(bcfg, bdir, ds, _quiet, state=copy.deepcopy(trunk.state_dict()))
-    branch.run_dir.mkdir(parents=True, exist_ok=True)
-    # The branch's log starts with the trunk's history: it is the full run of that length.
-    copy_file(trunk.run_dir / "metrics.jsonl", branch.run_dir / "metrics.jsonl",
-              fix="free some space and run the same command again: finished seeds are kept")
-    branch.begin(progress=False)
-    branch.save_checkpoint()  # so an interrupted compare can continue it without its trunk
-    return _Run(baseline_name(v, n), branch)
 
 
 def _records(trainer: Trainer, kind: str) -> list[dict]:
@@ -400,10 +279,10 @@ def _distinct_baselines(cfg: Config, variants: list[Variant], log: Callable[[str
     """The baseline variants less the --baseline-grid cells that repeat the compare's own baseline
     or an earlier variant (a cell at the compare's own rate and init): the same run twice would
     only cost time. A --baselines variant is kept as given."""
-    seen = [_arm_config(cfg, 0, cfg.train.steps, 1, 0.0).to_dict()]
+    seen = [arm_config(cfg, 0, cfg.train.steps, 1, 0.0).to_dict()]
     out = []
     for v in variants:
-        c = apply_variant(_arm_config(cfg, 0, cfg.train.steps, 1, 0.0), v).to_dict()
+        c = apply_variant(arm_config(cfg, 0, cfg.train.steps, 1, 0.0), v).to_dict()
         if c in seen and v.source == "--baseline-grid":
             log(f"compare: baseline {v.name} is {'the own baseline' if c == seen[0] else 'an earlier baseline'} "
                 "already; run once")

@@ -213,7 +213,7 @@ def read_hf_config(hf_dir: Path | str) -> ModelConfig:
     if c.get("model_type") not in by_type:
         raise UserError(f"{path} describes a {c.get('model_type')!r} model; --init-from-hf takes "
                         f"{' and '.join(a.title for a in by_type.values())} models (model_type "
-                        f"{', '.join(repr(t) for t in by_type)}); for other architectures use superpose.hf.TSTTrainer")
+                        f"{', '.join(repr(t) for t in by_type)}); for other architectures use superpose.interop.hf_trainer.TSTTrainer")
     arch = by_type[c["model_type"]]
     rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
     theta = c.get("rope_theta", rope.get("rope_theta", 10000.0))
@@ -233,7 +233,7 @@ def read_hf_config(hf_dir: Path | str) -> ModelConfig:
         problems.append(f"head_dim {c['head_dim']} != hidden_size / num_attention_heads")
     if problems:
         raise UserError(f"{path}: superpose's Llama cannot represent {'; '.join(problems)}; train it with "
-                        "superpose.hf.TSTTrainer instead")
+                        "superpose.interop.hf_trainer.TSTTrainer instead")
     cfg = ModelConfig(vocab_size=c["vocab_size"], dim=dim, n_layers=c["num_hidden_layers"], n_heads=heads,
                       n_kv_heads=c.get("num_key_value_heads") or heads, ffn_dim=c["intermediate_size"],
                       rope_theta=float(theta), norm_eps=float(c.get("rms_norm_eps", 1e-6)),

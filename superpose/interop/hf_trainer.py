@@ -16,7 +16,7 @@ curriculum), reset_optimizer=True and reinit="embeddings"|"head"|"both" at the s
 weights a string cannot name (a tensor, a mutual-information fit) are `bag_weights=`.
 
 Rows follow superpose's own loader: a row of `s*L + 1` raw tokens holds the inputs (the first
-s*L) and the next-token labels (the last s*L). The TST math is `superpose.superposition`'s, so a
+s*L) and the next-token labels (the last s*L). The TST math is `superpose.core.superposition`'s, so a
 Llama exported from superpose gives the same phase-1 loss here as in superpose (tested).
 """
 
@@ -41,7 +41,7 @@ from .hf_data import DataError, ShuffledRows, TokenRows, token_source
 try:
     from transformers import Trainer, TrainerCallback
 except ImportError as e:  # accelerate missing surfaces here too
-    raise ImportError(f"superpose.hf needs transformers and accelerate ({e}): pip install 'superpose[hf]'") from e
+    raise ImportError(f"superpose.interop.hf_trainer needs transformers and accelerate ({e}): pip install 'superpose[hf]'") from e
 
 
 def _input_embeddings(model) -> torch.nn.Module:

@@ -3,7 +3,7 @@
     superpose-lm-eval --model superpose --model_args path=RUN --tasks ...
                            lm-eval's own command line with this model registered (below)
     lm_eval.simple_evaluate(model="superpose", model_args="path=RUN", ...)
-                           in Python, once this module is imported (`import superpose.lm_eval_adapter`)
+                           in Python, once this module is imported (`import superpose.interop.lm_eval_adapter`)
     SuperposeLM(model, tokenizer, max_length, batch_size)
         loglikelihood          log P(continuation | context), and whether greedy decoding gives it
         loglikelihood_rolling  log P(text) over windows of max_length (perplexity tasks)

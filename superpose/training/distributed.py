@@ -25,8 +25,8 @@ single-process code.
   so every rank takes the same one. Only rank 0 logs and writes files.
 - **Checkpoints** keep the single-process format (checkpoint.py): under FSDP the full
   (unsharded) model and optimizer states are gathered to rank 0 with
-  `torch.distributed.checkpoint.state_dict` and written there; loading reads them on rank 0 and
-  broadcasts them into the shards. A checkpoint therefore resumes at any world size and in any
+  `torch.distributed.checkpoint.state_dict` and written there (`full_state`); loading reads them on
+  rank 0 and broadcasts them into the shards (`resume.restore_weights_and_optimizer`). A checkpoint therefore resumes at any world size and in any
   mode, and the final model.safetensors is the plain model a single process writes.
 """
 
@@ -287,6 +287,16 @@ def gather_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None,
     plain = empty_model(model_cfg, "cpu")
     plain.load_state_dict(model_state)
     return plain, (_optim_by_index(optim_state) if optim_state is not None else None)
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_cfg, par: Parallel
+               ) -> tuple[nn.Module | None, dict | None]:
+    """What a checkpoint saves, in any mode: the model and the optimizer state (None without an
+    optimizer) in the single-process format; under FSDP gathered to rank 0 (`gather_full_state`, a
+    collective: every rank calls it; the others get (None, None))."""
+    if par.mode == "fsdp":
+        return gather_full_state(model, optimizer, model_cfg)
+    return model, optimizer.state_dict() if optimizer is not None else None
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, plain: nn.Module | None,

@@ -3,7 +3,8 @@
 A resume continues the run bit for bit, so only fields that cannot change the arithmetic
 (RESUME_MAY_CHANGE: paths, device, logging, checkpoint cadence, ...) may be overridden, and a
 checkpoint from another model shape, vocabulary or data is refused in one line
-(`check_compatible`). `Trainer.load_checkpoint` restores one through `read_weights_and_optimizer`.
+(`check_compatible`). `Trainer.load_checkpoint` restores one through `restore_weights_and_optimizer`
+(any parallel mode) and `read_weights_and_optimizer`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from pathlib import Path
 import torch
 
 from ..config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, set_field
+from ..core.model import empty_model
 from ..data import DataSource
 from ..data.mixture import absolute_mix
 from ..errors import UserError
 from .. import checkpoint
+from . import distributed
+from .optimizer import configure_optimizer
 
 
 def resume_config(run_dir: Path, overrides: list[str] = ()) -> Config:
@@ -139,3 +143,18 @@ def read_weights_and_optimizer(path: Path, model: torch.nn.Module, optimizer: to
         raise UserError(f"checkpoint file {path / 'optimizer.pt'} does not fit this model's optimizer "
                         "(another model shape)")
     return opt
+
+
+def restore_weights_and_optimizer(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config,
+                                  par: distributed.Parallel) -> None:
+    """A checkpoint's weights and optimizer state into a run's model and optimizer, in any
+    parallel mode. Under FSDP rank 0 reads the full state into a plain CPU model and optimizer,
+    then broadcasts it into every rank's shards: any world size resumes any checkpoint."""
+    if par.mode != "fsdp":
+        read_weights_and_optimizer(path, model, optimizer, par.device)
+        return
+    plain = optim_state = None
+    if par.is_main:
+        plain = empty_model(cfg.model, "cpu")
+        optim_state = read_weights_and_optimizer(path, plain, configure_optimizer(plain, cfg), "cpu")
+    distributed.load_full_state(model, optimizer, plain, optim_state)

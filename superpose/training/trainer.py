@@ -24,7 +24,6 @@ this same loop on its rows of the global batch, with the collectives of `distrib
 from __future__ import annotations
 
 import dataclasses
-import math
 import platform
 import signal
 import time
@@ -37,7 +36,7 @@ from torch import Tensor
 
 from .. import checkpoint
 from ..config import Config, nan_advice
-from ..core.model import Transformer, empty_model
+from ..core.model import Transformer
 from ..core.schedule import Phase, Schedule
 from ..core.superposition import count_valid_targets
 from ..data import DataSource, Loader
@@ -47,8 +46,8 @@ from ..inference.evaluate import next_token_eval
 from . import distributed
 from .metrics import (MetricsLog, NoMetrics, ProgressBar, collapse_warning, describe_run, router_metrics,
                       run_summary, switch_record, train_record, truncate_metrics)
-from .optimizer import configure_optimizer
-from .resume import check_compatible, read_weights_and_optimizer
+from .optimizer import apply_update
+from .resume import check_compatible, restore_weights_and_optimizer
 from .run_start import write_run_files
 from .save import final_fallback_advice, remove_leftovers, save, save_final
 from .stops import (StopSignals, interrupted, newest_checkpoint_note, non_finite_error, non_finite_lines,
@@ -148,7 +147,7 @@ class Trainer:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         # The global loss, and one finiteness decision taken by every rank alike.
         loss, norm, finite = distributed.step_stats(self.par, loss_total, grad_norm)
-        bad_grads = _update(self.model, self.optimizer, params, grad_norm, finite, cfg.optim.grad_clip)
+        bad_grads = apply_update(self.model, self.optimizer, params, grad_norm, finite, cfg.optim.grad_clip)
         self.state.tokens_seen += B * T  # read either way: a skipped batch is not read again
         out = {"loss": loss, "lr": lr, "grad_norm": norm, "data_time_s": data_time, "finite": finite,
                "bad_grads": bad_grads}
@@ -329,10 +328,7 @@ class Trainer:
                             f"last good checkpoint: {nan_advice(self.cfg.optim)}")
         progress, step = self.progress(), self.state.step
         meta = self.checkpoint_meta(reason, progress)
-        if self.par.mode == "fsdp":  # a collective: the full state, on rank 0 only
-            model, optim_state = distributed.gather_full_state(self.model, self.optimizer, self.cfg.model)
-        else:
-            model, optim_state = self.model, self.optimizer.state_dict()
+        model, optim_state = distributed.full_state(self.model, self.optimizer, self.cfg.model, self.par)  # FSDP: a collective
         path = self.run_dir / checkpoint.DIRNAME / checkpoint.step_name(step)
         if self.par.is_main:
             path = save(self.run_dir, step, model, optim_state, progress["rng"], meta, keep=self.cfg.checkpoint.keep)
@@ -359,16 +355,7 @@ class Trainer:
         path = Path(path)
         meta = checkpoint.verify(path) if self.par.is_main else checkpoint.read_meta(path)  # rank 0 checks the files
         check_compatible(meta, path / "meta.json", self.cfg, self.dataset)
-        if self.par.mode == "fsdp":
-            # Rank 0 reads the full state into a plain CPU model and optimizer, then broadcasts it
-            # into every rank's shards: any world size resumes any checkpoint.
-            plain = optim_state = None
-            if self.par.is_main:
-                plain = empty_model(self.cfg.model, "cpu")
-                optim_state = read_weights_and_optimizer(path, plain, configure_optimizer(plain, self.cfg), "cpu")
-            distributed.load_full_state(self.model, self.optimizer, plain, optim_state)
-        else:
-            read_weights_and_optimizer(path, self.model, self.optimizer, self.device)
+        restore_weights_and_optimizer(path, self.model, self.optimizer, self.cfg, self.par)
         self.load_progress({"run": RunState.from_dict(meta), "loader": meta["loader"],
                             "rng": checkpoint.load_torch(path, "rng.pt")})
         return meta
@@ -392,9 +379,7 @@ class Trainer:
         memory, so the final state is saved as a checkpoint (which --resume turns into the final
         model without redoing a step) when there is room for it; the one-line error says what is
         on disk and what to do."""
-        model = self.model
-        if self.par.mode == "fsdp":  # a collective: every rank takes part, rank 0 gets the plain model
-            model, _ = distributed.gather_full_state(self.model, None, self.cfg.model)
+        model, _ = distributed.full_state(self.model, None, self.cfg.model, self.par)  # FSDP: a collective
         if not self.par.is_main:
             return
         try:
@@ -412,18 +397,3 @@ class Trainer:
                     pass
             raise WriteError(f"{e}; {final_fallback_advice(self.run_dir, steps)}", e.path, True, e.what) from None
 
-
-def _update(model, optimizer, params: list, grad_norm: Tensor, finite: bool, grad_clip: float) -> list[str]:
-    """Clip to the global norm and step when the step is finite; else apply nothing and return the
-    names of the tensors with non-finite gradients (this rank's shards under FSDP). Gradients are
-    cleared either way."""
-    bad_grads = []
-    if finite:
-        clip = grad_clip if grad_clip > 0 else math.inf
-        torch.nn.utils.clip_grads_with_norm_(params, clip, grad_norm)
-        optimizer.step()
-    else:
-        bad_grads = [n for n, p in model.named_parameters()
-                     if p.grad is not None and not bool(torch.isfinite(distributed.local(p.grad)).all())]
-    optimizer.zero_grad(set_to_none=True)
-    return bad_grads
