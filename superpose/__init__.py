@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 # Imported on first use (PEP 562), not here: importing the package must not import torch, so the
 # CLI (`superpose.cli`, whose import runs this file first) starts inside its own error handling,
 # and a Ctrl-C during the seconds torch takes to import is one line, not a traceback.
-_LAZY = {"ModelConfig": ".core.model", "Transformer": ".core.model", "build_model": ".core.model",
+_LAZY = {"ModelConfig": ".core.model", "LlamaConfig": ".core.model", "Qwen3MoeConfig": ".core.model",
+         "model_config": ".core.model", "Transformer": ".core.model", "build_model": ".core.model",
          "multi_hot_cross_entropy": ".core.superposition", "next_bag_targets": ".core.superposition",
          "superpose_embeddings": ".core.superposition", "load_model": ".inference.load",
          "load_tokenizer": ".inference.load"}

@@ -1,9 +1,11 @@
 """Typed run configuration: nested dataclasses, validation, `--section.field value` overrides.
 
 A run is fully described by one `Config` (written resolved to RUN_DIR/config.json, read back with
-`Config.from_dict`: a field an older run's file lacks takes its default here). Validation reports
-every invalid field at once, so a user sees every problem in one message. Where a config comes
-from (presets, config files, `resolve`) is presets.py.
+`Config.from_dict`: a field an older run's file lacks takes its default here). Its `model` is the
+config class of its architecture (core/model.py), chosen by model.arch: `set_field` swaps it, and
+`set_fields` sets model.arch before any other field. Validation reports every invalid field at
+once, so a user sees every problem in one message. Where a config comes from (presets, config
+files, `resolve`) is presets.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.model import ModelConfig
+from .core.model import LlamaConfig, ModelConfig, foreign_field, stale_default, with_arch
 from .core.schedule import DECAY_SHAPES, Schedule
 from .core.tst_spec import TSTSpec
 from .data.corpus import prepare_command
@@ -22,7 +24,7 @@ from .data.mixture import parse_mix
 from .data.shards import recorded_vocab_size
 from .checks import seed_problem
 from .errors import UserError
-from .overrides import RESUMABLE, parse_overrides, set_field
+from .overrides import RESUMABLE, parse_overrides, set_value
 
 INT_MAX = 2**63 - 1  # the largest integer torch and numpy hold (int64)
 
@@ -236,7 +238,8 @@ class LogConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=LlamaConfig)
+    """The architecture's config: a LlamaConfig, a Qwen3MoeConfig, ... as model.arch says."""
     data: DataConfig = field(default_factory=DataConfig)
     tst: TSTSpec = field(default_factory=TSTSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -257,11 +260,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        cfg = cls()
-        for section, values in d.items():
-            for key, value in values.items():
-                set_field(cfg, f"{section}.{key}", value)
-        return cfg
+        """The config `to_dict` gave (a run's config.json, a checkpoint's meta). A config.json from
+        before each architecture had its own config class holds every architecture's model fields:
+        another architecture's at its default is dropped, set to anything else refused in one line."""
+        return set_fields(cls(), [(f"{section}.{key}", value) for section, values in d.items()
+                                  for key, value in values.items()], saved=True)
 
     def problems(self) -> list[str]:
         """Every invalid field, as 'section.field: what is allowed, what was given'."""
@@ -363,14 +366,48 @@ RESUME_MAY_CHANGE = _resume_keys()
 
 
 def differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
-    """Every `section.field` whose value differs between two configs, as (key, a's, b's)."""
+    """Every `section.field` whose value differs between two configs, as (key, a's, b's). Of two
+    architectures, only the fields both have are compared: model.arch says the rest differs."""
     out = []
     da, db = a.to_dict(), b.to_dict()
     for section, fields in da.items():
         for name, value in fields.items():
-            if db[section][name] != value:
+            if name in db[section] and db[section][name] != value:
                 out.append((f"{section}.{name}", value, db[section][name]))
     return out
+
+
+def set_field(cfg: Config, dotted: str, value) -> None:
+    """Set `section.field` of `cfg` from a CLI string or a JSON value, converted to the field's
+    type (`overrides.set_value`). model.arch replaces cfg.model by that architecture's config, the
+    common fields kept (`with_arch`): the architecture decides which model fields exist, so
+    another's field (--model.n_experts of a llama) is refused, naming the architecture it is for."""
+    section, _, name = dotted.partition(".")
+    sections = [f.name for f in dataclasses.fields(cfg)]
+    if section not in sections or not name:
+        raise UserError(f"unknown config key {dotted!r}; sections are: {', '.join(sorted(sections))}"
+                        " (use --section.field=value)")
+    if dotted == "model.arch" and value is not None:  # (a bare --model.arch: set_value says it needs a value)
+        try:
+            cfg.model = with_arch(cfg.model, value)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return
+    if section == "model" and (why := foreign_field(cfg.model.arch, name)):
+        raise UserError(why)
+    set_value(getattr(cfg, section), dotted, value)
+
+
+def set_fields(cfg: Config, pairs: list[tuple[str, object]], saved: bool = False) -> Config:
+    """`set_field` for each (section.field, value) in order, but model.arch first wherever it
+    stands: it decides which model fields exist, so --model.n_experts=8 --model.arch=qwen3_moe
+    works in either order. saved=True reads a recorded config (`Config.from_dict`, a config
+    file), dropping another architecture's field left at its default (`stale_default`)."""
+    for key, value in sorted(pairs, key=lambda pair: pair[0] != "model.arch"):  # stable: the rest keep their order
+        section, _, name = key.partition(".")
+        if not (saved and section == "model" and stale_default(cfg.model.arch, name, value)):
+            set_field(cfg, key, value)
+    return cfg
 
 
 def save_config(cfg: Config, path: Path, **write) -> None:

@@ -1,15 +1,15 @@
 """`--section.field=value` overrides: command-line text (or JSON values) into the typed fields of
 a `Config`'s sections, each converted to its field's type or refused in one line.
 
-    parse_overrides(["--a.b=1", "--c.d", "2"])   -> [("a.b", "1"), ("c.d", "2")]
-    set_field(cfg, "train.steps", "2000")         cfg.train.steps = 2000
+    parse_overrides(["--a.b=1", "--c.d", "2"])     -> [("a.b", "1"), ("c.d", "2")]
+    set_value(cfg.train, "train.steps", "2000")     cfg.train.steps = 2000
 
-config.py (`Config.from_dict`, what a resume may change) and presets.py (`resolve`) build on it.
+config.py (`set_field`, which finds the section and lets model.arch choose the model's class;
+`Config.from_dict`; what a resume may change) and presets.py (`resolve`) build on it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 
 from .errors import UserError
@@ -33,15 +33,11 @@ def field_types(obj) -> dict[str, type]:
     return typing.get_type_hints(type(obj))
 
 
-def set_field(cfg, dotted: str, value) -> None:
-    """Set `section.field` of `cfg` (a `Config`: a dataclass of section dataclasses) from a CLI string
-    or a JSON value, converting to the field's type."""
+def set_value(obj, dotted: str, value) -> None:
+    """Set the field `dotted` ("section.field") names on `obj`, that section's dataclass, from a CLI
+    string or a JSON value, converted to the field's type; an unknown field is refused in one line
+    that lists the section's fields."""
     section, _, name = dotted.partition(".")
-    sections = {f.name for f in dataclasses.fields(cfg)}
-    if section not in sections or not name:
-        raise UserError(f"unknown config key {dotted!r}; sections are: {', '.join(sorted(sections))}"
-                        " (use --section.field=value)")
-    obj = getattr(cfg, section)
     types = field_types(obj)
     if name not in types:
         raise UserError(f"unknown config key {dotted!r}; {section} has: {', '.join(types)}")
@@ -83,7 +79,7 @@ def _convert(key: str, value, typ: type):
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str | None]]:
     """`--a.b=1 --c.d 2 --e.f` -> [("a.b", "1"), ("c.d", "2"), ("e.f", None)]. A bare flag (last,
-    or followed by another --flag) has no value: `set_field` reads it as true for a bool field
+    or followed by another --flag) has no value: `set_value` reads it as true for a bool field
     (`--log.tensorboard`) and refuses it for any other."""
     out, i = [], 0
     while i < len(args):

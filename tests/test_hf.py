@@ -31,7 +31,7 @@ from superpose.errors import UserError  # noqa: E402
 from superpose.interop.hf_llama import (HF_NAME_MAP, config_from_hf, export_hf, from_hf_name, read_hf_config,  # noqa: E402
                                  to_hf_name)
 from superpose.hf import TokenRows, TSTTrainer, next_token_loss, superposition_loss  # noqa: E402
-from superpose.core.model import ModelConfig, build_model  # noqa: E402
+from superpose.core.model import LlamaConfig, build_model  # noqa: E402
 from superpose.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings  # noqa: E402
 from superpose.training import build_trainer  # noqa: E402
 
@@ -70,7 +70,7 @@ def batch_shapes(trainer) -> list[tuple[int, ...]]:
 # ----------------------------------------------------------------------------- export
 
 def test_name_map_round_trips_every_tensor():
-    model = build_model(ModelConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2))
+    model = build_model(LlamaConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2))
     names = list(model.state_dict())
     hf = [to_hf_name(n) for n in names]
     assert len(set(hf)) == len(names) and all(from_hf_name(h) == n for h, n in zip(hf, names))
@@ -82,7 +82,7 @@ def test_name_map_round_trips_every_tensor():
 def test_export_gives_transformers_the_same_logits_and_token_ids(run, tmp_path, tied):
     """A run directory with random large weights (GQA, tied or not, RoPE theta 500k, T beyond the
     trained context) exported and loaded back by transformers, offline: logits agree to 1e-5."""
-    cfg = ModelConfig(vocab_size=320, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, rope_theta=500000.0,
+    cfg = LlamaConfig(vocab_size=320, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, rope_theta=500000.0,
                       max_seq_len=64, tie_embeddings=tied)
     src = tmp_path / "src"
     src.mkdir()

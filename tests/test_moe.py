@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a hub
 from superpose import cli, load_model  # noqa: E402
 from superpose.presets import resolve  # noqa: E402
 from superpose.core import moe  # noqa: E402
-from superpose.core.model import ModelConfig, build_model  # noqa: E402
+from superpose.core.model import Qwen3MoeConfig, build_model  # noqa: E402
 from superpose.data import open_dataset  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose.inference.generate import generate_ids  # noqa: E402
@@ -55,10 +55,10 @@ def records(run_dir, kind="train"):
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
 
 
-def small_moe(**fields) -> ModelConfig:
-    base = dict(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, arch="qwen3_moe", n_experts=5, top_k=2,
+def small_moe(**fields) -> Qwen3MoeConfig:
+    base = dict(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, n_experts=5, top_k=2,
                 moe_ffn_dim=16, ffn_dim=40, norm_eps=1e-6)
-    return ModelConfig(**{**base, **fields})
+    return Qwen3MoeConfig(**{**base, **fields})
 
 
 # ----------------------------------------------------------------------------- the math against a loop

@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config import Config, set_field
+from ..config import Config, set_fields
 from ..errors import UserError
 from .stats import stats
 
@@ -135,9 +135,7 @@ def apply_variant(cfg: Config, variant: Variant | None, check: Callable[[Config]
         return cfg
     c = copy.deepcopy(cfg)
     try:
-        for key, value in variant.overrides:
-            set_field(c, key, value)
-        c.validate()
+        set_fields(c, list(variant.overrides)).validate()
         if check is not None:
             check(c)
         return c
