@@ -142,7 +142,7 @@ def test_export_errors(run, tmp_path, capsys):
 
 def test_init_from_hf_starts_from_the_exported_weights(run, tiny_data, tmp_path, capsys):
     hf = export_hf(run, tmp_path / "hf", log=quiet)
-    assert read_hf_config(hf) == load_model(run).config
+    assert type(read_hf_config(hf)) is LlamaConfig and read_hf_config(hf) == load_model(run).config
     # The preset's architecture is replaced by the HF one; a matching override is fine.
     cfg = config_from_hf(tiny_config(tiny_data, model__dim=128), hf, ["--model.n_layers=2"])
     t = build_trainer(cfg, tmp_path / "cont", open_dataset(tiny_data), log=quiet, init_from_hf=hf)
@@ -150,6 +150,10 @@ def test_init_from_hf_starts_from_the_exported_weights(run, tiny_data, tmp_path,
         assert torch.equal(p, t.model.state_dict()[name]), name
     with pytest.raises(UserError, match=r"--model.dim=48 conflicts with .*config.json \(dim = 32\)"):
         config_from_hf(tiny_config(tiny_data), hf, ["--model.dim=48"])
+    # Another architecture, its fields given before it or after: the folder's is llama.
+    for flags in (["--model.n_experts=4", "--model.arch=qwen3_moe"], ["--model.arch=qwen3_moe", "--model.n_experts=4"]):
+        with pytest.raises(UserError, match=r"--model.arch=qwen3_moe conflicts with .*config.json \(arch = llama\)"):
+            config_from_hf(tiny_config(tiny_data), hf, flags)
     # CLI: a short continued run on the same data.
     assert cli.main(["train", "--preset", "cpu-smoke", "--out", str(tmp_path / "cli"), "--init-from-hf", str(hf),
                      f"--data.path={tiny_data}", "--data.seq_len=16", "--data.val_tokens=256", "--train.steps=2",

@@ -217,7 +217,7 @@ def test_init_from_hf_reads_the_moe_folder_back(moe_run, exported, tiny_data, tm
     from superpose.interop.hf_llama import config_from_hf, read_hf_config
 
     cfg = read_hf_config(exported)
-    assert cfg == load_model(moe_run[0]).config
+    assert type(cfg) is Qwen3MoeConfig and cfg == load_model(moe_run[0]).config
     start = config_from_hf(tiny_config(tiny_data), exported, [])
     t = build_trainer(start, tmp_path / "r", open_dataset(tiny_data), log=quiet, init_from_hf=exported)
     want = load_model(moe_run[0]).state_dict()
@@ -390,7 +390,7 @@ def test_generate_and_eval_work_on_an_moe_run(moe_run, capsys):
     (["--model.mlp_only_layers=0,7"], "model.mlp_only_layers: layer indices must be in 0..1, got [7]"),
     (["--model.mlp_only_layers=a"], "model.mlp_only_layers: expected int"),
     (["--model.router_aux_coef=-1"], "model.router_aux_coef: must be finite and >= 0"),
-    (["--model.arch=llama"], "only for model.arch=qwen3_moe"),
+    (["--model.n_experts=4", "--model.arch=llama"], "model.n_experts: only for model.arch=qwen3_moe"),
     (["--model.arch=mamba"], "model.arch: must be one of llama, qwen3_moe"),
 ])
 def test_bad_moe_configs_are_one_line_and_exit_2(args, needle, tmp_path, capsys):
