@@ -31,7 +31,7 @@ from pathlib import Path
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
 from superpose.experiments.stats import stats
-from superpose.config import parse_overrides, set_field, set_fields
+from superpose.overrides import parse_overrides, set_field, set_fields
 from superpose.presets import preset
 from superpose.errors import UserError
 from superpose.files import lock_dir

@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides")
     args = ap.parse_args()
 
-    from superpose.config import parse_overrides, set_fields
+    from superpose.overrides import parse_overrides, set_fields
     from superpose.presets import preset
     from superpose.data import open_mixture
     from superpose.data.mixture import parse_mix

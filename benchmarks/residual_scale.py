@@ -21,7 +21,7 @@ import torch
 
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
-from superpose.config import parse_overrides, set_fields
+from superpose.overrides import parse_overrides, set_fields
 from superpose.presets import preset
 from superpose.core.arch import INIT_SCHEMES
 from superpose.core.superposition import superpose_embeddings

@@ -2,10 +2,9 @@
 
 A run is fully described by one `Config` (written resolved to RUN_DIR/config.json, read back with
 `Config.from_dict`: a field an older run's file lacks takes its default here). Its `model` is the
-config class of its architecture (core/model.py), chosen by model.arch: `set_field` swaps it, and
-`set_fields` sets model.arch before any other field. Validation reports every invalid field at
-once, so a user sees every problem in one message. Where a config comes from (presets, config
-files, `resolve`) is presets.py.
+config class of its architecture, which model.arch chooses (overrides.py). Validation reports
+every invalid field at once, so a user sees every problem in one message. Where a config comes
+from (presets, config files, `resolve`) is presets.py.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.model import LlamaConfig, ModelConfig, foreign_field, stale_default, with_arch
+from .core.model import LlamaConfig, ModelConfig
 from .core.schedule import DECAY_SHAPES, Schedule
 from .core.tst_spec import TSTSpec
 from .data.corpus import prepare_command
@@ -24,7 +23,7 @@ from .data.mixture import parse_mix
 from .data.shards import recorded_vocab_size
 from .checks import seed_problem
 from .errors import UserError
-from .overrides import RESUMABLE, parse_overrides, set_value
+from .overrides import RESUMABLE, parse_overrides, set_fields
 
 INT_MAX = 2**63 - 1  # the largest integer torch and numpy hold (int64)
 
@@ -375,39 +374,6 @@ def differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
             if name in db[section] and db[section][name] != value:
                 out.append((f"{section}.{name}", value, db[section][name]))
     return out
-
-
-def set_field(cfg: Config, dotted: str, value) -> None:
-    """Set `section.field` of `cfg` from a CLI string or a JSON value, converted to the field's
-    type (`overrides.set_value`). model.arch replaces cfg.model by that architecture's config, the
-    common fields kept (`with_arch`): the architecture decides which model fields exist, so
-    another's field (--model.n_experts of a llama) is refused, naming the architecture it is for."""
-    section, _, name = dotted.partition(".")
-    sections = [f.name for f in dataclasses.fields(cfg)]
-    if section not in sections or not name:
-        raise UserError(f"unknown config key {dotted!r}; sections are: {', '.join(sorted(sections))}"
-                        " (use --section.field=value)")
-    if dotted == "model.arch" and value is not None:  # (a bare --model.arch: set_value says it needs a value)
-        try:
-            cfg.model = with_arch(cfg.model, value)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        return
-    if section == "model" and (why := foreign_field(cfg.model.arch, name)):
-        raise UserError(why)
-    set_value(getattr(cfg, section), dotted, value)
-
-
-def set_fields(cfg: Config, pairs: list[tuple[str, object]], saved: bool = False) -> Config:
-    """`set_field` for each (section.field, value) in order, but model.arch first wherever it
-    stands: it decides which model fields exist, so --model.n_experts=8 --model.arch=qwen3_moe
-    works in either order. saved=True reads a recorded config (`Config.from_dict`, a config
-    file), dropping another architecture's field left at its default (`stale_default`)."""
-    for key, value in sorted(pairs, key=lambda pair: pair[0] != "model.arch"):  # stable: the rest keep their order
-        section, _, name = key.partition(".")
-        if not (saved and section == "model" and stale_default(cfg.model.arch, name, value)):
-            set_field(cfg, key, value)
-    return cfg
 
 
 def save_config(cfg: Config, path: Path, **write) -> None:

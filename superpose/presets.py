@@ -12,11 +12,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import CheckpointConfig, Config, DataConfig, OptimConfig, TrainConfig, set_fields
+from .config import CheckpointConfig, Config, DataConfig, OptimConfig, TrainConfig
 from .core.tst_spec import TSTSpec
 from .core.model import LlamaConfig, Qwen3MoeConfig, foreign_field, stale_default, with_arch
 from .errors import UserError
-from .overrides import field_types, parse_overrides
+from .overrides import field_types, parse_overrides, set_fields
 
 
 def _cpu_smoke() -> Config:

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from superpose.data import corpus
-from superpose.config import Config, DataConfig, OptimConfig, TrainConfig, set_fields
+from superpose.config import Config, DataConfig, OptimConfig, TrainConfig
 from superpose.core.tst_spec import TSTSpec
 from superpose.core.model import LlamaConfig
 from superpose.data.prepare import prepare
+from superpose.overrides import set_fields
 
 WORDS = ("the a one every some red blue small large old new cat dog bird tree river stone city "
          "king song ship house runs sees finds takes gives makes likes holds near under over with "

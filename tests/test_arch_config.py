@@ -22,13 +22,14 @@ import shutil
 import pytest
 
 from superpose import checkpoint, cli
-from superpose.config import Config, set_fields
+from superpose.config import Config
 from superpose.core.model import (ARCHITECTURES, LlamaConfig, ModelConfig, Qwen3MoeConfig, model_config,
                                   saved_model_config)
 from superpose.errors import UserError
 from superpose.experiments.fingerprint import changed_fields
 from superpose.files import file_record
 from superpose.inference.load import load_model
+from superpose.overrides import set_fields
 from superpose.presets import resolve
 from superpose.training.resume import resume_config
 
@@ -52,7 +53,6 @@ def one_line(fn, *needles) -> str:
 
 
 def test_each_architecture_has_its_own_config_class():
-    assert set(ARCHITECTURES) == {"llama", "qwen3_moe"}
     for name, arch in ARCHITECTURES.items():
         assert issubclass(arch.config, ModelConfig) and arch.config().arch == name
         assert type(model_config(name)) is arch.config

@@ -25,8 +25,9 @@ INIT_SCHEMES = ("normal", "torch", "torch-attn", "torch-mlp", "titan")
 class ModelConfig:
     """The fields of every architecture, the base of each one's config class (`LlamaConfig`,
     `Qwen3MoeConfig`; core/model.py's `model_config` picks the class from `arch`). Not a config by
-    itself: which architecture is a class, not a value to check. Nothing here is TST-specific: a
-    phase-1 model is a phase-2 model."""
+    itself: the class is the architecture, so each has exactly its own fields and checks, with no
+    field that another architecture would have to leave at its default. Nothing here is
+    TST-specific: a phase-1 model is a phase-2 model."""
 
     vocab_size: int = 0
     """Vocabulary size of the embedding and LM head; 0 means: the data's tokenizer size (not
@@ -64,11 +65,11 @@ class ModelConfig:
     """The architecture (core/model.py's registry): llama (core/llama.py: dense SwiGLU blocks) or
     qwen3_moe (core/qwen3_moe.py: Qwen3-MoE blocks, with QK-norm and a routed mixture of SwiGLU
     experts; exported as Qwen3MoeForCausalLM). Fixed by the class (each sets its own default), so
-    not a constructor argument: --model.arch swaps the class (`config.set_field`), and only that
+    not a constructor argument: --model.arch swaps the class (`overrides.set_field`), and only that
     architecture's own fields exist."""
 
     def __post_init__(self):
-        if not self.arch:  # the base itself: the README's ModelConfig(...) of before each architecture had a class
+        if not self.arch:  # the base itself, as ModelConfig(...) was called when it held every architecture
             raise TypeError("ModelConfig holds the fields every architecture shares; make one architecture's config: "
                             "LlamaConfig(...), Qwen3MoeConfig(...) or model_config(arch=NAME, ...)")
 

@@ -1,11 +1,12 @@
 """The architecture registry, each architecture's config, and building a model.
 
-    ARCHITECTURES        model.arch -> `Architecture` (core/arch.py): llama (core/llama.py),
-                         qwen3_moe (core/qwen3_moe.py)
-    model_config(arch=, **fields)   the config of that architecture: a LlamaConfig, a Qwen3MoeConfig
-    with_arch(cfg, name)            cfg's common fields as another architecture (--model.arch)
-    saved_model_config(d)           a config as a run recorded it, older files included
-    model_class(cfg)     the class of cfg.arch; empty_model / build_model build one
+    ARCHITECTURES                  model.arch -> `Architecture` (core/arch.py): llama (core/llama.py),
+                                   qwen3_moe (core/qwen3_moe.py)
+    model_config(arch, **fields)   that architecture's config: a LlamaConfig, a Qwen3MoeConfig, ...
+    with_arch(cfg, name)           cfg's common fields as another architecture (--model.arch)
+    saved_model_config(d)          a config as a run recorded it, older files included
+    foreign_field, stale_default   another architecture's field: refused, or dropped from old files
+    model_class(cfg)               the class of cfg.arch; empty_model / build_model build one
 
 Each architecture has its own config class, `ModelConfig` (the common fields, core/arch.py) plus
 its own: a field of another architecture is not a field of this one, and is refused in one line
@@ -36,7 +37,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in REGISTERED}
 
 __all__ = ["ARCHITECTURES", "LLAMA", "QWEN3_MOE", "KVCache", "LlamaConfig", "ModelConfig", "Qwen3MoeConfig",
            "Transformer", "architecture", "build_model", "empty_model", "foreign_field", "model_class", "model_config",
-           "saved_model_config", "with_arch"]
+           "saved_model_config", "stale_default", "with_arch"]
 
 
 def architecture(name: str) -> Architecture:

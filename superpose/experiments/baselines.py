@@ -14,8 +14,9 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config import Config, set_fields
+from ..config import Config
 from ..errors import UserError
+from ..overrides import set_fields
 from .stats import stats
 
 OWN = "own"

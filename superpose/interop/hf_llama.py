@@ -341,7 +341,7 @@ def config_from_hf(cfg, hf_dir: Path | str, overrides: list[str]):
     """
     import copy
 
-    from ..config import parse_overrides, set_fields
+    from ..overrides import parse_overrides, set_fields
 
     hf_model = read_hf_config(hf_dir)
     probe = copy.deepcopy(cfg)

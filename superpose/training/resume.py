@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, set_field, set_fields
+from ..config import RESUME_MAY_CHANGE, Config, differences
 from ..data import DataSource
 from ..data.mixture import absolute_mix
 from ..errors import UserError
+from ..overrides import parse_overrides, set_field, set_fields
 from .. import checkpoint
 
 
