@@ -182,12 +182,10 @@ def bench_config(preset: str, overrides: list[str], data: str | None, vocab_size
     """A preset with `section.field=value` overrides, on `data` (a prepared directory) or on
     synthetic tokens with the preset's vocabulary (written once under `workdir`, by default
     $SUPERPOSE_CACHE/bench, i.e. ~/.cache/superpose/bench)."""
-    from superpose.config import parse_overrides, set_field
+    from superpose.overrides import parse_overrides, set_fields
     from superpose.presets import preset as get_preset
 
-    cfg = get_preset(preset)
-    for key, value in parse_overrides([o if o.startswith("--") else "--" + o for o in overrides]):
-        set_field(cfg, key, value)
+    cfg = set_fields(get_preset(preset), parse_overrides([o if o.startswith("--") else "--" + o for o in overrides]))
     vocab = vocab_size or cfg.model.vocab_size or cfg.data.vocab_size
     if not data:
         from superpose.data.default_corpus import cache_dir

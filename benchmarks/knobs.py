@@ -31,7 +31,7 @@ from pathlib import Path
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
 from superpose.experiments.stats import stats
-from superpose.config import parse_overrides, set_field
+from superpose.overrides import parse_overrides, set_field, set_fields
 from superpose.presets import preset
 from superpose.errors import UserError
 from superpose.files import lock_dir
@@ -96,11 +96,7 @@ def run_name(overrides: dict, seed: int) -> str:
 
 
 def config_for(base: list[tuple[str, str]], preset_name: str, overrides: dict, seed: int):
-    cfg = preset(preset_name)
-    for k, v in base:
-        set_field(cfg, k, v)
-    for k, v in overrides.items():
-        set_field(cfg, k, v)
+    cfg = set_fields(preset(preset_name), [*base, *overrides.items()])
     set_field(cfg, "train.seed", seed)
     return cfg.validate()
 

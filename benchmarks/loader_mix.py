@@ -52,16 +52,14 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE", help="config overrides")
     args = ap.parse_args()
 
-    from superpose.config import parse_overrides, set_field
+    from superpose.overrides import parse_overrides, set_fields
     from superpose.presets import preset
     from superpose.data import open_mixture
     from superpose.data.mixture import parse_mix
     from superpose.training import build_trainer
     from superpose.training.build import resolve_from_data
 
-    cfg = preset(args.preset)
-    for key, value in parse_overrides([o if o.startswith("--") else "--" + o for o in args.set]):
-        set_field(cfg, key, value)
+    cfg = set_fields(preset(args.preset), parse_overrides([o if o.startswith("--") else "--" + o for o in args.set]))
     cfg.train.steps, cfg.train.eval_every = args.steps, 0  # one evaluation, at the end (not in any step)
     mix = args.mix
     if not mix:

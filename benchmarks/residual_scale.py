@@ -21,7 +21,7 @@ import torch
 
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
-from superpose.config import parse_overrides, set_field
+from superpose.overrides import parse_overrides, set_fields
 from superpose.presets import preset
 from superpose.core.arch import INIT_SCHEMES
 from superpose.core.superposition import superpose_embeddings
@@ -70,9 +70,7 @@ def main() -> None:
     ap.add_argument("--switch", action="store_true", help="also train each init through phase 1 and measure there")
     ap.add_argument("--rows", type=int, default=16)
     a = ap.parse_args()
-    base = preset(a.preset)
-    for k, v in parse_overrides([f"--{kv}" for kv in a.set]):
-        set_field(base, k, v)
+    base = set_fields(preset(a.preset), parse_overrides([f"--{kv}" for kv in a.set]))
     ds = open_dataset(base.data.path)
     s, L = base.tst.bag_size, base.data.seq_len
     rows = torch.from_numpy(ds.train.read(0, a.rows * s * L)).view(a.rows, s * L)  # (B, s*L)

@@ -1,7 +1,8 @@
 """Typed run configuration: nested dataclasses, validation, `--section.field value` overrides.
 
 A run is fully described by one `Config` (written resolved to RUN_DIR/config.json, read back with
-`Config.from_dict`: a field an older run's file lacks takes its default here). Validation reports
+`Config.from_dict`: a field an older run's file lacks takes its default here). Its `model` is the
+config class of its architecture, which model.arch chooses (overrides.py). Validation reports
 every invalid field at once, so a user sees every problem in one message. Where a config comes
 from (presets, config files, `resolve`) is presets.py.
 """
@@ -14,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.model import ModelConfig
+from .core.model import LlamaConfig, ModelConfig
 from .core.schedule import DECAY_SHAPES, Schedule
 from .core.tst_spec import TSTSpec
 from .data.corpus import prepare_command
@@ -22,7 +23,7 @@ from .data.mixture import parse_mix
 from .data.shards import recorded_vocab_size
 from .checks import seed_problem
 from .errors import UserError
-from .overrides import RESUMABLE, parse_overrides, set_field
+from .overrides import RESUMABLE, parse_overrides, set_fields
 
 INT_MAX = 2**63 - 1  # the largest integer torch and numpy hold (int64)
 
@@ -236,7 +237,8 @@ class LogConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=LlamaConfig)
+    """The architecture's config: a LlamaConfig, a Qwen3MoeConfig, ... as model.arch says."""
     data: DataConfig = field(default_factory=DataConfig)
     tst: TSTSpec = field(default_factory=TSTSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -257,11 +259,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        cfg = cls()
-        for section, values in d.items():
-            for key, value in values.items():
-                set_field(cfg, f"{section}.{key}", value)
-        return cfg
+        """The config `to_dict` gave (a run's config.json, a checkpoint's meta). A config.json from
+        before each architecture had its own config class holds every architecture's model fields:
+        another architecture's at its default is dropped, set to anything else refused in one line."""
+        return set_fields(cls(), [(f"{section}.{key}", value) for section, values in d.items()
+                                  for key, value in values.items()], saved=True)
 
     def problems(self) -> list[str]:
         """Every invalid field, as 'section.field: what is allowed, what was given'."""
@@ -363,12 +365,13 @@ RESUME_MAY_CHANGE = _resume_keys()
 
 
 def differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
-    """Every `section.field` whose value differs between two configs, as (key, a's, b's)."""
+    """Every `section.field` whose value differs between two configs, as (key, a's, b's). Of two
+    architectures, only the fields both have are compared: model.arch says the rest differs."""
     out = []
     da, db = a.to_dict(), b.to_dict()
     for section, fields in da.items():
         for name, value in fields.items():
-            if db[section][name] != value:
+            if name in db[section] and db[section][name] != value:
                 out.append((f"{section}.{name}", value, db[section][name]))
     return out
 

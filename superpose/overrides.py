@@ -3,8 +3,12 @@ a `Config`'s sections, each converted to its field's type or refused in one line
 
     parse_overrides(["--a.b=1", "--c.d", "2"])   -> [("a.b", "1"), ("c.d", "2")]
     set_field(cfg, "train.steps", "2000")         cfg.train.steps = 2000
+    set_fields(cfg, pairs)                        each pair, model.arch first
 
-config.py (`Config.from_dict`, what a resume may change) and presets.py (`resolve`) build on it.
+`Config.model` is the config class of its architecture (core/model.py), so model.arch decides
+which model fields exist: `set_field` swaps the class, and `set_fields` sets model.arch before
+any other field, whatever the order given. config.py (`Config.from_dict`, what a resume may
+change) and presets.py (`resolve`) build on it.
 """
 
 from __future__ import annotations
@@ -35,12 +39,25 @@ def field_types(obj) -> dict[str, type]:
 
 def set_field(cfg, dotted: str, value) -> None:
     """Set `section.field` of `cfg` (a `Config`: a dataclass of section dataclasses) from a CLI string
-    or a JSON value, converting to the field's type."""
+    or a JSON value, converting to the field's type. model.arch replaces cfg.model by that
+    architecture's config, its common fields kept (`with_arch`); another architecture's field
+    (--model.n_experts of a llama) is refused in one line naming the architecture it is for."""
     section, _, name = dotted.partition(".")
     sections = {f.name for f in dataclasses.fields(cfg)}
     if section not in sections or not name:
         raise UserError(f"unknown config key {dotted!r}; sections are: {', '.join(sorted(sections))}"
                         " (use --section.field=value)")
+    if section == "model":
+        from .core.model import foreign_field, with_arch  # here, not at the top: --help imports no torch
+
+        if name == "arch" and value is not None:  # (a bare --model.arch: needs a value, said below)
+            try:
+                cfg.model = with_arch(cfg.model, value)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            return
+        if why := foreign_field(cfg.model.arch, name):
+            raise UserError(why)
     obj = getattr(cfg, section)
     types = field_types(obj)
     if name not in types:
@@ -50,6 +67,20 @@ def set_field(cfg, dotted: str, value) -> None:
             raise UserError(f"--{dotted} needs a value: --{dotted}=VALUE or --{dotted} VALUE")
         value = True
     setattr(obj, name, _convert(dotted, value, types[name]))
+
+
+def set_fields(cfg, pairs: list[tuple[str, object]], saved: bool = False):
+    """`set_field` for each (section.field, value) in order, but model.arch first wherever it
+    stands: it decides which model fields exist, so --model.n_experts=8 --model.arch=qwen3_moe
+    works in either order. saved=True reads a recorded config (`Config.from_dict`, a config file):
+    another architecture's field left at its default is dropped (`stale_default`). Returns cfg."""
+    from .core.model import stale_default  # here, not at the top: --help imports no torch
+
+    for key, value in sorted(pairs, key=lambda pair: pair[0] != "model.arch"):  # stable: the rest keep their order
+        section, _, name = key.partition(".")
+        if not (saved and section == "model" and stale_default(cfg.model.arch, name, value)):
+            set_field(cfg, key, value)
+    return cfg
 
 
 def _convert(key: str, value, typ: type):

@@ -14,15 +14,15 @@ from pathlib import Path
 
 from .config import CheckpointConfig, Config, DataConfig, OptimConfig, TrainConfig
 from .core.tst_spec import TSTSpec
-from .core.model import QWEN3_MOE, ModelConfig
+from .core.model import LlamaConfig, Qwen3MoeConfig, foreign_field, stale_default, with_arch
 from .errors import UserError
-from .overrides import field_types, parse_overrides, set_field
+from .overrides import field_types, parse_overrides, set_fields
 
 
 def _cpu_smoke() -> Config:
     """Seconds on 2 CPU cores: the end-to-end test of the whole pipeline, both phases."""
     return Config(
-        model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64),
+        model=LlamaConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64),
         data=DataConfig(seq_len=64, val_tokens=8192),
         tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=3e-3, warmup_steps=5),
@@ -33,7 +33,7 @@ def _cpu_smoke() -> Config:
 def _cpu_small() -> Config:
     """A few minutes on 2 CPU cores: a 2M-parameter Llama on the default corpus (the crossover study of short runs)."""
     return Config(
-        model=ModelConfig(dim=128, n_layers=4, n_heads=4, max_seq_len=128),
+        model=LlamaConfig(dim=128, n_layers=4, n_heads=4, max_seq_len=128),
         data=DataConfig(seq_len=128, val_tokens=65536),
         tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=3e-3, warmup_steps=50),
@@ -48,7 +48,7 @@ def _cpu_long() -> Config:
     64k validation tokens, so gains of a few hundredths of a nat are resolvable (benchmarks/records/
     long_small_*/ holds the screen that chose these values and the fresh-seed confirmation)."""
     return Config(
-        model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, init="torch"),
+        model=LlamaConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, init="torch"),
         data=DataConfig(seq_len=64, val_tokens=65536),
         tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=3e-3, warmup_steps=100),
@@ -62,7 +62,7 @@ def _gpu_30m() -> Config:
     default corpus's 4096 tokens), rows of 256 positions, 32 rows a step (8k positions), bf16.
     Sized so that a 3-seed length scan fits in minutes on one H100/H200: see gpu_compare.sh."""
     return Config(
-        model=ModelConfig(dim=512, n_layers=8, n_heads=8, max_seq_len=256, init="torch"),
+        model=LlamaConfig(dim=512, n_layers=8, n_heads=8, max_seq_len=256, init="torch"),
         data=DataConfig(seq_len=256, val_tokens=2**17),
         tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=2e-3, warmup_steps=100),
@@ -75,7 +75,7 @@ def _paper(dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int,
     2000-step warmup and the last 10% decayed, AdamW (0.9, 0.95), TST with s=6, r=0.3, bf16.
     Bring your own data (`--data.path`); the paper used DCLM and the Llama-3 tokenizer."""
     return Config(
-        model=ModelConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+        model=LlamaConfig(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                           ffn_dim=ffn_dim, rope_theta=500000.0, max_seq_len=2048),
         data=DataConfig(seq_len=2048, val_tokens=2**20, vocab_size=32768),
         tst=TSTSpec(bag_size=6, ratio=0.3),
@@ -91,8 +91,8 @@ def _cpu_moe() -> Config:
     the dense FFN width (96 of 192), so a token's two experts have the active FFN parameters of
     cpu-smoke's dense MLP: benchmarks/moe.py times the two against each other."""
     return Config(
-        model=ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, norm_eps=1e-6, arch=QWEN3_MOE.name,
-                          n_experts=8, top_k=2, moe_ffn_dim=96),
+        model=Qwen3MoeConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, norm_eps=1e-6, n_experts=8, top_k=2,
+                             moe_ffn_dim=96),
         data=DataConfig(seq_len=64, val_tokens=8192),
         tst=TSTSpec(bag_size=4, ratio=0.3),
         optim=OptimConfig(lr=3e-3, warmup_steps=5),
@@ -114,9 +114,9 @@ def _paper_moe() -> Config:
     theta 1e6 (Qwen3's). That gives 10.2B total and 0.97B active non-embedding parameters (1.44B
     active with the untied 152k-token embedding and head; `superpose presets`)."""
     return Config(
-        model=ModelConfig(dim=1536, n_layers=28, n_heads=12, n_kv_heads=4, rope_theta=1e6, norm_eps=1e-6,
-                          max_seq_len=8192, arch=QWEN3_MOE.name, n_experts=96, top_k=8, moe_ffn_dim=768,
-                          ffn_dim=4096, vocab_size=151936),
+        model=Qwen3MoeConfig(dim=1536, n_layers=28, n_heads=12, n_kv_heads=4, rope_theta=1e6, norm_eps=1e-6,
+                             max_seq_len=8192, n_experts=96, top_k=8, moe_ffn_dim=768, ffn_dim=4096,
+                             vocab_size=151936),
         data=DataConfig(seq_len=8192, val_tokens=2**20),
         tst=TSTSpec(bag_size=16, ratio=0.25),
         optim=OptimConfig(lr=3e-4, warmup_steps=2000, decay_frac=0.1),
@@ -152,9 +152,7 @@ def resolve(preset_name: str | None, overrides: list[str], config_file: Path | s
     cfg = preset(preset_name) if preset_name else Config()
     if config_file is not None:
         apply_file(cfg, Path(config_file))
-    for key, value in parse_overrides(overrides):
-        set_field(cfg, key, value)
-    return cfg.validate()
+    return set_fields(cfg, parse_overrides(overrides)).validate()
 
 
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
@@ -200,19 +198,27 @@ def read_config_file(path: Path) -> dict:
 
 
 def apply_file(cfg: Config, path: Path) -> Config:
-    """Set every field a config file names; all unknown keys are reported at once, in one line."""
+    """Set every field a config file names; all unknown keys are reported at once, in one line. Its
+    model fields are those of the architecture it names (model.arch), else of cfg's; another
+    architecture's field at its default, as an older run's config.json holds, is dropped."""
     data = read_config_file(path)
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    try:
+        sections["model"] = with_arch(cfg.model, data.get("model", {}).get("arch", cfg.model.arch))
+    except ValueError:
+        pass  # an unknown architecture: set_fields names it
     unknown = []
     for section, fields in data.items():
         if section not in sections:
             unknown.append(section)
-        else:
-            unknown += [f"{section}.{k}" for k in fields if k not in field_types(sections[section])]
+            continue
+        obj = sections[section]
+        for key, value in fields.items():
+            if key in field_types(obj) or (section == "model" and stale_default(obj.arch, key, value)):
+                continue
+            unknown.append((section == "model" and foreign_field(obj.arch, key)) or f"{section}.{key}")
     if unknown:
         raise UserError(f"config file {path} has unknown keys: {', '.join(unknown)}; sections and fields are those of "
                         "superpose train --print-config")
-    for section, fields in data.items():
-        for key, value in fields.items():
-            set_field(cfg, f"{section}.{key}", value)
-    return cfg
+    return set_fields(cfg, [(f"{section}.{key}", value) for section, fields in data.items()
+                            for key, value in fields.items()], saved=True)

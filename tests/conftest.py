@@ -18,8 +18,9 @@ import torch
 from superpose.data import corpus
 from superpose.config import Config, DataConfig, OptimConfig, TrainConfig
 from superpose.core.tst_spec import TSTSpec
-from superpose.core.model import ModelConfig
+from superpose.core.model import LlamaConfig
 from superpose.data.prepare import prepare
+from superpose.overrides import set_fields
 
 WORDS = ("the a one every some red blue small large old new cat dog bird tree river stone city "
          "king song ship house runs sees finds takes gives makes likes holds near under over with "
@@ -64,15 +65,18 @@ def one_line(proc, *needles) -> str:
 def tiny_config(data: Path, **overrides) -> Config:
     """A ~30k-parameter model that trains a step in milliseconds on the tiny data."""
     cfg = Config(
-        model=ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32),
+        model=LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32),
         data=DataConfig(path=str(data), seq_len=16, val_tokens=1024),
         tst=TSTSpec(bag_size=4, ratio=0.5),
         optim=OptimConfig(lr=3e-3, warmup_steps=2, decay_frac=0.25),
         train=TrainConfig(steps=8, batch_size=4, eval_every=4, log_every=100, seed=0),
     )
+    # model.arch first, through set_fields: the architecture decides which model fields exist
+    set_fields(cfg, [(key.replace("__", "."), value) for key, value in overrides.items() if key.startswith("model__")])
     for key, value in overrides.items():
         section, name = key.split("__")
-        setattr(getattr(cfg, section), name, value)
+        if section != "model":
+            setattr(getattr(cfg, section), name, value)
     return cfg.validate()
 
 

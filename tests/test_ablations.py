@@ -182,9 +182,9 @@ def test_model_loss_of_each_mode_matches_a_direct_loop(mode):
 
 
 def tiny_config_model():
-    from superpose.core.model import ModelConfig
+    from superpose.core.model import LlamaConfig
 
-    return ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, vocab_size=40)
+    return LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, vocab_size=40)
 
 
 @pytest.mark.parametrize("overrides", [{"tst__mode": "input"}, {"tst__mode": "output", "tst__loss": "mce_alt"},

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from superpose.cli import main
-from superpose.core.model import ModelConfig, build_model
+from superpose.core.model import ModelConfig, build_model, model_config
 from superpose.data import mutual_info
 from superpose.data.shards import open_dataset
 from superpose.errors import UserError
@@ -174,7 +174,7 @@ def test_token_entropy_is_the_unigram_entropy(tiny_data):
 
 
 def _titan(**kw) -> ModelConfig:
-    return ModelConfig(dim=256, n_layers=4, n_heads=4, vocab_size=2048, init="titan", **kw)
+    return model_config(dim=256, n_layers=4, n_heads=4, vocab_size=2048, init="titan", **kw)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])

@@ -27,7 +27,7 @@ from superpose.training.stops import StopSignals
 from superpose.presets import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
-from superpose.core.model import ModelConfig, build_model
+from superpose.core.model import LlamaConfig, build_model
 from superpose.training.resume import resume_config
 from superpose.training import build_trainer, run_training
 
@@ -305,7 +305,7 @@ def test_other_vocabulary_or_model_is_refused(stopped_run, tiny_data, tmp_path, 
                       log=quiet).load_checkpoint(ck)
     one_line_error(e, "holds another model shape: model.dim=32 there, 64 here")
     with pytest.raises(UserError) as e:
-        checkpoint.load_weights(ck, build_model(ModelConfig(vocab_size=320, dim=64, n_layers=2, n_heads=4)))
+        checkpoint.load_weights(ck, build_model(LlamaConfig(vocab_size=320, dim=64, n_layers=2, n_heads=4)))
     one_line_error(e, "model.safetensors holds embed_tokens.weight with shape [320, 32], this model needs [320, 64]")
     # The command line says it in one line too, with exit status 2.
     (ck / "rng.pt").write_bytes(b"")

@@ -30,7 +30,7 @@ from superpose.inference.load import load_model, load_tokenizer, locate  # noqa:
 from superpose.errors import UserError  # noqa: E402
 from superpose import checkpoint  # noqa: E402
 from superpose.inference.generate import generate_ids  # noqa: E402
-from superpose.core.model import KVCache, ModelConfig, build_model  # noqa: E402
+from superpose.core.model import KVCache, LlamaConfig, build_model  # noqa: E402
 from superpose.data.prepare import prepare  # noqa: E402
 
 from conftest import make_documents, tiny_config  # noqa: E402
@@ -98,7 +98,7 @@ def test_loading_errors(run, tmp_path):
 
 def test_kv_cache_matches_the_full_forward():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, init_std=0.2)).eval()
+    model = build_model(LlamaConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, init_std=0.2)).eval()
     x = torch.randint(0, 50, (2, 20))
     with torch.no_grad():
         full = model(x)

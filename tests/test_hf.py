@@ -32,7 +32,7 @@ from superpose.errors import UserError  # noqa: E402
 from superpose.interop.hf_llama import (HF_NAME_MAP, config_from_hf, export_hf, from_hf_name, read_hf_config,  # noqa: E402
                                  to_hf_name)
 from superpose.interop.hf_trainer import TokenRows, TSTTrainer, next_token_loss, superposition_loss  # noqa: E402
-from superpose.core.model import ModelConfig, build_model  # noqa: E402
+from superpose.core.model import LlamaConfig, build_model  # noqa: E402
 from superpose.core.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings  # noqa: E402
 from superpose.training import build_trainer  # noqa: E402
 
@@ -71,7 +71,7 @@ def batch_shapes(trainer) -> list[tuple[int, ...]]:
 # ----------------------------------------------------------------------------- export
 
 def test_name_map_round_trips_every_tensor():
-    model = build_model(ModelConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2))
+    model = build_model(LlamaConfig(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2))
     names = list(model.state_dict())
     hf = [to_hf_name(n) for n in names]
     assert len(set(hf)) == len(names) and all(from_hf_name(h) == n for h, n in zip(hf, names))
@@ -83,7 +83,7 @@ def test_name_map_round_trips_every_tensor():
 def test_export_gives_transformers_the_same_logits_and_token_ids(run, tmp_path, tied):
     """A run directory with random large weights (GQA, tied or not, RoPE theta 500k, T beyond the
     trained context) exported and loaded back by transformers, offline: logits agree to 1e-5."""
-    cfg = ModelConfig(vocab_size=320, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, rope_theta=500000.0,
+    cfg = LlamaConfig(vocab_size=320, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, rope_theta=500000.0,
                       max_seq_len=64, tie_embeddings=tied)
     src = tmp_path / "src"
     src.mkdir()
@@ -143,7 +143,7 @@ def test_export_errors(run, tmp_path, capsys):
 
 def test_init_from_hf_starts_from_the_exported_weights(run, tiny_data, tmp_path, capsys):
     hf = export_hf(run, tmp_path / "hf", log=quiet)
-    assert read_hf_config(hf) == load_model(run).config
+    assert type(read_hf_config(hf)) is LlamaConfig and read_hf_config(hf) == load_model(run).config
     # The preset's architecture is replaced by the HF one; a matching override is fine.
     cfg = config_from_hf(tiny_config(tiny_data, model__dim=128), hf, ["--model.n_layers=2"])
     t = build_trainer(cfg, tmp_path / "cont", open_dataset(tiny_data), log=quiet, init_from_hf=hf)
@@ -151,6 +151,10 @@ def test_init_from_hf_starts_from_the_exported_weights(run, tiny_data, tmp_path,
         assert torch.equal(p, t.model.state_dict()[name]), name
     with pytest.raises(UserError, match=r"--model.dim=48 conflicts with .*config.json \(dim = 32\)"):
         config_from_hf(tiny_config(tiny_data), hf, ["--model.dim=48"])
+    # Another architecture, its fields given before it or after: the folder's is llama.
+    for flags in (["--model.n_experts=4", "--model.arch=qwen3_moe"], ["--model.arch=qwen3_moe", "--model.n_experts=4"]):
+        with pytest.raises(UserError, match=r"--model.arch=qwen3_moe conflicts with .*config.json \(arch = llama\)"):
+            config_from_hf(tiny_config(tiny_data), hf, flags)
     # CLI: a short continued run on the same data.
     assert cli.main(["train", "--preset", "cpu-smoke", "--out", str(tmp_path / "cli"), "--init-from-hf", str(hf),
                      f"--data.path={tiny_data}", "--data.seq_len=16", "--data.val_tokens=256", "--train.steps=2",

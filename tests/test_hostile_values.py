@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from superpose.config import Config
-from superpose.core.model import ModelConfig, build_model
+from superpose.core.model import LlamaConfig, build_model
 from superpose.core.superposition import (bag_weights, chunked_multi_hot_cross_entropy, multi_hot_cross_entropy,
                                           superpose_embeddings)
 
@@ -137,11 +137,11 @@ MODEL = dict(vocab_size=64, dim=32, n_layers=1, n_heads=4, n_kv_heads=4, ffn_dim
 ], ids=["dim-not-divisible", "kv-heads-not-dividing", "dim-negative", "vocab-zero", "no-layers"])
 def test_build_model_names_the_invalid_field(fields, field):
     with pytest.raises(ValueError, match=field):
-        build_model(ModelConfig(**{**MODEL, **fields}))
+        build_model(LlamaConfig(**{**MODEL, **fields}))
 
 
 def test_empty_batches_are_one_value_error():
-    model = build_model(ModelConfig(**MODEL))
+    model = build_model(LlamaConfig(**MODEL))
     calls = [lambda: model(torch.zeros(0, 4, dtype=torch.long)), lambda: model(torch.zeros(2, 0, dtype=torch.long)),
              lambda: model(inputs_embeds=torch.zeros(0, 4, 32)),
              lambda: multi_hot_cross_entropy(torch.zeros(0, 2, 10), torch.zeros(0, 2, 4, dtype=torch.long)),

@@ -27,7 +27,7 @@ from superpose import cli  # noqa: E402
 from superpose.inference.load import load_model  # noqa: E402
 from superpose.presets import resolve  # noqa: E402
 from superpose.core import moe  # noqa: E402
-from superpose.core.model import ModelConfig, build_model  # noqa: E402
+from superpose.core.model import Qwen3MoeConfig, build_model  # noqa: E402
 from superpose.data import open_dataset  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose.inference.generate import generate_ids  # noqa: E402
@@ -56,10 +56,10 @@ def records(run_dir, kind="train"):
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
 
 
-def small_moe(**fields) -> ModelConfig:
-    base = dict(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, arch="qwen3_moe", n_experts=5, top_k=2,
+def small_moe(**fields) -> Qwen3MoeConfig:
+    base = dict(vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, n_experts=5, top_k=2,
                 moe_ffn_dim=16, ffn_dim=40, norm_eps=1e-6)
-    return ModelConfig(**{**base, **fields})
+    return Qwen3MoeConfig(**{**base, **fields})
 
 
 # ----------------------------------------------------------------------------- the math against a loop
@@ -218,7 +218,7 @@ def test_init_from_hf_reads_the_moe_folder_back(moe_run, exported, tiny_data, tm
     from superpose.interop.hf_llama import config_from_hf, read_hf_config
 
     cfg = read_hf_config(exported)
-    assert cfg == load_model(moe_run[0]).config
+    assert type(cfg) is Qwen3MoeConfig and cfg == load_model(moe_run[0]).config
     start = config_from_hf(tiny_config(tiny_data), exported, [])
     t = build_trainer(start, tmp_path / "r", open_dataset(tiny_data), log=quiet, init_from_hf=exported)
     want = load_model(moe_run[0]).state_dict()
@@ -391,7 +391,7 @@ def test_generate_and_eval_work_on_an_moe_run(moe_run, capsys):
     (["--model.mlp_only_layers=0,7"], "model.mlp_only_layers: layer indices must be in 0..1, got [7]"),
     (["--model.mlp_only_layers=a"], "model.mlp_only_layers: expected int"),
     (["--model.router_aux_coef=-1"], "model.router_aux_coef: must be finite and >= 0"),
-    (["--model.arch=llama"], "only for model.arch=qwen3_moe"),
+    (["--model.n_experts=4", "--model.arch=llama"], "model.n_experts: only for model.arch=qwen3_moe"),
     (["--model.arch=mamba"], "model.arch: must be one of llama, qwen3_moe"),
 ])
 def test_bad_moe_configs_are_one_line_and_exit_2(args, needle, tmp_path, capsys):

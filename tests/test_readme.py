@@ -68,11 +68,13 @@ def _cli():
     """{verb: set of its option strings}, {section: set of fields}, and the preset names."""
     from superpose.cli import build_parser
     from superpose.config import Config
+    from superpose.core.model import ARCHITECTURES
     from superpose.presets import PRESETS
 
     sub = next(a for a in build_parser()._actions if a.dest == "verb")
     verbs = {verb: set(p._option_string_actions) for verb, p in sub.choices.items()}
     fields = {section: set(values) for section, values in Config().to_dict().items()}
+    fields["model"] = set().union(*(a.config().to_dict() for a in ARCHITECTURES.values()))  # any architecture's
     return verbs, fields, set(PRESETS)
 
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from superpose.core.model import ModelConfig, build_model
+from superpose.core.model import build_model, model_config
 from superpose.data import corpus, open_dataset, open_mixture
 from superpose.data.prepare import prepare
 from superpose.errors import UserError
@@ -141,8 +141,8 @@ def test_an_optimizer_state_that_does_not_fit_is_refused(tiny_data, tmp_path):
     t = started(tiny_data, tmp_path / "run", 1)
     path = t.save_checkpoint()
     t.metrics.close()
-    model = build_model(ModelConfig(**t.cfg.model.to_dict()))
-    wide = build_model(ModelConfig(**{**t.cfg.model.to_dict(), "dim": 48, "ffn_dim": 0}))
+    model = build_model(model_config(**t.cfg.model.to_dict()))
+    wide = build_model(model_config(**{**t.cfg.model.to_dict(), "dim": 48, "ffn_dim": 0}))
     with pytest.raises(UserError) as e:
         read_weights_and_optimizer(path, model, configure_optimizer(wide, t.cfg), "cpu")
     assert "\n" not in str(e.value) and "optimizer.pt does not fit this model's optimizer" in str(e.value)

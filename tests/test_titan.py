@@ -29,7 +29,7 @@ pytest.importorskip("torchtitan", reason="torchtitan is not installed (pip insta
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from superpose.core.model import ModelConfig  # noqa: E402
+from superpose.core.model import LlamaConfig, ModelConfig, Qwen3MoeConfig  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose.core.superposition import (bag_targets, count_valid_targets, multi_hot_cross_entropy,  # noqa: E402
                                           superpose_embeddings)
@@ -78,7 +78,7 @@ def tiny_config(data: Path, out: Path, steps: int = 6, ratio: float = 0.5, bag: 
     """The debug config on a 1-layer model, reading `data` (a superpose data directory, or a folder
     with tokenizer.json and data/*.jsonl for torchtitan's own text loader)."""
     cfg = config_registry.tst_llama3_debug()
-    cfg.model_spec = titan_model_spec(ModelConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=64, vocab_size=VOCAB),
+    cfg.model_spec = titan_model_spec(LlamaConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=64, vocab_size=VOCAB),
                                       "tiny")
     if (data / "meta.json").is_file():
         cfg.dataloader.path = str(data)
@@ -436,11 +436,10 @@ def test_qwen3_moe_export_matches_transformers(tmp_path):
     import torch.distributed.checkpoint as dcp
     from transformers import AutoModelForCausalLM
 
-    from superpose.core.model import QWEN3_MOE
     from superpose.titan.export import EXPERT_BIAS, export_hf
 
-    cfg = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=VOCAB, norm_eps=1e-6,
-                      arch=QWEN3_MOE.name, n_experts=8, top_k=2, moe_ffn_dim=96)
+    cfg = Qwen3MoeConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=VOCAB, norm_eps=1e-6,
+                         n_experts=8, top_k=2, moe_ffn_dim=96)
     with torch.device("meta"):
         titan = titan_model_spec(cfg, "check").model.build()
     titan.to_empty(device="cpu")

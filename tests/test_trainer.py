@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from superpose.data import TrainLoader, open_dataset
 from superpose.errors import UserError
-from superpose.core.model import ModelConfig, build_model
+from superpose.core.model import build_model, model_config
 from superpose.core.schedule import wsd_lr
 from superpose.training import build_trainer, run_training
 from superpose.training.optimizer import configure_optimizer
@@ -38,7 +38,7 @@ def test_baseline_is_bit_for_bit_plain_next_token_training(tiny_data, tmp_path):
     t1 = train(tiny_config(tiny_data, tst__bag_size=1, tst__ratio=0.5), tmp_path / "s1")
     # A plain next-token loop written here without any TST function.
     torch.manual_seed(cfg.train.seed)
-    model = build_model(ModelConfig(**t.cfg.model.to_dict()))  # the vocabulary resolved from the data
+    model = build_model(model_config(**t.cfg.model.to_dict()))  # the vocabulary resolved from the data
     opt = configure_optimizer(model, cfg)
     ds = open_dataset(tiny_data)
     loader = TrainLoader(ds.train, ds.train_docs, seed=cfg.train.seed, vocab_size=ds.vocab_size)
@@ -143,7 +143,7 @@ def test_phase1_loss_is_the_multi_hot_loss_computed_independently(tiny_data, tmp
     t = train(cfg, tmp_path / "run")
     got = [r["loss"] for r in records(tmp_path / "run", "train")]
     torch.manual_seed(cfg.train.seed)
-    model = build_model(ModelConfig(**t.cfg.model.to_dict()))
+    model = build_model(model_config(**t.cfg.model.to_dict()))
     opt = configure_optimizer(model, cfg)
     ds = open_dataset(tiny_data)
     loader = TrainLoader(ds.train, ds.train_docs, seed=cfg.train.seed, vocab_size=ds.vocab_size)

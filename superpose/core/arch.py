@@ -1,10 +1,11 @@
-"""What every architecture shares: its common config fields and the record that names it.
+"""What every architecture shares: the base of its config and the record that names it.
 
-An architecture is one module (core/llama.py, core/qwen3_moe.py) that makes one `Architecture`
-record: its name (`model.arch`), its model class, the config fields only it has, the checks of
-those fields, its Hugging Face name map and class, and what `superpose presets` prints for it.
-core/model.py registers the records and assembles `ModelConfig` from `CommonConfig` and each
-architecture's fields; everything else asks that registry, never compares architecture names.
+An architecture is one module (core/llama.py, core/qwen3_moe.py) that makes its config class
+(`ModelConfig` plus the fields only it has, and their checks) and one `Architecture` record: its
+name (`model.arch`), config class, model class, Hugging Face name map and class, and what
+`superpose presets` prints for it. core/model.py registers the records; everything else asks that
+registry, never compares architecture names. A run's `Config.model` is an instance of its
+architecture's class, so another architecture's field is not a field of it at all.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ INIT_SCHEMES = ("normal", "torch", "torch-attn", "torch-mlp", "titan")
 
 
 @dataclass
-class CommonConfig:
-    """The fields of every architecture. Nothing here is TST-specific: a phase-1 model is a
-    phase-2 model."""
+class ModelConfig:
+    """The fields of every architecture, the base of each one's config class (`LlamaConfig`,
+    `Qwen3MoeConfig`; core/model.py's `model_config` picks the class from `arch`). Not a config by
+    itself: the class is the architecture, so each has exactly its own fields and checks, with no
+    field that another architecture would have to leave at its default. Nothing here is
+    TST-specific: a phase-1 model is a phase-2 model."""
 
     vocab_size: int = 0
     """Vocabulary size of the embedding and LM head; 0 means: the data's tokenizer size (not
@@ -57,11 +61,17 @@ class CommonConfig:
     (TorchTitan's Llama 3 init, which the paper most likely trained with: embeddings N(0, 1), a
     per-layer depth scaling, the head at dim^-0.5; see `init_titan`). TST is sensitive to it at
     small scale: benchmarks/records/crossover_*/ and long_small_*/."""
-    arch: str = "llama"
+    arch: str = field(default="", init=False)
     """The architecture (core/model.py's registry): llama (core/llama.py: dense SwiGLU blocks) or
     qwen3_moe (core/qwen3_moe.py: Qwen3-MoE blocks, with QK-norm and a routed mixture of SwiGLU
-    experts; exported as Qwen3MoeForCausalLM). Another architecture's own fields must keep their
-    defaults."""
+    experts; exported as Qwen3MoeForCausalLM). Fixed by the class (each sets its own default), so
+    not a constructor argument: --model.arch swaps the class (`overrides.set_field`), and only that
+    architecture's own fields exist."""
+
+    def __post_init__(self):
+        if not self.arch:  # the base itself, as ModelConfig(...) was called when it held every architecture
+            raise TypeError("ModelConfig holds the fields every architecture shares; make one architecture's config: "
+                            "LlamaConfig(...), Qwen3MoeConfig(...) or model_config(arch=NAME, ...)")
 
     def resolve(self):
         """Fill the derived fields (n_kv_heads, ffn_dim) left at 0; call after all overrides."""
@@ -96,12 +106,12 @@ class CommonConfig:
         return out
 
     def problems(self) -> list[str]:
-        """Every invalid field (ModelConfig adds each architecture's own checks)."""
+        """Every invalid field (an architecture with fields of its own adds their checks)."""
         return self.common_problems()
 
     def check_buildable(self) -> None:
         """Raise a ValueError naming every field a model cannot be built with: a Python caller of
-        build_model(ModelConfig(dim=30, n_heads=4)) gets the field, not a shape error from torch."""
+        build_model(LlamaConfig(dim=30, n_heads=4)) gets the field, not a shape error from torch."""
         problems = self.problems()
         if self.vocab_size == 0:
             problems.append("model.vocab_size: 0 means 'the tokenizer's size', so set it to that before building a model")
@@ -112,10 +122,6 @@ class CommonConfig:
         return asdict(self)
 
 
-def no_problems(cfg) -> list[str]:
-    return []
-
-
 @dataclass(frozen=True)
 class Architecture:
     """One architecture, as the rest of superpose sees it (see core/model.py to register one)."""
@@ -124,22 +130,21 @@ class Architecture:
     """Its `model.arch` value."""
     title: str
     """Its name in sentences: "Llama", "Qwen3-MoE"."""
+    config: type[ModelConfig]
+    """Its config class: `ModelConfig` plus its own fields, `arch` defaulting to `name`; overrides
+    `problems` to check those fields."""
     model: type
-    """Its model class: a `Transformer` (core/llama.py) or a subclass, built from a ModelConfig."""
+    """Its model class: a `Transformer` (core/llama.py) or a subclass, built from its `config`."""
     hf_class: str
     """The transformers class it exports as: "LlamaForCausalLM"."""
     hf_model_type: str
     """Its config.json model_type: "llama"."""
     hf_names: dict[str, str]
     """superpose tensor name -> Hugging Face name, {i} the layer index (interop/hf_llama.py)."""
-    fields: type | None = None
-    """A dataclass of the ModelConfig fields only this architecture has (None: no own fields)."""
-    problems: Callable[..., list[str]] = no_problems
-    """cfg -> every invalid own field, as 'model.field: why' strings."""
     hf_config: Callable[..., dict] = field(default=lambda cfg: {})
     """cfg -> its entries of config.json beyond Llama's."""
     from_hf_config: Callable[[dict], dict] = field(default=lambda c: {})
-    """an HF config.json dict -> its own ModelConfig fields (transformers' defaults where absent)."""
+    """an HF config.json dict -> its own config fields (transformers' defaults where absent)."""
     hf_split: Callable[[str, Tensor], dict[str, Tensor] | None] = field(default=lambda name, tensor: None)
     """(superpose name, tensor) -> the HF tensors it is exported as, when it is not a renaming (else None)."""
     hf_join: Callable[..., dict[str, Tensor]] = field(default=lambda rest, cfg, where: {})

@@ -5,7 +5,8 @@ half" layout (so export needs no q/k permutation), grouped-query attention throu
 `F.scaled_dot_product_attention` with an optional QK-norm (Qwen3), a SwiGLU feed-forward, the
 key/value cache of generation, and torchtitan's init helpers (init=titan). Module names mirror
 Hugging Face's (`self_attn.q_proj`, `mlp.gate_proj`, ...), so the export maps are almost the
-identity. `cfg` is a `ModelConfig` (core/model.py); only its common fields (core/arch.py) are read.
+identity. `cfg` is any architecture's config; only the fields every one has (core/arch.py's
+`ModelConfig`) are read.
 
 Shapes: B batch, T positions, D model width, H query heads, K key/value heads, Dh head width,
 F feed-forward width, S cached plus new positions.
@@ -20,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .arch import CommonConfig
+from .arch import ModelConfig
 
 # ---------------------------------------------------------------- TorchTitan's Llama 3 init
 # As torchtitan 0.3.0 draws it (models/llama3/__init__.py, models/common/param_init.py): matrices
@@ -30,7 +31,7 @@ from .arch import CommonConfig
 # head truncated normal with std dim^-0.5 cut at +-3 std. `init_std` stands for titan's 0.02.
 
 
-def titan_layer_std(cfg: CommonConfig, layer: int) -> float:
+def titan_layer_std(cfg: ModelConfig, layer: int) -> float:
     """The std of layer `layer`'s (0-based) depth-scaled matrices under init=titan."""
     return cfg.init_std / math.sqrt(2 * (layer + 1))
 
@@ -113,7 +114,7 @@ class Attention(nn.Module):
     """Grouped-query attention with RoPE; qk_norm=True adds Qwen3's RMSNorm of each query and key
     head over its Dh channels, before RoPE (`q_norm`, `k_norm`, one weight of Dh shared by the heads)."""
 
-    def __init__(self, cfg: CommonConfig, qk_norm: bool = False):
+    def __init__(self, cfg: ModelConfig, qk_norm: bool = False):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
@@ -150,7 +151,7 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: CommonConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)

@@ -17,20 +17,28 @@ Shapes: B batch, T positions, D model width, V vocabulary.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .arch import Architecture, CommonConfig
+from .arch import Architecture, ModelConfig
 from .layers import (Attention, FeedForward, KVCache, LayerCache, RMSNorm, rope_cos_sin, titan_head_, titan_layer_std,
                      titan_normal_)
+
+
+@dataclass
+class LlamaConfig(ModelConfig):
+    """A Llama: the common fields (core/arch.py) and nothing more."""
+
+    arch: str = field(default="llama", init=False)
 
 
 class Block(nn.Module):
     """x + attn(norm(x)), then + mlp(norm(x))."""
 
-    def __init__(self, cfg: CommonConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.self_attn = Attention(cfg)
@@ -43,7 +51,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: CommonConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.resolve()
         cfg.check_buildable()
@@ -55,7 +63,7 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def make_block(self, cfg: CommonConfig, layer: int) -> nn.Module:
+    def make_block(self, cfg: ModelConfig, layer: int) -> nn.Module:
         """Block `layer` of the stack: what another architecture (core/qwen3_moe.py) changes."""
         return Block(cfg)
 
@@ -218,5 +226,5 @@ HF_NAME_MAP = {
     "lm_head.weight": "lm_head.weight",
 }
 
-LLAMA = Architecture(name="llama", title="Llama", model=Transformer, hf_class="LlamaForCausalLM",
+LLAMA = Architecture(name="llama", title="Llama", config=LlamaConfig, model=Transformer, hf_class="LlamaForCausalLM",
                      hf_model_type="llama", hf_names=HF_NAME_MAP)

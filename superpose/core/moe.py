@@ -10,7 +10,8 @@
 - the Switch/Qwen load-balancing loss exactly as transformers' `load_balancing_loss_func`
   computes it (`load_balancing_loss`), from the `RouterStats` a forward pass collects.
 
-`cfg` below is a ModelConfig with the MoE fields (n_experts, top_k, moe_ffn_dim, norm_topk_prob).
+`cfg` below is a `Qwen3MoeConfig` (core/qwen3_moe.py): the MoE fields n_experts, top_k, moe_ffn_dim,
+norm_topk_prob.
 
 Shapes: B batch, T positions, D width, N = B*T routed positions, E experts, k = top_k,
 F_e expert width, M MoE layers.

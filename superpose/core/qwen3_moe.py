@@ -5,7 +5,7 @@ Llama's decoder (core/llama.py) with Qwen3's QK-norm (RMSNorm of each query/key 
 RoPE) and, where `mlp_only_layers` / `decoder_sparse_step` say so, a routed mixture of SwiGLU
 experts instead of the dense MLP (core/moe.py). Module names mirror transformers', so export is a
 renaming plus splitting the stacked expert weights per expert (`hf_split`, `hf_join`). This
-module is the architecture's one home: its config fields, their checks, the model, the HF map.
+module is the architecture's one home: its config class (`Qwen3MoeConfig`), the model, the HF map.
 
 TST needs nothing here: in phase 1 the router of every MoE layer sees the normed hidden state of
 a *superposed* position (the mean of s token embeddings, after attention), and routes that one
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .arch import Architecture
+from .arch import Architecture, ModelConfig
 from .layers import (Attention, FeedForward, KVCache, LayerCache, RMSNorm, rope_cos_sin, titan_head_, titan_layer_std,
                      titan_normal_)
 from .llama import HF_NAME_MAP, Transformer
@@ -33,59 +33,59 @@ from .moe import RouterStats, SparseMoE
 
 
 @dataclass
-class Qwen3MoeFields:
-    """The ModelConfig fields only qwen3_moe has (under another architecture they keep these defaults)."""
+class Qwen3MoeConfig(ModelConfig):
+    """A Qwen3-MoE: the common fields (core/arch.py) and the MoE ones below."""
 
+    arch: str = field(default="qwen3_moe", init=False)
     n_experts: int = 0
-    """qwen3_moe: experts E per MoE layer (HF num_experts)."""
+    """Experts E per MoE layer (HF num_experts); 0 is no default to train with, so a config must
+    say how many (the presets cpu-moe and 10b-a1b do)."""
     top_k: int = 2
-    """qwen3_moe: experts each token is sent to (HF num_experts_per_tok)."""
+    """Experts each token is sent to (HF num_experts_per_tok)."""
     moe_ffn_dim: int = 0
-    """qwen3_moe: the SwiGLU width of each expert (HF moe_intermediate_size); dense layers use ffn_dim."""
+    """The SwiGLU width of each expert (HF moe_intermediate_size); dense layers use ffn_dim."""
     norm_topk_prob: bool = True
-    """qwen3_moe: renormalise each token's top-k router probabilities to sum to 1 (Qwen3-MoE's
-    released models do; HF's config default is False)."""
+    """Renormalise each token's top-k router probabilities to sum to 1 (Qwen3-MoE's released models
+    do; HF's config default is False)."""
     router_aux_coef: float = 0.001
-    """qwen3_moe: coefficient of the load-balancing loss added to the training loss (HF
-    router_aux_loss_coef; 0.001 is Qwen3-MoE's default)."""
+    """Coefficient of the load-balancing loss added to the training loss (HF router_aux_loss_coef;
+    0.001 is Qwen3-MoE's default)."""
     decoder_sparse_step: int = 1
-    """qwen3_moe: layer i (0-based) is an MoE layer when (i + 1) % decoder_sparse_step == 0 and i is
-    not in mlp_only_layers; the others are dense (HF decoder_sparse_step)."""
+    """Layer i (0-based) is an MoE layer when (i + 1) % decoder_sparse_step == 0 and i is not in
+    mlp_only_layers; the others are dense (HF decoder_sparse_step)."""
     mlp_only_layers: list[int] = field(default_factory=list)
-    """qwen3_moe: layers (0-based) that are dense whatever decoder_sparse_step says
-    (--model.mlp_only_layers=0,5)."""
+    """Layers (0-based) that are dense whatever decoder_sparse_step says (--model.mlp_only_layers=0,5)."""
 
     def is_moe_layer(self, i: int) -> bool:
         """Whether layer i (0-based) routes its tokens to experts (HF Qwen3MoeDecoderLayer's rule)."""
         return self.n_experts > 0 and i not in self.mlp_only_layers and (i + 1) % self.decoder_sparse_step == 0
 
-
-def moe_problems(cfg) -> list[str]:
-    """Every invalid MoE field of a qwen3_moe config, as 'model.field: why' strings."""
-    out = []
-    if cfg.n_experts < 1:
-        out.append(f"model.n_experts: must be >= 1 for model.arch=qwen3_moe, got {cfg.n_experts}")
-    if cfg.top_k < 1:
-        out.append(f"model.top_k: must be >= 1, got {cfg.top_k}")
-    elif cfg.n_experts >= 1 and cfg.top_k > cfg.n_experts:
-        out.append(f"model.top_k: must be <= model.n_experts={cfg.n_experts} (a token cannot use more experts "
-                   f"than there are), got {cfg.top_k}")
-    if cfg.moe_ffn_dim < 1:
-        out.append(f"model.moe_ffn_dim: the expert width must be >= 1, got {cfg.moe_ffn_dim}")
-    if cfg.decoder_sparse_step < 1:
-        out.append(f"model.decoder_sparse_step: must be >= 1, got {cfg.decoder_sparse_step}")
-    bad = [i for i in cfg.mlp_only_layers if not 0 <= i < cfg.n_layers]
-    if bad:
-        out.append(f"model.mlp_only_layers: layer indices must be in 0..{cfg.n_layers - 1}, got {bad}")
-    if not (math.isfinite(cfg.router_aux_coef) and cfg.router_aux_coef >= 0):
-        out.append(f"model.router_aux_coef: must be finite and >= 0, got {cfg.router_aux_coef}")
-    return out
+    def problems(self) -> list[str]:
+        """Every invalid field, the common ones' and the MoE ones', as 'model.field: why' strings."""
+        out = self.common_problems()
+        if self.n_experts < 1:
+            out.append(f"model.n_experts: must be >= 1 for model.arch=qwen3_moe, got {self.n_experts}")
+        if self.top_k < 1:
+            out.append(f"model.top_k: must be >= 1, got {self.top_k}")
+        elif self.n_experts >= 1 and self.top_k > self.n_experts:
+            out.append(f"model.top_k: must be <= model.n_experts={self.n_experts} (a token cannot use more experts "
+                       f"than there are), got {self.top_k}")
+        if self.moe_ffn_dim < 1:
+            out.append(f"model.moe_ffn_dim: the expert width must be >= 1, got {self.moe_ffn_dim}")
+        if self.decoder_sparse_step < 1:
+            out.append(f"model.decoder_sparse_step: must be >= 1, got {self.decoder_sparse_step}")
+        bad = [i for i in self.mlp_only_layers if not 0 <= i < self.n_layers]
+        if bad:
+            out.append(f"model.mlp_only_layers: layer indices must be in 0..{self.n_layers - 1}, got {bad}")
+        if not (math.isfinite(self.router_aux_coef) and self.router_aux_coef >= 0):
+            out.append(f"model.router_aux_coef: must be finite and >= 0, got {self.router_aux_coef}")
+        return out
 
 
 class MoEBlock(nn.Module):
     """x + attn(norm(x)) with QK-norm, then + moe(norm(x)) or + mlp(norm(x)) in a dense layer."""
 
-    def __init__(self, cfg, layer: int):
+    def __init__(self, cfg: Qwen3MoeConfig, layer: int):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.self_attn = Attention(cfg, qk_norm=True)
@@ -107,7 +107,7 @@ class MoETransformer(Transformer):
     """The Qwen3-MoE decoder: `Transformer`'s embedding, final norm, LM head, forward contract and
     KV cache, with `MoEBlock`s. forward(..., return_router=True) returns (out, RouterStats)."""
 
-    def make_block(self, cfg, layer: int) -> nn.Module:
+    def make_block(self, cfg: Qwen3MoeConfig, layer: int) -> nn.Module:
         return MoEBlock(cfg, layer)
 
     @torch.no_grad()
@@ -244,7 +244,7 @@ def hf_split(name: str, tensor: Tensor) -> dict[str, Tensor] | None:
     return out
 
 
-def hf_join(rest: dict[str, Tensor], cfg: Qwen3MoeFields, where) -> dict[str, Tensor]:
+def hf_join(rest: dict[str, Tensor], cfg: Qwen3MoeConfig, where) -> dict[str, Tensor]:
     """Per-expert HF tensors (taken out of `rest`) -> superpose's stacked gate_up_proj (E, 2F, D)
     and down_proj (E, D, F), float32; a ValueError when a layer lacks some of its experts."""
     experts = {}  # (layer, kind) -> {expert index: (F, D) or (D, F) tensor}
@@ -265,7 +265,7 @@ def hf_join(rest: dict[str, Tensor], cfg: Qwen3MoeFields, where) -> dict[str, Te
     return out
 
 
-def hf_config(cfg: Qwen3MoeFields) -> dict:
+def hf_config(cfg: Qwen3MoeConfig) -> dict:
     """config.json's Qwen3-MoE entries (added to Llama's)."""
     return {"num_experts": cfg.n_experts, "num_experts_per_tok": cfg.top_k, "moe_intermediate_size": cfg.moe_ffn_dim,
             "norm_topk_prob": cfg.norm_topk_prob, "router_aux_loss_coef": cfg.router_aux_coef,
@@ -283,8 +283,8 @@ def from_hf_config(c: dict) -> dict:
 
 
 QWEN3_MOE = Architecture(
-    name="qwen3_moe", title="Qwen3-MoE", model=MoETransformer, hf_class="Qwen3MoeForCausalLM",
-    hf_model_type="qwen3_moe", hf_names=HF_NAMES, fields=Qwen3MoeFields, problems=moe_problems, hf_config=hf_config,
-    from_hf_config=from_hf_config, hf_split=hf_split, hf_join=hf_join,
+    name="qwen3_moe", title="Qwen3-MoE", config=Qwen3MoeConfig, model=MoETransformer, hf_class="Qwen3MoeForCausalLM",
+    hf_model_type="qwen3_moe", hf_names=HF_NAMES, hf_config=hf_config, from_hf_config=from_hf_config,
+    hf_split=hf_split, hf_join=hf_join,
     describe=lambda cfg: f" ({cfg.n_experts} experts, top-{cfg.top_k})",
     experts=lambda cfg: f"{cfg.top_k}/{cfg.n_experts}")

@@ -14,8 +14,9 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..config import Config, set_field
+from ..config import Config
 from ..errors import UserError
+from ..overrides import set_fields
 from .stats import stats
 
 OWN = "own"
@@ -135,9 +136,7 @@ def apply_variant(cfg: Config, variant: Variant | None, check: Callable[[Config]
         return cfg
     c = copy.deepcopy(cfg)
     try:
-        for key, value in variant.overrides:
-            set_field(c, key, value)
-        c.validate()
+        set_fields(c, list(variant.overrides)).validate()
         if check is not None:
             check(c)
         return c

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..core.model import ModelConfig, Transformer, empty_model
+from ..core.model import ModelConfig, Transformer, empty_model, saved_model_config
 from ..errors import UserError, command
 from ..files import sha256_file
 
@@ -121,8 +121,8 @@ def _read_json(path: Path, what: str) -> dict:
 
 def _model_config(d: dict, where: Path) -> ModelConfig:
     try:
-        cfg = ModelConfig(**d).resolve()
-    except TypeError as e:
+        cfg = saved_model_config(d).resolve()
+    except (TypeError, ValueError) as e:
         raise UserError(f"{where} does not describe a superpose model ({e}); was it written by another "
                         "superpose version?") from None
     if cfg.vocab_size < 1 or cfg.problems():

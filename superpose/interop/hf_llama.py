@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..core.model import ARCHITECTURES, LLAMA, ModelConfig, architecture
+from ..core.model import ARCHITECTURES, LLAMA, ModelConfig, architecture, model_config
 from ..data.corpus import prepare_command
 from ..errors import UserError
 from ..files import copy_file, file_record, make_dir, sha256_file, write_file, write_text
@@ -234,15 +234,12 @@ def read_hf_config(hf_dir: Path | str) -> ModelConfig:
     if problems:
         raise UserError(f"{path}: superpose's Llama cannot represent {'; '.join(problems)}; train it with "
                         "superpose.interop.hf_trainer.TSTTrainer instead")
-    cfg = ModelConfig(vocab_size=c["vocab_size"], dim=dim, n_layers=c["num_hidden_layers"], n_heads=heads,
-                      n_kv_heads=c.get("num_key_value_heads") or heads, ffn_dim=c["intermediate_size"],
-                      rope_theta=float(theta), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-                      max_seq_len=c.get("superpose_max_seq_len") or c.get("max_position_embeddings", 2048),
-                      tie_embeddings=bool(c.get("tie_word_embeddings", False)),
-                      init_std=float(c.get("initializer_range", 0.02)))
-    cfg.arch = arch.name
-    for name, value in arch.from_hf_config(c).items():
-        setattr(cfg, name, value)
+    cfg = model_config(arch.name, vocab_size=c["vocab_size"], dim=dim, n_layers=c["num_hidden_layers"], n_heads=heads,
+                       n_kv_heads=c.get("num_key_value_heads") or heads, ffn_dim=c["intermediate_size"],
+                       rope_theta=float(theta), norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+                       max_seq_len=c.get("superpose_max_seq_len") or c.get("max_position_embeddings", 2048),
+                       tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+                       init_std=float(c.get("initializer_range", 0.02)), **arch.from_hf_config(c))
     cfg.resolve()
     if cfg.problems():
         raise UserError(f"{path}: {'; '.join(cfg.problems())}")
@@ -344,14 +341,15 @@ def config_from_hf(cfg, hf_dir: Path | str, overrides: list[str]):
     """
     import copy
 
-    from ..config import parse_overrides, set_field
+    from ..overrides import parse_overrides, set_fields
 
     hf_model = read_hf_config(hf_dir)
     probe = copy.deepcopy(cfg)
     probe.model = copy.deepcopy(hf_model)
-    given = [(k, v) for k, v in parse_overrides(overrides) if k.startswith("model.")]
-    for key, _ in given:
-        set_field(probe, key, dict(given)[key])
+    # model.arch first: when it agrees, every other given field is one the folder's model has too
+    given = sorted([(k, v) for k, v in parse_overrides(overrides) if k.startswith("model.")],
+                   key=lambda pair: pair[0] != "model.arch")
+    set_fields(probe, given)
     probe.model.resolve()
     for key, value in given:
         field = key.split(".", 1)[1]

@@ -34,7 +34,7 @@ from torchtitan.config import ParallelismConfig, TrainingConfig
 from torchtitan.distributed.activation_checkpoint import SelectiveAC
 from torchtitan.hf_datasets.text_datasets import HuggingFaceTextDataLoader
 
-from ..core.model import QWEN3_MOE, ModelConfig
+from ..core.model import LlamaConfig, ModelConfig, Qwen3MoeConfig
 from ..presets import PRESETS
 from .arch import titan_model_spec
 from .data import SuperposeDataLoader
@@ -74,15 +74,15 @@ def tst_config(model: ModelConfig, flavor: str, *, tst: TSTSpec, seq_len: int, l
 
 
 def tst_llama3_debug() -> TSTTrainer.Config:
-    model = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=DEBUG_VOCAB)
+    model = LlamaConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=DEBUG_VOCAB)
     return tst_config(model, "tst_debug", tst=TSTSpec(bag_size=4, ratio=0.3), seq_len=64, local_batch_size=8,
                       global_batch_size=-1, steps=40, lr=3e-3, warmup_steps=5, decay_ratio=0.2,
                       hf_assets_path="", dataset=SUPERPOSE_DATA, checkpoint_interval=10)
 
 
 def tst_qwen3_moe_debug() -> TSTTrainer.Config:
-    model = ModelConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=DEBUG_VOCAB, norm_eps=1e-6,
-                        arch=QWEN3_MOE.name, n_experts=8, top_k=2, moe_ffn_dim=96)
+    model = Qwen3MoeConfig(dim=64, n_layers=2, n_heads=2, max_seq_len=64, vocab_size=DEBUG_VOCAB, norm_eps=1e-6,
+                           n_experts=8, top_k=2, moe_ffn_dim=96)
     return tst_config(model, "tst_moe_debug", tst=TSTSpec(bag_size=4, ratio=0.3), seq_len=64,
                       local_batch_size=8, global_batch_size=-1, steps=40, lr=3e-3, warmup_steps=5, decay_ratio=0.2,
                       hf_assets_path="", dataset=SUPERPOSE_DATA, checkpoint_interval=10)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.model import LLAMA, QWEN3_MOE, ModelConfig
+from ..core.model import LLAMA, QWEN3_MOE, ModelConfig, saved_model_config
 from ..errors import UserError
 from ..interop.hf_llama import hf_config
 from .arch import titan_model_spec
@@ -105,7 +105,7 @@ def read_plan(step_dir: Path | str) -> dict:
         plan = json.loads(plan_path.read_text())
         if plan.get("format") != PLAN_FORMAT:
             raise ValueError(f"format {plan.get('format')!r}")
-        plan["model"] = ModelConfig(**plan["model"])
+        plan["model"] = saved_model_config(plan["model"])
         int(plan["switch_step"])
     except FileNotFoundError:
         raise UserError(f"{plan_path} is missing: {step_dir} is not from a superpose.titan run that recorded its "

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import RESUME_MAY_CHANGE, Config, differences, parse_overrides, set_field
+from ..config import RESUME_MAY_CHANGE, Config, differences
 from ..core.model import empty_model
 from ..data import DataSource
 from ..data.mixture import absolute_mix
 from ..errors import UserError
+from ..overrides import parse_overrides, set_field, set_fields
 from .. import checkpoint
 from . import distributed
 from .optimizer import configure_optimizer
@@ -41,9 +42,7 @@ def resume_config(run_dir: Path, overrides: list[str] = ()) -> Config:
     if refused:
         raise UserError(f"--resume continues the run exactly as it was configured, so {', '.join('--' + k for k in refused)} "
                         f"cannot change; a resumed run may change only {', '.join(RESUME_MAY_CHANGE)}")
-    for key, value in pairs:
-        set_field(cfg, key, value)
-    return cfg.validate()
+    return set_fields(cfg, pairs).validate()
 
 
 def _same(cfg: Config, key: str, value: str) -> bool:
