@@ -46,7 +46,7 @@ PY=${PY:-.venv/bin/python}
 "$PY" - "$steps" "$seeds" <<'EOF'
 import sys
 from superpose.presets import preset
-from superpose.core.model import Transformer
+from superpose.core.llama import Transformer
 import torch
 steps = [int(x) for x in sys.argv[1].split(",")]
 seeds = int(sys.argv[2])

@@ -25,7 +25,8 @@ from common import bench_config, bench_trainer, interleaved, load_average, media
 def dense_twin(overrides: list[str], cfg) -> list[str]:
     """Overrides that turn the MoE preset into a dense Llama with the same active FFN parameters
     (model.arch=llama leaves the MoE fields behind, so the MoE overrides are left out too)."""
-    from superpose.core.model import LLAMA, foreign_field
+    from superpose.core.llama import LLAMA
+    from superpose.core.model import foreign_field
 
     dense = [o for o in overrides if not (o.startswith("model.") and foreign_field(LLAMA.name, o[6:].split("=")[0]))]
     return [*dense, f"model.arch={LLAMA.name}", f"model.ffn_dim={cfg.model.top_k * cfg.model.moe_ffn_dim}"]

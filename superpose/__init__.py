@@ -14,7 +14,8 @@ Each layer imports only from those listed above it (tests/test_imports.py holds 
 Each public name has one import path, the module that defines it; this file re-exports nothing
 (and so imports no torch). Where the often-used ones live:
 
-    superpose.core.model             LlamaConfig, Qwen3MoeConfig, model_config (ModelConfig: their base), build_model
+    superpose.core.llama             LlamaConfig (superpose.core.qwen3_moe: Qwen3MoeConfig; core.arch: ModelConfig)
+    superpose.core.model             build_model, model_config (the registry of architectures)
     superpose.core.superposition     superpose_embeddings, next_bag_targets, multi_hot_cross_entropy
     superpose.inference.load         load_model, load_tokenizer (a run or a checkpoint)
     superpose.interop.hf_trainer     TSTTrainer, superposition_loss (TST for any HF causal LM)

@@ -161,7 +161,7 @@ def _experiment_config(args: argparse.Namespace, overrides: list[str]):
     so every arm and cell reads the same data directory."""
     from .presets import resolve
     from .training import tracking
-    from .training.build import resolve_data, resolve_from_data
+    from .training import resolve_data, resolve_from_data
 
     if args.bag_size is not None:
         overrides = [*overrides, f"--tst.bag_size={args.bag_size}"]

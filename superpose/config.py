@@ -15,7 +15,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.model import LlamaConfig, ModelConfig
+from .core.arch import ModelConfig
+from .core.llama import LlamaConfig
 from .core.schedule import DECAY_SHAPES, Schedule
 from .core.tst_spec import TSTSpec
 from .data.corpus import prepare_command

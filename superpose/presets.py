@@ -14,7 +14,9 @@ from pathlib import Path
 
 from .config import CheckpointConfig, Config, DataConfig, OptimConfig, TrainConfig
 from .core.tst_spec import TSTSpec
-from .core.model import LlamaConfig, Qwen3MoeConfig, foreign_field, stale_default, with_arch
+from .core.llama import LlamaConfig
+from .core.model import foreign_field, stale_default, with_arch
+from .core.qwen3_moe import Qwen3MoeConfig
 from .errors import UserError
 from .overrides import field_types, parse_overrides, set_fields
 

@@ -18,7 +18,7 @@ import torch
 from superpose.data import corpus
 from superpose.config import Config, DataConfig, OptimConfig, TrainConfig
 from superpose.core.tst_spec import TSTSpec
-from superpose.core.model import LlamaConfig
+from superpose.core.llama import LlamaConfig
 from superpose.data.prepare import prepare
 from superpose.overrides import set_fields
 

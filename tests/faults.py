@@ -54,7 +54,7 @@ def _die() -> None:
 def _arm_step_faults(signal_at_step: str, fail_rank: str) -> None:
     """SUPERPOSE_TEST_SIGNAL_AT_STEP and SUPERPOSE_TEST_FAIL_RANK, on every trainer of the process."""
     from superpose.errors import UserError
-    from superpose.training.trainer import Trainer
+    from superpose.training import Trainer
 
     real = Trainer.step_once
     at = signal_at_step.split(":") if signal_at_step else None

@@ -182,7 +182,7 @@ def test_model_loss_of_each_mode_matches_a_direct_loop(mode):
 
 
 def tiny_config_model():
-    from superpose.core.model import LlamaConfig
+    from superpose.core.llama import LlamaConfig
 
     return LlamaConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32, vocab_size=40)
 

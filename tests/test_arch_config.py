@@ -23,8 +23,10 @@ import pytest
 
 from superpose import checkpoint, cli
 from superpose.config import Config
-from superpose.core.model import (ARCHITECTURES, LlamaConfig, ModelConfig, Qwen3MoeConfig, model_config,
-                                  saved_model_config)
+from superpose.core.arch import ModelConfig
+from superpose.core.llama import LlamaConfig
+from superpose.core.model import ARCHITECTURES, model_config, saved_model_config
+from superpose.core.qwen3_moe import Qwen3MoeConfig
 from superpose.errors import UserError
 from superpose.experiments.fingerprint import changed_fields
 from superpose.files import file_record

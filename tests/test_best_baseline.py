@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from superpose.cli import main
-from superpose.core.model import ModelConfig, build_model, model_config
+from superpose.core.arch import ModelConfig
+from superpose.core.model import build_model, model_config
 from superpose.data import mutual_info
-from superpose.data.shards import open_dataset
+from superpose.data import open_dataset
 from superpose.errors import UserError
 from superpose.experiments.baselines import best_baseline
 from superpose.experiments.baselines import parse_baselines

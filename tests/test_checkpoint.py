@@ -27,7 +27,8 @@ from superpose.training.stops import StopSignals
 from superpose.presets import resolve
 from superpose.data import open_dataset
 from superpose.errors import UserError
-from superpose.core.model import LlamaConfig, build_model
+from superpose.core.llama import LlamaConfig
+from superpose.core.model import build_model
 from superpose.training.resume import resume_config
 from superpose.training import build_trainer, run_training
 

@@ -30,7 +30,9 @@ from superpose.inference.load import load_model, load_tokenizer, locate  # noqa:
 from superpose.errors import UserError  # noqa: E402
 from superpose import checkpoint  # noqa: E402
 from superpose.inference.generate import generate_ids  # noqa: E402
-from superpose.core.model import KVCache, LlamaConfig, build_model  # noqa: E402
+from superpose.core.layers import KVCache  # noqa: E402
+from superpose.core.llama import LlamaConfig  # noqa: E402
+from superpose.core.model import build_model  # noqa: E402
 from superpose.data.prepare import prepare  # noqa: E402
 
 from conftest import make_documents, tiny_config  # noqa: E402

@@ -104,7 +104,7 @@ def test_cli_grid_flags_refuse_bad_cells_before_training(tiny_data, tmp_path, ca
 def test_an_interrupted_compare_continues_its_arms_bit_for_bit(tiny_data, tmp_path, monkeypatch):
     """A compare stopped mid-seed (after a decay branch was taken) continues every arm from its
     checkpoints when rerun, and ends with the losses of an uninterrupted compare, each step logged once."""
-    from superpose.training.trainer import Trainer
+    from superpose.training import Trainer
 
     cfg = tiny_config(tiny_data, train__eval_every=4, checkpoint__every=2)
     kw = dict(seeds=[0], factors=(0.5, 1.0), log=lambda m: None, baselines=parse_grid("optim.lr=0.02", "--baseline-grid"))

@@ -32,7 +32,8 @@ from superpose.errors import UserError  # noqa: E402
 from superpose.interop.hf_llama import (HF_NAME_MAP, config_from_hf, export_hf, from_hf_name, read_hf_config,  # noqa: E402
                                  to_hf_name)
 from superpose.interop.hf_trainer import TokenRows, TSTTrainer, next_token_loss, superposition_loss  # noqa: E402
-from superpose.core.model import LlamaConfig, build_model  # noqa: E402
+from superpose.core.llama import LlamaConfig  # noqa: E402
+from superpose.core.model import build_model  # noqa: E402
 from superpose.core.superposition import multi_hot_cross_entropy, next_bag_targets, superpose_embeddings  # noqa: E402
 from superpose.training import build_trainer  # noqa: E402
 

@@ -115,7 +115,7 @@ def interrupt_tokenizer_training(tmp: Path, mp) -> None:
 
 def two_sigterms(tmp: Path, mp) -> None:
     """Two SIGTERMs inside step 1 (a scheduler's TERM, then the user's): the second stops at once."""
-    from superpose.training.trainer import Trainer
+    from superpose.training import Trainer
 
     step_once = Trainer.step_once
 

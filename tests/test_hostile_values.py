@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from superpose.config import Config
-from superpose.core.model import LlamaConfig, build_model
+from superpose.core.llama import LlamaConfig
+from superpose.core.model import build_model
 from superpose.core.superposition import (bag_weights, chunked_multi_hot_cross_entropy, multi_hot_cross_entropy,
                                           superpose_embeddings)
 

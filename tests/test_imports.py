@@ -216,3 +216,57 @@ def test_a_type_only_import_closes_no_cycle_but_a_runtime_one_does(tmp_path):
                                           ("superpose.training.save", 8), ("superpose", 10)])
 def test_layer_of_takes_the_longest_entry(module, layer):
     assert layer_of(module, LAYERS) == layer
+
+
+# ----------------------------------------------------------------------------- one import path per name
+
+
+def _package_exports() -> dict[str, set[str]]:
+    """{package: the names its __init__ lists in __all__} (its public API: data, training, tasks)."""
+    out = {}
+    for init in ROOT.rglob("__init__.py"):
+        for node in ast.parse(init.read_text()).body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+                name = ".".join(("superpose", *init.parent.relative_to(ROOT).parts))
+                out[name] = {e.value for e in node.value.elts}
+    return out
+
+
+def test_a_module_lists_only_what_it_defines():
+    """Each public name has one import path: a module's __all__ names only what the module itself
+    defines (a package's __init__ is where a package states its API, and is the exception)."""
+    for path in ROOT.rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        defined, listed = set(), []
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            for target in (node.targets if isinstance(node, ast.Assign) else
+                           [node.target] if isinstance(node, ast.AnnAssign) else []):
+                if isinstance(target, ast.Name):
+                    defined.add(target.id)
+                    if target.id == "__all__":
+                        listed = [e.value for e in node.value.elts]
+        assert not set(listed) - defined, f"{path}: __all__ re-exports {sorted(set(listed) - defined)}"
+
+
+def test_a_package_api_name_is_imported_from_the_package():
+    """A name that a package's __init__ exports (superpose.data.open_dataset) is imported from the
+    package everywhere outside it, never also from the submodule that defines it."""
+    exports = _package_exports()
+    tests = ROOT.parent / "tests"
+    for path in [*ROOT.rglob("*.py"), *tests.glob("*.py")]:
+        here = ".".join(("superpose", *path.parent.relative_to(ROOT).parts)) if ROOT in path.parents else "tests"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            module = node.module
+            if node.level:
+                base = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                module = ".".join([*base, node.module])
+            package = module.rsplit(".", 1)[0]
+            if package in exports and not here.startswith(package):
+                doubled = {a.name for a in node.names} & exports[package]
+                assert not doubled, f"{path}:{node.lineno}: import {sorted(doubled)} from {package}, not {module}"

@@ -27,7 +27,8 @@ from superpose import cli  # noqa: E402
 from superpose.inference.load import load_model  # noqa: E402
 from superpose.presets import resolve  # noqa: E402
 from superpose.core import moe  # noqa: E402
-from superpose.core.model import Qwen3MoeConfig, build_model  # noqa: E402
+from superpose.core.model import build_model  # noqa: E402
+from superpose.core.qwen3_moe import Qwen3MoeConfig  # noqa: E402
 from superpose.data import open_dataset  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose.inference.generate import generate_ids  # noqa: E402

@@ -102,7 +102,7 @@ def test_raw_text_is_prepared_once_into_a_cache_keyed_by_its_bytes(tmp_path):
 
 
 def test_train_compare_and_sweep_resolve_raw_text_to_the_prepared_copy(tmp_path, monkeypatch):
-    from superpose.training.build import resolve_data, resolve_from_data
+    from superpose.training import resolve_data, resolve_from_data
 
     monkeypatch.setenv("SUPERPOSE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "input.txt").write_text(numbered_text(200))

@@ -29,7 +29,9 @@ pytest.importorskip("torchtitan", reason="torchtitan is not installed (pip insta
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from superpose.core.model import LlamaConfig, ModelConfig, Qwen3MoeConfig  # noqa: E402
+from superpose.core.arch import ModelConfig  # noqa: E402
+from superpose.core.llama import LlamaConfig  # noqa: E402
+from superpose.core.qwen3_moe import Qwen3MoeConfig  # noqa: E402
 from superpose.errors import UserError  # noqa: E402
 from superpose.core.superposition import (bag_targets, count_valid_targets, multi_hot_cross_entropy,  # noqa: E402
                                           superpose_embeddings)

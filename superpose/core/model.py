@@ -27,16 +27,14 @@ from dataclasses import fields
 import torch
 
 from .arch import Architecture, ModelConfig
-from .layers import KVCache
-from .llama import LLAMA, LlamaConfig, Transformer
-from .qwen3_moe import QWEN3_MOE, Qwen3MoeConfig
+from .llama import LLAMA, Transformer
+from .qwen3_moe import QWEN3_MOE
 
 REGISTERED = (LLAMA, QWEN3_MOE)
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in REGISTERED}
 """model.arch -> its Architecture, in registration order."""
 
-__all__ = ["ARCHITECTURES", "LLAMA", "QWEN3_MOE", "KVCache", "LlamaConfig", "ModelConfig", "Qwen3MoeConfig",
-           "Transformer", "architecture", "build_model", "empty_model", "foreign_field", "model_class", "model_config",
+__all__ = ["ARCHITECTURES", "architecture", "build_model", "empty_model", "foreign_field", "model_class", "model_config",
            "saved_model_config", "stale_default", "with_arch"]
 
 

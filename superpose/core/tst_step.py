@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .losses import MCE
-from .model import Transformer
+from .llama import Transformer
 from .schedule import Phase
 from .superposition import (bag_targets, chunked_multi_hot_cross_entropy, count_valid_targets, mi_bag_weights,
                             multi_hot_cross_entropy, superpose_token_embeddings)

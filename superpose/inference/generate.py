@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ..core.model import KVCache, Transformer
+from ..core.layers import KVCache
+from ..core.llama import Transformer
 from ..checks import check_seed
 from ..errors import UserError
 

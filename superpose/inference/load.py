@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..core.model import ModelConfig, Transformer, empty_model, saved_model_config
+from ..core.arch import ModelConfig
+from ..core.llama import Transformer
+from ..core.model import empty_model, saved_model_config
 from ..errors import UserError, command
 from ..files import sha256_file
 

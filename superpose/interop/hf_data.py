@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.loader import TrainLoader
-from ..data.shards import Dataset as DataDirectory
+from ..data import Dataset as DataDirectory
+from ..data import TrainLoader
 from ..data.shards import token_dtype
 from ..errors import UserError
 

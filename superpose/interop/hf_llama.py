@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..core.model import ARCHITECTURES, LLAMA, ModelConfig, architecture, model_config
+from ..core.arch import ModelConfig
+from ..core.llama import LLAMA
+from ..core.model import ARCHITECTURES, architecture, model_config
 from ..data.corpus import prepare_command
 from ..errors import UserError
 from ..files import copy_file, file_record, make_dir, sha256_file, write_file, write_text

@@ -30,7 +30,9 @@ from torchtitan.models.common import Embedding, Linear, RMSNorm
 from torchtitan.models.common.attention import FlexAttention, ScaledDotProductAttention
 from torchtitan.protocols.model_spec import ModelSpec
 
-from ..core.model import LLAMA, QWEN3_MOE, ModelConfig
+from ..core.arch import ModelConfig
+from ..core.llama import LLAMA
+from ..core.qwen3_moe import QWEN3_MOE
 from .compat import private_llama3, private_qwen3
 
 ATTENTION = ("sdpa", "flex")

@@ -34,7 +34,9 @@ from torchtitan.config import ParallelismConfig, TrainingConfig
 from torchtitan.distributed.activation_checkpoint import SelectiveAC
 from torchtitan.hf_datasets.text_datasets import HuggingFaceTextDataLoader
 
-from ..core.model import LlamaConfig, ModelConfig, Qwen3MoeConfig
+from ..core.arch import ModelConfig
+from ..core.llama import LlamaConfig
+from ..core.qwen3_moe import Qwen3MoeConfig
 from ..presets import PRESETS
 from .arch import titan_model_spec
 from .data import SuperposeDataLoader

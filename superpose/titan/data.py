@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchtitan.components.dataloader import ParallelAwareDataloader
 
 from ..data.default_corpus import ensure_default_corpus
-from ..data.shards import open_dataset
+from ..data import open_dataset
 from ..errors import UserError
 
 

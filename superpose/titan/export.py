@@ -24,7 +24,10 @@ from pathlib import Path
 
 import torch
 
-from ..core.model import LLAMA, QWEN3_MOE, ModelConfig, saved_model_config
+from ..core.arch import ModelConfig
+from ..core.llama import LLAMA
+from ..core.model import saved_model_config
+from ..core.qwen3_moe import QWEN3_MOE
 from ..errors import UserError
 from ..interop.hf_llama import hf_config
 from .arch import titan_model_spec

@@ -3,7 +3,7 @@ its files (`save`), stop it early (`stops`) and continue it (`resume`), on one p
 with its numbers (`metrics`), its run state (`state`) and the execution choices that change
 speed, not results (`perf`)."""
 
-from .build import build_trainer, resolve_data, run_training
+from .build import build_trainer, resolve_data, resolve_from_data, run_training
 from .trainer import Trainer
 
-__all__ = ["Trainer", "build_trainer", "resolve_data", "run_training"]
+__all__ = ["Trainer", "build_trainer", "resolve_data", "resolve_from_data", "run_training"]

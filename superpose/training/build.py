@@ -20,7 +20,9 @@ from collections.abc import Callable
 import torch
 
 from ..config import Config
-from ..core.model import ModelConfig, Transformer, build_model, empty_model
+from ..core.arch import ModelConfig
+from ..core.llama import Transformer
+from ..core.model import build_model, empty_model
 from ..core.schedule import Schedule
 from ..data import DataSource, Dataset, open_dataset, open_mixture, token_byte_lengths, val_windows
 from ..data.mixture import absolute_mix

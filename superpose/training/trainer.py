@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .. import checkpoint
 from ..config import Config, nan_advice
-from ..core.model import Transformer
+from ..core.llama import Transformer
 from ..core.schedule import Phase, Schedule
 from ..core.superposition import count_valid_targets
 from ..data import DataSource, Loader
