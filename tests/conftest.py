@@ -17,6 +17,7 @@ import torch
 
 from superpose.data import corpus
 from superpose.config import Config, DataConfig, OptimConfig, TrainConfig
+from superpose.errors import UserError
 from superpose.core.tst_spec import TSTSpec
 from superpose.core.llama import LlamaConfig
 from superpose.data.prepare import prepare
@@ -60,6 +61,17 @@ def one_line(proc, *needles) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def raises_one_line(fn, *needles) -> str:
+    """A library user error: fn() raises UserError with one line holding every needle."""
+    with pytest.raises(UserError) as e:
+        fn()
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for needle in needles:
+        assert needle in msg, msg
+    return msg
 
 
 def tiny_config(data: Path, **overrides) -> Config:

@@ -27,13 +27,13 @@ from superpose.core.arch import ModelConfig
 from superpose.core.llama import LlamaConfig
 from superpose.core.model import ARCHITECTURES, model_config, saved_model_config
 from superpose.core.qwen3_moe import Qwen3MoeConfig
-from superpose.errors import UserError
 from superpose.experiments.fingerprint import changed_fields
 from superpose.files import file_record
 from superpose.inference.load import load_model
 from superpose.overrides import set_fields
 from superpose.presets import resolve
 from superpose.training.resume import resume_config
+from conftest import raises_one_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,15 +43,6 @@ OLD_MOE_DEFAULTS = {"n_experts": 0, "top_k": 2, "moe_ffn_dim": 0, "norm_topk_pro
                     "decoder_sparse_step": 1, "mlp_only_layers": []}
 MOE_FLAGS = ["--model.n_experts=8", "--model.arch=qwen3_moe", "--model.moe_ffn_dim=32"]
 
-
-def one_line(fn, *needles) -> str:
-    with pytest.raises(UserError) as e:
-        fn()
-    msg = str(e.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, msg
-    return msg
 
 
 def test_each_architecture_has_its_own_config_class():
@@ -82,7 +73,7 @@ def test_to_dict_from_dict_round_trips_each_architecture(arch, fields):
                                    ["--model.mlp_only_layers=0"]])
 def test_another_architectures_field_is_refused_in_one_line(flags):
     name = flags[-1].split("=")[0].removeprefix("--model.")
-    one_line(lambda: resolve("cpu-smoke", flags), f"model.{name}: only for model.arch=qwen3_moe",
+    raises_one_line(lambda: resolve("cpu-smoke", flags), f"model.{name}: only for model.arch=qwen3_moe",
              "this model is llama", "--model.arch=qwen3_moe")
     with pytest.raises(ValueError, match="only for model.arch=qwen3_moe"):
         model_config("llama", **{name: 4})
@@ -91,7 +82,7 @@ def test_another_architectures_field_is_refused_in_one_line(flags):
 def test_another_architectures_field_in_a_config_file_is_named(tmp_path):
     path = tmp_path / "moe.toml"
     path.write_text("[model]\nn_experts = 8\ndimm = 3\n")
-    one_line(lambda: resolve("cpu-smoke", [], path), "unknown keys: model.n_experts: only for model.arch=qwen3_moe",
+    raises_one_line(lambda: resolve("cpu-smoke", [], path), "unknown keys: model.n_experts: only for model.arch=qwen3_moe",
              "model.dimm")
     path.write_text('[model]\nn_experts = 8\nmoe_ffn_dim = 32\narch = "qwen3_moe"\n')  # arch last: still applied first
     assert type(resolve("cpu-smoke", [], path).model) is Qwen3MoeConfig
@@ -147,7 +138,7 @@ def test_an_old_format_config_loads_everywhere(checkpointed_run, tmp_path):
 def test_an_old_format_field_away_from_its_default_is_refused(checkpointed_run):
     cfg = Config.from_dict(json.loads((checkpointed_run / "config.json").read_text()))
     bad = old_format(cfg.to_dict(), n_experts=8)
-    one_line(lambda: Config.from_dict(bad), "model.n_experts: only for model.arch=qwen3_moe", "--model.arch=qwen3_moe")
+    raises_one_line(lambda: Config.from_dict(bad), "model.n_experts: only for model.arch=qwen3_moe", "--model.arch=qwen3_moe")
     with pytest.raises(ValueError, match="model.n_experts: only for model.arch=qwen3_moe"):
         saved_model_config(bad["model"])
     # As a qwen3_moe config the same fields are its own.

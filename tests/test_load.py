@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file
 
 from superpose.config import Config
-from superpose.errors import UserError
 from superpose.files import file_record
 from superpose.inference.load import load_model, load_tokenizer, locate, special_tokens
+from conftest import raises_one_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,14 +38,6 @@ def run(checkpointed_run):
     """An 8-step TST run of tiny_config (switch at step 4), checkpoints at 2, 4, 6, 8. Read only."""
     return checkpointed_run
 
-
-def one_line(fn, *needles):
-    with pytest.raises(UserError) as e:
-        fn()
-    msg = str(e.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, msg
 
 
 @pytest.mark.parametrize("where,kind,step,phase1", [
@@ -121,13 +113,13 @@ def test_a_model_json_that_is_not_a_valid_model_is_refused(final, edit, needle):
     m = json.loads((final / "model.json").read_text())
     edit(m)
     (final / "model.json").write_text(json.dumps(m))
-    one_line(lambda: load_model(final), str(final / "model.json"), needle)
+    raises_one_line(lambda: load_model(final), str(final / "model.json"), needle)
 
 
 @pytest.mark.parametrize("name,what", [("model.json", "model architecture"), ("config.json", "run config")])
 def test_unreadable_json_is_one_line(final, name, what):
     (final / name).write_text("{not json")
-    one_line(lambda: locate(final), f"cannot read {what} {final / name}", "damaged")
+    raises_one_line(lambda: locate(final), f"cannot read {what} {final / name}", "damaged")
 
 
 def test_a_checkpoint_refuses_a_tokenizer_it_was_not_trained_with(run, tmp_path, tiny_data):
@@ -146,7 +138,7 @@ def test_a_checkpoint_refuses_a_tokenizer_it_was_not_trained_with(run, tmp_path,
     assert "<|other|>" in load_tokenizer(ck).get_vocab()
     (ck / "tokenizer.json").unlink()
     (ck.parent.parent / "tokenizer.json").write_text(other.read_text())  # the run directory's: checked
-    one_line(lambda: load_tokenizer(ck), "is not the tokenizer", "sha256 differs")
+    raises_one_line(lambda: load_tokenizer(ck), "is not the tokenizer", "sha256 differs")
 
 
 def test_special_tokens_come_from_the_runs_record(run, final):
@@ -180,4 +172,4 @@ def test_a_run_config_this_superpose_cannot_read_is_one_line(final, edit, needle
     config = json.loads((final / "config.json").read_text())
     edit(config)
     (final / "config.json").write_text(json.dumps(config))
-    one_line(lambda: locate(final), f"{final / 'config.json'} holds a run config this superpose cannot read", needle)
+    raises_one_line(lambda: locate(final), f"{final / 'config.json'} holds a run config this superpose cannot read", needle)

@@ -23,7 +23,6 @@ from superpose import files
 from superpose.config import Config
 from superpose.presets import resolve
 from superpose.data.prepare import prepare
-from superpose.errors import UserError
 from superpose.inference.load import load_model
 from superpose.training import build as build_module
 from superpose import checkpoint
@@ -31,7 +30,7 @@ from superpose.training import run_training
 from superpose.training.resume import resume_config
 
 import faults
-from conftest import one_line, tiny_config, tiny_sources
+from conftest import one_line, raises_one_line, tiny_config, tiny_sources
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,15 +44,6 @@ def superpose(*args, env=None, cwd=None, timeout=300):
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}, cwd=cwd,
                           timeout=timeout)
 
-
-def raises_one_line(fn, *needles):
-    with pytest.raises(UserError) as e:
-        fn()
-    msg = str(e.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, msg
-    return msg
 
 
 def tiny_args(data, out, *extra):
