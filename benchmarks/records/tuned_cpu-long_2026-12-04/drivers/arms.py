@@ -4,15 +4,19 @@ that confirms them (PREREGISTRATION.md sections 1-2), from the cells copied into
     python drivers/arms.py      prints each arm's stage-1 winner, what is still missing (a cell of
                                 the grid, a widening the rule asks for, a stage-2 cell), and once
                                 nothing is, the arms and the confirmation command
+    python drivers/arms.py --cells   only the missing cells, as grid.sh takes them (empty: done)
 
 A cell's score is its mean final validation loss over seeds 0 and 1; an arm's stage-1 winner is its
 best (init, rate) cell at warmup 100 and decay 0.2; its rate axis is widened while the winner sits
 on an edge; stage 2 tries warmup {100, 400} x decay {0.2, 0.4} at the winner; ties within 0.001
 nats go to the cell closer to the preset (rate 3e-3, warmup 100, decay 0.2).
 """
+import contextlib
+import io
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 here = Path(__file__).resolve().parent.parent
@@ -77,7 +81,12 @@ def fields(cell: tuple) -> list[str]:
 
 
 missing: list[str] = []
-arms = {arm: pick(arm, missing) for arm in ("base", "tst")}
+with contextlib.redirect_stdout(io.StringIO()) as said:
+    arms = {arm: pick(arm, missing) for arm in ("base", "tst")}
+if "--cells" in sys.argv[1:]:
+    print(" ".join(m.split(" ")[0] for m in missing))
+    sys.exit(0)
+print(said.getvalue(), end="")
 if missing:
     print("still to run (grid.sh cells, seeds 0 and 1): " + " ".join(missing))
 else:
