@@ -17,6 +17,18 @@ out=${1:?usage: confirm_seeds.sh OUT SEED0 NSEEDS -- COMPARE_ARGS...}; seed0=${2
 shift 3; [ "${1:-}" = "--" ] && shift
 args=("$@")  # compare's own arguments
 mkdir -p "$out/parts" "$out/all"
+final=(.venv/bin/superpose compare "${args[@]}" --train.threads=1 --seeds "$n" --seed0 "$seed0" --out "$out/all")
+# all/ is this experiment's own compare directory, which the final compare continues: mark it as
+# compare marks its --out (superpose's sealed mark, with the command that finishes it) before any
+# seed is copied in, or compare refuses a folder of seed-* it did not make.
+.venv/bin/python - "$out/all" "$(printf '%q ' "${final[@]}")" <<'PY'
+import sys
+from pathlib import Path
+
+from superpose.training.ownership import begin_experiment
+
+begin_experiment(Path(sys.argv[1]), "compare", sys.argv[2].strip())
+PY
 core_ids=(${CONFIRM_CORES:-$(seq 0 $(($(nproc) - 1)))})  # e.g. CONFIRM_CORES="1 0": the first seed on core 1
 cores=${#core_ids[@]}
 seeds=($(seq "$seed0" $((seed0 + n - 1))))
@@ -34,4 +46,4 @@ for q in $(seq 0 $((cores - 1))); do
    done) &
 done
 wait
-.venv/bin/superpose compare "${args[@]}" --train.threads=1 --seeds "$n" --seed0 "$seed0" --out "$out/all"
+"${final[@]}"
