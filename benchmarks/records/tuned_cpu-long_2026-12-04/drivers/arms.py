@@ -5,6 +5,8 @@ that confirms them (PREREGISTRATION.md sections 1-2), from the cells copied into
                                 the grid, a widening the rule asks for, a stage-2 cell), and once
                                 nothing is, the arms and the confirmation command
     python drivers/arms.py --cells   only the missing cells, as grid.sh takes them (empty: done)
+    python drivers/arms.py --compare-args   the two arms as compare's arguments, one a line (exit 1
+                                            while cells are missing)
 
 A cell's score is its mean final validation loss over seeds 0 and 1; an arm's stage-1 winner is its
 best (init, rate) cell at warmup 100 and decay 0.2; its rate axis is widened while the winner sits
@@ -85,6 +87,12 @@ with contextlib.redirect_stdout(io.StringIO()) as said:
     arms = {arm: pick(arm, missing) for arm in ("base", "tst")}
 if "--cells" in sys.argv[1:]:
     print(" ".join(m.split(" ")[0] for m in missing))
+    sys.exit(0)
+if "--compare-args" in sys.argv[1:]:
+    if missing:
+        sys.exit(1)
+    # the tuned baseline is compare's own (its settings apply to both arms); TST is its one grid cell
+    print("\n".join([*(f"--{f}" for f in fields(arms["base"])), "--tst-grid", ";".join(fields(arms["tst"]))]))
     sys.exit(0)
 print(said.getvalue(), end="")
 if missing:

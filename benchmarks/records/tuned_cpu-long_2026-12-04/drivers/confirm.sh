@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# PREREGISTRATION.md section 2 on both corpora, once the screen has named the arms: seeds 300-307,
+# each one compare (the tuned baseline as compare's own, decayed at 12,000, 15,000 and 18,000 steps;
+# TST as its one --tst-grid cell), two seeds at a time on the two cores (benchmarks/confirm_seeds.sh),
+# then one report over the 8 seeds. Resumable: a finished seed is reused, an interrupted one
+# continues from its checkpoints. Run from a checkout frozen for the confirmation (NOTES.md):
+#
+#   cd /work/wt-confirm && PYTHONPATH=$PWD nohup setsid bash \
+#     /work/main/benchmarks/records/tuned_cpu-long_2026-12-04/drivers/confirm.sh > runs/confirm.log 2>&1 &
+set -euo pipefail
+drivers=$(cd "$(dirname "$0")" && pwd)
+picked=$(python3 "$drivers/arms.py" --compare-args) || { echo "confirm.sh: the screen has not named the arms yet (python3 $drivers/arms.py)" >&2; exit 1; }
+mapfile -t arms <<<"$picked"
+big=${BIG_CORPUS:-runs/bigcorpus-v4096}
+common=(--preset cpu-long --steps 12000 --baseline-lengths 1,1.25,1.5 "${arms[@]}")
+echo "confirm.sh: $(date -u +%H:%M) default corpus: ${common[*]}"
+bash benchmarks/confirm_seeds.sh runs/confirm-default 300 8 -- "${common[@]}" --data.val_tokens=229376
+[ -f "$big/meta.json" ] || { echo "confirm.sh: no non-repeating corpus at $big: build it with benchmarks/big_corpus.sh (NOTES of records/big_corpus_2026-12-04)" >&2; exit 1; }
+echo "confirm.sh: $(date -u +%H:%M) non-repeating corpus $big"
+bash benchmarks/confirm_seeds.sh runs/confirm-big 300 8 -- "${common[@]}" --data.path "$big" --data.val_tokens=262144
+echo "confirm.sh: $(date -u +%H:%M) done"
