@@ -7,6 +7,8 @@ that confirms them (PREREGISTRATION.md sections 1-2), from the cells copied into
     python drivers/arms.py --cells   only the missing cells, as grid.sh takes them (empty: done)
     python drivers/arms.py --compare-args   the two arms as compare's arguments, one a line (exit 1
                                             while cells are missing)
+    python drivers/arms.py --size d32 ...   the same for the second size (cells named d32-...;
+                                            section 2: rate x init only, no stage 2)
 
 A cell's score is its mean final validation loss over seeds 0 and 1; an arm's stage-1 winner is its
 best (init, rate) cell at warmup 100 and decay 0.2; its rate axis is widened while the winner sits
@@ -27,11 +29,14 @@ WIDER = {"low": ("7e-4", "5e-4"), "high": ("4e-3", "6e-3")}  # section 1's widen
 SCHEDULES = (("100", "0.2"), ("100", "0.4"), ("400", "0.2"), ("400", "0.4"))
 TIE = 0.001
 
+SIZE = sys.argv[sys.argv.index("--size") + 1] if "--size" in sys.argv else ""  # "" (d = 64) or "d32"
+TAG = f"{SIZE}-" if SIZE else ""
 runs: dict[tuple, dict[int, float]] = {}  # (arm, init, lr, warmup, decay) -> {seed: final val loss}
 for summary in here.glob("screen/*/summary.json"):
-    arm, init, lr, w, d, seed = re.fullmatch(r"(tst|base)-(\w+)-lr([\d.e-]+?)(?:-w(\d+)-d([\d.]+))?-s(\d+)",
-                                             summary.parent.name).groups()
-    runs.setdefault((arm, init, lr, w or "100", d or "0.2"), {})[int(seed)] = json.loads(summary.read_text())["val_loss"]
+    name = re.fullmatch(r"(d32-)?(tst|base)-(\w+)-lr([\d.e-]+?)(?:-w(\d+)-d([\d.]+))?-s(\d+)", summary.parent.name)
+    tag, arm, init, lr, w, d, seed = name.groups()
+    if (tag or "") == TAG:
+        runs.setdefault((arm, init, lr, w or "100", d or "0.2"), {})[int(seed)] = json.loads(summary.read_text())["val_loss"]
 
 
 def score(cell: tuple) -> float | None:
@@ -69,6 +74,8 @@ def pick(arm: str, missing: list[str]) -> tuple | None:
             axis = sorted(set(axis) | {lr}, key=float)
             winner = best([winner, cell])
     print(f"{arm}: stage-1 winner init={winner[1]} lr={winner[2]} (mean {score(winner):.4f})")
+    if SIZE:  # the second size is screened on rate x init alone (section 2)
+        return winner
     stage2 = [winner[:3] + s for s in SCHEDULES]
     lacking = [c for c in stage2 if score(c) is None]
     if lacking:

@@ -9,9 +9,18 @@
 #     /work/main/benchmarks/records/tuned_cpu-long_2026-12-04/drivers/confirm.sh > runs/confirm.log 2>&1 &
 set -euo pipefail
 drivers=$(cd "$(dirname "$0")" && pwd)
-picked=$(python3 "$drivers/arms.py" --compare-args) || { echo "confirm.sh: the screen has not named the arms yet (python3 $drivers/arms.py)" >&2; exit 1; }
+# SIZE=d32: the second size's confirmation (section 2): d = 32, 3,000 steps, the default corpus only
+size=(); [ "${SIZE:-}" = d32 ] && size=(--size d32)
+picked=$(python3 "$drivers/arms.py" --compare-args "${size[@]}") || { echo "confirm.sh: the screen has not named the arms yet (python3 $drivers/arms.py ${size[*]})" >&2; exit 1; }
 mapfile -t arms <<<"$picked"
 big=${BIG_CORPUS:-runs/bigcorpus-v4096}
+if [ "${SIZE:-}" = d32 ]; then
+  common=(--preset cpu-long --steps 3000 --model.dim=32 --model.ffn_dim=96 --baseline-lengths 1,1.25,1.5 "${arms[@]}")
+  echo "confirm.sh: $(date -u +%H:%M) d = 32, default corpus: ${common[*]}"
+  bash benchmarks/confirm_seeds.sh runs/confirm-d32 300 8 -- "${common[@]}" --data.val_tokens=229376
+  echo "confirm.sh: $(date -u +%H:%M) done"
+  exit 0
+fi
 common=(--preset cpu-long --steps 12000 --baseline-lengths 1,1.25,1.5 "${arms[@]}")
 echo "confirm.sh: $(date -u +%H:%M) default corpus: ${common[*]}"
 bash benchmarks/confirm_seeds.sh runs/confirm-default 300 8 -- "${common[@]}" --data.val_tokens=229376

@@ -14,8 +14,11 @@ root=${GRID_OUT:-runs/tune12k}
 # Each finished cell's summary, config and metrics are copied into the record (runs/ does not
 # outlive the machine; the record does once committed).
 keep=${GRID_RECORD:-$(cd "$(dirname "$0")/.." && pwd)/screen}
-common=(--preset cpu-long --train.steps=12000 --train.seed="$seed" --train.threads=1
-        --data.val_tokens=229376 --train.eval_every=1000 --checkpoint.every=500 --checkpoint.every_minutes=5)
+# The second size (PREREGISTRATION.md section 2): GRID_TAG=d32- GRID_STEPS=3000
+# GRID_MODEL="--model.dim=32 --model.ffn_dim=96" names its cells d32-... and trains that shape.
+tag=${GRID_TAG:-}; steps=${GRID_STEPS:-12000}; model=(${GRID_MODEL:-})
+common=(--preset cpu-long --train.steps="$steps" --train.seed="$seed" --train.threads=1 "${model[@]}"
+        --data.val_tokens=229376 --train.eval_every=$((steps / 12)) --checkpoint.every=500 --checkpoint.every_minutes=5)
 for cell in "$@"; do
   IFS=: read -r arm init lr warmup decay <<<"$cell"
   warmup=${warmup:-100}; decay=${decay:-0.2}
@@ -25,7 +28,7 @@ for cell in "$@"; do
     *) echo "grid.sh: unknown arm $arm in $cell (tst or base)" >&2; exit 2 ;;
   esac
   sched=""; [ "$warmup:$decay" = 100:0.2 ] || sched="-w$warmup-d$decay"
-  out=$root/$arm-$init-lr$lr$sched-s$seed
+  out=$root/$tag$arm-$init-lr$lr$sched-s$seed
   name=$(basename "$out")
   if [ -f "$keep/$name/summary.json" ]; then continue; fi
   if [ -f "$out/summary.json" ]; then :  # finished, not yet copied

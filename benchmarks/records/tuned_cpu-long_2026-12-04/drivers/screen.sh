@@ -12,7 +12,9 @@ set -euo pipefail
 drivers=$(cd "$(dirname "$0")" && pwd)
 log=${GRID_OUT:-runs/tune12k}
 mkdir -p "$log"
-while cells=$(python3 "$drivers/arms.py" --cells) && [ -n "$cells" ]; do
+# SIZE=d32: the second size (d = 32, 3,000 steps, cells named d32-..., stage 1 only)
+size=(); [ "${SIZE:-}" = d32 ] && { size=(--size d32); export GRID_TAG=d32- GRID_STEPS=3000 GRID_MODEL="--model.dim=32 --model.ffn_dim=96"; }
+while cells=$(python3 "$drivers/arms.py" --cells "${size[@]}") && [ -n "$cells" ]; do
   echo "screen.sh: $(date -u +%H:%M) round: $cells"
   pids=()
   for seed in 0 1; do
@@ -21,4 +23,4 @@ while cells=$(python3 "$drivers/arms.py" --cells) && [ -n "$cells" ]; do
   for pid in "${pids[@]}"; do wait "$pid"; done
 done
 echo "screen.sh: $(date -u +%H:%M) done"
-python3 "$drivers/arms.py"
+python3 "$drivers/arms.py" "${size[@]}"

@@ -13,18 +13,17 @@ import sys
 from pathlib import Path
 
 here = Path(__file__).resolve().parent.parent
-cells: dict[tuple[str, str, str], dict[int, float]] = {}  # stage 1: warmup 100, decay 0.2
+sized: dict[str, dict[tuple[str, str, str], dict[int, float]]] = {"": {}, "d32-": {}}  # stage 1, by size tag
 stage2: dict[tuple[str, str, str, str, str], dict[int, float]] = {}  # (arm, init, lr, warmup, decay)
 for summary in sorted(here.glob("screen/*/summary.json")):
-    name = re.fullmatch(r"(tst|base)-(\w+)-lr([\d.e-]+?)(?:-w(\d+)-d([\d.]+))?-s(\d+)", summary.parent.name)
-    arm, init, lr, warmup, decay, seed = name.groups()
+    name = re.fullmatch(r"(d32-)?(tst|base)-(\w+)-lr([\d.e-]+?)(?:-w(\d+)-d([\d.]+))?-s(\d+)", summary.parent.name)
+    tag, arm, init, lr, warmup, decay, seed = name.groups()
     loss = json.loads(summary.read_text())["val_loss"]
     if warmup is None:
-        cells.setdefault((arm, init, lr), {})[int(seed)] = loss
+        sized[tag or ""].setdefault((arm, init, lr), {})[int(seed)] = loss
     else:
         stage2.setdefault((arm, init, lr, warmup, decay), {})[int(seed)] = loss
-
-rates = sorted({k[2] for k in cells} | {"1e-3", "1.5e-3", "2e-3", "3e-3"}, key=float)  # plus widened ones
+cells = sized[""]
 
 
 def schedules() -> None:
@@ -40,7 +39,8 @@ def schedules() -> None:
             + (f" ({sum(got.values()) / 2:.4f})" if len(got) == 2 else "") for got in row) + " |")
 
 
-def table() -> None:
+def table(cells: dict[tuple[str, str, str], dict[int, float]]) -> None:
+    rates = sorted({k[2] for k in cells} | {"1e-3", "1.5e-3", "2e-3", "3e-3"}, key=float)  # plus widened ones
     rows = [("base", "normal"), ("base", "torch"), ("tst", "torch"), ("tst", "normal")]
     print("| cell: seed 0 / seed 1 (mean) | " + " | ".join(f"lr {r}" for r in rates) + " |")
     print("|---|" + "---|" * len(rates))
@@ -68,9 +68,12 @@ def table() -> None:
 
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
-    table()
+    table(cells)
     if stage2:
         schedules()
+    if sized["d32-"]:
+        print("\nThe second size, d = 32 at 3,000 steps (stage 1 only):\n")
+        table(sized["d32-"])
 print(out.getvalue(), end="")
 if "--notes" in sys.argv[1:]:
     notes = here / "NOTES.md"
