@@ -22,8 +22,14 @@ if [ "${SIZE:-}" = d32 ]; then
   exit 0
 fi
 common=(--preset cpu-long --steps 12000 --baseline-lengths 1,1.25,1.5 "${arms[@]}")
-echo "confirm.sh: $(date -u +%H:%M) default corpus: ${common[*]}"
-bash benchmarks/confirm_seeds.sh runs/confirm-default 300 8 -- "${common[@]}" --data.val_tokens=229376
+# CORPUS=default or CORPUS=big runs one corpus only (the order of the sections' runs is free; the
+# seeds, arms and analysis are not); unset, both, the default corpus first.
+corpus=${CORPUS:-both}
+if [ "$corpus" != big ]; then
+  echo "confirm.sh: $(date -u +%H:%M) default corpus: ${common[*]}"
+  bash benchmarks/confirm_seeds.sh runs/confirm-default 300 8 -- "${common[@]}" --data.val_tokens=229376
+fi
+[ "$corpus" = default ] && { echo "confirm.sh: $(date -u +%H:%M) done"; exit 0; }
 [ -f "$big/meta.json" ] || { echo "confirm.sh: no non-repeating corpus at $big: build it with benchmarks/big_corpus.sh (NOTES of records/big_corpus_2026-12-04)" >&2; exit 1; }
 echo "confirm.sh: $(date -u +%H:%M) non-repeating corpus $big"
 bash benchmarks/confirm_seeds.sh runs/confirm-big 300 8 -- "${common[@]}" --data.path "$big" --data.val_tokens=262144
