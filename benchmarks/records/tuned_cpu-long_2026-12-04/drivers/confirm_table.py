@@ -80,6 +80,7 @@ def report(name: str) -> dict[int, float]:
     planned = SEEDS.get(name, list(range(300, 308)))
     print(f"\n### {title}: {len(rows)} of {len(planned)} pre-registered seeds\n")
     if not rows:
+        print("Not run yet.")
         return {}
     lengths = [s for s, _ in next(iter(rows.values()))["base"]]
     variants = sorted(next(iter(rows.values()))["variants"])
@@ -96,7 +97,8 @@ def report(name: str) -> dict[int, float]:
     done = "" if sorted(rows) == planned else f" (partial: seeds {', '.join(map(str, sorted(rows)))} only)"
     if len(rows) > 1:
         g = stats(list(gains.values()))
-        print(f"\n- gain (baseline minus TST, nats){done}: {interval(g)}: {verdict(g)}")
+        print(f"\n- gain (baseline minus TST, nats){done}: {interval(g)}"
+              + ("" if done else f": **{verdict(g)}**"))
         for v in variants:
             print(f"- gain against {v}: {interval(stats([r['variants'][v] - r['tst'] for r in rows.values()]))}")
         measured = [r["ratio"] for r in rows.values() if r["kind"] == "interpolated"]
