@@ -15,9 +15,10 @@ be closest to the baseline does. Exit 0: no regression; 1: regression; 2: bad ar
         --record benchmarks/records/crossover_cpu-small_2026-11-29/scan-torch/report.json --out runs/guard
 
 The tuned record (issue 30) is 8 seeds of 12,000 steps with the baseline also decayed at 15,000
-and 18,000: `--seeds 3 --gain-only` reruns its first 3 seeds with the baseline at 12,000 steps only
-(the gain, not the speedup; about 80 minutes on 2 cores), against the recorded interval; fewer
-seeds give a wider interval, so only a larger regression shows.
+and 18,000: `--seeds 3 --gain-only --threads 2` reruns its first 3 seeds with the baseline at
+12,000 steps only (the gain, not the speedup; each seed is README's main job: about 50 minutes on
+2 idle cores), against the recorded interval; fewer seeds give a wider interval, so only a larger
+regression shows.
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   # One resolve for every extra, with the torch already here pinned (the CPU build stays the CPU
   # build): separate calls let a later extra downgrade what an earlier one needs.
-  have=$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')
+  # (read from the installed metadata: importing torch before numpy is installed warns)
+  have=$(.venv/bin/python -c 'from importlib.metadata import version; print(version("torch").split("+")[0])')
   echo "setup: installing superpose[$EXTRAS] with torch==$have" >&2
   pip install -e ".[$EXTRAS]" "torch==$have"
   rm -f "$stamp"
