@@ -32,5 +32,8 @@ fi
 [ "$corpus" = default ] && { echo "confirm.sh: $(date -u +%H:%M) done"; exit 0; }
 [ -f "$big/meta.json" ] || { echo "confirm.sh: no non-repeating corpus at $big: build it with benchmarks/big_corpus.sh (NOTES of records/big_corpus_2026-12-04)" >&2; exit 1; }
 echo "confirm.sh: $(date -u +%H:%M) non-repeating corpus $big"
-bash benchmarks/confirm_seeds.sh runs/confirm-big 300 8 -- "${common[@]}" --data.path "$big" --data.val_tokens=262144
+# --checkpoint.every=1000 (the preset saves only every 30 minutes of wall time): a session that ends
+# mid-seed then loses at most 1,000 steps of each arm. Checkpoints change no bits of a run.
+bash benchmarks/confirm_seeds.sh runs/confirm-big 300 8 -- "${common[@]}" --data.path "$big" --data.val_tokens=262144 \
+  --checkpoint.every=1000
 echo "confirm.sh: $(date -u +%H:%M) done"
