@@ -30,7 +30,7 @@ from pathlib import Path
 from .checks import check_seed
 from .cli_errors import check_output_paths, failure_line
 from .cli_parser import build_parser
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -93,7 +93,6 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
     """Train a new run (--preset, --out), or continue one from its newest checkpoint (--resume).
     A run stopped by SIGINT/SIGTERM saves a checkpoint and exits with 128 + the signal number."""
     from .presets import resolve
-    from .errors import Interrupted
     from .training import run_training
     from .training.distributed import env_rank
     from .training.ownership import check_train_dir, claim
@@ -194,7 +193,7 @@ def _floats(text: str, flag: str) -> list[float]:
     return values
 
 
-def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
+def cmd_compare(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> None:
     from .experiments.baselines import parse_baselines, parse_grid
     from .experiments.compare import compare
 
@@ -211,11 +210,11 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str]) -> None:
         if any(n != int(n) or n < 1 for n in lengths):
             raise UserError(f"--steps takes positive whole step counts, e.g. 300,600,1200; got {args.steps!r}")
         steps = [int(n) for n in lengths]
-    compare(cfg, Path(args.out), seeds, factors, command=shlex.join(["superpose", *sys.argv[1:]]), log=_log,
+    compare(cfg, Path(args.out), seeds, factors, command=shlex.join(["superpose", *argv]), log=_log,
             steps=steps, baselines=variants, tst_grid=tst_grid)
 
 
-def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
+def cmd_sweep(args: argparse.Namespace, overrides: list[str], argv: list[str]) -> None:
     from .experiments.sweep import sweep
 
     args.bag_size = args.ratio = None
@@ -224,7 +223,7 @@ def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> None:
     if any(s != int(s) for s in sizes):
         raise UserError(f"--bag-sizes takes integers, got {args.bag_sizes!r}")
     sweep(cfg, Path(args.out), [int(s) for s in sizes], _floats(args.ratios, "--ratios"), seeds,
-          command=shlex.join(["superpose", *sys.argv[1:]]), log=_log)
+          command=shlex.join(["superpose", *argv]), log=_log)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -302,15 +301,16 @@ def _short(n: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()  # cli_parser.py: each verb's options
+    argv = sys.argv[1:] if argv is None else list(argv)  # compare and sweep quote it as their command
     args, extra = parser.parse_known_args(argv)
     try:
         check_output_paths(args)
         if args.verb == "train":
             cmd_train(args, extra)
         elif args.verb == "compare":
-            cmd_compare(args, extra)
+            cmd_compare(args, extra, argv)
         elif args.verb == "sweep":
-            cmd_sweep(args, extra)
+            cmd_sweep(args, extra, argv)
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         elif args.verb == "prepare":
@@ -334,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"superpose: error: {rank_tag()}{e}", file=sys.stderr)  # "[rank R] " under torchrun
         return 2
+    except Interrupted as e:  # compare and sweep: saved, and the message says how to go on
+        print(f"superpose: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("superpose: interrupted", file=sys.stderr)
         return 130

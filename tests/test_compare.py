@@ -185,6 +185,48 @@ def test_sweep_grid_and_resume(tiny_data, tmp_path, monkeypatch):
         sweep(cfg, tmp_path / "sw2", [1], [0.3], seeds=[0])
 
 
+def test_sigint_stops_a_sweep_with_its_cell_saved_and_its_command_continues_that_cell(tiny_data, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Ctrl-C in the second cell: it saves a checkpoint, exit 130 with one line naming the sweep's
+    own command (not `train --resume` on the cell, which the sweep owns); that command continues
+    the cell from the checkpoint, each step logged once, and ends with an uninterrupted sweep's grid."""
+    import os
+    import signal
+    from superpose.cli import main
+    from superpose.training import Trainer
+
+    def args(out):
+        return ["sweep", "--preset", "cpu-smoke", "--data.path", str(tiny_data), "--out", str(out),
+                "--bag-sizes", "2", "--ratios", "0.5", "--train.steps=8", "--train.eval_every=0",
+                "--checkpoint.every=0"]
+
+    assert main(args(tmp_path / "whole")) == 0
+    real, calls = Trainer.step_once, []
+
+    def signalled(self):  # step 3 of the second cell (the first is the baseline's 8 steps)
+        calls.append(1)
+        if len(calls) == 11:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "step_once", signalled)
+    capsys.readouterr()
+    assert main(args(tmp_path / "cut")) == 130
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("superpose: sweep stopped by SIGINT during cell s2-r0.5-seed0") and "Traceback" not in err
+    assert "continue with: superpose sweep --preset cpu-smoke" in last and "--resume" not in last, last
+    cell = tmp_path / "cut" / "cells" / "s2-r0.5-seed0"
+    assert [p.name for p in (cell / "checkpoints").glob("step-*")] == ["step-000003"]
+
+    monkeypatch.setattr(Trainer, "step_once", real)
+    assert main(args(tmp_path / "cut")) == 0
+    assert [r["step"] for r in records(cell, "train")] == list(range(8))  # continued, not restarted
+    whole, cut = (json.loads((tmp_path / d / "sweep.json").read_text()) for d in ("whole", "cut"))
+    assert [c["val_loss"] for c in cut["cells"]] == [c["val_loss"] for c in whole["cells"]]
+    assert cut["baseline"] == whole["baseline"]
+
+
 def test_gpu_preset_trains_on_cpu_and_gpu_compare_refuses_without_a_gpu(tiny_data, tmp_path):
     import shutil
     import subprocess

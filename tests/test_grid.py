@@ -101,6 +101,57 @@ def test_cli_grid_flags_refuse_bad_cells_before_training(tiny_data, tmp_path, ca
     assert not (tmp_path / "c" / "seed-0").exists()
 
 
+def test_sigint_stops_a_compare_after_its_round_with_every_arm_saved_and_its_command_continues(
+        tiny_data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C mid-seed, with no checkpoint of the arms' own due (checkpoint.every=0): the round
+    finishes, every arm saves one at the same step, exit 130 with one line that names the command
+    to go on (after the progress log); that command ends with an uninterrupted compare's losses. A second Ctrl-C stops at once."""
+    import os
+    import signal
+    from superpose.training import Trainer
+
+    def args(out):
+        return ["compare", "--preset", "cpu-smoke", "--data.path", str(tiny_data), "--out", str(out), "--seeds", "1",
+                "--baseline-lengths", "1", "--steps", "12", "--checkpoint.every=0", "--train.eval_every=4"]
+
+    assert main(args(tmp_path / "whole")) == 0
+    real, calls = Trainer.step_once, []
+
+    def signalled(self, at=(9,)):  # the TST arm's 5th step of round 5; the baseline's 5th ends the round
+        calls.append(1)
+        if len(calls) in at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "step_once", signalled)
+    capsys.readouterr()
+    assert main(args(tmp_path / "cut")) == 130
+    err = capsys.readouterr().err  # the progress log, then one line from superpose and no traceback
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("superpose: compare stopped by SIGINT during seed 0") and "Traceback" not in err, err
+    assert f"continue with: superpose compare --preset cpu-smoke --data.path {tiny_data}" in last, last
+    saved = sorted(p.relative_to(tmp_path / "cut" / "seed-0").parts[::2] for p in
+                   (tmp_path / "cut" / "seed-0").glob("*/checkpoints/step-*"))
+    assert saved == [("baseline-12", "step-000005"), ("tst", "step-000005")], saved
+
+    monkeypatch.setattr(Trainer, "step_once", real)
+    assert main(args(tmp_path / "cut")) == 0
+    assert "continuing its arms from their checkpoints" in capsys.readouterr().err
+    whole, cut = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("whole", "cut"))
+    for r in (cut, whole):  # the two arms' final losses, each seed's values
+        r["losses"] = r["arms"]["tst"]["val_loss"]["values"], r["arms"]["baseline"]["12"]["val_loss"]["values"]
+    assert cut["losses"] == whole["losses"]
+
+    # Two signals: the second stops at once, mid-round, without saving; one line, exit 130.
+    calls.clear()
+    monkeypatch.setattr(Trainer, "step_once", lambda self: signalled(self, at=(3, 4)))
+    assert main(args(tmp_path / "twice")) == 130
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "stopped at once by a second SIGINT during seed 0, without saving" in last and "Traceback" not in err, err
+    assert not list((tmp_path / "twice" / "seed-0").glob("*/checkpoints/step-*"))
+
+
 def test_an_interrupted_compare_continues_its_arms_bit_for_bit(tiny_data, tmp_path, monkeypatch):
     """A compare stopped mid-seed (after a decay branch was taken) continues every arm from its
     checkpoints when rerun, and ends with the losses of an uninterrupted compare, each step logged once."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +27,11 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..config import Config
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..files import copy_file
 from ..training import Trainer, build_trainer
 from ..training.resume import check_resumable
+from ..training.stops import StopSignals
 from .baselines import Variant, apply_variant, baseline_name
 
 
@@ -104,7 +106,11 @@ def lockstep(cfg: Config, out: Path, seed: int, runs: list[Run], trunks: dict, d
               log: Callable[[str], None]) -> dict[str, Trainer]:
     """Step every run of a seed one step at a time, round by round, branching each decay branch off
     its trunk when the trunk reaches its branch step, saving checkpoints as a run would, and
-    saying the progress every 30 s. Returns the finished trainers by run name."""
+    saying the progress every 30 s. Returns the finished trainers by run name.
+
+    SIGINT/SIGTERM let the round finish, save every unfinished arm's checkpoint and raise
+    `Interrupted` (the compare around it says how to go on); a second one stops at once, leaving
+    the arms' newest checkpoints as they were."""
     for run in runs:
         run.trainer.begin(progress=False)
     finished: dict[str, Trainer] = {}
@@ -114,30 +120,41 @@ def lockstep(cfg: Config, out: Path, seed: int, runs: list[Run], trunks: dict, d
                    + sum(n - b for _, branch_at in trunks.values() for b, n in branch_at.items()))
     done_steps, last_log = 0, time.time()
     every, minutes, last_save = cfg.checkpoint.every, cfg.checkpoint.every_minutes, time.time()
-    while runs:
-        for run in list(runs):
-            t = run.trainer
-            if t in trunks and t.state.step in trunks[t][1]:
-                v, branch_at = trunks[t]
-                runs.append(_branch(cfg, out, seed, t, v, branch_at.pop(t.state.step), ds))
-            if t.state.step < t.cfg.train.steps:
-                t.step_once()
-                done_steps += 1
-                if every and t.state.step % every == 0 or t.state.step == t.cfg.train.steps:
-                    t.save_checkpoint()  # at the end too: an interrupted compare then re-steps nothing of it
-            if t.state.step == t.cfg.train.steps:
-                t.finish()
-                finished[run.name] = t
-                runs.remove(run)
-        if minutes > 0 and time.time() - last_save >= 60 * minutes and runs:  # a round's arms, saved together
-            for run in runs:
-                run.trainer.save_checkpoint(reason="every_minutes")
-            last_save = time.time()
-        if time.time() - last_log > 30 or not runs:
-            last_log = time.time()
-            eta = (last_log - t0) / max(done_steps, 1) * (total_steps - done_steps)
-            log(f"compare: seed {seed}: {done_steps}/{total_steps} steps of all runs, {last_log - t0:.0f}s, "
-                f"eta {eta:.0f}s")
+
+    def on_repeat(signum: int) -> str:
+        return (f"stopped at once by a second {signal.Signals(signum).name} during seed {seed}, without saving; "
+                f"the arms' newest checkpoints in {out} are intact")
+
+    with StopSignals(on_repeat=on_repeat) as stop:
+        while runs:
+            for run in list(runs):
+                t = run.trainer
+                if t in trunks and t.state.step in trunks[t][1]:
+                    v, branch_at = trunks[t]
+                    runs.append(_branch(cfg, out, seed, t, v, branch_at.pop(t.state.step), ds))
+                if t.state.step < t.cfg.train.steps:
+                    t.step_once()
+                    done_steps += 1
+                    if every and t.state.step % every == 0 or t.state.step == t.cfg.train.steps:
+                        t.save_checkpoint()  # at the end too: an interrupted compare then re-steps nothing of it
+                if t.state.step == t.cfg.train.steps:
+                    t.finish()
+                    finished[run.name] = t
+                    runs.remove(run)
+            late = minutes > 0 and time.time() - last_save >= 60 * minutes
+            if (late or stop.signum) and runs:  # a round's arms, saved together
+                reason = signal.Signals(stop.signum).name if stop.signum else "every_minutes"
+                for run in runs:
+                    run.trainer.save_checkpoint(reason=reason)
+                last_save = time.time()
+            if stop.signum and runs:  # after a whole round, so the arms stay in lock-step when continued
+                raise Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} during seed {seed}; "
+                                  f"its {len(runs)} unfinished arms saved checkpoints in {out}")
+            if time.time() - last_log > 30 or not runs:
+                last_log = time.time()
+                eta = (last_log - t0) / max(done_steps, 1) * (total_steps - done_steps)
+                log(f"compare: seed {seed}: {done_steps}/{total_steps} steps of all runs, {last_log - t0:.0f}s, "
+                    f"eta {eta:.0f}s")
     return finished
 
 

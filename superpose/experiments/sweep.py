@@ -3,24 +3,26 @@
 Every cell is a full TST run (same model, data, steps, schedule) scored by its final validation
 loss; row r = 0 is the baseline, one per seed, and each cell's gain is paired with the baseline of
 its own seed. Each finished run leaves `cells/NAME/summary.json`; a rerun of the same command
-skips those and restarts any cell that was cut short, so an interrupted sweep resumes.
+skips those and continues a cell that was cut short from its newest checkpoint (a cell that
+saved none starts again), so an interrupted sweep resumes; Ctrl-C or SIGTERM saves one first.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import shutil
+import signal
 import time
 from pathlib import Path
 from collections.abc import Callable
 
 from ..config import Config
-from ..errors import UserError
-from ..training import build_trainer, resolve_data
+from ..errors import Interrupted, UserError
+from ..training import resolve_data
 from ..training.metrics import environment
 from ..training.ownership import (EXPERIMENT_MARK, begin_experiment, check_experiment_dir, claim,
                                   experiment_advice, mark_experiment)
+from .arms import quiet, start_arm
 from .fingerprint import check_same_config
 from .stats import stats
 
@@ -38,11 +40,15 @@ def _read_config(cell_dir: Path) -> dict | None:
 
 
 def run_cell(cfg: Config, cell_dir: Path, log: Callable[[str], None]) -> dict:
+    """A cell's summary: read back when it finished before, else trained, continued from its newest
+    checkpoint when it was cut short after saving one (bit for bit, as `train --resume`)."""
     done = cell_dir / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
-    shutil.rmtree(cell_dir, ignore_errors=True)  # cut short last time: run it again from the start
-    build_trainer(cfg, cell_dir, resolve_data(cfg), log=lambda m: None).train(progress=False)
+    try:
+        start_arm(cfg, cell_dir, resolve_data(cfg), quiet).train(progress=False)
+    except Interrupted as e:  # the run's own advice (`train --resume` on the cell) is not the way: the sweep is
+        raise Interrupted(e.signum, f"stopped by {signal.Signals(e.signum).name} during cell {cell_dir.name}") from None
     return json.loads(done.read_text())
 
 

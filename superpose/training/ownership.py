@@ -32,7 +32,7 @@ from pathlib import Path
 from collections.abc import Iterator
 
 from .. import checkpoint
-from ..errors import UserError, notice
+from ..errors import Interrupted, UserError, notice
 from ..files import LOCK_NAME, DirLock, WriteError, content_checksum, is_temp, lock_dir, write_text
 
 RUN_MARK = ".superpose-run.json"
@@ -219,10 +219,16 @@ def _undo(directory: Path, before: set[str], mine: tuple[str, ...], made: list[P
 
 @contextlib.contextmanager
 def experiment_advice(kind: str, out: Path, command: str) -> Iterator[None]:
-    """Reword a failed write inside a compare or sweep (a full disk): its arms are continued by
-    the experiment, never by `train --resume` on an arm, which the arm's own message advises."""
+    """Reword a failed write inside a compare or sweep (a full disk), and a stop by SIGINT/SIGTERM:
+    its arms are continued by the experiment, never by `train --resume` on an arm, which the arm's
+    own message advises."""
     try:
         yield
+    except Interrupted as e:
+        rerun = command or f"the same superpose {kind} command"
+        what = "seeds" if kind == "compare" else "cells"
+        raise Interrupted(e.signum, f"{kind} {e}; continue with: {rerun} (it reuses the finished {what} and continues "
+                          "the interrupted one from its newest checkpoints)") from None
     except WriteError as e:
         rerun = command or f"the same superpose {kind} command"
         raise WriteError(f"{e.what}; what the {kind} finished before is kept in {out}; free some space and run "
