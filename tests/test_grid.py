@@ -142,6 +142,17 @@ def test_sigint_stops_a_compare_after_its_round_with_every_arm_saved_and_its_com
         r["losses"] = r["arms"]["tst"]["val_loss"]["values"], r["arms"]["baseline"]["12"]["val_loss"]["values"]
     assert cut["losses"] == whole["losses"]
 
+    # In the seed's last round: not lost to the next seed; every arm is saved at its end, so the
+    # command steps nothing again and writes the seed's result.
+    calls.clear()
+    monkeypatch.setattr(Trainer, "step_once", lambda self: signalled(self, at=(24,)))
+    assert main(args(tmp_path / "last")) == 130
+    assert "compare stopped by SIGINT during seed 0" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "step_once", lambda self: pytest.fail("a finished arm stepped again"))
+    assert main(args(tmp_path / "last")) == 0
+    assert json.loads((tmp_path / "last" / "report.json").read_text())["arms"]["tst"]["val_loss"]["values"] == \
+        whole["arms"]["tst"]["val_loss"]["values"]
+
     # Two signals: the second stops at once, mid-round, without saving; one line, exit 130.
     calls.clear()
     monkeypatch.setattr(Trainer, "step_once", lambda self: signalled(self, at=(3, 4)))

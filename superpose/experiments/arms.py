@@ -147,9 +147,9 @@ def lockstep(cfg: Config, out: Path, seed: int, runs: list[Run], trunks: dict, d
                 for run in runs:
                     run.trainer.save_checkpoint(reason=reason)
                 last_save = time.time()
-            if stop.signum and runs:  # after a whole round, so the arms stay in lock-step when continued
+            if stop.signum:  # after a whole round (the arms stay in lock-step), even the seed's last
                 raise Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} during seed {seed}; "
-                                  f"its {len(runs)} unfinished arms saved checkpoints in {out}")
+                                  f"its arms saved checkpoints in {out}")
             if time.time() - last_log > 30 or not runs:
                 last_log = time.time()
                 eta = (last_log - t0) / max(done_steps, 1) * (total_steps - done_steps)
