@@ -1,6 +1,7 @@
 """How a run stops early, and what it says then: SIGINT/SIGTERM (`StopSignals`, `interrupted`,
 `stopped_at_once`) or a NaN or Inf (`non_finite_lines`, `non_finite_error`), each with a
-one-line message saying what was kept and how to go on. `Trainer.train` uses them."""
+one-line message saying what was kept and how to go on. `Trainer.train` and compare's lock-step
+(`experiments/arms.py`) use them."""
 
 from __future__ import annotations
 
