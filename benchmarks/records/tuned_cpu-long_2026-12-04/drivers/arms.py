@@ -25,7 +25,8 @@ from pathlib import Path
 
 here = Path(__file__).resolve().parent.parent
 GRID = ("1e-3", "1.5e-3", "2e-3", "3e-3")
-WIDER = {"low": ("7e-4", "5e-4"), "high": ("4e-3", "6e-3")}  # section 1's widening, in order
+# Section 1's widening, in order, "until the best rate is interior" (it names the first step each way)
+WIDER = {"low": ("7e-4", "5e-4", "3e-4", "2e-4"), "high": ("4e-3", "6e-3", "8e-3", "1.2e-2")}
 SCHEDULES = (("100", "0.2"), ("100", "0.4"), ("400", "0.2"), ("400", "0.4"))
 TIE = 0.001
 
@@ -62,7 +63,9 @@ def pick(arm: str, missing: list[str]) -> tuple | None:
         return None
     winner = best(stage1)
     for side, more in WIDER.items():  # widen the winner's init while it sits on an edge
-        axis = sorted({c[2] for c in runs if c[:2] == winner[:2] and c[3:] == ("100", "0.2")}, key=float)
+        # The edge is the grid's, moved out by each widening cell as it is weighed (not every rate
+        # already run: a widening cell that exists would otherwise make the old edge look interior).
+        axis = sorted(GRID, key=float)
         for lr in more:
             edge = axis[0] if side == "low" else axis[-1]
             if winner[2] != edge:
