@@ -14,7 +14,8 @@ ARMS = Path(__file__).resolve().parent.parent / "benchmarks/records/tuned_cpu-lo
 
 def picker(tmp_path: Path, losses: dict[str, float]):
     """arms.py in a record of its own, with a screen of these d = 32 cells (both seeds alike)."""
-    shutil.copy(ARMS, (tmp_path / "drivers").mkdir(parents=True) or tmp_path / "drivers" / "arms.py")
+    (tmp_path / "drivers").mkdir(parents=True)
+    shutil.copy(ARMS, tmp_path / "drivers" / "arms.py")
     for cell, loss in losses.items():
         for seed in (0, 1):
             d = tmp_path / "screen" / f"d32-{cell}-s{seed}"
