@@ -30,7 +30,7 @@ from pathlib import Path
 
 from common import ROOT  # noqa: F401  (puts the checkout on sys.path)
 
-from superpose.experiments.baselines import Variant, parse_baselines
+from superpose.experiments.baselines import Variant, parse_baselines, parse_grid
 from superpose.experiments.compare import compare
 from superpose.config import Config
 from superpose.errors import UserError
@@ -57,9 +57,10 @@ def regressions(recorded: dict, new: dict) -> list[str]:
 
 
 def tst_cells(recorded: dict) -> list[Variant]:
-    """The recorded --tst-grid cells (none without one), each from its name "optim.lr=1e-3,model.init=normal"."""
+    """The recorded --tst-grid cells (none without one), each from its name "optim.lr=1e-3,model.init=normal":
+    a one-cell grid "optim.lr=1e-3;model.init=normal", parsed and checked as compare parses --tst-grid."""
     names = list((recorded.get("tst_grid") or {}).get("cells", {}))
-    return [Variant(n, tuple(tuple(kv.split("=", 1)) for kv in n.split(",")), "--tst-grid") for n in names]
+    return [cell for n in names for cell in parse_grid(n.replace(",", ";"), "--tst-grid", tst=True)]
 
 
 def main() -> int:

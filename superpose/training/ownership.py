@@ -222,15 +222,14 @@ def experiment_advice(kind: str, out: Path, command: str) -> Iterator[None]:
     """Reword a failed write inside a compare or sweep (a full disk), and a stop by SIGINT/SIGTERM:
     its arms are continued by the experiment, never by `train --resume` on an arm, which the arm's
     own message advises."""
+    rerun = command or f"the same superpose {kind} command"
+    what = "seeds" if kind == "compare" else "cells"
     try:
         yield
     except Interrupted as e:
-        rerun = command or f"the same superpose {kind} command"
-        what = "seeds" if kind == "compare" else "cells"
         raise Interrupted(e.signum, f"{kind} {e}; continue with: {rerun} (it reuses the finished {what} and continues "
                           "the interrupted one from its newest checkpoints)") from None
     except WriteError as e:
-        rerun = command or f"the same superpose {kind} command"
         raise WriteError(f"{e.what}; what the {kind} finished before is kept in {out}; free some space and run "
-                         f"{rerun} again: it reuses the finished {'seeds' if kind == 'compare' else 'cells'} and "
+                         f"{rerun} again: it reuses the finished {what} and "
                          "restarts the interrupted one", e.path, e.disk_full, e.what) from None
