@@ -37,14 +37,12 @@ def grid(best_lr: str) -> dict[str, float]:
 
 def test_a_winner_on_the_edge_asks_for_the_next_rate_and_a_better_widening_cell_wins(tmp_path):
     cells = grid("3e-3")
-    run = picker(tmp_path, cells)
+    run = picker(tmp_path / "grid", cells)
     assert run("--cells").split() == ["base:normal:4e-3", "tst:normal:4e-3"]
-    shutil.rmtree(tmp_path)
     cells |= {"base-normal-lr4e-3": 4.0, "tst-normal-lr4e-3": 4.5}  # the baseline better out there, TST not
-    run = picker(tmp_path, cells)
+    run = picker(tmp_path / "widened", cells)
     assert run("--cells").split() == ["base:normal:6e-3"]  # 4e-3 is the new edge
-    shutil.rmtree(tmp_path)
-    run = picker(tmp_path, cells | {"base-normal-lr6e-3": 4.1})
+    run = picker(tmp_path / "widened-twice", cells | {"base-normal-lr6e-3": 4.1})
     assert run("--cells").strip() == ""
     args = run("--compare-args").split()
     assert args[:2] == ["--model.init=normal", "--optim.lr=4e-3"]  # the widening cell, not the old edge
