@@ -22,7 +22,7 @@ from pathlib import Path
 
 here = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(here.parents[2]))  # the checkout, for superpose's statistics
-from superpose.experiments.stats import stats  # noqa: E402
+from superpose.experiments.stats import iso_loss, stats  # noqa: E402
 
 # record folder -> (runs/ folder it is copied from, title, the analysis's own baseline)
 RUNS = {"confirm-default": ("runs/confirm-default", "default corpus, d = 64, 12,000 steps (primary)", "own"),
@@ -30,6 +30,9 @@ RUNS = {"confirm-default": ("runs/confirm-default", "default corpus, d = 64, 12,
         "confirm-d32": ("runs/confirm-d32", "default corpus, d = 32, 3,000 steps", "own"),
         "corpus2": ("runs/corpus2-rerun", "Python docs corpus, d = 64, 6,000 steps, earlier record's arms", "own")}
 SEEDS = {"corpus2": list(range(400, 410))}  # the others: 300-307
+# Exploratory, after the registered runs (drivers/speedup_ext.sh): the primary's bounded seeds with
+# the baseline decayed at 21,000 and 24,000 steps too, copied into speedup-ext/ from here.
+EXT = "runs/speedup-ext"
 T_FMT = "{:+.4f}"
 
 
@@ -47,6 +50,13 @@ def collect(root: Path) -> None:
         for f in ("report.json", "report.md"):
             if (src / "all" / f).exists():
                 shutil.copy2(src / "all" / f, here / name / f)
+    for result in sorted((root / EXT).glob("seed-*/seed-*/result.json")):
+        dst = here / "speedup-ext" / result.parent.name
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(result, dst / "result.json")
+        log = root / EXT / f"{result.parent.name}.log"
+        if log.exists():
+            shutil.copy2(log, dst / "compare.log")
 
 
 def seed_row(result: dict) -> dict:
@@ -120,12 +130,46 @@ def report(name: str) -> dict[int, dict]:
     return rows
 
 
+def extended(primary: dict[int, dict]) -> None:
+    """Exploratory: the primary's speedup with speedup_ext.sh's longer baseline lengths added to each
+    seed's own (the same seed, config and data order, so one curve), read where it reaches TST's
+    loss; TST's loss there is the confirmation's run again and must come out identical."""
+    ext = {int(p.parent.name.split("-")[1]): seed_row(json.loads(p.read_text()))
+           for p in sorted((here / "speedup-ext").glob("seed-*/result.json"))}
+    if not ext or not primary:
+        return
+    print(f"\n### exploratory: the primary's bounded seeds, baseline also decayed at "
+          f"{', '.join(f'{s:,}' for s, _ in next(iter(ext.values()))['base'][1:])} steps "
+          f"(drivers/speedup_ext.sh; seeds {', '.join(map(str, ext))})\n")
+    ratios = {}
+    for seed, r in sorted(ext.items()):
+        p = primary[seed]
+        base = dict(p["base"]) | dict(r["base"])  # both runs decay at 12,000 too: a second check
+        steps, kind = iso_loss(p["tst"], list(base.items()))
+        ratios[seed] = steps / p["steps"]
+        same = lambda a, b: "identical" if a == b else f"DIFFERS by {a - b:+.2e}"  # noqa: E731
+        print(f"- seed {seed}: TST {r['tst']:.4f} ({same(r['tst'], p['tst'])} to the confirmation's), baseline at "
+              f"{p['steps']:,} {same(dict(r['base'])[p['steps']], dict(p['base'])[p['steps']])}; baseline "
+              + ", ".join(f"{s:,}: {v:.4f}" for s, v in sorted(base.items())) + "; steps to TST's loss "
+              + (f"{steps:,.0f} ({ratios[seed]:.3f}x)" if kind == "interpolated" else f"{kind} {steps:,.0f}"))
+        if kind != "interpolated":
+            ratios.pop(seed)
+    every = {s: ratios.get(s, p["ratio"] if p["kind"] == "interpolated" else None) for s, p in primary.items()}
+    if None not in every.values() and len(every) > 1:
+        print(f"- speedup in steps over all {len(every)} seeds, each read between measured lengths: "
+              f"{interval(stats(list(every.values())), '{:.3f}x')}")
+    else:
+        print(f"- not yet every seed read between measured lengths: "
+              f"{', '.join(str(s) for s, v in every.items() if v is None)} still bounds")
+
+
 def main() -> None:
     if "--collect" in sys.argv[1:]:
         collect(Path.cwd())
     said = io.StringIO()
     with contextlib.redirect_stdout(said):
         rows = {name: report(name) for name in RUNS}
+        extended(rows["confirm-default"])
         big, small = rows["confirm-default"], rows["confirm-d32"]
         both = sorted(set(big) & set(small))
         if len(both) > 1:
