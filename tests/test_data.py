@@ -68,6 +68,17 @@ def test_prepared_directory(tiny_data):
     assert first_val_doc not in tok.decode(tokens.tolist())
 
 
+def test_long_document_share_counts_the_tokens_of_documents_longer_than_a_step():
+    """Documents of 10, 100 and 1,000 tokens: a 50-token step reads inside the two long ones."""
+    class Stream:
+        num_tokens = 1110
+
+    loader = TrainLoader(Stream(), np.array([0, 10, 110]), seed=0, vocab_size=16)
+    assert loader.long_document_share(50) == pytest.approx(1100 / 1110)
+    assert loader.long_document_share(100) == pytest.approx(1000 / 1110)  # longer than, not as long as
+    assert loader.long_document_share(1000) == 0.0
+
+
 def test_loader_never_repeats_within_an_epoch(tiny_data):
     ds = open_dataset(tiny_data)
     loader = TrainLoader(ds.train, ds.train_docs, seed=3, vocab_size=ds.vocab_size)

@@ -91,6 +91,15 @@ def test_rows_follow_the_weights_and_each_source_walks_on_its_own(tiny_data, sec
     assert not np.array_equal(MixtureLoader(mixture, seed=1, vocab_size=320).choices(0, 64), loader.choices(0, 64))
 
 
+def test_long_document_share_weighs_each_source_by_its_part_of_a_step(tiny_data, second_data):
+    """A source's rows of a 64-token step are its weight of them, consecutive in its own stream."""
+    mixture = open_mixture(f"{tiny_data}=3,{second_data}=1")
+    loader = MixtureLoader(mixture, seed=0, vocab_size=mixture.vocab_size)
+    a, b = loader.loaders
+    assert loader.long_document_share(64) == pytest.approx(0.75 * a.long_document_share(48)
+                                                          + 0.25 * b.long_document_share(16))
+
+
 def test_the_global_batch_is_the_same_at_any_world_size_and_resumes_exactly(tiny_data, second_data):
     mixture = open_mixture(f"{tiny_data}=0.5,{second_data}=0.5")
 

@@ -184,6 +184,18 @@ def test_warns_when_phase1_repeats_data(tiny_data, tmp_path):
     assert any("phase 1 alone reads" in m and "repeats data" in m for m in logs)
 
 
+def test_warns_when_a_step_reads_one_document(tiny_data, tmp_path):
+    """The tiny documents average ~60 tokens: a step of 1 x 16 tokens reads inside one, a step of
+    64 x 16 mixes many (the warning issue 30's non-repeating corpus earned: 89% at 1,024 tokens)."""
+    logs = []
+    train(tiny_config(tiny_data, train__steps=1, train__batch_size=1, train__eval_every=0), tmp_path / "one", logs)
+    warned = [m for m in logs if "documents longer than a step (16 tokens)" in m]
+    assert len(warned) == 1 and "train.batch_size" in warned[0], logs
+    logs.clear()
+    train(tiny_config(tiny_data, train__steps=1, train__batch_size=64, train__eval_every=0), tmp_path / "many", logs)
+    assert not any("documents longer than a step" in m for m in logs), logs
+
+
 def test_user_errors(tiny_data, tmp_path):
     train(tiny_config(tiny_data, train__steps=1), tmp_path / "done")
     with pytest.raises(UserError, match="already holds a run"):

@@ -236,6 +236,12 @@ class MixtureLoader:
         size) has been read once: min over sources of train tokens / weight."""
         return int(min(s.train.num_tokens / w for s, w in zip(self.mixture.sources, self.mixture.weights)))
 
+    def long_document_share(self, step_tokens: int) -> float:
+        """TrainLoader.long_document_share over the sources, weighted as the mixture reads them: a
+        source's share of a step (its weight of the rows) is consecutive windows of its own stream."""
+        return float(sum(w * loader.long_document_share(round(w * step_tokens))
+                         for w, loader in zip(self.mixture.weights, self.loaders)))
+
     @property
     def source_epochs(self) -> list[float]:
         """Epochs each source has been read, in the order of data.mix."""

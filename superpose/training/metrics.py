@@ -89,12 +89,19 @@ def run_summary(trainer) -> dict:
             "environment": environment()}
 
 
-def describe_run(cfg, model, par, schedule, train_tokens: int, sources_line: str | None = None) -> list[str]:
+LONG_DOCUMENTS = 0.5  # warn when more than this share of the train tokens lies in documents longer than a step
+
+
+def describe_run(cfg, model, par, schedule, train_tokens: int, sources_line: str | None = None,
+                 long_documents: float = 0.0) -> list[str]:
     """The lines a run logs when it starts: processes, model, phases, and how much of the train
-    split each phase reads, with a warning when the run repeats data.
+    split each phase reads, with a warning when the run repeats data or when its steps read one
+    document each.
 
     sources_line: a mixture's line naming its sources (`DataSource.sources_line`); train_tokens is
-    then the mixture's tokens per epoch of its most-read source (`MixtureLoader.tokens_per_epoch`)."""
+    then the mixture's tokens per epoch of its most-read source (`MixtureLoader.tokens_per_epoch`).
+    long_documents: the share of train tokens in documents longer than a phase-2 step
+    (`TrainLoader.long_document_share`)."""
     tr, lines = cfg.train, []
     if par.distributed:
         share = tr.batch_size // par.world_size
@@ -133,6 +140,11 @@ def describe_run(cfg, model, par, schedule, train_tokens: int, sources_line: str
     elif plan["total_tokens"] > n:
         lines.append(f"warning: the run reads {plan['total_tokens'] / n:.2f} epochs of {split}, so phase 2 "
                      "repeats data")
+    if long_documents > LONG_DOCUMENTS:
+        lines.append(f"warning: {long_documents:.0%} of the train tokens are in documents longer than a step "
+                     f"({tr.batch_size * cfg.data.seq_len:,} tokens), so a step's rows come from one document and "
+                     "the next steps read on in it: the loss swings with the document and from seed to seed. Raise "
+                     "train.batch_size, or cut the documents shorter before prepare, and compare over more seeds.")
     return lines
 
 

@@ -220,8 +220,9 @@ class Trainer:
                                       trackers)
         else:
             self.metrics = NoMetrics()
+        step_tokens = self.cfg.train.batch_size * self.cfg.data.seq_len
         for line in describe_run(self.cfg, self.model, self.par, self.schedule, self.loader.tokens_per_epoch,
-                                 self.dataset.sources_line()):
+                                 self.dataset.sources_line(), self.loader.long_document_share(step_tokens)):
             self.log(line)
         self.bar = ProgressBar(self.cfg.train.steps, enabled=progress and self.par.is_main, initial=self.state.step)
         self._t0 = time.perf_counter() - self.state.elapsed_s
