@@ -130,6 +130,10 @@ def report(name: str) -> dict[int, dict]:
     return rows
 
 
+def same(a: float, b: float) -> str:
+    return "identical" if a == b else f"DIFFERS by {a - b:+.2e}"
+
+
 def extended(primary: dict[int, dict]) -> None:
     """Exploratory: the primary's speedup with speedup_ext.sh's longer baseline lengths added to each
     seed's own (the same seed, config and data order, so one curve), read where it reaches TST's
@@ -147,7 +151,6 @@ def extended(primary: dict[int, dict]) -> None:
         base = dict(p["base"]) | dict(r["base"])  # both runs decay at 12,000 too: a second check
         steps, kind = iso_loss(p["tst"], list(base.items()))
         ratios[seed] = steps / p["steps"]
-        same = lambda a, b: "identical" if a == b else f"DIFFERS by {a - b:+.2e}"  # noqa: E731
         print(f"- seed {seed}: TST {r['tst']:.4f} ({same(r['tst'], p['tst'])} to the confirmation's), baseline at "
               f"{p['steps']:,} {same(dict(r['base'])[p['steps']], dict(p['base'])[p['steps']])}; baseline "
               + ", ".join(f"{s:,}: {v:.4f}" for s, v in sorted(base.items())) + "; steps to TST's loss "

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[4]))  # the checkout, for superpose's loader
+from superpose.data import open_dataset  # noqa: E402
+
 CORPORA = {"default corpus": ("runs/confirm-default", "~/.cache/superpose/data/default-v4096"),
            "non-repeating corpus": ("runs/confirm-big", "runs/bigcorpus-v4096")}
 STEP = 16 * 64  # tokens of one baseline step in cpu-long (a TST phase-1 step reads 4x as many)
@@ -35,9 +38,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for corpus, (runs, data) in CORPORA.items():
         data = Path(data).expanduser() if data.startswith("~") else root / data
-        tokens = json.loads((data / "meta.json").read_text())["splits"]["train"]["tokens"]
-        lens = np.diff(np.append(np.load(data / "train.docs.npy"), tokens))  # (documents,)
-        long = lens[lens > STEP].sum() / tokens
+        train = json.loads((data / "meta.json").read_text())["splits"]["train"]
+        long = open_dataset(data).loader(seed=0, vocab_size=4096).long_document_share(STEP)  # what train warns on
         for arm, pattern in (("baseline, 12,000", "baseline-12000"), ("TST", "tst-*")):
             found = sorted(m for m in (root / runs / "parts").glob(f"seed-*/seed-*/{pattern}/metrics.jsonl")
                            if (m.parents[1] / "result.json").exists())  # finished seeds only
@@ -45,7 +47,7 @@ def main() -> None:
                 sys.exit(f"volatility.py: no {runs}/parts/seed-*/seed-*/{pattern}/metrics.jsonl under {root}")
             s = [rises(m) for m in found]
             print(f"| {corpus} | {arm} | {len(s)} | {np.mean(s):.3f} (seeds {min(s):.3f} to {max(s):.3f}) | "
-                  f"{lens.mean():,.0f} | {long:.0%} |")
+                  f"{train['tokens'] / train['documents']:,.0f} | {long:.0%} |")
 
 
 if __name__ == "__main__":
